@@ -1,0 +1,242 @@
+//! Scaled dot-product attention over a packed batch, one task per (sequence, head).
+//!
+//! Queries, keys and values come from one fused projection `[tokens × (q + k + v)]`. Supports
+//! grouped-query attention (fewer key/value heads), causal masks, sliding windows and an additive
+//! relative-position bias.
+
+use crate::kernels::math::{dot, softmax_in_place};
+use crate::kernels::simd_dispatch;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Which keys a query may attend to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mask {
+    /// Every token of the same sequence.
+    Bidirectional,
+    /// Tokens at or before the query (decoders).
+    Causal,
+    /// Tokens within `window / 2` positions on either side (ModernBERT local layers).
+    SlidingWindow(usize),
+}
+
+/// Head layout of one attention layer.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLayout {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (equal to `heads` without grouped-query attention).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+impl HeadLayout {
+    /// Width of the fused q|k|v row.
+    pub fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    /// Width of the attention output row.
+    pub fn out_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// An additive bias per head and relative distance `key - query`, for distances
+/// `-(span-1) ..= span-1`.
+pub struct RelativeBias {
+    /// `values[h * (2 * span - 1) + (rel + span - 1)]`.
+    pub values: Vec<f32>,
+    /// Longest sequence the table covers.
+    pub span: usize,
+}
+
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint (row, head) blocks of the output; see `attention`.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+thread_local! {
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Computes attention for every sequence of a packed batch: reads `qkv` (`tokens × qkv_width`),
+/// writes `out` (`tokens × out_width`).
+pub fn attention(
+    qkv: &[f32],
+    out: &mut [f32],
+    offsets: &[usize],
+    layout: HeadLayout,
+    mask: Mask,
+    bias: Option<&RelativeBias>,
+) {
+    let tokens = offsets.last().copied().unwrap_or(0);
+    assert!(qkv.len() >= tokens * layout.qkv_width() && out.len() >= tokens * layout.out_width());
+    assert!(layout.kv_heads > 0 && layout.heads % layout.kv_heads == 0);
+    let seqs = offsets.len().saturating_sub(1);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = &out_ptr;
+    (0..seqs * layout.heads).into_par_iter().for_each(|task| {
+        let (s, h) = (task / layout.heads, task % layout.heads);
+        let (start, end) = (offsets[s], offsets[s + 1]);
+        SCORES.with(|cell| {
+            let mut scores = cell.borrow_mut();
+            let len = end - start;
+            if scores.len() < len {
+                scores.resize(len.next_power_of_two(), 0.0);
+            }
+            // SAFETY: this task alone writes columns h*d..(h+1)*d of rows start..end; the
+            // assert above bounds them within `out`.
+            let block = unsafe {
+                out_ptr
+                    .0
+                    .add(start * layout.out_width() + h * layout.head_dim)
+            };
+            attend_one(
+                qkv,
+                start,
+                end,
+                h,
+                layout,
+                mask,
+                bias,
+                &mut scores,
+                OutPtr(block),
+            );
+        });
+    });
+}
+
+simd_dispatch! {
+    #[allow(clippy::too_many_arguments)]
+    fn attend_one(qkv: &[f32], start: usize, end: usize, h: usize, layout: HeadLayout, mask: Mask, bias: Option<&RelativeBias>, scores: &mut [f32], out: OutPtr) {
+        let d = layout.head_dim;
+        let stride = layout.qkv_width();
+        let kvh = h / (layout.heads / layout.kv_heads);
+        let k_off = layout.heads * d + kvh * d;
+        let v_off = (layout.heads + layout.kv_heads) * d + kvh * d;
+        let scale = 1.0 / (d as f32).sqrt();
+        let len = end - start;
+        let ow = layout.out_width();
+        for i in 0..len {
+            let (lo, hi) = match mask {
+                Mask::Bidirectional => (0, len),
+                Mask::Causal => (0, i + 1),
+                Mask::SlidingWindow(w) => (i.saturating_sub(w / 2), (i + w / 2 + 1).min(len)),
+            };
+            let q = &qkv[(start + i) * stride + h * d..][..d];
+            let row = &mut scores[lo..hi];
+            for (j, r) in (lo..hi).zip(row.iter_mut()) {
+                let k = &qkv[(start + j) * stride + k_off..][..d];
+                *r = dot(q, k) * scale;
+            }
+            if let Some(b) = bias {
+                let width = 2 * b.span - 1;
+                let table = &b.values[h * width..(h + 1) * width];
+                // index of rel = j - i is (j - i + span - 1)
+                let base = b.span - 1 - i;
+                for (j, r) in (lo..hi).zip(row.iter_mut()) {
+                    *r += table[base + j];
+                }
+            }
+            softmax_in_place(row);
+            // SAFETY: row i of this task's block lies inside `out` (checked by the caller).
+            let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(i * ow), d) };
+            o.fill(0.0);
+            for (j, &p) in (lo..hi).zip(row.iter()) {
+                let v = &qkv[(start + j) * stride + v_off..][..d];
+                for (a, &b) in o.iter_mut().zip(v) {
+                    *a += p * b;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(qkv: &[f32], len: usize, l: HeadLayout, causal: bool) -> Vec<f32> {
+        let (d, w) = (l.head_dim, l.qkv_width());
+        let mut out = vec![0.0; len * l.out_width()];
+        for h in 0..l.heads {
+            let kvh = h / (l.heads / l.kv_heads);
+            for i in 0..len {
+                let n = if causal { i + 1 } else { len };
+                let s: Vec<f64> = (0..n)
+                    .map(|j| {
+                        (0..d)
+                            .map(|x| {
+                                qkv[i * w + h * d + x] as f64
+                                    * qkv[j * w + (l.heads + kvh) * d + x] as f64
+                            })
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+                for x in 0..d {
+                    out[i * l.out_width() + h * d + x] = (0..n)
+                        .map(|j| {
+                            (s[j] - m).exp() / z
+                                * qkv[j * w + (l.heads + l.kv_heads + kvh) * d + x] as f64
+                        })
+                        .sum::<f64>()
+                        as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn packed_attention_equals_per_sequence() {
+        for (layout, causal) in [
+            (
+                HeadLayout {
+                    heads: 2,
+                    kv_heads: 2,
+                    head_dim: 12,
+                },
+                false,
+            ),
+            (
+                HeadLayout {
+                    heads: 4,
+                    kv_heads: 2,
+                    head_dim: 8,
+                },
+                true,
+            ),
+        ] {
+            let lens = [3usize, 1, 9];
+            let w = layout.qkv_width();
+            let total: usize = lens.iter().sum();
+            let qkv: Vec<f32> = (0..total * w)
+                .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+                .collect();
+            let mut offsets = vec![0];
+            for l in lens {
+                offsets.push(offsets.last().unwrap() + l);
+            }
+            let mut out = vec![0.0; total * layout.out_width()];
+            let mask = if causal {
+                Mask::Causal
+            } else {
+                Mask::Bidirectional
+            };
+            attention(&qkv, &mut out, &offsets, layout, mask, None);
+            for s in 0..lens.len() {
+                let (a, b) = (offsets[s], offsets[s + 1]);
+                let want = naive(&qkv[a * w..b * w], b - a, layout, causal);
+                let got = &out[a * layout.out_width()..b * layout.out_width()];
+                for (x, y) in got.iter().zip(&want) {
+                    assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+                }
+            }
+        }
+    }
+}

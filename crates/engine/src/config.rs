@@ -1,0 +1,181 @@
+//! The sentence-transformers side of a model folder: modules, pooling, dense head, normalization,
+//! sequence limit and prompts.
+
+use crate::error::{Error, Result};
+use crate::pooling::Pooling;
+use crate::weights::read_to_string;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What `modules.json` and its companion files say about turning hidden states into a vector.
+#[derive(Debug, Clone)]
+pub struct SentenceConfig {
+    /// Folder holding `config.json`, `tokenizer.json` and the transformer weights.
+    pub transformer_dir: PathBuf,
+    /// `max_seq_length` from `sentence_bert_config.json`, if any.
+    pub max_seq_length: Option<usize>,
+    /// Pooling modes, concatenated in sentence-transformers order.
+    pub pooling: Vec<Pooling>,
+    /// Folders of `Dense` modules applied after pooling, in order.
+    pub dense_dirs: Vec<PathBuf>,
+    /// Whether a `Normalize` module ends the pipeline.
+    pub normalize: bool,
+    /// Named prompts from `config_sentence_transformers.json`.
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt applied when none is named.
+    pub default_prompt_name: Option<String>,
+}
+
+/// Reads and parses a JSON file.
+pub fn read_json(path: &Path) -> Result<Value> {
+    let text = read_to_string(path)?;
+    serde_json::from_str(&text).map_err(|e| Error::InvalidFile {
+        path: path.to_owned(),
+        message: format!("bad JSON: {e}"),
+    })
+}
+
+impl SentenceConfig {
+    /// Reads the sentence-transformers files of `dir`; a plain transformers folder gets mean
+    /// pooling and no normalization, as sentence-transformers itself does.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let mut cfg = Self {
+            transformer_dir: dir.to_owned(),
+            max_seq_length: None,
+            pooling: vec![Pooling::Mean],
+            dense_dirs: Vec::new(),
+            normalize: false,
+            prompts: BTreeMap::new(),
+            default_prompt_name: None,
+        };
+        let modules_path = dir.join("modules.json");
+        if modules_path.exists() {
+            let modules = read_json(&modules_path)?;
+            let list = modules.as_array().ok_or_else(|| Error::InvalidFile {
+                path: modules_path.clone(),
+                message: "expected a JSON array of modules".into(),
+            })?;
+            for m in list {
+                let kind = m.get("type").and_then(Value::as_str).unwrap_or_default();
+                let sub = dir.join(m.get("path").and_then(Value::as_str).unwrap_or_default());
+                let short = kind.rsplit('.').next().unwrap_or(kind);
+                match short {
+                    "Transformer" => cfg.transformer_dir = sub,
+                    "Pooling" => cfg.pooling = Pooling::from_config_dir(&sub)?,
+                    "Dense" => cfg.dense_dirs.push(sub),
+                    "Normalize" => cfg.normalize = true,
+                    other => {
+                        return Err(Error::Unsupported(format!(
+                            "{}: module type `{other}` (supported: Transformer, Pooling, Dense, Normalize)",
+                            modules_path.display()
+                        )))
+                    }
+                }
+            }
+        }
+        for sbert in [
+            cfg.transformer_dir.join("sentence_bert_config.json"),
+            dir.join("sentence_bert_config.json"),
+        ] {
+            if sbert.exists() {
+                let v = read_json(&sbert)?;
+                cfg.max_seq_length = v
+                    .get("max_seq_length")
+                    .and_then(Value::as_u64)
+                    .map(|n| n as usize);
+                break;
+            }
+        }
+        let st = dir.join("config_sentence_transformers.json");
+        if st.exists() {
+            let v = read_json(&st)?;
+            if let Some(p) = v.get("prompts").and_then(Value::as_object) {
+                for (k, v) in p {
+                    if let Some(s) = v.as_str() {
+                        cfg.prompts.insert(k.clone(), s.to_owned());
+                    }
+                }
+            }
+            cfg.default_prompt_name = v
+                .get("default_prompt_name")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+        }
+        Ok(cfg)
+    }
+}
+
+/// Typed access to `config.json` fields with errors that name the file.
+pub struct ConfigJson {
+    /// Path of the file, for messages.
+    pub path: PathBuf,
+    /// The parsed content.
+    pub value: Value,
+}
+
+impl ConfigJson {
+    /// Reads `dir/config.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        if !path.exists() {
+            return Err(Error::MissingFile {
+                path,
+                expected: "the transformers model configuration".into(),
+            });
+        }
+        let value = read_json(&path)?;
+        Ok(Self { path, value })
+    }
+
+    /// `model_type`, the key that selects the architecture.
+    pub fn model_type(&self) -> Result<String> {
+        self.str_opt(&["model_type"])
+            .map(str::to_owned)
+            .ok_or_else(|| self.invalid("missing string field `model_type`"))
+    }
+
+    /// The first present of several alias names, as an unsigned integer.
+    pub fn usize_opt(&self, names: &[&str]) -> Option<usize> {
+        names
+            .iter()
+            .find_map(|n| self.value.get(*n).and_then(Value::as_u64))
+            .map(|v| v as usize)
+    }
+
+    /// Like [`Self::usize_opt`] but required.
+    pub fn usize(&self, names: &[&str]) -> Result<usize> {
+        self.usize_opt(names).ok_or_else(|| {
+            self.invalid(&format!("missing integer field `{}`", names.join("` or `")))
+        })
+    }
+
+    /// The first present alias, as a float.
+    pub fn f64_opt(&self, names: &[&str]) -> Option<f64> {
+        names
+            .iter()
+            .find_map(|n| self.value.get(*n).and_then(Value::as_f64))
+    }
+
+    /// The first present alias, as a string.
+    pub fn str_opt(&self, names: &[&str]) -> Option<&str> {
+        names
+            .iter()
+            .find_map(|n| self.value.get(*n).and_then(Value::as_str))
+    }
+
+    /// The first present alias, as a bool.
+    pub fn bool_opt(&self, names: &[&str]) -> Option<bool> {
+        names
+            .iter()
+            .find_map(|n| self.value.get(*n).and_then(Value::as_bool))
+    }
+
+    /// An [`Error::InvalidFile`] about this file.
+    pub fn invalid(&self, message: &str) -> Error {
+        Error::InvalidFile {
+            path: self.path.clone(),
+            message: message.to_owned(),
+        }
+    }
+}

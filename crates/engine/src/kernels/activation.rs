@@ -1,0 +1,182 @@
+//! Activation functions applied in place over rows, with the layer's bias already added by GEMM.
+
+use super::math::{erf, exp};
+use super::simd_dispatch;
+
+/// Element-wise activation of a feed-forward layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// GELU with the exact erf form (`gelu` in transformers).
+    Gelu,
+    /// GELU with the tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// ReLU.
+    Relu,
+    /// SiLU / swish.
+    Silu,
+    /// tanh (used by some Dense heads).
+    Tanh,
+    /// No activation.
+    Identity,
+}
+
+impl Activation {
+    /// Parses a transformers `hidden_act` name or a torch module path.
+    pub fn from_name(name: &str) -> Option<Self> {
+        let short = name.rsplit('.').next().unwrap_or(name).to_ascii_lowercase();
+        Some(match short.as_str() {
+            "gelu" | "gelu_python" => Self::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
+            "relu" => Self::Relu,
+            "silu" | "swish" => Self::Silu,
+            "tanh" => Self::Tanh,
+            "identity" | "linear" => Self::Identity,
+            _ => return None,
+        })
+    }
+
+    /// Applies the activation to every element of `x` in place.
+    pub fn apply(self, x: &mut [f32]) {
+        match self {
+            Self::Gelu => gelu_erf(x),
+            Self::GeluTanh => gelu_tanh(x),
+            Self::Relu => relu(x),
+            Self::Silu => silu(x),
+            Self::Tanh => tanh(x),
+            Self::Identity => {}
+        }
+    }
+
+    /// Gated form: `out[i] = act(gate[i]) * up[i]` (SwiGLU / GeGLU), written into `up`.
+    pub fn apply_gated(self, gate: &[f32], up: &mut [f32]) {
+        gated(self, gate, up)
+    }
+}
+
+#[inline(always)]
+fn tanh_fast(x: f32) -> f32 {
+    // tanh(x) = 1 - 2 / (exp(2x) + 1), accurate to ~1e-7 away from 0; near 0 use x directly.
+    let e = exp(2.0 * x);
+    let t = 1.0 - 2.0 / (e + 1.0);
+    if x.abs() < 1e-4 {
+        x
+    } else {
+        t
+    }
+}
+
+#[inline(always)]
+fn gelu_one(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[inline(always)]
+fn gelu_tanh_one(v: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2/pi)
+    0.5 * v * (1.0 + tanh_fast(C * (v + 0.044_715 * v * v * v)))
+}
+
+#[inline(always)]
+fn silu_one(v: f32) -> f32 {
+    v / (1.0 + exp(-v))
+}
+
+simd_dispatch! {
+    fn gelu_erf(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = gelu_one(*v);
+        }
+    }
+}
+
+simd_dispatch! {
+    fn gelu_tanh(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = gelu_tanh_one(*v);
+        }
+    }
+}
+
+simd_dispatch! {
+    fn relu(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = v.max(0.0);
+        }
+    }
+}
+
+simd_dispatch! {
+    fn silu(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = silu_one(*v);
+        }
+    }
+}
+
+simd_dispatch! {
+    fn tanh(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = tanh_fast(*v);
+        }
+    }
+}
+
+simd_dispatch! {
+    fn gated(act: Activation, gate: &[f32], up: &mut [f32]) {
+        let n = gate.len().min(up.len());
+        let (gate, up) = (&gate[..n], &mut up[..n]);
+        match act {
+            Activation::Gelu => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= gelu_one(g)),
+            Activation::GeluTanh => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= gelu_tanh_one(g)),
+            Activation::Silu => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= silu_one(g)),
+            Activation::Relu => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= g.max(0.0)),
+            Activation::Tanh => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= tanh_fast(g)),
+            Activation::Identity => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= g),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activations_match_reference_formulas() {
+        let xs: Vec<f32> = (-400..400).map(|i| i as f32 * 0.025).collect();
+        for (act, f) in [
+            (
+                Activation::Gelu,
+                Box::new(|v: f64| 0.5 * v * (1.0 + libm::erf(v / 2f64.sqrt())))
+                    as Box<dyn Fn(f64) -> f64>,
+            ),
+            (
+                Activation::GeluTanh,
+                Box::new(|v: f64| {
+                    0.5 * v
+                        * (1.0
+                            + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v))
+                                .tanh())
+                }),
+            ),
+            (Activation::Silu, Box::new(|v: f64| v / (1.0 + (-v).exp()))),
+            (Activation::Tanh, Box::new(|v: f64| v.tanh())),
+            (Activation::Relu, Box::new(|v: f64| v.max(0.0))),
+        ] {
+            let mut y = xs.clone();
+            act.apply(&mut y);
+            for (x, y) in xs.iter().zip(&y) {
+                let want = f(*x as f64);
+                assert!(
+                    (*y as f64 - want).abs() < 2e-6,
+                    "{act:?}({x}) = {y}, want {want}"
+                );
+            }
+        }
+        assert_eq!(
+            Activation::from_name("torch.nn.modules.activation.Tanh"),
+            Some(Activation::Tanh)
+        );
+        assert_eq!(Activation::from_name("gelu"), Some(Activation::Gelu));
+        assert_eq!(Activation::from_name("mystery"), None);
+    }
+}

@@ -1,0 +1,46 @@
+//! Numeric kernels on plain slices: matrix multiply, normalization, activations, softmax.
+//!
+//! Every element-wise kernel is written so LLVM vectorizes it, and is compiled twice by
+//! [`simd_dispatch!`]: once for AVX2+FMA, chosen at run time when the CPU has it, and once for the
+//! baseline target. The binary therefore runs on any x86-64 CPU and is fast on modern ones.
+
+pub mod activation;
+pub mod math;
+pub mod matmul;
+pub mod norm;
+
+/// True when the CPU supports AVX2 and FMA (checked once; std caches the answer).
+#[inline]
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines a function whose body is compiled for AVX2+FMA and for the baseline target, picking the
+/// fast one at run time. The body must be safe code.
+macro_rules! simd_dispatch {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn fast($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                if $crate::kernels::has_avx2_fma() {
+                    // SAFETY: the CPU supports the features `fast` was compiled for.
+                    return unsafe { fast($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_dispatch;

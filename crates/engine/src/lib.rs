@@ -1,0 +1,32 @@
+//! openembed's inference engine: loads Hugging Face / sentence-transformers model folders and
+//! turns text into the vectors sentence-transformers produces, on the CPU, fast.
+//!
+//! It knows nothing of HTTP or async. The flow is
+//! [`Model::tokenize`] → [`Model::embed_ids`] (packed batch → transformer → pooling → Dense →
+//! normalize) → optionally [`truncate_dimensions`].
+//!
+//! ```no_run
+//! use openembed_engine::{Model, LoadOptions, Truncation};
+//! let model = Model::load("models/all-MiniLM-L6-v2".as_ref(), &LoadOptions::default())?;
+//! let vectors = model.embed_texts(&["hello", "world"], Truncation::None)?;
+//! assert_eq!(vectors[0].len(), model.info().dimension);
+//! # Ok::<(), openembed_engine::Error>(())
+//! ```
+
+pub mod attention;
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod kernels;
+pub mod model;
+pub mod models;
+pub mod pooling;
+pub mod tokenize;
+pub mod transformer;
+pub mod weights;
+
+pub use batch::PackedBatch;
+pub use error::{Error, Result};
+pub use model::{LoadOptions, Model, ModelInfo};
+pub use pooling::{normalize, truncate_dimensions, Pooling};
+pub use tokenize::{TokenizedInput, Truncation};

@@ -1,0 +1,475 @@
+//! The transformer stack shared by every architecture: embeddings, layers, final norm.
+//!
+//! Architecture files (`models/*.rs`) only translate a config and tensor names into these
+//! building blocks; the forward pass exists once, for packed batches. Post-norm (BERT) and
+//! pre-norm (ModernBERT, Qwen3) layers, LayerNorm and RMSNorm, plain and gated MLPs, fused QKV
+//! with grouped-query heads, and mask kinds are all expressed here.
+
+use crate::attention::{attention, HeadLayout, Mask, RelativeBias};
+use crate::batch::PackedBatch;
+use crate::error::Result;
+use crate::kernels::activation::Activation;
+use crate::kernels::matmul::linear;
+use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm};
+use crate::weights::{Tensor, Weights};
+
+/// A dense layer `y = x·Wᵀ + b` with `W` of shape `[out × in]`.
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    /// Input width.
+    pub in_features: usize,
+    /// Output width.
+    pub out_features: usize,
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` (`[out × in]`) and, when `with_bias`, `{prefix}.bias`.
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        in_features: usize,
+        out_features: usize,
+        with_bias: bool,
+    ) -> Result<Self> {
+        let weight = w.get(&format!("{prefix}.weight"), &[out_features, in_features])?;
+        let bias = if with_bias {
+            Some(w.get(&format!("{prefix}.bias"), &[out_features])?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            in_features,
+            out_features,
+        })
+    }
+
+    /// Loads a layer whose bias may or may not be stored.
+    pub fn load_opt_bias(
+        w: &Weights,
+        prefix: &str,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<Self> {
+        let has_bias = w.contains(&format!("{prefix}.bias"));
+        Self::load(w, prefix, in_features, out_features, has_bias)
+    }
+
+    /// Stacks layers with the same input width into one (fused Q|K|V): one GEMM instead of three.
+    pub fn concat(parts: Vec<Linear>) -> Self {
+        let in_features = parts.first().map(|p| p.in_features).unwrap_or(0);
+        let out_features = parts.iter().map(|p| p.out_features).sum();
+        let mut weight = Vec::with_capacity(in_features * out_features);
+        let with_bias = parts.iter().any(|p| p.bias.is_some());
+        let mut bias = Vec::with_capacity(if with_bias { out_features } else { 0 });
+        for p in &parts {
+            weight.extend_from_slice(p.weight.data());
+            if with_bias {
+                match &p.bias {
+                    Some(b) => bias.extend_from_slice(b.data()),
+                    None => bias.extend(std::iter::repeat(0.0).take(p.out_features)),
+                }
+            }
+        }
+        Self {
+            weight: Tensor::from_vec(weight, vec![out_features, in_features]),
+            bias: with_bias.then(|| Tensor::from_vec(bias, vec![out_features])),
+            in_features,
+            out_features,
+        }
+    }
+
+    /// `out[rows × out_features] = x[rows × in_features] · Wᵀ + b`.
+    pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], threads: usize) {
+        linear(
+            x,
+            rows,
+            self.in_features,
+            self.weight.data(),
+            self.out_features,
+            self.bias.as_ref().map(|b| b.data()),
+            out,
+            self.out_features,
+            threads,
+        );
+    }
+}
+
+/// A normalization layer.
+pub enum Norm {
+    /// LayerNorm with optional bias.
+    Layer {
+        /// Scale.
+        weight: Tensor,
+        /// Shift (zeros when absent).
+        bias: Vec<f32>,
+        /// Epsilon.
+        eps: f32,
+    },
+    /// RMSNorm.
+    Rms {
+        /// Scale.
+        weight: Tensor,
+        /// Epsilon.
+        eps: f32,
+    },
+}
+
+impl Norm {
+    /// Loads a LayerNorm `{prefix}.weight` / `{prefix}.bias` (bias optional).
+    pub fn layer(w: &Weights, prefix: &str, width: usize, eps: f64) -> Result<Self> {
+        let weight = w.get(&format!("{prefix}.weight"), &[width])?;
+        let bias = match w.get_opt(&format!("{prefix}.bias"), &[width])? {
+            Some(b) => b.data().to_vec(),
+            None => vec![0.0; width],
+        };
+        Ok(Norm::Layer {
+            weight,
+            bias,
+            eps: eps as f32,
+        })
+    }
+
+    /// Loads an RMSNorm `{prefix}.weight`.
+    pub fn rms(w: &Weights, prefix: &str, width: usize, eps: f64) -> Result<Self> {
+        Ok(Norm::Rms {
+            weight: w.get(&format!("{prefix}.weight"), &[width])?,
+            eps: eps as f32,
+        })
+    }
+
+    /// `out = norm(x)` row by row.
+    pub fn apply(&self, x: &[f32], out: &mut [f32], width: usize) {
+        match self {
+            Norm::Layer { weight, bias, eps } => {
+                layer_norm(x, out, width, weight.data(), bias, *eps)
+            }
+            Norm::Rms { weight, eps } => rms_norm(x, out, width, weight.data(), *eps),
+        }
+    }
+
+    /// `hidden = norm(x + hidden)` row by row (post-norm residual).
+    pub fn apply_residual(&self, x: &[f32], hidden: &mut [f32], width: usize) {
+        match self {
+            Norm::Layer { weight, bias, eps } => {
+                residual_layer_norm(x, hidden, width, weight.data(), bias, *eps)
+            }
+            Norm::Rms { weight, eps } => {
+                for (h, v) in hidden.iter_mut().zip(x) {
+                    *h += v;
+                }
+                let tmp = hidden.to_vec();
+                rms_norm(&tmp, hidden, width, weight.data(), *eps)
+            }
+        }
+    }
+}
+
+/// Where each block's normalization sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormPlacement {
+    /// `h = norm(h + f(h))` (BERT family).
+    Post,
+    /// `h = h + f(norm(h))` (ModernBERT, Qwen3).
+    Pre,
+}
+
+/// Self-attention block with a fused q|k|v projection.
+pub struct SelfAttention {
+    /// Fused projection to `[q | k | v]`.
+    pub qkv: Linear,
+    /// Output projection.
+    pub out: Linear,
+    /// Head layout.
+    pub layout: HeadLayout,
+    /// Mask kind.
+    pub mask: Mask,
+}
+
+/// Feed-forward block: `down(act(up(x)))`, or gated `down(act(gate(x)) * up(x))` where `up`
+/// holds `[up | gate]`... see [`Mlp::gated`].
+pub struct Mlp {
+    /// Input projection (`[inter]`, or `[2·inter]` for gated MLPs).
+    pub up: Linear,
+    /// Output projection.
+    pub down: Linear,
+    /// Activation.
+    pub activation: Activation,
+    /// For gated MLPs, whether the gate is the first half of `up`'s output (else the second).
+    pub gated: Option<GateOrder>,
+}
+
+/// Which half of a gated MLP's input projection is the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateOrder {
+    /// `[gate | up]`.
+    GateFirst,
+    /// `[up | gate]`.
+    UpFirst,
+}
+
+/// One transformer layer.
+pub struct Layer {
+    /// Attention block.
+    pub attention: SelfAttention,
+    /// Norm around attention (`None` = identity, e.g. ModernBERT's first layer).
+    pub attention_norm: Option<Norm>,
+    /// Feed-forward block.
+    pub mlp: Mlp,
+    /// Norm around the MLP.
+    pub mlp_norm: Norm,
+}
+
+/// Token embeddings: word (+ absolute position) (+ token type 0), then an optional norm.
+pub struct Embeddings {
+    /// `[vocab × hidden]`.
+    pub word: Tensor,
+    /// `[positions × hidden]`, absent for rotary models.
+    pub position: Option<Tensor>,
+    /// First position id (RoBERTa family: `pad_token_id + 1`).
+    pub position_offset: usize,
+    /// Row 0 of the token-type table, added to every token.
+    pub token_type: Option<Vec<f32>>,
+    /// Norm after the sum.
+    pub norm: Option<Norm>,
+}
+
+/// MPNet-style bucketed relative position bias shared by all layers.
+pub struct BucketedPositionBias {
+    /// `[buckets × heads]`.
+    pub table: Tensor,
+    /// Number of buckets.
+    pub buckets: usize,
+    /// Distance beyond which buckets saturate.
+    pub max_distance: usize,
+}
+
+impl BucketedPositionBias {
+    /// The bucket of relative distance `rel = key - query` (T5/MPNet bidirectional scheme).
+    pub fn bucket(&self, rel: isize) -> usize {
+        let half = self.buckets / 2;
+        let n = -rel;
+        let mut ret = if n < 0 { half } else { 0 };
+        let n = n.unsigned_abs();
+        let max_exact = half / 2;
+        if n < max_exact {
+            ret += n;
+        } else {
+            let ratio = (n as f32 / max_exact as f32).ln()
+                / (self.max_distance as f32 / max_exact as f32).ln();
+            let large = max_exact + (ratio * (half - max_exact) as f32) as usize;
+            ret += large.min(half - 1);
+        }
+        ret
+    }
+
+    fn table_for(&self, span: usize, heads: usize, out: &mut RelativeBias) {
+        let width = 2 * span - 1;
+        out.span = span;
+        out.values.clear();
+        out.values.resize(heads * width, 0.0);
+        let t = self.table.data();
+        for r in 0..width {
+            let b = self.bucket(r as isize - (span as isize - 1));
+            for h in 0..heads {
+                out.values[h * width + r] = t[b * heads + h];
+            }
+        }
+    }
+}
+
+/// A complete encoder (or decoder used as encoder) ready to run packed batches.
+pub struct Transformer {
+    /// Architecture name, for messages.
+    pub architecture: String,
+    /// Hidden width.
+    pub hidden: usize,
+    /// Rows of the word-embedding table: every token id must be below it.
+    pub vocab_size: usize,
+    /// Longest sequence the position scheme allows.
+    pub max_positions: usize,
+    /// Embedding stage.
+    pub embeddings: Embeddings,
+    /// Layers, in order.
+    pub layers: Vec<Layer>,
+    /// Norm placement for every layer.
+    pub placement: NormPlacement,
+    /// Final norm (pre-norm models).
+    pub final_norm: Option<Norm>,
+    /// Relative position bias (MPNet).
+    pub position_bias: Option<BucketedPositionBias>,
+}
+
+/// Reusable buffers for a forward pass; they grow to the largest batch seen and are kept.
+#[derive(Default)]
+pub struct Scratch {
+    /// `[tokens × hidden]`: the output of the last forward.
+    pub hidden: Vec<f32>,
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    projected: Vec<f32>,
+    intermediate: Vec<f32>,
+    gate: Vec<f32>,
+    bias: Option<RelativeBias>,
+}
+
+fn ensure(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
+impl Transformer {
+    /// Runs the stack on a packed batch; the hidden states end in `scratch.hidden[..tokens*hidden]`.
+    /// Ids must have been checked against [`Self::vocab_size`] and lengths against
+    /// [`Self::max_positions`].
+    pub fn forward(&self, batch: &PackedBatch, scratch: &mut Scratch, threads: usize) {
+        let t = batch.total_tokens();
+        let hsz = self.hidden;
+        self.embed(
+            batch,
+            ensure(&mut scratch.hidden, t * hsz),
+            ensure(&mut scratch.normed, t * hsz),
+        );
+        if let Some(pb) = &self.position_bias {
+            let heads = self
+                .layers
+                .first()
+                .map(|l| l.attention.layout.heads)
+                .unwrap_or(1);
+            let span = batch.max_len().max(1);
+            let table = scratch.bias.get_or_insert_with(|| RelativeBias {
+                values: Vec::new(),
+                span: 1,
+            });
+            pb.table_for(span, heads, table);
+        }
+        for layer in &self.layers {
+            self.run_layer(layer, batch, scratch, threads);
+        }
+        if let Some(norm) = &self.final_norm {
+            let normed = ensure(&mut scratch.normed, t * hsz);
+            norm.apply(&scratch.hidden[..t * hsz], normed, hsz);
+            std::mem::swap(&mut scratch.hidden, &mut scratch.normed);
+        }
+    }
+
+    fn embed(&self, batch: &PackedBatch, out: &mut [f32], tmp: &mut [f32]) {
+        let e = &self.embeddings;
+        let h = self.hidden;
+        for s in 0..batch.len() {
+            let r = batch.range(s);
+            for (p, tok) in r.clone().enumerate() {
+                let row = &mut out[tok * h..(tok + 1) * h];
+                row.copy_from_slice(e.word.row(batch.ids()[tok] as usize));
+                if let Some(pos) = &e.position {
+                    for (a, b) in row.iter_mut().zip(pos.row(p + e.position_offset)) {
+                        *a += b;
+                    }
+                }
+                if let Some(tt) = &e.token_type {
+                    for (a, b) in row.iter_mut().zip(tt) {
+                        *a += b;
+                    }
+                }
+            }
+        }
+        if let Some(norm) = &e.norm {
+            tmp.copy_from_slice(out);
+            norm.apply(tmp, out, h);
+        }
+    }
+
+    fn run_layer(&self, layer: &Layer, batch: &PackedBatch, s: &mut Scratch, threads: usize) {
+        let t = batch.total_tokens();
+        let h = self.hidden;
+        let att = &layer.attention;
+        let pre = self.placement == NormPlacement::Pre;
+
+        // Attention block.
+        let input: &[f32] = match (&layer.attention_norm, pre) {
+            (Some(norm), true) => {
+                norm.apply(&s.hidden[..t * h], ensure(&mut s.normed, t * h), h);
+                &s.normed[..t * h]
+            }
+            _ => &s.hidden[..t * h],
+        };
+        let qkv = ensure(&mut s.qkv, t * att.layout.qkv_width());
+        att.qkv.forward(input, t, qkv, threads);
+        let ctx = ensure(&mut s.context, t * att.layout.out_width());
+        attention(
+            qkv,
+            ctx,
+            batch.offsets(),
+            att.layout,
+            att.mask,
+            s.bias.as_ref(),
+        );
+        let proj = ensure(&mut s.projected, t * h);
+        att.out.forward(ctx, t, proj, threads);
+        self.residual(
+            layer.attention_norm.as_ref(),
+            proj,
+            &mut s.hidden[..t * h],
+            pre,
+        );
+
+        // Feed-forward block.
+        let input: &[f32] = if pre {
+            layer
+                .mlp_norm
+                .apply(&s.hidden[..t * h], ensure(&mut s.normed, t * h), h);
+            &s.normed[..t * h]
+        } else {
+            &s.hidden[..t * h]
+        };
+        let mlp = &layer.mlp;
+        let up = ensure(&mut s.intermediate, t * mlp.up.out_features);
+        mlp.up.forward(input, t, up, threads);
+        let inter_width = match mlp.gated {
+            None => {
+                mlp.activation.apply(up);
+                mlp.up.out_features
+            }
+            Some(order) => {
+                let half = mlp.up.out_features / 2;
+                let gate = ensure(&mut s.gate, t * half);
+                split_gated(up, gate, half, order, mlp.activation);
+                half
+            }
+        };
+        let proj = ensure(&mut s.projected, t * h);
+        mlp.down
+            .forward(&s.intermediate[..t * inter_width], t, proj, threads);
+        self.residual(Some(&layer.mlp_norm), proj, &mut s.hidden[..t * h], pre);
+    }
+
+    fn residual(&self, norm: Option<&Norm>, x: &[f32], hidden: &mut [f32], pre: bool) {
+        match (norm, pre) {
+            (Some(norm), false) => norm.apply_residual(x, hidden, self.hidden),
+            _ => hidden.iter_mut().zip(x).for_each(|(h, v)| *h += v),
+        }
+    }
+}
+
+/// Turns `[t × 2·half]` rows of `[a | b]` into `act(gate) * up` packed as `[t × half]` at the
+/// start of `both`, using `gate` as temporary space.
+fn split_gated(both: &mut [f32], gate: &mut [f32], half: usize, order: GateOrder, act: Activation) {
+    let rows = gate.len() / half;
+    let (gate_at, up_at) = match order {
+        GateOrder::GateFirst => (0, half),
+        GateOrder::UpFirst => (half, 0),
+    };
+    for r in 0..rows {
+        let base = r * 2 * half;
+        gate[r * half..(r + 1) * half]
+            .copy_from_slice(&both[base + gate_at..base + gate_at + half]);
+        // Row r's destination ends at (r+1)·half ≤ base for r ≥ 1, so no unread data is overwritten.
+        both.copy_within(base + up_at..base + up_at + half, r * half);
+    }
+    act.apply_gated(gate, &mut both[..rows * half]);
+}

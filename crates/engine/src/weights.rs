@@ -1,0 +1,288 @@
+//! Memory-mapped safetensors weights: single file or sharded, any model-name prefix, f32/f16/bf16.
+//!
+//! f32 tensors whose data is 4-byte aligned in the file are used straight from the mapping (no
+//! copy, so resident memory stays at the file size); f16/bf16 are converted to f32 once.
+
+use crate::error::{Error, Result};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Prefixes that model classes put in front of tensor names; stripped when indexing.
+const MODEL_PREFIXES: &[&str] = &[
+    "bert.",
+    "roberta.",
+    "distilbert.",
+    "mpnet.",
+    "model.",
+    "xlm_roberta.",
+];
+
+/// An f32 matrix or vector, either borrowed from the file mapping or owned.
+pub struct Tensor {
+    data: TensorData,
+    shape: Vec<usize>,
+}
+
+enum TensorData {
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
+    Owned(Vec<f32>),
+}
+
+impl Tensor {
+    /// Builds an owned tensor.
+    pub fn from_vec(data: Vec<f32>, shape: Vec<usize>) -> Self {
+        Self {
+            data: TensorData::Owned(data),
+            shape,
+        }
+    }
+
+    /// The values, row-major.
+    pub fn data(&self) -> &[f32] {
+        match &self.data {
+            TensorData::Owned(v) => v,
+            // SAFETY: offset/len were checked against the mapping and 4-byte alignment at load;
+            // the Arc keeps the mapping alive as long as self.
+            TensorData::Mapped { map, offset, len } => unsafe {
+                std::slice::from_raw_parts(map.as_ptr().add(*offset) as *const f32, *len)
+            },
+        }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Row `i` of a 2-D tensor.
+    pub fn row(&self, i: usize) -> &[f32] {
+        let w = self.shape.last().copied().unwrap_or(0);
+        &self.data()[i * w..(i + 1) * w]
+    }
+}
+
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// The tensors of one model, indexed by name without model prefix.
+pub struct Weights {
+    shards: Vec<(PathBuf, Arc<Mmap>)>,
+    entries: HashMap<String, Entry>,
+    architecture: String,
+}
+
+impl Weights {
+    /// Opens `model.safetensors` or the shards listed in `model.safetensors.index.json` in `dir`.
+    pub fn open(dir: &Path, architecture: &str) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if single.exists() {
+            vec![single]
+        } else if index.exists() {
+            let text = read_to_string(&index)?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::InvalidFile {
+                    path: index.clone(),
+                    message: e.to_string(),
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::InvalidFile {
+                    path: index.clone(),
+                    message: "expected an object `weight_map`".into(),
+                })?;
+            let mut names: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(str::to_owned))
+                .collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else if dir.join("pytorch_model.bin").exists() {
+            return Err(Error::Unsupported(format!(
+                "{} has only pytorch_model.bin; openembed loads safetensors (convert the checkpoint)",
+                dir.display()
+            )));
+        } else {
+            return Err(Error::MissingFile {
+                path: single,
+                expected: "the model weights (model.safetensors or model.safetensors.index.json)"
+                    .into(),
+            });
+        };
+        Self::open_files(&files, architecture)
+    }
+
+    /// Opens the given safetensors files as one set of weights.
+    pub fn open_files(files: &[PathBuf], architecture: &str) -> Result<Self> {
+        let mut shards = Vec::new();
+        let mut entries = HashMap::new();
+        for path in files {
+            let file = std::fs::File::open(path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            // SAFETY: the file is opened read-only; like every mmap-based loader we rely on the
+            // model files not being modified while the server runs.
+            let map = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let st = SafeTensors::deserialize(&map).map_err(|e| Error::InvalidFile {
+                path: path.clone(),
+                message: format!("not a safetensors file: {e}"),
+            })?;
+            let base = map.as_ptr() as usize;
+            for (name, view) in st.tensors() {
+                let data = view.data();
+                let start = data.as_ptr() as usize - base;
+                let key = strip_prefix(&name).to_owned();
+                entries.insert(
+                    key,
+                    Entry {
+                        shard: shards.len(),
+                        dtype: view.dtype(),
+                        shape: view.shape().to_vec(),
+                        start,
+                        end: start + data.len(),
+                    },
+                );
+            }
+            shards.push((path.clone(), Arc::new(map)));
+        }
+        Ok(Self {
+            shards,
+            entries,
+            architecture: architecture.to_owned(),
+        })
+    }
+
+    fn path_of(&self, e: Option<&Entry>) -> PathBuf {
+        let i = e.map(|e| e.shard).unwrap_or(0);
+        self.shards.get(i).map(|s| s.0.clone()).unwrap_or_default()
+    }
+
+    /// True when a tensor of this name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Loads tensor `name`, which must have exactly `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
+            path: self.path_of(None),
+            name: name.to_owned(),
+            architecture: self.architecture.clone(),
+        })?;
+        if e.shape != shape {
+            return Err(Error::BadTensor {
+                path: self.path_of(Some(e)),
+                name: name.to_owned(),
+                expected: format!("shape {shape:?}"),
+                found: format!("shape {:?}", e.shape),
+            });
+        }
+        self.load(name, e)
+    }
+
+    /// Loads tensor `name` when present.
+    pub fn get_opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        if self.contains(name) {
+            self.get(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The shape of tensor `name`, if present.
+    pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    fn load(&self, name: &str, e: &Entry) -> Result<Tensor> {
+        let (_, map) = &self.shards[e.shard];
+        let bytes = &map[e.start..e.end];
+        let numel: usize = e.shape.iter().product();
+        let bad = |expected: &str| Error::BadTensor {
+            path: self.path_of(Some(e)),
+            name: name.to_owned(),
+            expected: expected.to_owned(),
+            found: format!("{:?} with {} bytes", e.dtype, bytes.len()),
+        };
+        let data = match e.dtype {
+            Dtype::F32 => {
+                if bytes.len() != numel * 4 {
+                    return Err(bad("f32 data matching the shape"));
+                }
+                if (map.as_ptr() as usize + e.start) % 4 == 0 {
+                    TensorData::Mapped {
+                        map: map.clone(),
+                        offset: e.start,
+                        len: numel,
+                    }
+                } else {
+                    TensorData::Owned(
+                        bytes
+                            .chunks_exact(4)
+                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                            .collect(),
+                    )
+                }
+            }
+            Dtype::F16 | Dtype::BF16 => {
+                if bytes.len() != numel * 2 {
+                    return Err(bad("16-bit data matching the shape"));
+                }
+                let half = e.dtype == Dtype::F16;
+                TensorData::Owned(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|b| {
+                            let bits = u16::from_le_bytes([b[0], b[1]]);
+                            if half {
+                                half::f16::from_bits(bits).to_f32()
+                            } else {
+                                half::bf16::from_bits(bits).to_f32()
+                            }
+                        })
+                        .collect(),
+                )
+            }
+            _ => return Err(bad("dtype F32, F16 or BF16")),
+        };
+        Ok(Tensor {
+            data,
+            shape: e.shape.clone(),
+        })
+    }
+}
+
+fn strip_prefix(name: &str) -> &str {
+    for p in MODEL_PREFIXES {
+        if let Some(rest) = name.strip_prefix(p) {
+            return rest;
+        }
+    }
+    name
+}
+
+/// Reads a UTF-8 file, mapping errors to [`Error::Io`].
+pub(crate) fn read_to_string(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
