@@ -4,7 +4,7 @@
 //! grouped-query attention (fewer key/value heads), causal masks, sliding windows and an additive
 //! relative-position bias.
 
-use crate::kernels::math::{dot, softmax_in_place};
+use crate::kernels::math::softmax_in_place;
 use crate::kernels::simd_dispatch;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -57,8 +57,23 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// Per-thread packed copies of one head's keys (transposed) and values, plus the score row.
+#[derive(Default)]
+struct HeadScratch {
+    keys_t: Vec<f32>,
+    values: Vec<f32>,
+    scores: Vec<f32>,
+}
+
 thread_local! {
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static HEAD_SCRATCH: RefCell<HeadScratch> = RefCell::new(HeadScratch::default());
+}
+
+/// Register-block width of the attention micro-kernels (four AVX registers).
+const BLOCK: usize = 32;
+
+fn round_up(n: usize) -> usize {
+    n.div_ceil(BLOCK) * BLOCK
 }
 
 /// Computes attention for every sequence of a packed batch: reads `qkv` (`tokens × qkv_width`),
@@ -74,18 +89,19 @@ pub fn attention(
     let tokens = offsets.last().copied().unwrap_or(0);
     assert!(qkv.len() >= tokens * layout.qkv_width() && out.len() >= tokens * layout.out_width());
     assert!(layout.kv_heads > 0 && layout.heads % layout.kv_heads == 0);
+    if let Some(b) = bias {
+        let longest = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        assert!(b.span >= longest && b.values.len() >= layout.heads * (2 * b.span - 1));
+    }
     let seqs = offsets.len().saturating_sub(1);
     let out_ptr = OutPtr(out.as_mut_ptr());
     let out_ptr = &out_ptr;
     (0..seqs * layout.heads).into_par_iter().for_each(|task| {
         let (s, h) = (task / layout.heads, task % layout.heads);
         let (start, end) = (offsets[s], offsets[s + 1]);
-        SCORES.with(|cell| {
-            let mut scores = cell.borrow_mut();
-            let len = end - start;
-            if scores.len() < len {
-                scores.resize(len.next_power_of_two(), 0.0);
-            }
+        HEAD_SCRATCH.with(|cell| {
+            let mut guard = cell.borrow_mut();
+            let scratch = &mut *guard;
             // SAFETY: this task alone writes columns h*d..(h+1)*d of rows start..end; the
             // assert above bounds them within `out`.
             let block = unsafe {
@@ -101,16 +117,23 @@ pub fn attention(
                 layout,
                 mask,
                 bias,
-                &mut scores,
+                scratch,
                 OutPtr(block),
             );
         });
     });
 }
 
+fn grow(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
 simd_dispatch! {
     #[allow(clippy::too_many_arguments)]
-    fn attend_one(qkv: &[f32], start: usize, end: usize, h: usize, layout: HeadLayout, mask: Mask, bias: Option<&RelativeBias>, scores: &mut [f32], out: OutPtr) {
+    fn attend_one(qkv: &[f32], start: usize, end: usize, h: usize, layout: HeadLayout, mask: Mask, bias: Option<&RelativeBias>, scratch: &mut HeadScratch, out: OutPtr) {
         let d = layout.head_dim;
         let stride = layout.qkv_width();
         let kvh = h / (layout.heads / layout.kv_heads);
@@ -119,6 +142,24 @@ simd_dispatch! {
         let scale = 1.0 / (d as f32).sqrt();
         let len = end - start;
         let ow = layout.out_width();
+        let (lp, dp) = (round_up(len), round_up(d));
+
+        // Keys transposed to [d × lp] and values to [len × dp], zero-padded to whole blocks.
+        let keys_t = grow(&mut scratch.keys_t, d * lp);
+        keys_t.fill(0.0);
+        let values = grow(&mut scratch.values, len * dp);
+        for j in 0..len {
+            let row = (start + j) * stride;
+            let k = &qkv[row + k_off..][..d];
+            for (x, &kv) in k.iter().enumerate() {
+                keys_t[x * lp + j] = kv * scale;
+            }
+            let vrow = &mut values[j * dp..(j + 1) * dp];
+            vrow[..d].copy_from_slice(&qkv[row + v_off..][..d]);
+            vrow[d..].fill(0.0);
+        }
+        let scores = grow(&mut scratch.scores, lp);
+
         for i in 0..len {
             let (lo, hi) = match mask {
                 Mask::Bidirectional => (0, len),
@@ -126,29 +167,41 @@ simd_dispatch! {
                 Mask::SlidingWindow(w) => (i.saturating_sub(w / 2), (i + w / 2 + 1).min(len)),
             };
             let q = &qkv[(start + i) * stride + h * d..][..d];
-            let row = &mut scores[lo..hi];
-            for (j, r) in (lo..hi).zip(row.iter_mut()) {
-                let k = &qkv[(start + j) * stride + k_off..][..d];
-                *r = dot(q, k) * scale;
+            // scores[j] = q · k_j, BLOCK keys at a time held in registers.
+            for jb in (lo / BLOCK * BLOCK..hi).step_by(BLOCK) {
+                let mut acc = [0.0f32; BLOCK];
+                for (x, &qx) in q.iter().enumerate() {
+                    let kt = &keys_t[x * lp + jb..][..BLOCK];
+                    for t in 0..BLOCK {
+                        acc[t] = qx.mul_add(kt[t], acc[t]);
+                    }
+                }
+                scores[jb..jb + BLOCK].copy_from_slice(&acc);
             }
+            let row = &mut scores[lo..hi];
             if let Some(b) = bias {
                 let width = 2 * b.span - 1;
                 let table = &b.values[h * width..(h + 1) * width];
-                // index of rel = j - i is (j - i + span - 1)
+                // rel = j - i sits at index j - i + span - 1.
                 let base = b.span - 1 - i;
-                for (j, r) in (lo..hi).zip(row.iter_mut()) {
-                    *r += table[base + j];
+                for (r, &t) in row.iter_mut().zip(&table[base + lo..base + hi]) {
+                    *r += t;
                 }
             }
             softmax_in_place(row);
-            // SAFETY: row i of this task's block lies inside `out` (checked by the caller).
-            let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(i * ow), d) };
-            o.fill(0.0);
-            for (j, &p) in (lo..hi).zip(row.iter()) {
-                let v = &qkv[(start + j) * stride + v_off..][..d];
-                for (a, &b) in o.iter_mut().zip(v) {
-                    *a += p * b;
+            // out_i = Σ_j p_j v_j, BLOCK output columns at a time held in registers.
+            for db in (0..dp).step_by(BLOCK) {
+                let mut acc = [0.0f32; BLOCK];
+                for (j, &p) in (lo..hi).zip(row.iter()) {
+                    let v = &values[j * dp + db..][..BLOCK];
+                    for t in 0..BLOCK {
+                        acc[t] = p.mul_add(v[t], acc[t]);
+                    }
                 }
+                let n = BLOCK.min(d - db);
+                // SAFETY: row i of this task's block lies inside `out` (checked by the caller).
+                let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(i * ow + db), n) };
+                o.copy_from_slice(&acc[..n]);
             }
         }
     }

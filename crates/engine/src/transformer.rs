@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::kernels::activation::Activation;
 use crate::kernels::matmul::linear;
 use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm};
+use crate::kernels::{par_rows, par_rows_mut};
 use crate::weights::{Tensor, Weights};
 
 /// A dense layer `y = x·Wᵀ + b` with `W` of shape `[out × in]`.
@@ -143,28 +144,41 @@ impl Norm {
     /// `out = norm(x)` row by row.
     pub fn apply(&self, x: &[f32], out: &mut [f32], width: usize) {
         match self {
-            Norm::Layer { weight, bias, eps } => {
-                layer_norm(x, out, width, weight.data(), bias, *eps)
-            }
-            Norm::Rms { weight, eps } => rms_norm(x, out, width, weight.data(), *eps),
+            Norm::Layer { weight, bias, eps } => par_rows(x, out, width, |x, o| {
+                layer_norm(x, o, width, weight.data(), bias, *eps)
+            }),
+            Norm::Rms { weight, eps } => par_rows(x, out, width, |x, o| {
+                rms_norm(x, o, width, weight.data(), *eps)
+            }),
         }
     }
 
     /// `hidden = norm(x + hidden)` row by row (post-norm residual).
     pub fn apply_residual(&self, x: &[f32], hidden: &mut [f32], width: usize) {
         match self {
-            Norm::Layer { weight, bias, eps } => {
-                residual_layer_norm(x, hidden, width, weight.data(), bias, *eps)
-            }
-            Norm::Rms { weight, eps } => {
-                for (h, v) in hidden.iter_mut().zip(x) {
-                    *h += v;
+            Norm::Layer { weight, bias, eps } => par_rows(x, hidden, width, |x, h| {
+                residual_layer_norm(x, h, width, weight.data(), bias, *eps)
+            }),
+            Norm::Rms { weight, eps } => par_rows(x, hidden, width, |x, h| {
+                for row in 0..h.len() / width {
+                    let r = row * width..(row + 1) * width;
+                    h[r.clone()]
+                        .iter_mut()
+                        .zip(&x[r.clone()])
+                        .for_each(|(a, b)| *a += b);
+                    rms_norm_in_place(&mut h[r], weight.data(), *eps);
                 }
-                let tmp = hidden.to_vec();
-                rms_norm(&tmp, hidden, width, weight.data(), *eps)
-            }
+            }),
         }
     }
+}
+
+fn rms_norm_in_place(row: &mut [f32], gamma: &[f32], eps: f32) {
+    let ss: f32 = crate::kernels::math::dot(row, row);
+    let inv = 1.0 / (ss / row.len() as f32 + eps).sqrt();
+    row.iter_mut()
+        .zip(gamma)
+        .for_each(|(v, g)| *v = *v * inv * g);
 }
 
 /// Where each block's normalization sits.
@@ -432,7 +446,7 @@ impl Transformer {
         mlp.up.forward(input, t, up, threads);
         let inter_width = match mlp.gated {
             None => {
-                mlp.activation.apply(up);
+                par_rows_mut(up, mlp.up.out_features, |rows| mlp.activation.apply(rows));
                 mlp.up.out_features
             }
             Some(order) => {

@@ -8,8 +8,13 @@ pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.336_55, 88.376_26);
-    let n = (x * LOG2E + 0.5).floor();
+    // Round x·log2(e) to the nearest integer n with the 1.5·2^23 trick: n lands in the low
+    // mantissa bits of `t`, so 2^n is built with integer ops only (float→int casts would add
+    // scalar NaN checks and stop vectorization).
+    const MAGIC: f32 = 12_582_912.0;
+    let x = x.clamp(-87.336_55, 88.0);
+    let t = x * LOG2E + MAGIC;
+    let n = t - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     // Cephes expf polynomial on [-ln2/2, ln2/2].
     let mut p = 1.987_569_1e-4_f32;
@@ -19,7 +24,12 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5e-1;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits(
+        ((t.to_bits() as i32)
+            .wrapping_sub(0x4B40_0000)
+            .wrapping_add(127) as u32)
+            << 23,
+    );
     y * scale
 }
 
@@ -66,19 +76,46 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s + tail
 }
 
+/// Sum with eight independent accumulators (vectorizes; plain `sum()` cannot, as float
+/// addition is not associative).
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().sum();
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
+}
+
+/// Maximum with eight independent lanes.
+#[inline(always)]
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &v in acc.iter().chain(chunks.remainder()) {
+        m = if v > m { v } else { m };
+    }
+    m
+}
+
 simd_dispatch! {
     /// In-place softmax of one row.
     pub fn softmax_in_place(row: &mut [f32]) {
-        let mut max = f32::NEG_INFINITY;
-        for &v in row.iter() {
-            max = max.max(v);
-        }
-        let mut sum = 0.0f32;
+        let m = max(row);
         for v in row.iter_mut() {
-            *v = exp(*v - max);
-            sum += *v;
+            *v = exp(*v - m);
         }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / sum(row);
         for v in row.iter_mut() {
             *v *= inv;
         }

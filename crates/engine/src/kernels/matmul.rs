@@ -23,14 +23,18 @@ pub fn linear(
         out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n),
         "linear: output too short"
     );
-    if let Some(b) = bias {
-        assert!(b.len() >= n, "linear: bias too short");
-        for row in out.chunks_mut(out_stride).take(m) {
-            row[..n].copy_from_slice(&b[..n]);
-        }
-    }
     if m == 0 || n == 0 {
         return;
+    }
+    if let Some(b) = bias {
+        assert!(b.len() >= n, "linear: bias too short");
+        let rows = &mut out[..(m - 1) * out_stride + n];
+        super::par_rows_mut(rows, out_stride, |block| {
+            for row in block.chunks_mut(out_stride) {
+                let w = row.len().min(n);
+                row[..w].copy_from_slice(&b[..w]);
+            }
+        });
     }
     let parallelism = if threads > 1 {
         Parallelism::Rayon(threads)

@@ -1,0 +1,239 @@
+//! `openembed bench`: the engine benchmark. Prints tokens/s and per-batch latency (medians) for
+//! fixed workloads on 1 and on 2 threads; the last line is one JSON object.
+
+use anyhow::{Context, Result};
+use openembed_engine::{LoadOptions, Model, Truncation};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Options of `openembed bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Model folder.
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+    model: PathBuf,
+    /// Real-text corpus (one JSON string per line) for the mixed-length workload.
+    #[arg(long, default_value = "../shared/bench/corpus/mixed.jsonl")]
+    corpus: PathBuf,
+    /// Long documents used to build full-length inputs (32 × 128 workload).
+    #[arg(long, default_value = "../shared/bench/corpus/long.jsonl")]
+    long_corpus: PathBuf,
+    /// Texts taken from the start of the mixed corpus.
+    #[arg(long, default_value_t = 5000)]
+    limit: usize,
+    /// Inputs per batch for the sorted mixed-corpus run (ONNX Runtime's yardstick uses 32).
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Token budget per batch for the packed mixed-corpus run.
+    #[arg(long, default_value_t = 4096)]
+    batch_tokens: usize,
+    /// Thread counts to measure, comma-separated.
+    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Repetitions of each fixed-shape workload (median reported).
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    /// Only these workloads (comma-separated: full, corpus, packed, single).
+    #[arg(
+        long,
+        default_value = "full,corpus,packed,single",
+        value_delimiter = ','
+    )]
+    workloads: Vec<String>,
+}
+
+fn read_corpus(path: &PathBuf, limit: usize) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read corpus {}", path.display()))?;
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("bad line in {}", path.display()))?;
+        let s = match &v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other
+                .get("text")
+                .or_else(|| other.get("input"))
+                .and_then(|t| t.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        out.push(s);
+        if limit > 0 && out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Runs every batch once; returns (total seconds, per-batch seconds).
+fn run_batches(model: &Model, batches: &[Vec<&[u32]>]) -> Result<(f64, Vec<f64>)> {
+    let start = Instant::now();
+    let mut lat = Vec::with_capacity(batches.len());
+    for b in batches {
+        let t = Instant::now();
+        let v = model.embed_ids(b)?;
+        std::hint::black_box(v);
+        lat.push(t.elapsed().as_secs_f64());
+    }
+    Ok((start.elapsed().as_secs_f64(), lat))
+}
+
+/// Inputs of exactly `len` tokens: the first `len` tokens of each long document.
+fn fixed_length_inputs(
+    model: &Model,
+    docs: &[String],
+    len: usize,
+    count: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let texts: Vec<&str> = docs.iter().map(String::as_str).collect();
+    let mut toks = model.tokenize(&texts, None, Truncation::End)?;
+    toks.retain(|t| t.untruncated_tokens >= len);
+    anyhow::ensure!(!toks.is_empty(), "no document has {len} tokens");
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let ids = &toks[i % toks.len()].ids;
+        let mut v = ids[..len - 1].to_vec();
+        v.push(*ids.last().unwrap_or(&0)); // keep the closing special token
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Entry point of `openembed bench`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let mut results = Vec::new();
+    let docs = read_corpus(&args.long_corpus, 200)?;
+    let texts = read_corpus(&args.corpus, args.limit)?;
+    for &threads in &args.threads {
+        let model = Model::load(
+            &args.model,
+            &LoadOptions {
+                threads: Some(threads),
+            },
+        )
+        .with_context(|| format!("cannot load {}", args.model.display()))?;
+        let info = model.info();
+        println!(
+            "== {} ({}), {} threads",
+            args.model.display(),
+            info.architecture,
+            threads
+        );
+        let want = |w: &str| args.workloads.iter().any(|x| x == w);
+
+        if want("full") {
+            let inputs = fixed_length_inputs(&model, &docs, 128.min(info.max_input_tokens), 32)?;
+            let batch: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+            let tokens: usize = batch.iter().map(|b| b.len()).sum();
+            model.embed_ids(&batch)?;
+            let reps: Vec<Vec<&[u32]>> = (0..args.repeat).map(|_| batch.clone()).collect();
+            let (_, lat) = run_batches(&model, &reps)?;
+            let med = median(lat);
+            println!(
+                "32 x 128 tokens: {:.0} tokens/s, batch median {:.1} ms",
+                tokens as f64 / med,
+                med * 1e3
+            );
+            results.push(json!({"threads": threads, "workload": "32x128", "tokens_per_s": (tokens as f64 / med).round(), "batch_ms_p50": med * 1e3}));
+        }
+
+        let needs_corpus = want("corpus") || want("packed");
+        let tokenized = if needs_corpus {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let t = Instant::now();
+            let toks = model.tokenize(&refs, None, Truncation::End)?;
+            let tok_s = t.elapsed().as_secs_f64();
+            let mut ids: Vec<Vec<u32>> = toks.into_iter().map(|t| t.ids).collect();
+            ids.sort_by_key(Vec::len);
+            let total: usize = ids.iter().map(Vec::len).sum();
+            println!(
+                "corpus {}: {} texts, {} tokens, tokenized in {:.2} s ({:.0} tokens/s)",
+                args.corpus.display(),
+                ids.len(),
+                total,
+                tok_s,
+                total as f64 / tok_s
+            );
+            Some((ids, total))
+        } else {
+            None
+        };
+        if let Some((ids, total)) = &tokenized {
+            let mut runs: Vec<(&str, Vec<Vec<&[u32]>>)> = Vec::new();
+            if want("corpus") {
+                runs.push((
+                    "sorted batches",
+                    ids.chunks(args.batch.max(1))
+                        .map(|c| c.iter().map(Vec::as_slice).collect())
+                        .collect(),
+                ));
+            }
+            if want("packed") {
+                let mut batches: Vec<Vec<&[u32]>> = Vec::new();
+                let mut cur: Vec<&[u32]> = Vec::new();
+                let mut cur_tokens = 0;
+                for v in ids {
+                    if !cur.is_empty() && cur_tokens + v.len() > args.batch_tokens {
+                        batches.push(std::mem::take(&mut cur));
+                        cur_tokens = 0;
+                    }
+                    cur_tokens += v.len();
+                    cur.push(v);
+                }
+                if !cur.is_empty() {
+                    batches.push(cur);
+                }
+                runs.push(("token-budget batches", batches));
+            }
+            for (label, batches) in runs {
+                let mid = batches.len() / 2;
+                run_batches(&model, &batches[mid..(mid + 3).min(batches.len())])?;
+                let (secs, lat) = run_batches(&model, &batches)?;
+                let tps = *total as f64 / secs;
+                let med = median(lat);
+                let detail = if label == "sorted batches" {
+                    format!("of {}", args.batch)
+                } else {
+                    format!("of <= {} tokens", args.batch_tokens)
+                };
+                println!("mixed corpus, {label} {detail}: {tps:.0} tokens/s, {:.0} texts/s, batch median {:.1} ms ({} batches)", ids.len() as f64 / secs, med * 1e3, batches.len());
+                results.push(json!({"threads": threads, "workload": format!("corpus {label}"), "tokens_per_s": tps.round(), "batch_ms_p50": med * 1e3, "batches": batches.len()}));
+            }
+        }
+
+        if want("single") {
+            for len in [16usize, 128] {
+                let len = len.min(info.max_input_tokens);
+                let input = fixed_length_inputs(&model, &docs, len, 1)?;
+                let batch = vec![input[0].as_slice()];
+                model.embed_ids(&batch)?;
+                let reps: Vec<Vec<&[u32]>> =
+                    (0..args.repeat.max(5) * 4).map(|_| batch.clone()).collect();
+                let (_, lat) = run_batches(&model, &reps)?;
+                let med = median(lat);
+                println!(
+                    "single input of {len} tokens: {:.2} ms median, {:.0} tokens/s",
+                    med * 1e3,
+                    len as f64 / med
+                );
+                results.push(json!({"threads": threads, "workload": format!("single {len}"), "tokens_per_s": (len as f64 / med).round(), "batch_ms_p50": med * 1e3}));
+            }
+        }
+    }
+    println!(
+        "{}",
+        json!({"model": args.model.display().to_string(), "results": results})
+    );
+    Ok(())
+}
