@@ -42,69 +42,21 @@ fn main() {
         let whole =
             time(|| pool.install(|| linear(&x, m, k, &w, n, Some(&b), &mut out, n, threads)));
         let mut line = format!("m={m} k={k} n={n}: W[n,k] {:.1}", flop / whole);
-        let wt = vec![0.25f32; n * k];
-        for (label, par) in [("WT[k,n] 2thr", true), ("WT[k,n] split", false)] {
-            let t = time(|| {
-                pool.install(|| {
-                    if par {
-                        unsafe {
-                            gemm::gemm(
-                                m,
-                                n,
-                                k,
-                                out.as_mut_ptr(),
-                                1,
-                                n as isize,
-                                false,
-                                x.as_ptr(),
-                                1,
-                                k as isize,
-                                wt.as_ptr(),
-                                1,
-                                n as isize,
-                                1.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::Rayon(threads),
-                            )
-                        }
-                    } else {
-                        let half = m.div_ceil(threads);
-                        out.par_chunks_mut(half * n)
-                            .zip(x.par_chunks(half * k))
-                            .for_each(|(o, xi)| {
-                                let rows = xi.len() / k;
-                                unsafe {
-                                    gemm::gemm(
-                                        rows,
-                                        n,
-                                        k,
-                                        o.as_mut_ptr(),
-                                        1,
-                                        n as isize,
-                                        false,
-                                        xi.as_ptr(),
-                                        1,
-                                        k as isize,
-                                        wt.as_ptr(),
-                                        1,
-                                        n as isize,
-                                        1.0,
-                                        1.0,
-                                        false,
-                                        false,
-                                        false,
-                                        gemm::Parallelism::None,
-                                    )
-                                }
-                            })
-                    }
-                })
-            });
-            line += &format!(" | {label} {:.1}", flop / t);
-        }
+        let packed = openembed_engine::kernels::sgemm::PackedWeight::pack(&w, n, k);
+        let t = time(|| {
+            pool.install(|| {
+                openembed_engine::kernels::sgemm::sgemm(
+                    &x,
+                    m,
+                    &packed,
+                    Some(&b),
+                    &mut out,
+                    n,
+                    threads,
+                )
+            })
+        });
+        line += &format!(" | packed sgemm {:.1}", flop / t);
         println!("{line} GFLOPS");
     }
 }

@@ -11,17 +11,24 @@ use crate::error::Result;
 use crate::kernels::activation::Activation;
 use crate::kernels::matmul::linear;
 use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm};
-use crate::kernels::{par_rows, par_rows_mut};
+use crate::kernels::sgemm::{sgemm, PackedWeight};
+use crate::kernels::{has_avx2_fma, par_rows, par_rows_mut};
 use crate::weights::{Tensor, Weights};
 
 /// A dense layer `y = x·Wᵀ + b` with `W` of shape `[out × in]`.
 pub struct Linear {
-    weight: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
     /// Input width.
     pub in_features: usize,
     /// Output width.
     pub out_features: usize,
+}
+
+/// Weights of a [`Linear`]: packed for our AVX2 SGEMM, or as stored for the portable path.
+enum LinearWeight {
+    Packed(PackedWeight),
+    Plain(Tensor),
 }
 
 impl Linear {
@@ -39,12 +46,24 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self {
+        Ok(Self::new(weight, bias))
+    }
+
+    /// Builds a layer from a `[out × in]` weight and optional bias, packing the weight when the
+    /// CPU runs the fast SGEMM.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        let (out_features, in_features) = (weight.shape()[0], weight.shape()[1]);
+        let weight = if has_avx2_fma() {
+            LinearWeight::Packed(PackedWeight::pack(weight.data(), out_features, in_features))
+        } else {
+            LinearWeight::Plain(weight)
+        };
+        Self {
             weight,
             bias,
             in_features,
             out_features,
-        })
+        }
     }
 
     /// Loads a layer whose bias may or may not be stored.
@@ -59,42 +78,61 @@ impl Linear {
     }
 
     /// Stacks layers with the same input width into one (fused Q|K|V): one GEMM instead of three.
-    pub fn concat(parts: Vec<Linear>) -> Self {
-        let in_features = parts.first().map(|p| p.in_features).unwrap_or(0);
-        let out_features = parts.iter().map(|p| p.out_features).sum();
+    pub fn concat(parts: Vec<(Tensor, Option<Tensor>)>) -> Self {
+        let in_features = parts.first().map(|p| p.0.shape()[1]).unwrap_or(0);
+        let out_features = parts.iter().map(|p| p.0.shape()[0]).sum();
         let mut weight = Vec::with_capacity(in_features * out_features);
-        let with_bias = parts.iter().any(|p| p.bias.is_some());
+        let with_bias = parts.iter().any(|p| p.1.is_some());
         let mut bias = Vec::with_capacity(if with_bias { out_features } else { 0 });
-        for p in &parts {
-            weight.extend_from_slice(p.weight.data());
+        for (w, b) in &parts {
+            weight.extend_from_slice(w.data());
             if with_bias {
-                match &p.bias {
+                match b {
                     Some(b) => bias.extend_from_slice(b.data()),
-                    None => bias.extend(std::iter::repeat(0.0).take(p.out_features)),
+                    None => bias.extend(std::iter::repeat(0.0).take(w.shape()[0])),
                 }
             }
         }
-        Self {
-            weight: Tensor::from_vec(weight, vec![out_features, in_features]),
-            bias: with_bias.then(|| Tensor::from_vec(bias, vec![out_features])),
-            in_features,
-            out_features,
-        }
+        Self::new(
+            Tensor::from_vec(weight, vec![out_features, in_features]),
+            with_bias.then(|| Tensor::from_vec(bias, vec![out_features])),
+        )
+    }
+
+    /// Loads `{prefix}.weight` / `{prefix}.bias` without packing, for [`Linear::concat`].
+    pub fn load_parts(
+        w: &Weights,
+        prefix: &str,
+        in_features: usize,
+        out_features: usize,
+        with_bias: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let weight = w.get(&format!("{prefix}.weight"), &[out_features, in_features])?;
+        let bias = if with_bias {
+            Some(w.get(&format!("{prefix}.bias"), &[out_features])?)
+        } else {
+            None
+        };
+        Ok((weight, bias))
     }
 
     /// `out[rows × out_features] = x[rows × in_features] · Wᵀ + b`.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], threads: usize) {
-        linear(
-            x,
-            rows,
-            self.in_features,
-            self.weight.data(),
-            self.out_features,
-            self.bias.as_ref().map(|b| b.data()),
-            out,
-            self.out_features,
-            threads,
-        );
+        let bias = self.bias.as_ref().map(|b| b.data());
+        match &self.weight {
+            LinearWeight::Packed(p) => sgemm(x, rows, p, bias, out, self.out_features, threads),
+            LinearWeight::Plain(w) => linear(
+                x,
+                rows,
+                self.in_features,
+                w.data(),
+                self.out_features,
+                bias,
+                out,
+                self.out_features,
+                threads,
+            ),
+        }
     }
 }
 

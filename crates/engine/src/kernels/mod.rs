@@ -8,6 +8,7 @@ pub mod activation;
 pub mod math;
 pub mod matmul;
 pub mod norm;
+pub mod sgemm;
 
 /// True when the CPU supports AVX2 and FMA (checked once; std caches the answer).
 #[inline]

@@ -119,9 +119,9 @@ pub fn post_norm_layer(
     let p = format!("{}.{i}", names.layer_prefix);
     let name = |suffix: &str| format!("{p}.{suffix}");
     let qkv = Linear::concat(vec![
-        Linear::load(w, &name(names.query), hidden, hidden, true)?,
-        Linear::load(w, &name(names.key), hidden, hidden, true)?,
-        Linear::load(w, &name(names.value), hidden, hidden, true)?,
+        Linear::load_parts(w, &name(names.query), hidden, hidden, true)?,
+        Linear::load_parts(w, &name(names.key), hidden, hidden, true)?,
+        Linear::load_parts(w, &name(names.value), hidden, hidden, true)?,
     ]);
     Ok(Layer {
         attention: SelfAttention {
