@@ -88,7 +88,7 @@ pub fn attention(
 ) {
     let tokens = offsets.last().copied().unwrap_or(0);
     assert!(qkv.len() >= tokens * layout.qkv_width() && out.len() >= tokens * layout.out_width());
-    assert!(layout.kv_heads > 0 && layout.heads % layout.kv_heads == 0);
+    assert!(layout.kv_heads > 0 && layout.heads.is_multiple_of(layout.kv_heads));
     if let Some(b) = bias {
         let longest = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
         assert!(b.span >= longest && b.values.len() >= layout.heads * (2 * b.span - 1));
@@ -104,22 +104,8 @@ pub fn attention(
             let scratch = &mut *guard;
             // SAFETY: this task alone writes columns h*d..(h+1)*d of rows start..end; the
             // assert above bounds them within `out`.
-            let block = unsafe {
-                out_ptr
-                    .0
-                    .add(start * layout.out_width() + h * layout.head_dim)
-            };
-            attend_one(
-                qkv,
-                start,
-                end,
-                h,
-                layout,
-                mask,
-                bias,
-                scratch,
-                OutPtr(block),
-            );
+            let block = unsafe { out_ptr.0.add(start * layout.out_width() + h * layout.head_dim) };
+            attend_one(qkv, start, end, h, layout, mask, bias, scratch, OutPtr(block));
         });
     });
 }
@@ -221,10 +207,7 @@ mod tests {
                 let s: Vec<f64> = (0..n)
                     .map(|j| {
                         (0..d)
-                            .map(|x| {
-                                qkv[i * w + h * d + x] as f64
-                                    * qkv[j * w + (l.heads + kvh) * d + x] as f64
-                            })
+                            .map(|x| qkv[i * w + h * d + x] as f64 * qkv[j * w + (l.heads + kvh) * d + x] as f64)
                             .sum::<f64>()
                             / (d as f64).sqrt()
                     })
@@ -233,12 +216,8 @@ mod tests {
                 let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
                 for x in 0..d {
                     out[i * l.out_width() + h * d + x] = (0..n)
-                        .map(|j| {
-                            (s[j] - m).exp() / z
-                                * qkv[j * w + (l.heads + l.kv_heads + kvh) * d + x] as f64
-                        })
-                        .sum::<f64>()
-                        as f32;
+                        .map(|j| (s[j] - m).exp() / z * qkv[j * w + (l.heads + l.kv_heads + kvh) * d + x] as f64)
+                        .sum::<f64>() as f32;
                 }
             }
         }
@@ -276,11 +255,7 @@ mod tests {
                 offsets.push(offsets.last().unwrap() + l);
             }
             let mut out = vec![0.0; total * layout.out_width()];
-            let mask = if causal {
-                Mask::Causal
-            } else {
-                Mask::Bidirectional
-            };
+            let mask = if causal { Mask::Causal } else { Mask::Bidirectional };
             attention(&qkv, &mut out, &offsets, layout, mask, None);
             for s in 0..lens.len() {
                 let (a, b) = (offsets[s], offsets[s + 1]);

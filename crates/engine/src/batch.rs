@@ -55,10 +55,6 @@ impl PackedBatch {
 
     /// Length of the longest sequence.
     pub fn max_len(&self) -> usize {
-        self.offsets
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .max()
-            .unwrap_or(0)
+        self.offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
     }
 }

@@ -80,10 +80,7 @@ impl SentenceConfig {
         ] {
             if sbert.exists() {
                 let v = read_json(&sbert)?;
-                cfg.max_seq_length = v
-                    .get("max_seq_length")
-                    .and_then(Value::as_u64)
-                    .map(|n| n as usize);
+                cfg.max_seq_length = v.get("max_seq_length").and_then(Value::as_u64).map(|n| n as usize);
                 break;
             }
         }
@@ -97,10 +94,7 @@ impl SentenceConfig {
                     }
                 }
             }
-            cfg.default_prompt_name = v
-                .get("default_prompt_name")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
+            cfg.default_prompt_name = v.get("default_prompt_name").and_then(Value::as_str).map(str::to_owned);
         }
         Ok(cfg)
     }
@@ -145,30 +139,23 @@ impl ConfigJson {
 
     /// Like [`Self::usize_opt`] but required.
     pub fn usize(&self, names: &[&str]) -> Result<usize> {
-        self.usize_opt(names).ok_or_else(|| {
-            self.invalid(&format!("missing integer field `{}`", names.join("` or `")))
-        })
+        self.usize_opt(names)
+            .ok_or_else(|| self.invalid(&format!("missing integer field `{}`", names.join("` or `"))))
     }
 
     /// The first present alias, as a float.
     pub fn f64_opt(&self, names: &[&str]) -> Option<f64> {
-        names
-            .iter()
-            .find_map(|n| self.value.get(*n).and_then(Value::as_f64))
+        names.iter().find_map(|n| self.value.get(*n).and_then(Value::as_f64))
     }
 
     /// The first present alias, as a string.
     pub fn str_opt(&self, names: &[&str]) -> Option<&str> {
-        names
-            .iter()
-            .find_map(|n| self.value.get(*n).and_then(Value::as_str))
+        names.iter().find_map(|n| self.value.get(*n).and_then(Value::as_str))
     }
 
     /// The first present alias, as a bool.
     pub fn bool_opt(&self, names: &[&str]) -> Option<bool> {
-        names
-            .iter()
-            .find_map(|n| self.value.get(*n).and_then(Value::as_bool))
+        names.iter().find_map(|n| self.value.get(*n).and_then(Value::as_bool))
     }
 
     /// An [`Error::InvalidFile`] about this file.

@@ -87,11 +87,7 @@ impl Model {
         }
         let threads = options
             .threads
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            })
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
             .max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -147,8 +143,7 @@ impl Model {
         prompt: Option<&str>,
         truncation: Truncation,
     ) -> Result<Vec<TokenizedInput>> {
-        self.pool
-            .install(|| self.tokenizer.tokenize(texts, prompt, truncation))
+        self.pool.install(|| self.tokenizer.tokenize(texts, prompt, truncation))
     }
 
     /// Checks pre-tokenized ids of input `index` against the vocabulary and converts them.
@@ -201,17 +196,10 @@ impl Model {
 
     /// Runs the transformer on inputs packed into one batch and hands the hidden states
     /// (`tokens × hidden`, sequences end to end) to `f`.
-    fn with_hidden<R>(
-        &self,
-        inputs: &[&[u32]],
-        f: impl FnOnce(&PackedBatch, &[f32]) -> R,
-    ) -> Result<R> {
+    fn with_hidden<R>(&self, inputs: &[&[u32]], f: impl FnOnce(&PackedBatch, &[f32]) -> R) -> Result<R> {
         self.validate(inputs)?;
         let batch = PackedBatch::new(inputs);
-        let mut scratch = self
-            .scratch
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut scratch = self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let scratch_ref: &mut Scratch = &mut scratch;
         self.pool
             .install(|| self.transformer.forward(&batch, scratch_ref, self.threads));
@@ -243,11 +231,7 @@ impl Model {
             for (i, out) in pooled.chunks_exact_mut(width).enumerate() {
                 let r = batch.range(i);
                 for (m, mode) in modes.iter().enumerate() {
-                    mode.pool(
-                        &hidden[r.start * h..r.end * h],
-                        h,
-                        &mut out[m * h..(m + 1) * h],
-                    );
+                    mode.pool(&hidden[r.start * h..r.end * h], h, &mut out[m * h..(m + 1) * h]);
                 }
             }
             pooled

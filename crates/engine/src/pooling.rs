@@ -83,9 +83,10 @@ impl Pooling {
         }
         if modes.is_empty() {
             if let Some(name) = v.get("pooling_mode").and_then(Value::as_str) {
-                modes.push(Self::from_name(name).ok_or_else(|| {
-                    Error::Unsupported(format!("{}: pooling_mode `{name}`", path.display()))
-                })?);
+                modes.push(
+                    Self::from_name(name)
+                        .ok_or_else(|| Error::Unsupported(format!("{}: pooling_mode `{name}`", path.display())))?,
+                );
             } else {
                 return Err(Error::InvalidFile {
                     path,
@@ -160,12 +161,8 @@ impl Dense {
             .get("activation_function")
             .and_then(Value::as_str)
             .unwrap_or("torch.nn.modules.activation.Tanh");
-        let activation = Activation::from_name(act_name).ok_or_else(|| {
-            Error::Unsupported(format!(
-                "{}: activation_function `{act_name}`",
-                cfg_path.display()
-            ))
-        })?;
+        let activation = Activation::from_name(act_name)
+            .ok_or_else(|| Error::Unsupported(format!("{}: activation_function `{act_name}`", cfg_path.display())))?;
         let weights = Weights::open(dir, "Dense")?;
         Ok(Self {
             linear: Linear::load(&weights, "linear", inf, outf, bias)?,
@@ -194,11 +191,7 @@ impl Dense {
 
 /// Scales `v` to unit L2 norm (left as is when its norm is 0).
 pub fn normalize(v: &mut [f32]) {
-    let norm = v
-        .iter()
-        .map(|x| (*x as f64) * (*x as f64))
-        .sum::<f64>()
-        .sqrt();
+    let norm = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
     if norm > 0.0 {
         let inv = (1.0 / norm) as f32;
         v.iter_mut().for_each(|x| *x *= inv);

@@ -62,16 +62,11 @@ impl TextTokenizer {
             message: format!("cannot load tokenizer: {e}"),
         })?;
         inner.with_padding(None);
-        inner
-            .with_truncation(None)
-            .map_err(|e| Error::InvalidFile {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        let special_tokens = inner
-            .get_post_processor()
-            .map(|p| p.added_tokens(false))
-            .unwrap_or(0);
+        inner.with_truncation(None).map_err(|e| Error::InvalidFile {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let special_tokens = inner.get_post_processor().map(|p| p.added_tokens(false)).unwrap_or(0);
         Ok(Self {
             inner,
             limit,
@@ -97,10 +92,7 @@ impl TextTokenizer {
         prefix: Option<&str>,
         truncation: Truncation,
     ) -> Result<Vec<TokenizedInput>> {
-        let inputs: Vec<String> = texts
-            .iter()
-            .map(|t| format!("{}{t}", prefix.unwrap_or("")))
-            .collect();
+        let inputs: Vec<String> = texts.iter().map(|t| format!("{}{t}", prefix.unwrap_or(""))).collect();
         let encodings = self
             .inner
             .encode_batch(inputs, false)

@@ -33,13 +33,7 @@ enum LinearWeight {
 
 impl Linear {
     /// Loads `{prefix}.weight` (`[out × in]`) and, when `with_bias`, `{prefix}.bias`.
-    pub fn load(
-        w: &Weights,
-        prefix: &str,
-        in_features: usize,
-        out_features: usize,
-        with_bias: bool,
-    ) -> Result<Self> {
+    pub fn load(w: &Weights, prefix: &str, in_features: usize, out_features: usize, with_bias: bool) -> Result<Self> {
         let weight = w.get(&format!("{prefix}.weight"), &[out_features, in_features])?;
         let bias = if with_bias {
             Some(w.get(&format!("{prefix}.bias"), &[out_features])?)
@@ -67,12 +61,7 @@ impl Linear {
     }
 
     /// Loads a layer whose bias may or may not be stored.
-    pub fn load_opt_bias(
-        w: &Weights,
-        prefix: &str,
-        in_features: usize,
-        out_features: usize,
-    ) -> Result<Self> {
+    pub fn load_opt_bias(w: &Weights, prefix: &str, in_features: usize, out_features: usize) -> Result<Self> {
         let has_bias = w.contains(&format!("{prefix}.bias"));
         Self::load(w, prefix, in_features, out_features, has_bias)
     }
@@ -89,7 +78,7 @@ impl Linear {
             if with_bias {
                 match b {
                     Some(b) => bias.extend_from_slice(b.data()),
-                    None => bias.extend(std::iter::repeat(0.0).take(w.shape()[0])),
+                    None => bias.extend(std::iter::repeat_n(0.0, w.shape()[0])),
                 }
             }
         }
@@ -118,20 +107,21 @@ impl Linear {
 
     /// `out[rows × out_features] = x[rows × in_features] · Wᵀ + b`.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], threads: usize) {
+        self.forward_act(x, rows, out, Activation::Identity, threads)
+    }
+
+    /// `out = act(x · Wᵀ + b)`, the activation fused into the GEMM's store where possible.
+    pub fn forward_act(&self, x: &[f32], rows: usize, out: &mut [f32], act: Activation, threads: usize) {
         let bias = self.bias.as_ref().map(|b| b.data());
+        let (k, n) = (self.in_features, self.out_features);
         match &self.weight {
-            LinearWeight::Packed(p) => sgemm(x, rows, p, bias, out, self.out_features, threads),
-            LinearWeight::Plain(w) => linear(
-                x,
-                rows,
-                self.in_features,
-                w.data(),
-                self.out_features,
-                bias,
-                out,
-                self.out_features,
-                threads,
-            ),
+            LinearWeight::Packed(p) => sgemm(x, rows, p, bias, act, out, n, threads),
+            LinearWeight::Plain(w) => {
+                linear(x, rows, k, w.data(), n, bias, out, n, threads);
+                if act != Activation::Identity {
+                    par_rows_mut(&mut out[..rows * n], n, |r| act.apply(r));
+                }
+            }
         }
     }
 }
@@ -182,12 +172,10 @@ impl Norm {
     /// `out = norm(x)` row by row.
     pub fn apply(&self, x: &[f32], out: &mut [f32], width: usize) {
         match self {
-            Norm::Layer { weight, bias, eps } => par_rows(x, out, width, |x, o| {
-                layer_norm(x, o, width, weight.data(), bias, *eps)
-            }),
-            Norm::Rms { weight, eps } => par_rows(x, out, width, |x, o| {
-                rms_norm(x, o, width, weight.data(), *eps)
-            }),
+            Norm::Layer { weight, bias, eps } => {
+                par_rows(x, out, width, |x, o| layer_norm(x, o, width, weight.data(), bias, *eps))
+            }
+            Norm::Rms { weight, eps } => par_rows(x, out, width, |x, o| rms_norm(x, o, width, weight.data(), *eps)),
         }
     }
 
@@ -200,10 +188,7 @@ impl Norm {
             Norm::Rms { weight, eps } => par_rows(x, hidden, width, |x, h| {
                 for row in 0..h.len() / width {
                     let r = row * width..(row + 1) * width;
-                    h[r.clone()]
-                        .iter_mut()
-                        .zip(&x[r.clone()])
-                        .for_each(|(a, b)| *a += b);
+                    h[r.clone()].iter_mut().zip(&x[r.clone()]).for_each(|(a, b)| *a += b);
                     rms_norm_in_place(&mut h[r], weight.data(), *eps);
                 }
             }),
@@ -214,9 +199,7 @@ impl Norm {
 fn rms_norm_in_place(row: &mut [f32], gamma: &[f32], eps: f32) {
     let ss: f32 = crate::kernels::math::dot(row, row);
     let inv = 1.0 / (ss / row.len() as f32 + eps).sqrt();
-    row.iter_mut()
-        .zip(gamma)
-        .for_each(|(v, g)| *v = *v * inv * g);
+    row.iter_mut().zip(gamma).for_each(|(v, g)| *v = *v * inv * g);
 }
 
 /// Where each block's normalization sits.
@@ -309,8 +292,7 @@ impl BucketedPositionBias {
         if n < max_exact {
             ret += n;
         } else {
-            let ratio = (n as f32 / max_exact as f32).ln()
-                / (self.max_distance as f32 / max_exact as f32).ln();
+            let ratio = (n as f32 / max_exact as f32).ln() / (self.max_distance as f32 / max_exact as f32).ln();
             let large = max_exact + (ratio * (half - max_exact) as f32) as usize;
             ret += large.min(half - 1);
         }
@@ -388,11 +370,7 @@ impl Transformer {
             ensure(&mut scratch.normed, t * hsz),
         );
         if let Some(pb) = &self.position_bias {
-            let heads = self
-                .layers
-                .first()
-                .map(|l| l.attention.layout.heads)
-                .unwrap_or(1);
+            let heads = self.layers.first().map(|l| l.attention.layout.heads).unwrap_or(1);
             let span = batch.max_len().max(1);
             let table = scratch.bias.get_or_insert_with(|| RelativeBias {
                 values: Vec::new(),
@@ -453,22 +431,10 @@ impl Transformer {
         let qkv = ensure(&mut s.qkv, t * att.layout.qkv_width());
         att.qkv.forward(input, t, qkv, threads);
         let ctx = ensure(&mut s.context, t * att.layout.out_width());
-        attention(
-            qkv,
-            ctx,
-            batch.offsets(),
-            att.layout,
-            att.mask,
-            s.bias.as_ref(),
-        );
+        attention(qkv, ctx, batch.offsets(), att.layout, att.mask, s.bias.as_ref());
         let proj = ensure(&mut s.projected, t * h);
         att.out.forward(ctx, t, proj, threads);
-        self.residual(
-            layer.attention_norm.as_ref(),
-            proj,
-            &mut s.hidden[..t * h],
-            pre,
-        );
+        self.residual(layer.attention_norm.as_ref(), proj, &mut s.hidden[..t * h], pre);
 
         // Feed-forward block.
         let input: &[f32] = if pre {
@@ -481,13 +447,13 @@ impl Transformer {
         };
         let mlp = &layer.mlp;
         let up = ensure(&mut s.intermediate, t * mlp.up.out_features);
-        mlp.up.forward(input, t, up, threads);
         let inter_width = match mlp.gated {
             None => {
-                par_rows_mut(up, mlp.up.out_features, |rows| mlp.activation.apply(rows));
+                mlp.up.forward_act(input, t, up, mlp.activation, threads);
                 mlp.up.out_features
             }
             Some(order) => {
+                mlp.up.forward(input, t, up, threads);
                 let half = mlp.up.out_features / 2;
                 let gate = ensure(&mut s.gate, t * half);
                 split_gated(up, gate, half, order, mlp.activation);
@@ -495,8 +461,7 @@ impl Transformer {
             }
         };
         let proj = ensure(&mut s.projected, t * h);
-        mlp.down
-            .forward(&s.intermediate[..t * inter_width], t, proj, threads);
+        mlp.down.forward(&s.intermediate[..t * inter_width], t, proj, threads);
         self.residual(Some(&layer.mlp_norm), proj, &mut s.hidden[..t * h], pre);
     }
 
@@ -518,8 +483,7 @@ fn split_gated(both: &mut [f32], gate: &mut [f32], half: usize, order: GateOrder
     };
     for r in 0..rows {
         let base = r * 2 * half;
-        gate[r * half..(r + 1) * half]
-            .copy_from_slice(&both[base + gate_at..base + gate_at + half]);
+        gate[r * half..(r + 1) * half].copy_from_slice(&both[base + gate_at..base + gate_at + half]);
         // Row r's destination ends at (r+1)·half ≤ base for r ≥ 1, so no unread data is overwritten.
         both.copy_within(base + up_at..base + up_at + half, r * half);
     }

@@ -11,14 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Prefixes that model classes put in front of tensor names; stripped when indexing.
-const MODEL_PREFIXES: &[&str] = &[
-    "bert.",
-    "roberta.",
-    "distilbert.",
-    "mpnet.",
-    "model.",
-    "xlm_roberta.",
-];
+const MODEL_PREFIXES: &[&str] = &["bert.", "roberta.", "distilbert.", "mpnet.", "model.", "xlm_roberta."];
 
 /// An f32 matrix or vector, either borrowed from the file mapping or owned.
 pub struct Tensor {
@@ -27,11 +20,7 @@ pub struct Tensor {
 }
 
 enum TensorData {
-    Mapped {
-        map: Arc<Mmap>,
-        offset: usize,
-        len: usize,
-    },
+    Mapped { map: Arc<Mmap>, offset: usize, len: usize },
     Owned(Vec<f32>),
 }
 
@@ -92,11 +81,10 @@ impl Weights {
             vec![single]
         } else if index.exists() {
             let text = read_to_string(&index)?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::InvalidFile {
-                    path: index.clone(),
-                    message: e.to_string(),
-                })?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::InvalidFile {
+                path: index.clone(),
+                message: e.to_string(),
+            })?;
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -104,10 +92,7 @@ impl Weights {
                     path: index.clone(),
                     message: "expected an object `weight_map`".into(),
                 })?;
-            let mut names: Vec<String> = map
-                .values()
-                .filter_map(|f| f.as_str().map(str::to_owned))
-                .collect();
+            let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_owned)).collect();
             names.sort();
             names.dedup();
             names.into_iter().map(|n| dir.join(n)).collect()
@@ -119,8 +104,7 @@ impl Weights {
         } else {
             return Err(Error::MissingFile {
                 path: single,
-                expected: "the model weights (model.safetensors or model.safetensors.index.json)"
-                    .into(),
+                expected: "the model weights (model.safetensors or model.safetensors.index.json)".into(),
             });
         };
         Self::open_files(&files, architecture)
@@ -227,7 +211,7 @@ impl Weights {
                 if bytes.len() != numel * 4 {
                     return Err(bad("f32 data matching the shape"));
                 }
-                if (map.as_ptr() as usize + e.start) % 4 == 0 {
+                if (map.as_ptr() as usize + e.start).is_multiple_of(4) {
                     TensorData::Mapped {
                         map: map.clone(),
                         offset: e.start,

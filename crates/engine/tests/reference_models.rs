@@ -14,10 +14,7 @@ fn check_reference(model: &Model, reference: &Path) {
         model.info().max_input_tokens,
         header["max_seq_length"].as_u64().unwrap() as usize
     );
-    assert_eq!(
-        model.info().dimension,
-        header["dimension"].as_u64().unwrap() as usize
-    );
+    assert_eq!(model.info().dimension, header["dimension"].as_u64().unwrap() as usize);
     let cases = &lines[1..];
     let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
 
@@ -27,17 +24,9 @@ fn check_reference(model: &Model, reference: &Path) {
     for ((case, plain), tok) in cases.iter().zip(&plain).zip(&tokenized) {
         let untruncated = case["untruncated_tokens"].as_u64().unwrap() as usize;
         assert_eq!(plain.untruncated_tokens, untruncated, "{:?}", case["text"]);
-        assert_eq!(
-            plain.over_limit,
-            untruncated > model.info().max_input_tokens
-        );
+        assert_eq!(plain.over_limit, untruncated > model.info().max_input_tokens);
         assert_eq!(plain.tokens(), untruncated, "no truncation unless asked");
-        assert_eq!(
-            tok.ids,
-            ids(&case["input_ids"]),
-            "input_ids of {:?}",
-            case["text"]
-        );
+        assert_eq!(tok.ids, ids(&case["input_ids"]), "input_ids of {:?}", case["text"]);
         assert_eq!(tok.tokens(), case["tokens"].as_u64().unwrap() as usize);
         assert_eq!(tok.truncated(), untruncated > tok.tokens());
     }
@@ -73,10 +62,7 @@ fn all_minilm_l6_v2_matches_sentence_transformers() {
     let model = Model::load(&minilm_dir(), &LoadOptions::default()).unwrap();
     assert_eq!(model.info().architecture, "bert");
     assert!(model.info().normalize);
-    check_reference(
-        &model,
-        &shared_dir().join("fixtures/reference/all-MiniLM-L6-v2.jsonl"),
-    );
+    check_reference(&model, &shared_dir().join("fixtures/reference/all-MiniLM-L6-v2.jsonl"));
 }
 
 #[test]
@@ -101,16 +87,10 @@ fn all_minilm_l6_v2_single_thread_gives_same_vectors() {
 fn all_mpnet_base_v2_matches_sentence_transformers_when_present() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-mpnet-base-v2");
     if !dir.join("model.safetensors").exists() {
-        eprintln!(
-            "skipped: {} not present (run `make fetch-mpnet`)",
-            dir.display()
-        );
+        eprintln!("skipped: {} not present (run `make fetch-mpnet`)", dir.display());
         return;
     }
     let model = Model::load(&dir, &LoadOptions::default()).unwrap();
     assert_eq!(model.info().architecture, "mpnet");
-    check_reference(
-        &model,
-        &shared_dir().join("fixtures/reference/all-mpnet-base-v2.jsonl"),
-    );
+    check_reference(&model, &shared_dir().join("fixtures/reference/all-mpnet-base-v2.jsonl"));
 }

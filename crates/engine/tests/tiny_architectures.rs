@@ -13,10 +13,9 @@ const TOLERANCE: f32 = 1e-4;
 fn check_architecture(name: &str) {
     let dir = shared_dir().join("fixtures/tiny").join(name);
     let model = load_transformer(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("reference.json")).expect("reference.json"),
-    )
-    .expect("json");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).expect("reference.json"))
+            .expect("json");
     let cases = reference["cases"].as_array().expect("cases");
     let h = model.hidden;
     let inputs: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["input_ids"])).collect();
@@ -66,10 +65,7 @@ fn check_architecture(name: &str) {
     for (slot, &i) in order.iter().enumerate() {
         let r = batch.range(slot);
         let diff = max_abs_diff(&scratch.hidden[r.start * h..r.end * h], &alone[i]);
-        assert!(
-            diff <= 1e-5,
-            "{name}: packed batch moved sequence {i} by {diff}"
-        );
+        assert!(diff <= 1e-5, "{name}: packed batch moved sequence {i} by {diff}");
     }
 }
 

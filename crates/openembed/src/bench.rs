@@ -35,21 +35,16 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     repeat: usize,
     /// Only these workloads (comma-separated: full, corpus, packed, single).
-    #[arg(
-        long,
-        default_value = "full,corpus,packed,single",
-        value_delimiter = ','
-    )]
+    #[arg(long, default_value = "full,corpus,packed,single", value_delimiter = ',')]
     workloads: Vec<String>,
 }
 
 fn read_corpus(path: &PathBuf, limit: usize) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read corpus {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read corpus {}", path.display()))?;
     let mut out = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("bad line in {}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("bad line in {}", path.display()))?;
         let s = match &v {
             serde_json::Value::String(s) => s.clone(),
             other => other
@@ -90,12 +85,7 @@ fn run_batches(model: &Model, batches: &[Vec<&[u32]>]) -> Result<(f64, Vec<f64>)
 }
 
 /// Inputs of exactly `len` tokens: the first `len` tokens of each long document.
-fn fixed_length_inputs(
-    model: &Model,
-    docs: &[String],
-    len: usize,
-    count: usize,
-) -> Result<Vec<Vec<u32>>> {
+fn fixed_length_inputs(model: &Model, docs: &[String], len: usize, count: usize) -> Result<Vec<Vec<u32>>> {
     let texts: Vec<&str> = docs.iter().map(String::as_str).collect();
     let mut toks = model.tokenize(&texts, None, Truncation::End)?;
     toks.retain(|t| t.untruncated_tokens >= len);
@@ -116,13 +106,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let docs = read_corpus(&args.long_corpus, 200)?;
     let texts = read_corpus(&args.corpus, args.limit)?;
     for &threads in &args.threads {
-        let model = Model::load(
-            &args.model,
-            &LoadOptions {
-                threads: Some(threads),
-            },
-        )
-        .with_context(|| format!("cannot load {}", args.model.display()))?;
+        let model = Model::load(&args.model, &LoadOptions { threads: Some(threads) })
+            .with_context(|| format!("cannot load {}", args.model.display()))?;
         let info = model.info();
         println!(
             "== {} ({}), {} threads",
@@ -218,8 +203,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 let input = fixed_length_inputs(&model, &docs, len, 1)?;
                 let batch = vec![input[0].as_slice()];
                 model.embed_ids(&batch)?;
-                let reps: Vec<Vec<&[u32]>> =
-                    (0..args.repeat.max(5) * 4).map(|_| batch.clone()).collect();
+                let reps: Vec<Vec<&[u32]>> = (0..args.repeat.max(5) * 4).map(|_| batch.clone()).collect();
                 let (_, lat) = run_batches(&model, &reps)?;
                 let med = median(lat);
                 println!(

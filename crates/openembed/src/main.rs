@@ -1,6 +1,7 @@
 //! `openembed`: the command line of the openembed embedding server.
 
 mod bench;
+mod embed;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -17,12 +18,15 @@ struct Cli {
 enum Command {
     /// Measure the engine: tokens/s and per-batch latency on fixed workloads.
     Bench(bench::BenchArgs),
+    /// Embed texts from arguments or stdin and print JSON lines.
+    Embed(embed::EmbedArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench::run(&args),
+        Command::Embed(args) => embed::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -47,6 +47,20 @@ impl Activation {
         }
     }
 
+    /// Applies the activation to a small block in place; inlined into the caller so it is
+    /// compiled with the caller's target features (used in the SGEMM epilogue).
+    #[inline(always)]
+    pub fn apply_block(self, x: &mut [f32; 16]) {
+        match self {
+            Self::Gelu => x.iter_mut().for_each(|v| *v = gelu_one(*v)),
+            Self::GeluTanh => x.iter_mut().for_each(|v| *v = gelu_tanh_one(*v)),
+            Self::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Self::Silu => x.iter_mut().for_each(|v| *v = silu_one(*v)),
+            Self::Tanh => x.iter_mut().for_each(|v| *v = tanh_fast(*v)),
+            Self::Identity => {}
+        }
+    }
+
     /// Gated form: `out[i] = act(gate[i]) * up[i]` (SwiGLU / GeGLU), written into `up`.
     pub fn apply_gated(self, gate: &[f32], up: &mut [f32]) {
         gated(self, gate, up)
@@ -146,16 +160,12 @@ mod tests {
         for (act, f) in [
             (
                 Activation::Gelu,
-                Box::new(|v: f64| 0.5 * v * (1.0 + libm::erf(v / 2f64.sqrt())))
-                    as Box<dyn Fn(f64) -> f64>,
+                Box::new(|v: f64| 0.5 * v * (1.0 + libm::erf(v / 2f64.sqrt()))) as Box<dyn Fn(f64) -> f64>,
             ),
             (
                 Activation::GeluTanh,
                 Box::new(|v: f64| {
-                    0.5 * v
-                        * (1.0
-                            + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v))
-                                .tanh())
+                    0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
                 }),
             ),
             (Activation::Silu, Box::new(|v: f64| v / (1.0 + (-v).exp()))),
@@ -166,10 +176,7 @@ mod tests {
             act.apply(&mut y);
             for (x, y) in xs.iter().zip(&y) {
                 let want = f(*x as f64);
-                assert!(
-                    (*y as f64 - want).abs() < 2e-6,
-                    "{act:?}({x}) = {y}, want {want}"
-                );
+                assert!((*y as f64 - want).abs() < 2e-6, "{act:?}({x}) = {y}, want {want}");
             }
         }
         assert_eq!(

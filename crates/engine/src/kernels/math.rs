@@ -24,12 +24,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5e-1;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(
-        ((t.to_bits() as i32)
-            .wrapping_sub(0x4B40_0000)
-            .wrapping_add(127) as u32)
-            << 23,
-    );
+    let scale = f32::from_bits(((t.to_bits() as i32).wrapping_sub(0x4B40_0000).wrapping_add(127) as u32) << 23);
     y * scale
 }
 

