@@ -18,6 +18,8 @@ pub const MR: usize = 6;
 const KC: usize = 384;
 /// Columns of one N block (a `KC × NC` slice of weights is 192 KiB: fits L2).
 const NC: usize = 128;
+/// Rows of one M block (`MC × KC` of the input is 180 KiB: fits L2 beside the weights).
+const MC: usize = 120;
 
 /// A weight matrix `[n × k]` (PyTorch layout) re-laid out in `NR`-column panels.
 pub struct PackedWeight {
@@ -130,27 +132,32 @@ unsafe fn block(
         let act = if last { act } else { Activation::Identity };
         for n0 in (c0..c1).step_by(NC) {
             let n1 = (n0 + NC).min(c1);
-            let mut r = r0;
-            while r < r1 {
-                let rows = MR.min(r1 - r);
+            // Panel-stationary order: one weight panel (KC × NR) stays in L1 while the row
+            // strips of an MC block stream past it from L2.
+            for m0 in (r0..r1).step_by(MC) {
+                let m1 = (m0 + MC).min(r1);
                 let mut c = n0;
                 while c < n1 {
                     let cols = NR.min(n1 - c);
                     let panel = w.panels.as_ptr().add((c / NR) * k * NR + k0 * NR);
-                    let a = xp.add(r * k + k0);
-                    let dst = out.add(r * ldc + c);
                     let b = if first { bias.map(|b| b.as_ptr().add(c)) } else { None };
-                    match rows {
-                        6 => kernel::<6>(kc, a, k, panel, dst, ldc, cols, first, b, act),
-                        5 => kernel::<5>(kc, a, k, panel, dst, ldc, cols, first, b, act),
-                        4 => kernel::<4>(kc, a, k, panel, dst, ldc, cols, first, b, act),
-                        3 => kernel::<3>(kc, a, k, panel, dst, ldc, cols, first, b, act),
-                        2 => kernel::<2>(kc, a, k, panel, dst, ldc, cols, first, b, act),
-                        _ => kernel::<1>(kc, a, k, panel, dst, ldc, cols, first, b, act),
+                    let mut r = m0;
+                    while r < m1 {
+                        let rows = MR.min(m1 - r);
+                        let a = xp.add(r * k + k0);
+                        let dst = out.add(r * ldc + c);
+                        match rows {
+                            6 => kernel::<6>(kc, a, k, panel, dst, ldc, cols, first, b, act),
+                            5 => kernel::<5>(kc, a, k, panel, dst, ldc, cols, first, b, act),
+                            4 => kernel::<4>(kc, a, k, panel, dst, ldc, cols, first, b, act),
+                            3 => kernel::<3>(kc, a, k, panel, dst, ldc, cols, first, b, act),
+                            2 => kernel::<2>(kc, a, k, panel, dst, ldc, cols, first, b, act),
+                            _ => kernel::<1>(kc, a, k, panel, dst, ldc, cols, first, b, act),
+                        }
+                        r += MR;
                     }
                     c += NR;
                 }
-                r += MR;
             }
         }
     }
