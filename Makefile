@@ -7,13 +7,13 @@ MODEL_DIR ?= models/all-MiniLM-L6-v2
 model:
 	scripts/fetch-model.sh $(MODEL_DIR)
 
-## Build the engine and embed a sentence with the default model (the HTTP server arrives with
-## issue #3; until then this is the quickest end-to-end check of a fresh clone).
+## Serve the OpenAI embeddings API on http://127.0.0.1:8080 with the default model.
 run: model
-	cargo run --release -p openembed -- embed --model $(MODEL_DIR) "openembed runs on your own hardware"
+	cargo run --release -p openembed -- serve --model $(MODEL_DIR)=all-MiniLM-L6-v2
 
-## The whole test suite (fetches the default model first).
+## The whole test suite (fetches the default model and the official OpenAI clients first).
 test: model
+	scripts/setup-clients.sh
 	cargo test --workspace
 
 ## Formatting and lints as CI runs them.

@@ -2,6 +2,7 @@
 
 mod bench;
 mod embed;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -20,6 +21,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Embed texts from arguments or stdin and print JSON lines.
     Embed(embed::EmbedArgs),
+    /// Serve the OpenAI embeddings API over HTTP.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => bench::run(&args),
         Command::Embed(args) => embed::run(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

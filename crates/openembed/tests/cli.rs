@@ -1,31 +1,10 @@
 //! The `openembed` binary end to end: `embed` against the reference vectors, errors and exit codes.
 
+mod common;
+
+use common::{model_dir, reference_lines};
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn model_dir() -> PathBuf {
-    let dir = root().join("models/all-MiniLM-L6-v2");
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "run scripts/fetch-model.sh (or make test) first"
-    );
-    dir
-}
-
-fn reference_lines() -> Vec<serde_json::Value> {
-    let path = root().join("../shared/fixtures/reference/all-MiniLM-L6-v2.jsonl");
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[test]
 fn embed_from_stdin_matches_reference() {

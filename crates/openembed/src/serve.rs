@@ -1,0 +1,189 @@
+//! `openembed serve`: the OpenAI-compatible HTTP server. Every flag also reads an `OPENEMBED_*`
+//! environment variable.
+
+use anyhow::{anyhow, Context, Result};
+use openembed_engine::Truncation;
+use openembed_server::prepare::Limits;
+use openembed_server::registry::{Alias, ModelSpec};
+use openembed_server::scheduler::SchedulerConfig;
+use openembed_server::ServerConfig;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where `make run` puts the default model, relative to the working directory.
+const DEFAULT_MODEL_DIR: &str = "models/all-MiniLM-L6-v2";
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Which side of an over-long input truncation removes.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum TruncationSide {
+    /// Keep the beginning.
+    End,
+    /// Keep the end.
+    Start,
+}
+
+/// Options of `openembed serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to bind. Binding beyond loopback (e.g. 0.0.0.0) is an explicit choice.
+    #[arg(long, env = "OPENEMBED_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 = any free port).
+    #[arg(long, env = "OPENEMBED_PORT", default_value_t = 8080)]
+    port: u16,
+    /// A model to serve: a local folder or a Hugging Face hub id, optionally SPEC=NAME for the
+    /// served name. Repeatable (env: comma-separated). Default: all-MiniLM-L6-v2 from
+    /// models/all-MiniLM-L6-v2 (filled by `make run`).
+    #[arg(long = "model", env = "OPENEMBED_MODEL", value_delimiter = ',')]
+    models: Vec<ModelSpec>,
+    /// Another name for a served model, NAME=MODEL (e.g. text-embedding-3-small=all-MiniLM-L6-v2).
+    /// Repeatable (env: comma-separated).
+    #[arg(long = "alias", env = "OPENEMBED_ALIAS", value_delimiter = ',')]
+    aliases: Vec<Alias>,
+    /// An accepted API key (Authorization: Bearer KEY). Repeatable. Keys in OPENEMBED_API_KEYS
+    /// (comma-separated) and in --api-key-file are accepted too. With no key the server is open.
+    #[arg(long = "api-key")]
+    api_keys: Vec<String>,
+    /// A file of API keys, one a line.
+    #[arg(long, env = "OPENEMBED_API_KEY_FILE")]
+    api_key_file: Option<PathBuf>,
+    /// Engine compute threads per model (default: all cores).
+    #[arg(long, env = "OPENEMBED_THREADS")]
+    threads: Option<usize>,
+    /// Most tokens per engine batch.
+    #[arg(long, env = "OPENEMBED_MAX_BATCH_TOKENS", default_value_t = 4096)]
+    max_batch_tokens: usize,
+    /// Most tokens waiting per model; beyond it requests get 429 with Retry-After.
+    #[arg(long, env = "OPENEMBED_MAX_QUEUED_TOKENS", default_value_t = 500_000)]
+    max_queued_tokens: usize,
+    /// Most tokens in one request (after truncation).
+    #[arg(long, env = "OPENEMBED_MAX_REQUEST_TOKENS", default_value_t = 300_000)]
+    max_request_tokens: usize,
+    /// Most bytes in a request body (over it: 413).
+    #[arg(long, env = "OPENEMBED_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Truncate over-long inputs at the model limit unless a request sets `truncate`.
+    #[arg(long, env = "OPENEMBED_AUTO_TRUNCATE")]
+    auto_truncate: bool,
+    /// Which side truncation cuts.
+    #[arg(long, env = "OPENEMBED_TRUNCATION_SIDE", value_enum, default_value = "end")]
+    truncation_side: TruncationSide,
+    /// Seconds shutdown waits for admitted requests to finish.
+    #[arg(long, env = "OPENEMBED_DRAIN_TIMEOUT", default_value_t = 30)]
+    drain_timeout: u64,
+    /// An origin allowed by CORS (`*` for any). Repeatable (env: comma-separated). Default: CORS off.
+    #[arg(long = "cors-origin", env = "OPENEMBED_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
+    /// Log format.
+    #[arg(long, env = "OPENEMBED_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn default_model() -> ModelSpec {
+    let local = PathBuf::from(DEFAULT_MODEL_DIR);
+    let dir = if local.is_dir() {
+        local
+    } else {
+        // Running from elsewhere in a source checkout: the folder `make run` fills.
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(DEFAULT_MODEL_DIR)
+    };
+    ModelSpec {
+        source: dir.to_string_lossy().into_owned(),
+        name: "all-MiniLM-L6-v2".into(),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+impl ServeArgs {
+    fn config(&self) -> Result<ServerConfig> {
+        let mut api_keys = self.api_keys.clone();
+        if let Ok(keys) = std::env::var("OPENEMBED_API_KEYS") {
+            api_keys.extend(keys.split(',').map(str::to_owned));
+        }
+        if let Some(path) = &self.api_key_file {
+            api_keys.extend(
+                openembed_server::auth::ApiKeys::read_file(path)
+                    .with_context(|| format!("cannot read the API key file {}", path.display()))?,
+            );
+        }
+        if self.max_batch_tokens == 0 || self.max_queued_tokens == 0 {
+            return Err(anyhow!("--max-batch-tokens and --max-queued-tokens must be at least 1"));
+        }
+        Ok(ServerConfig {
+            host: self.host.clone(),
+            port: self.port,
+            models: if self.models.is_empty() {
+                vec![default_model()]
+            } else {
+                self.models.clone()
+            },
+            aliases: self.aliases.clone(),
+            api_keys,
+            threads: self.threads,
+            scheduler: SchedulerConfig {
+                max_batch_tokens: self.max_batch_tokens,
+                max_queued_tokens: self.max_queued_tokens,
+            },
+            limits: Limits {
+                max_request_tokens: self.max_request_tokens,
+                max_body_bytes: self.max_body_bytes,
+            },
+            auto_truncate: self.auto_truncate,
+            truncation_side: match self.truncation_side {
+                TruncationSide::End => Truncation::End,
+                TruncationSide::Start => Truncation::Start,
+            },
+            drain_timeout: Duration::from_secs(self.drain_timeout),
+            cors_origins: self.cors_origins.clone(),
+        })
+    }
+}
+
+/// Entry point of `openembed serve`.
+pub fn run(args: &ServeArgs) -> Result<()> {
+    init_logging(args.log_format);
+    let config = args.config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("openembed-http")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let (state, listener) = openembed_server::bind(&config).await.map_err(|e| anyhow!(e))?;
+        let addr = listener.local_addr().context("cannot read the bound address")?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "listening beyond loopback: reachable from other machines");
+        }
+        let keys = if state.keys.enabled() { "required" } else { "off" };
+        tracing::info!(%addr, api_keys = keys, "ready");
+        // A plain line on stdout that scripts and tests can wait for.
+        println!("openembed listening on http://{addr}");
+        openembed_server::serve(state, listener, &config, openembed_server::shutdown_signal())
+            .await
+            .map_err(|e| anyhow!(e))
+    })
+}

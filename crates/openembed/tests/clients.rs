@@ -1,0 +1,57 @@
+//! Real clients, not hand-made JSON: the official `openai` Python package and the official
+//! `openai` npm package call a running server; their vectors must equal the reference.
+//! `scripts/setup-clients.sh` (run by `make test`) installs both into target/clients.
+
+mod common;
+
+use common::{root, Server};
+use std::process::Command;
+
+fn run_client(program: &str, args: &[String], env: &[(&str, String)]) {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (run scripts/setup-clients.sh or make test)"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "{program} failed:\n{text}");
+}
+
+fn reference() -> String {
+    root()
+        .join("../shared/fixtures/reference/all-MiniLM-L6-v2.jsonl")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn official_python_client() {
+    let server = Server::start(&["--alias", "text-embedding-3-small=all-MiniLM-L6-v2"]);
+    let python = root().join("target/clients/venv/bin/python");
+    let script = root().join("tests/clients/openai_python.py");
+    run_client(
+        python.to_str().unwrap(),
+        &[script.to_string_lossy().into_owned(), server.at("/v1"), reference()],
+        &[],
+    );
+}
+
+#[test]
+fn official_node_client() {
+    let server = Server::start(&["--alias", "text-embedding-3-small=all-MiniLM-L6-v2"]);
+    let script = root().join("tests/clients/openai_node.cjs");
+    let modules = root().join("target/clients/node/node_modules");
+    run_client(
+        "node",
+        &[script.to_string_lossy().into_owned(), server.at("/v1"), reference()],
+        &[("NODE_PATH", modules.to_string_lossy().into_owned())],
+    );
+}

@@ -1,0 +1,557 @@
+//! `openembed serve` end to end, one test per row of the API contract (../shared/docs/API.md):
+//! input shapes, encodings, dimensions, limits, every error status, headers, models, auth,
+//! metrics, batching under concurrency, 429 under a tiny queue, engine faults and graceful
+//! shutdown. Each test starts its own server on a free 127.0.0.1 port.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn vectors(body: &Value) -> Vec<Vec<f32>> {
+    body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|d| floats(&d["embedding"]))
+        .collect()
+}
+
+#[test]
+fn every_input_shape_matches_the_reference() {
+    let server = Server::start(&[]);
+    let lines: Vec<Value> = reference_lines()
+        .into_iter()
+        .filter(|l| l["tokens"] == l["untruncated_tokens"])
+        .collect();
+    let texts: Vec<&str> = lines.iter().map(|l| l["text"].as_str().unwrap()).collect();
+
+    // One string.
+    let (status, headers, body) = embed(&server, json!({"model": "all-MiniLM-L6-v2", "input": texts[0]}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], "all-MiniLM-L6-v2");
+    assert_eq!(body["data"][0]["object"], "embedding");
+    assert_eq!(body["data"][0]["index"], 0);
+    assert_eq!(body["usage"]["prompt_tokens"], lines[0]["tokens"]);
+    assert_eq!(body["usage"]["total_tokens"], lines[0]["tokens"]);
+    assert!(headers.contains_key("x-request-id"));
+    assert!(headers["openai-processing-ms"].to_str().unwrap().parse::<u64>().is_ok());
+
+    // An array of strings: every reference line, in order, mixed lengths.
+    let (status, _, body) = embed(&server, json!({"model": "all-MiniLM-L6-v2", "input": texts}));
+    assert_eq!(status, 200, "{body}");
+    let got = vectors(&body);
+    assert_eq!(got.len(), lines.len());
+    let mut tokens = 0;
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(body["data"][i]["index"], i);
+        let want = floats(&line["embedding"]);
+        assert!(cosine(&got[i], &want) >= 0.99999, "line {i}");
+        assert!(max_abs_diff(&got[i], &want) <= 1e-4, "line {i}");
+        tokens += line["tokens"].as_u64().unwrap();
+    }
+    assert_eq!(body["usage"]["prompt_tokens"], tokens);
+
+    // One input as token ids, and several (native ids: the model's own vocabulary).
+    let ids = lines[2]["input_ids"].clone();
+    let (status, _, body) = embed(&server, json!({"model": "all-MiniLM-L6-v2", "input": ids}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 1);
+    assert!(cosine(&vectors(&body)[0], &floats(&lines[2]["embedding"])) >= 0.99999);
+    let (status, _, body) = embed(
+        &server,
+        json!({"model": "all-MiniLM-L6-v2", "input": [lines[0]["input_ids"], lines[3]["input_ids"]]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let got = vectors(&body);
+    assert!(cosine(&got[0], &floats(&lines[0]["embedding"])) >= 0.99999);
+    assert!(cosine(&got[1], &floats(&lines[3]["embedding"])) >= 0.99999);
+    assert_eq!(
+        body["usage"]["total_tokens"],
+        lines[0]["tokens"].as_u64().unwrap() + lines[3]["tokens"].as_u64().unwrap()
+    );
+
+    // The alias route without /v1.
+    let resp = client()
+        .post(server.at("/embeddings"))
+        .json(&json!({"model": "all-MiniLM-L6-v2", "input": "a"}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[test]
+fn base64_dimensions_truncation_and_user() {
+    let server = Server::start(&["--alias", "text-embedding-3-small=all-MiniLM-L6-v2"]);
+    let input = ["The quick brown fox jumps over the lazy dog.", "a"];
+    let (_, _, float_body) = embed(
+        &server,
+        json!({"model": "all-MiniLM-L6-v2", "input": input, "encoding_format": "float"}),
+    );
+    let (status, _, b64_body) = embed(
+        &server,
+        json!({"model": "text-embedding-3-small", "input": input, "encoding_format": "base64", "user": "u-1"}),
+    );
+    assert_eq!(status, 200, "{b64_body}");
+    assert_eq!(b64_body["model"], "text-embedding-3-small");
+    for (i, want) in vectors(&float_body).iter().enumerate() {
+        let text = b64_body["data"][i]["embedding"].as_str().expect("base64 string");
+        let bytes = base64::engine::general_purpose::STANDARD.decode(text).unwrap();
+        let got: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(&got, want, "base64 bytes are exactly the float values");
+    }
+    assert!(!b64_body.to_string().contains("u-1"), "user is never echoed");
+
+    // dimensions: first N values, renormalized.
+    let (status, _, body) = embed(
+        &server,
+        json!({"model": "all-MiniLM-L6-v2", "input": input, "dimensions": 8}),
+    );
+    assert_eq!(status, 200, "{body}");
+    for (full, cut) in vectors(&float_body).iter().zip(vectors(&body)) {
+        assert_eq!(cut.len(), 8);
+        let norm: f32 = full[..8].iter().map(|x| x * x).sum::<f32>().sqrt();
+        let expect: Vec<f32> = full[..8].iter().map(|x| x / norm).collect();
+        assert!(max_abs_diff(&cut, &expect) < 1e-6);
+    }
+    let (status, _, _) = embed(
+        &server,
+        json!({"model": "all-MiniLM-L6-v2", "input": "x", "dimensions": 384}),
+    );
+    assert_eq!(status, 200);
+
+    // Truncation: over-long lines match the reference when truncate is on.
+    for line in reference_lines()
+        .iter()
+        .filter(|l| l["tokens"] != l["untruncated_tokens"])
+    {
+        let (status, _, body) = embed(
+            &server,
+            json!({"model": "all-MiniLM-L6-v2", "input": line["text"], "truncate": true}),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["usage"]["prompt_tokens"], 256);
+        assert!(cosine(&vectors(&body)[0], &floats(&line["embedding"])) >= 0.99999);
+        let (status, _, body) = embed(&server, json!({"model": "all-MiniLM-L6-v2", "input": line["text"]}));
+        assert_eq!(status, 400);
+        let expected = format!(
+            "This model's maximum context length is 256 tokens, however you requested {0} tokens ({0} in your prompt; 0 for the completion). Please reduce your prompt; or completion length.",
+            line["untruncated_tokens"]
+        );
+        assert_eq!(assert_error(&body)["message"], expected.as_str());
+    }
+}
+
+#[test]
+fn auto_truncate_flag_sets_the_default() {
+    let server = Server::start(&["--auto-truncate"]);
+    let long = "word ".repeat(600);
+    let (status, _, body) = embed(&server, json!({"model": "all-MiniLM-L6-v2", "input": long}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], 256);
+    let (status, _, _) = embed(
+        &server,
+        json!({"model": "all-MiniLM-L6-v2", "input": long, "truncate": false}),
+    );
+    assert_eq!(status, 400);
+}
+
+fn expect_error(server: &Server, body: Value, status: u16, param: Option<&str>) -> Value {
+    let (got, _, resp) = embed(server, body.clone());
+    assert_eq!(got, status, "{body} -> {resp}");
+    let error = assert_error(&resp);
+    assert_eq!(error["type"], "invalid_request_error", "{resp}");
+    assert_eq!(error["param"].as_str(), param, "{body} -> {resp}");
+    resp
+}
+
+#[test]
+fn invalid_requests_get_openai_errors() {
+    let server = Server::start(&["--max-request-tokens", "7000"]);
+    let m = "all-MiniLM-L6-v2";
+    expect_error(&server, json!({"model": m, "input": ""}), 400, Some("input"));
+    expect_error(&server, json!({"model": m, "input": []}), 400, Some("input"));
+    expect_error(&server, json!({"model": m, "input": ["ok", ""]}), 400, Some("input"));
+    expect_error(&server, json!({"model": m, "input": [[]]}), 400, Some("input"));
+    expect_error(&server, json!({"model": m, "input": [1, "a"]}), 400, Some("input"));
+    expect_error(&server, json!({"model": m, "input": 5}), 400, Some("input"));
+    expect_error(&server, json!({"model": m, "input": [0.5]}), 400, Some("input"));
+    expect_error(&server, json!({"model": m}), 400, Some("input"));
+    let many: Vec<&str> = vec!["x"; 2049];
+    expect_error(&server, json!({"model": m, "input": many}), 400, Some("input"));
+    let ok: Vec<&str> = vec!["x"; 2048];
+    assert_eq!(embed(&server, json!({"model": m, "input": ok})).0, 200);
+    // Token ids out of the vocabulary (never a crash).
+    for bad in [json!([101, 30522, 102]), json!([-1]), json!([[5], [9_999_999_999_i64]])] {
+        expect_error(&server, json!({"model": m, "input": bad}), 400, Some("input"));
+    }
+    let body = expect_error(
+        &server,
+        json!({"model": m, "input": "x", "encoding_format": "md5"}),
+        400,
+        Some("encoding_format"),
+    );
+    assert_eq!(
+        body["error"]["message"],
+        "Invalid value for 'encoding_format' = md5. Supported values: ['float', 'base64']."
+    );
+    for d in [json!(0), json!(-3), json!(385), json!(2.5), json!("8")] {
+        expect_error(
+            &server,
+            json!({"model": m, "input": "x", "dimensions": d}),
+            400,
+            Some("dimensions"),
+        );
+    }
+    let body = expect_error(&server, json!({"model": m, "input": "x", "foo": 1}), 400, None);
+    assert_eq!(body["error"]["message"], "Unrecognized request argument supplied: foo");
+    expect_error(&server, json!({"model": 7, "input": "x"}), 400, Some("model"));
+    expect_error(
+        &server,
+        json!({"model": m, "input": "x", "truncate": "yes"}),
+        400,
+        Some("truncate"),
+    );
+    expect_error(
+        &server,
+        json!({"model": m, "input": "x", "prompt_name": "query"}),
+        400,
+        Some("prompt_name"),
+    );
+    // Over the per-request token limit.
+    let texts: Vec<String> = (0..60).map(|_| "word ".repeat(120)).collect();
+    let body = expect_error(&server, json!({"model": m, "input": texts}), 400, Some("input"));
+    assert_eq!(body["error"]["code"], "max_tokens_per_request");
+    // Unknown model.
+    let (status, _, body) = embed(&server, json!({"model": "nope", "input": "x"}));
+    assert_eq!(status, 404);
+    let error = assert_error(&body);
+    assert_eq!(error["code"], "model_not_found");
+    assert_eq!(
+        error["message"],
+        "The model 'nope' does not exist or you do not have access to it."
+    );
+
+    let c = client();
+    // Malformed JSON, a non-object body, wrong content type.
+    for raw in ["{\"model\": ", "[1,2]", "null", "\u{1}"] {
+        let resp = c
+            .post(server.at("/v1/embeddings"))
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{raw}");
+        assert_error(&resp.json().unwrap());
+    }
+    let resp = c
+        .post(server.at("/v1/embeddings"))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+    assert_error(&resp.json().unwrap());
+    let resp = c
+        .post(server.at("/v1/embeddings"))
+        .body(r#"{"model":"m","input":"x"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+    // Unknown route and wrong method.
+    let resp = c.get(server.at("/v1/nothing")).send().unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().unwrap();
+    assert_eq!(assert_error(&body)["message"], "Invalid URL (GET /v1/nothing)");
+    for (method, path) in [("GET", "/v1/embeddings"), ("DELETE", "/v1/models"), ("POST", "/health")] {
+        let resp = c.request(method.parse().unwrap(), server.at(path)).send().unwrap();
+        assert_eq!(resp.status(), 405, "{method} {path}");
+        assert!(resp.headers().contains_key("x-request-id"));
+        assert_error(&resp.json().unwrap());
+    }
+}
+
+#[test]
+fn body_limit_gives_413() {
+    let server = Server::start(&["--max-body-bytes", "1000"]);
+    let text = "a".repeat(1000 - r#"{"model":"all-MiniLM-L6-v2","input":""}"#.len());
+    let exact = format!(r#"{{"model":"all-MiniLM-L6-v2","input":"{text}"}}"#);
+    assert_eq!(exact.len(), 1000);
+    let c = client();
+    let resp = c
+        .post(server.at("/v1/embeddings"))
+        .header("content-type", "application/json")
+        .body(exact.clone())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let over = exact.replacen("\"a", "\"aa", 1);
+    let resp = c
+        .post(server.at("/v1/embeddings"))
+        .header("content-type", "application/json")
+        .body(over)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_error(&resp.json().unwrap());
+}
+
+#[test]
+fn headers_models_and_operational_routes() {
+    let server = Server::start(&["--alias", "text-embedding-3-small=all-MiniLM-L6-v2"]);
+    let c = client();
+    let resp = c
+        .post(server.at("/v1/embeddings"))
+        .header("x-request-id", "my-request-42")
+        .json(&json!({"model": "all-MiniLM-L6-v2", "input": "hi"}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "my-request-42");
+    let resp = c
+        .get(server.at("/v1/nothing"))
+        .header("x-request-id", "err-1")
+        .send()
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "err-1");
+
+    let list: Value = c.get(server.at("/v1/models")).send().unwrap().json().unwrap();
+    assert_eq!(list["object"], "list");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["all-MiniLM-L6-v2", "text-embedding-3-small"]);
+    let one: Value = c
+        .get(server.at("/v1/models/text-embedding-3-small"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(one["object"], "model");
+    assert_eq!(one["owned_by"], "openembed");
+    assert!(one["created"].as_u64().unwrap() > 0);
+    assert_eq!(one["dimensions"], 384);
+    assert_eq!(one["max_input_tokens"], 256);
+    assert_eq!(one["pooling"], "mean");
+    assert_eq!(one["normalized"], true);
+    let resp = c.get(server.at("/v1/models/nope")).send().unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(assert_error(&resp.json().unwrap())["code"], "model_not_found");
+
+    assert_eq!(c.get(server.at("/health")).send().unwrap().status(), 200);
+    assert_eq!(c.get(server.at("/ready")).send().unwrap().status(), 200);
+    let metrics = c.get(server.at("/metrics")).send().unwrap().text().unwrap();
+    for name in [
+        "openembed_requests_total",
+        "openembed_request_duration_seconds_bucket",
+        "openembed_batch_inputs_bucket",
+        "openembed_batch_tokens_bucket",
+        "openembed_queue_tokens",
+        "openembed_queue_requests",
+        "openembed_tokens_embedded_total",
+        "openembed_inference_duration_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    let doc: Value = c.get(server.at("/openapi.json")).send().unwrap().json().unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/models/{model}",
+        "/health",
+        "/ready",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing from /openapi.json");
+    }
+    assert!(doc["components"]["schemas"]["EmbeddingsRequestSchema"].is_object());
+}
+
+/// Every route the server has, with a method it accepts.
+const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/embeddings"),
+    ("POST", "/embeddings"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/all-MiniLM-L6-v2"),
+    ("GET", "/openapi.json"),
+    ("GET", "/health"),
+    ("GET", "/ready"),
+    ("GET", "/metrics"),
+];
+
+#[test]
+fn api_keys_protect_every_route_but_health_ready_metrics() {
+    let dir = std::env::temp_dir().join(format!("openembed-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("keys");
+    std::fs::write(&key_file, "# keys\nsk-from-file\n").unwrap();
+    let server = Server::start_with_env(
+        &["--api-key", "sk-flag", "--api-key-file", key_file.to_str().unwrap()],
+        &[("OPENEMBED_API_KEYS", "sk-env-1,sk-env-2")],
+    );
+    let c = client();
+    let body = json!({"model": "all-MiniLM-L6-v2", "input": "x"});
+    for (method, path) in ROUTES.iter().copied().chain([("GET", "/no/such/route")]) {
+        let public = ["/health", "/ready", "/metrics"].contains(&path);
+        let send = |key: Option<&str>| {
+            let mut req = c.request(method.parse().unwrap(), server.at(path));
+            if method == "POST" {
+                req = req.json(&body);
+            }
+            if let Some(key) = key {
+                req = req.bearer_auth(key);
+            }
+            req.send().unwrap()
+        };
+        let resp = send(None);
+        if public {
+            assert_eq!(resp.status(), 200, "{path} is public");
+            continue;
+        }
+        assert_eq!(resp.status(), 401, "{method} {path} without a key");
+        let err: Value = resp.json().unwrap();
+        assert_eq!(assert_error(&err)["code"], "invalid_api_key");
+        assert!(err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("You didn't provide an API key."));
+        assert_eq!(send(Some("sk-wrong")).status(), 401, "{path} with a wrong key");
+        for key in ["sk-flag", "sk-from-file", "sk-env-2"] {
+            assert_ne!(send(Some(key)).status(), 401, "{path} with key {key}");
+        }
+    }
+    let (_, logs) = server.wait_exit(Duration::ZERO);
+    for key in ["sk-flag", "sk-from-file", "sk-env-1", "sk-wrong"] {
+        assert!(!logs.contains(key), "a key reached the logs");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn concurrent_requests_are_batched_and_equal_to_alone() {
+    let server = Server::start(&[]);
+    let texts: Vec<String> = reference_lines()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap().to_string())
+        .take(12)
+        .collect();
+    let alone: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|t| vectors(&embed(&server, json!({"model": "all-MiniLM-L6-v2", "input": t})).2).remove(0))
+        .collect();
+    // A large request keeps the engine busy while the small ones queue up together.
+    let big: Vec<String> = (0..64).map(|i| format!("{} {i}", "filler text ".repeat(40))).collect();
+    std::thread::scope(|s| {
+        let server = &server;
+        let big = &big;
+        s.spawn(move || assert_eq!(embed(server, json!({"model": "all-MiniLM-L6-v2", "input": big})).0, 200));
+        std::thread::sleep(Duration::from_millis(30));
+        let handles: Vec<_> = texts
+            .iter()
+            .map(|t| {
+                s.spawn(move || vectors(&embed(server, json!({"model": "all-MiniLM-L6-v2", "input": t})).2).remove(0))
+            })
+            .collect();
+        for (h, want) in handles.into_iter().zip(&alone) {
+            let got = h.join().unwrap();
+            assert!(max_abs_diff(&got, want) <= 1e-5, "batched differs from alone");
+        }
+    });
+    let single = server.metric("openembed_batch_requests_bucket{model=\"all-MiniLM-L6-v2\",le=\"1\"}");
+    let total = server.metric("openembed_batch_requests_count");
+    assert!(
+        total > single,
+        "no batch held more than one request ({single} of {total} had one)"
+    );
+}
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after() {
+    let server = Server::start(&["--max-queued-tokens", "64", "--max-batch-tokens", "256"]);
+    let input: Vec<String> = (0..32)
+        .map(|i| format!("{} {i}", "queue pressure ".repeat(30)))
+        .collect();
+    let results: Vec<(u16, Option<String>, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let server = &server;
+                let input = &input;
+                s.spawn(move || {
+                    let (status, headers, body) = embed(server, json!({"model": "all-MiniLM-L6-v2", "input": input}));
+                    (
+                        status,
+                        headers.get("retry-after").map(|v| v.to_str().unwrap().to_string()),
+                        body,
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let limited: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
+    assert!(!limited.is_empty(), "no 429 under a tiny queue");
+    assert!(results.iter().all(|r| r.0 == 200 || r.0 == 429));
+    for (_, retry, body) in limited {
+        assert!(retry.as_deref().unwrap().parse::<u64>().unwrap() >= 1);
+        let error = assert_error(body);
+        assert_eq!(error["type"], "requests");
+        assert_eq!(error["code"], "rate_limit_exceeded");
+    }
+}
+
+#[test]
+fn an_engine_panic_fails_only_its_batch() {
+    // A batch holding an input of exactly 9 tokens panics (test hook).
+    let server = Server::start_with_env(&[], &[("OPENEMBED_FAULT_PANIC_TOKENS", "9")]);
+    let (status, _, body) = embed(
+        &server,
+        json!({"model": "all-MiniLM-L6-v2", "input": [1, 2, 3, 4, 5, 6, 7, 8, 9]}),
+    );
+    assert_eq!(status, 500);
+    assert_eq!(assert_error(&body)["type"], "server_error");
+    let (status, _, _) = embed(&server, json!({"model": "all-MiniLM-L6-v2", "input": "still serving"}));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn sigterm_finishes_admitted_requests_then_exits_zero() {
+    let server = Server::start(&["--max-batch-tokens", "512"]);
+    let big: Vec<String> = (0..48)
+        .map(|i| format!("{} {i}", "draining work ".repeat(60)))
+        .collect();
+    std::thread::scope(|s| {
+        let server = &server;
+        let big = &big;
+        let admitted: Vec<_> = (0..2)
+            .map(|_| s.spawn(move || embed(server, json!({"model": "all-MiniLM-L6-v2", "input": big})).0))
+            .collect();
+        // Wait until both requests are queued or running.
+        let start = std::time::Instant::now();
+        while server.metric("openembed_queue_requests") < 2.0 && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server.signal("TERM");
+        std::thread::sleep(Duration::from_millis(100));
+        let c = client();
+        let ready = c.get(server.at("/ready")).send().unwrap();
+        assert_eq!(ready.status(), 503);
+        let (status, headers, body) = embed(server, json!({"model": "all-MiniLM-L6-v2", "input": "late"}));
+        assert_eq!(status, 503, "{body}");
+        assert!(headers.contains_key("retry-after"));
+        assert_eq!(assert_error(&body)["type"], "server_error");
+        for h in admitted {
+            assert_eq!(h.join().unwrap(), 200, "an admitted request did not finish");
+        }
+    });
+    let (code, _) = server.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+}

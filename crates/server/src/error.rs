@@ -1,0 +1,139 @@
+//! The one place where failures become OpenAI-shaped JSON errors with an HTTP status.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// The serialized error, fields in OpenAI's order.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorFields<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorFields<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+/// An error as the API reports it: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Human-readable message (OpenAI's wording where it has one).
+    pub message: String,
+    /// `type` field.
+    pub kind: &'static str,
+    /// `param` field.
+    pub param: Option<String>,
+    /// `code` field.
+    pub code: Option<&'static str>,
+    /// `Retry-After` seconds for 429/503.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// A 400 `invalid_request_error` about `param`.
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.map(str::to_owned),
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// The generic "'$.field' is invalid" message OpenAI uses for shape errors.
+    pub fn invalid_field(field: &str) -> Self {
+        Self::invalid(
+            format!("'$.{field}' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."),
+            Some(field),
+        )
+    }
+
+    /// A request-level error with another status.
+    pub fn with_status(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            ..Self::invalid(message, None)
+        }
+    }
+
+    /// 404 for an unknown model.
+    pub fn model_not_found(model: &str) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            code: Some("model_not_found"),
+            param: Some("model".into()),
+            ..Self::invalid(
+                format!("The model '{model}' does not exist or you do not have access to it."),
+                None,
+            )
+        }
+    }
+
+    /// 429: the model's queue is full.
+    pub fn queue_full(retry_after: u64) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "requests",
+            code: Some("rate_limit_exceeded"),
+            retry_after: Some(retry_after.max(1)),
+            ..Self::invalid(
+                "The server is at capacity: too many tokens are queued. Please retry after a short wait.",
+                None,
+            )
+        }
+    }
+
+    /// 500 for an internal failure.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
+            ..Self::invalid(message, None)
+        }
+    }
+
+    /// 503 while starting or shutting down.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "server_error",
+            retry_after: Some(1),
+            ..Self::invalid(message, None)
+        }
+    }
+
+    /// Sets the `code` field.
+    pub fn code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorFields {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}

@@ -1,0 +1,174 @@
+//! Resolves a model SPEC (a local directory or a Hugging Face hub id) to a local model folder.
+//!
+//! Hub ids go through the `hf-hub` crate and its cache (`HF_HOME`, default
+//! `~/.cache/huggingface`). With `HF_HUB_OFFLINE=1` only the cache is used, and a model that is
+//! not cached is a clear error instead of a network call.
+
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo};
+use std::path::{Path, PathBuf};
+
+/// Files a model folder needs.
+const REQUIRED: &[&str] = &["config.json", "tokenizer.json"];
+/// Files used when the repository has them.
+const OPTIONAL: &[&str] = &[
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "1_Pooling/config.json",
+];
+
+/// Whether `HF_HUB_OFFLINE` asks for cache-only operation.
+pub fn hub_offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
+}
+
+/// Turns SPEC into a local folder: an existing directory as is, otherwise a hub id fetched into
+/// (or found in) the hub cache.
+pub fn resolve(spec: &str) -> Result<PathBuf, String> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let looks_like_path = spec.starts_with('.') || spec.starts_with('/') || spec.starts_with('~');
+    if looks_like_path || spec.split('/').count() > 2 || spec.is_empty() {
+        return Err(format!("model '{spec}': no such directory"));
+    }
+    fetch(spec)
+}
+
+/// A source of repository files: the cache alone, or the hub API (which fills the cache).
+trait FileSource {
+    fn get(&self, file: &str) -> Result<PathBuf, String>;
+}
+
+struct CacheOnly(hf_hub::CacheRepo);
+
+impl FileSource for CacheOnly {
+    fn get(&self, file: &str) -> Result<PathBuf, String> {
+        self.0.get(file).ok_or_else(|| "not in the local hub cache".to_string())
+    }
+}
+
+struct Online(hf_hub::api::sync::ApiRepo);
+
+impl FileSource for Online {
+    fn get(&self, file: &str) -> Result<PathBuf, String> {
+        self.0.get(file).map_err(|e| e.to_string())
+    }
+}
+
+fn fetch(id: &str) -> Result<PathBuf, String> {
+    let cache = Cache::from_env();
+    let source: Box<dyn FileSource> = if hub_offline() {
+        Box::new(CacheOnly(cache.repo(Repo::model(id.to_string()))))
+    } else {
+        let api = ApiBuilder::from_cache(cache.clone())
+            .with_progress(false)
+            .build()
+            .map_err(|e| format!("model '{id}': cannot use the Hugging Face hub: {e}"))?;
+        Box::new(Online(api.model(id.to_string())))
+    };
+    let where_ = if hub_offline() {
+        format!(
+            " (HF_HUB_OFFLINE is set and the hub cache {} does not have it)",
+            cache.path().display()
+        )
+    } else {
+        String::new()
+    };
+    let required = |file: &str| {
+        source
+            .get(file)
+            .map_err(|e| format!("model '{id}': cannot get {file} from the hub: {e}{where_}"))
+    };
+    let mut config = None;
+    for file in REQUIRED {
+        let path = required(file)?;
+        config.get_or_insert(path);
+    }
+    for file in OPTIONAL {
+        let _ = source.get(file);
+    }
+    // Weights: one file, or an index and its shards.
+    if source.get("model.safetensors").is_err() {
+        let index = required("model.safetensors.index.json")?;
+        for shard in shard_names(&index)? {
+            required(&shard)?;
+        }
+    }
+    // Dense modules named in modules.json.
+    if let Ok(modules) = source.get("modules.json") {
+        for dir in dense_dirs(&modules) {
+            required(&format!("{dir}/config.json"))?;
+            if source.get(&format!("{dir}/model.safetensors")).is_err() {
+                required(&format!("{dir}/pytorch_model.bin"))?;
+            }
+        }
+    }
+    config
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("model '{id}': unexpected hub cache layout"))
+}
+
+fn shard_names(index: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(index).map_err(|e| format!("{}: {e}", index.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", index.display()))?;
+    let mut names: Vec<String> = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .map(|m| m.values().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+fn dense_dirs(modules: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(modules) else {
+        return Vec::new();
+    };
+    let Ok(serde_json::Value::Array(items)) = serde_json::from_str(&text) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter(|m| {
+            m.get("type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t.ends_with(".Dense"))
+        })
+        .filter_map(|m| m.get("path").and_then(|p| p.as_str()).map(str::to_owned))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_directories_resolve_to_themselves() {
+        let dir = std::env::temp_dir();
+        assert_eq!(resolve(dir.to_str().unwrap()).unwrap(), dir);
+        assert!(resolve("./no/such/dir").unwrap_err().contains("no such directory"));
+    }
+
+    #[test]
+    fn dense_dirs_come_from_modules_json() {
+        let dir = std::env::temp_dir().join(format!("oe-hub-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("modules.json");
+        std::fs::write(
+            &path,
+            r#"[{"idx":0,"path":"","type":"sentence_transformers.models.Transformer"},
+                {"idx":2,"path":"2_Dense","type":"sentence_transformers.models.Dense"}]"#,
+        )
+        .unwrap();
+        assert_eq!(dense_dirs(&path), vec!["2_Dense".to_string()]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,316 @@
+//! openembed's HTTP layer: an OpenAI-compatible embeddings API over the engine, with one
+//! dynamic batcher per model.
+//!
+//! Flow of `POST /v1/embeddings`: [`api`] decodes and validates the body → [`prepare`]
+//! tokenizes on a blocking thread and applies limits → [`scheduler`] queues the token ids and
+//! its engine worker runs them in batches → the handler in [`routes`] answers in input order.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod hub;
+pub mod metrics;
+pub mod openapi;
+pub mod prepare;
+pub mod registry;
+pub mod routes;
+pub mod scheduler;
+pub mod state;
+
+use crate::auth::ApiKeys;
+use crate::error::ApiError;
+use crate::prepare::Limits;
+use crate::registry::{Alias, ModelSpec, Registry};
+use crate::scheduler::SchedulerConfig;
+use crate::state::AppState;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use openembed_engine::{LoadOptions, Truncation};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// Everything `openembed serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind (default 127.0.0.1).
+    pub host: String,
+    /// Port (0 = any free port).
+    pub port: u16,
+    /// Models to serve.
+    pub models: Vec<ModelSpec>,
+    /// Extra names for served models.
+    pub aliases: Vec<Alias>,
+    /// API keys (empty = open).
+    pub api_keys: Vec<String>,
+    /// Engine compute threads per model (default: all cores).
+    pub threads: Option<usize>,
+    /// Batching limits.
+    pub scheduler: SchedulerConfig,
+    /// Request limits.
+    pub limits: Limits,
+    /// Truncate over-long inputs unless the request says otherwise.
+    pub auto_truncate: bool,
+    /// Which side truncation cuts.
+    pub truncation_side: Truncation,
+    /// How long shutdown waits for admitted requests.
+    pub drain_timeout: Duration,
+    /// Origins allowed by CORS (empty = CORS off; `*` = any).
+    pub cors_origins: Vec<String>,
+}
+
+/// The request id of a request (the client's `x-request-id`, or a new one).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// Known route patterns, for metric labels (unknown paths are labelled `other`).
+const ROUTES: &[&str] = &[
+    "/v1/embeddings",
+    "/embeddings",
+    "/v1/models",
+    "/health",
+    "/ready",
+    "/metrics",
+    "/openapi.json",
+];
+
+fn route_label(path: &str) -> &'static str {
+    if let Some(route) = ROUTES.iter().find(|r| **r == path) {
+        return route;
+    }
+    if path.starts_with("/v1/models/") {
+        return "/v1/models/{model}";
+    }
+    "other"
+}
+
+/// Builds the router over loaded state.
+pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
+    let api = Router::new()
+        .route("/v1/embeddings", post(routes::embeddings))
+        .route("/embeddings", post(routes::embeddings))
+        .route("/v1/models", get(routes::list_models))
+        .route("/v1/models/{model}", get(routes::get_model))
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
+        .route("/metrics", get(routes::metrics))
+        .route("/openapi.json", get(routes::openapi))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), authenticate))
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(observe))
+        .with_state(state);
+    if cors_origins.is_empty() {
+        return api;
+    }
+    let origins = if cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    api.layer(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static(REQUEST_ID),
+            ]),
+    )
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::with_status(StatusCode::NOT_FOUND, format!("Invalid URL ({method} {})", uri.path()))
+}
+
+async fn authenticate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    match state.keys.check(request.uri().path(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Safety net: any error response that is not already JSON (the framework's own rejections,
+/// e.g. 405) is rewritten into the OpenAI error shape, keeping its status and headers.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            match response
+                .headers()
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .filter(|a| !a.is_empty())
+            {
+                Some(allowed) => format!("Method {method} is not allowed on {path}. Allowed: {allowed}."),
+                None => format!("Method {method} is not allowed on {path}."),
+            }
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => "Request body too large.".to_string(),
+        _ => format!("{} ({method} {path})", status.canonical_reason().unwrap_or("Error")),
+    };
+    let mut error = if status.is_server_error() {
+        ApiError {
+            status,
+            ..ApiError::internal(message)
+        }
+    } else {
+        ApiError::with_status(status, message)
+    };
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        error.retry_after = Some(1);
+    }
+    let (mut parts, _) = response.into_parts();
+    let rewritten = error.into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in rewritten.headers() {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    Response::from_parts(parts, rewritten.into_body())
+}
+
+/// Request id, `openai-processing-ms`, metrics and the access log.
+async fn observe(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()));
+    let method = request.method().clone();
+    let route = route_label(request.uri().path());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    let elapsed = started.elapsed();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    let status = response.status();
+    if status.is_success() {
+        if let Ok(v) = HeaderValue::from_str(&elapsed.as_millis().to_string()) {
+            response.headers_mut().insert("openai-processing-ms", v);
+        }
+    }
+    metrics::request(route, method.as_str(), status.as_u16(), elapsed);
+    tracing::debug!(request_id = %id, %method, route, status = status.as_u16(), ms = elapsed.as_secs_f64() * 1e3, "request");
+    response
+}
+
+/// Loads the models and binds the listener; returns the state and the bound listener.
+pub async fn bind(config: &ServerConfig) -> Result<(Arc<AppState>, tokio::net::TcpListener), String> {
+    let _ = metrics::handle();
+    let keys = ApiKeys::new(config.api_keys.clone());
+    let specs = config.models.clone();
+    let aliases = config.aliases.clone();
+    let options = LoadOptions {
+        threads: config.threads,
+    };
+    let scheduler = config.scheduler;
+    let registry = tokio::task::spawn_blocking(move || Registry::load(&specs, &aliases, &options, scheduler))
+        .await
+        .map_err(|e| format!("model loading stopped: {e}"))??;
+    let state = Arc::new(AppState::new(
+        registry,
+        config.limits,
+        config.auto_truncate,
+        config.truncation_side,
+        keys,
+    ));
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    Ok((state, listener))
+}
+
+/// Serves until `shutdown` resolves, then drains: `/ready` and new requests get 503, admitted
+/// requests finish (up to the drain timeout), queues empty, and the function returns.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let app = router(Arc::clone(&state), &config.cors_origins);
+    let drain_state = Arc::clone(&state);
+    let drain_timeout = config.drain_timeout;
+    let graceful = async move {
+        shutdown.await;
+        drain_state.start_draining();
+        tracing::info!(
+            in_flight = drain_state.in_flight(),
+            "shutting down: draining admitted requests"
+        );
+        if tokio::time::timeout(drain_timeout, drain_state.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(in_flight = drain_state.in_flight(), "drain timeout reached");
+        }
+    };
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(graceful)
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    let registry_state = Arc::clone(&state);
+    let _ = tokio::task::spawn_blocking(move || registry_state.registry.shutdown()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels_are_bounded() {
+        assert_eq!(route_label("/v1/embeddings"), "/v1/embeddings");
+        assert_eq!(route_label("/v1/models/abc"), "/v1/models/{model}");
+        assert_eq!(route_label("/random/123"), "other");
+    }
+}

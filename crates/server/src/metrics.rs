@@ -1,0 +1,104 @@
+//! Prometheus metrics: names, buckets and the recorder behind `GET /metrics`.
+//!
+//! Metrics go through the `metrics` facade; the Prometheus recorder is installed once per
+//! process (the first server started installs it). Without a recorder the calls are no-ops.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Requests by route, method and status.
+pub const REQUESTS: &str = "openembed_requests_total";
+/// Request latency by route, in seconds.
+pub const REQUEST_SECONDS: &str = "openembed_request_duration_seconds";
+/// Queued requests per model.
+pub const QUEUE_REQUESTS: &str = "openembed_queue_requests";
+/// Queued tokens per model.
+pub const QUEUE_TOKENS: &str = "openembed_queue_tokens";
+/// Inputs per engine batch.
+pub const BATCH_INPUTS: &str = "openembed_batch_inputs";
+/// Tokens per engine batch.
+pub const BATCH_TOKENS: &str = "openembed_batch_tokens";
+/// Distinct requests per engine batch (more than one = dynamic batching at work).
+pub const BATCH_REQUESTS: &str = "openembed_batch_requests";
+/// Engine time per batch, in seconds.
+pub const INFERENCE_SECONDS: &str = "openembed_inference_duration_seconds";
+/// Tokens embedded.
+pub const TOKENS: &str = "openembed_tokens_embedded_total";
+/// Inputs embedded.
+pub const INPUTS: &str = "openembed_inputs_embedded_total";
+/// Engine batches that panicked.
+pub const ENGINE_PANICS: &str = "openembed_engine_panics_total";
+
+const SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+];
+const TOKEN_BUCKETS: &[f64] = &[16.0, 64.0, 256.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0];
+const SECOND_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The process-wide Prometheus handle (installs the recorder on first use).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(SECOND_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_INPUTS.into()), SIZE_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_REQUESTS.into()), SIZE_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_TOKENS.into()), TOKEN_BUCKETS));
+            match builder.and_then(|b| b.install_recorder()) {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    tracing::warn!(%error, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> String {
+    match handle() {
+        Some(h) => {
+            h.run_upkeep();
+            h.render()
+        }
+        None => String::new(),
+    }
+}
+
+/// Records one finished HTTP request.
+pub fn request(route: &str, method: &str, status: u16, elapsed: Duration) {
+    let labels = [
+        ("route", route.to_string()),
+        ("method", method.to_string()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!(REQUESTS, &labels).increment(1);
+    metrics::histogram!(REQUEST_SECONDS, "route" => route.to_string()).record(elapsed.as_secs_f64());
+}
+
+/// Publishes a model's queue depth.
+pub fn queue_depth(model: &str, requests: usize, tokens: usize) {
+    metrics::gauge!(QUEUE_REQUESTS, "model" => model.to_string()).set(requests as f64);
+    metrics::gauge!(QUEUE_TOKENS, "model" => model.to_string()).set(tokens as f64);
+}
+
+/// Records one engine batch.
+pub fn batch(model: &str, inputs: usize, tokens: usize, requests: usize, elapsed: Duration) {
+    let m = || model.to_string();
+    metrics::histogram!(BATCH_INPUTS, "model" => m()).record(inputs as f64);
+    metrics::histogram!(BATCH_TOKENS, "model" => m()).record(tokens as f64);
+    metrics::histogram!(BATCH_REQUESTS, "model" => m()).record(requests as f64);
+    metrics::histogram!(INFERENCE_SECONDS, "model" => m()).record(elapsed.as_secs_f64());
+    metrics::counter!(TOKENS, "model" => m()).increment(tokens as u64);
+    metrics::counter!(INPUTS, "model" => m()).increment(inputs as u64);
+}
+
+/// Counts an engine panic.
+pub fn engine_panic(model: &str) {
+    metrics::counter!(ENGINE_PANICS, "model" => model.to_string()).increment(1);
+}

@@ -1,0 +1,255 @@
+//! The HTTP handlers: embeddings, models, and the operational endpoints.
+
+use crate::api::{
+    encode, EmbeddingObject, EmbeddingsRequest, EmbeddingsResponse, ErrorBody, ModelList, ModelObject, Usage,
+};
+use crate::error::ApiError;
+use crate::prepare::prepare;
+use crate::state::{AppState, InFlight};
+use crate::RequestId;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use openembed_engine::{truncate_dimensions, Truncation};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+const MALFORMED_JSON: &str = "We could not parse the JSON body of your request. (HINT: This likely means you aren't \
+using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you \
+have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)";
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Creates an embedding vector representing the input text.
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    request_body(content = crate::api::EmbeddingsRequestSchema, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The vectors, in input order", body = EmbeddingsResponse),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
+        (status = 500, description = "Internal failure", body = ErrorBody),
+        (status = 503, description = "Shutting down; see Retry-After", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::with_status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Request body too large: the limit is {} bytes.",
+                state.limits.max_body_bytes
+            ),
+        ),
+        _ => ApiError::invalid(format!("The request body could not be read: {rejection}"), None),
+    })?;
+    if !is_json(&headers) {
+        return Err(ApiError::with_status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Invalid Content-Type header: expected 'application/json'. The request body must be a JSON object.",
+        ));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| ApiError::invalid(MALFORMED_JSON, None))?;
+    let request = EmbeddingsRequest::from_json(&value)?;
+    let served = state
+        .registry
+        .get(&request.model)
+        .cloned()
+        .ok_or_else(|| ApiError::model_not_found(&request.model))?;
+    let _in_flight = InFlight::enter(&state)?;
+    let info = served.model.info();
+    if let Some(d) = request.dimensions {
+        if d > info.dimension {
+            return Err(ApiError::invalid(
+                format!(
+                    "Invalid value for 'dimensions' = {d}. This model's dimension is {}.",
+                    info.dimension
+                ),
+                Some("dimensions"),
+            ));
+        }
+    }
+    let prompt = match request.prompt_name.as_deref().or(info.default_prompt_name.as_deref()) {
+        None => None,
+        Some(name) => match info.prompts.get(name) {
+            Some(text) => Some(text.clone()),
+            None if request.prompt_name.is_none() => None,
+            None => {
+                let known: Vec<&str> = info.prompts.keys().map(String::as_str).collect();
+                return Err(ApiError::invalid(
+                    format!("Invalid value for 'prompt_name' = {name}. This model's prompts are: {known:?}."),
+                    Some("prompt_name"),
+                ));
+            }
+        },
+    };
+    let truncation = if request.truncate.unwrap_or(state.auto_truncate) {
+        state.truncation_side
+    } else {
+        Truncation::None
+    };
+    let model = Arc::clone(&served.model);
+    let limits = state.limits;
+    let inputs = request.inputs;
+    let prepared =
+        tokio::task::spawn_blocking(move || prepare(&model, &inputs, prompt.as_deref(), truncation, &limits))
+            .await
+            .map_err(|_| ApiError::internal("Tokenization failed unexpectedly."))??;
+    let tokens = prepared.tokens;
+    let n_inputs = prepared.ids.len();
+    let output = served.scheduler.submit(prepared.ids)?.wait().await?;
+    let data = output
+        .vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| {
+            let v = match request.dimensions {
+                Some(d) => truncate_dimensions(&v, d).map_err(|e| ApiError::internal(e.to_string()))?,
+                None => v,
+            };
+            Ok(EmbeddingObject {
+                object: "embedding",
+                index,
+                embedding: encode(v, request.encoding_format),
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let response = EmbeddingsResponse {
+        object: "list",
+        data,
+        model: request.model.clone(),
+        usage: Usage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    };
+    tracing::info!(
+        request_id = %request_id.0,
+        model = %request.model,
+        inputs = n_inputs,
+        tokens,
+        queue_ms = output.queue_time.as_secs_f64() * 1e3,
+        inference_ms = output.inference_time.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "embeddings"
+    );
+    let body = serde_json::to_vec(&response).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response())
+}
+
+fn model_object(id: &str, served: &crate::registry::ServedModel) -> ModelObject {
+    let info = served.model.info();
+    ModelObject {
+        id: id.to_string(),
+        object: "model",
+        created: served.created,
+        owned_by: "openembed".to_string(),
+        root: served.name.clone(),
+        architecture: info.architecture.clone(),
+        dimensions: info.dimension,
+        max_input_tokens: info.max_input_tokens,
+        pooling: info
+            .pooling
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect::<Vec<_>>()
+            .join("+"),
+        normalized: info.normalize,
+        prompts: info.prompts.keys().cloned().collect(),
+    }
+}
+
+/// Lists the served models and aliases.
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList), (status = 401, body = ErrorBody)))]
+pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    let data = state
+        .registry
+        .names()
+        .map(|(id, served)| model_object(id, served))
+        .collect();
+    Json(ModelList { object: "list", data })
+}
+
+/// One served model or alias.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}",
+    params(("model" = String, Path, description = "A served model name or alias")),
+    responses((status = 200, body = ModelObject), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody))
+)]
+pub async fn get_model(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelObject>, ApiError> {
+    let served = state.registry.get(&id).ok_or_else(|| ApiError::model_not_found(&id))?;
+    Ok(Json(model_object(&id, served)))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "Up")))]
+pub async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: models loaded and accepting work (503 while shutting down).
+#[utoipa::path(get, path = "/ready", responses((status = 200, description = "Ready"), (status = 503, body = ErrorBody)))]
+pub async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    if state.is_draining() {
+        return Err(ApiError::unavailable("The server is shutting down."));
+    }
+    let models: Vec<&str> = state.registry.models().iter().map(|m| m.name.as_str()).collect();
+    Ok(Json(json!({"status": "ready", "models": models})))
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+pub async fn metrics() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+/// This API as OpenAPI 3.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI document")))]
+pub async fn openapi() -> Response {
+    match crate::openapi::document() {
+        Ok(doc) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            doc,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}

@@ -1,0 +1,102 @@
+//! Shared server state and the shutdown life cycle.
+
+use crate::auth::ApiKeys;
+use crate::error::ApiError;
+use crate::prepare::Limits;
+use crate::registry::Registry;
+use openembed_engine::Truncation;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// What every handler sees.
+pub struct AppState {
+    /// Served models and aliases.
+    pub registry: Registry,
+    /// Request limits.
+    pub limits: Limits,
+    /// Truncate over-long inputs when the request does not say (`--auto-truncate`).
+    pub auto_truncate: bool,
+    /// Which side truncation cuts.
+    pub truncation_side: Truncation,
+    /// Configured API keys (empty = open).
+    pub keys: ApiKeys,
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+impl AppState {
+    /// New state, accepting work.
+    pub fn new(
+        registry: Registry,
+        limits: Limits,
+        auto_truncate: bool,
+        truncation_side: Truncation,
+        keys: ApiKeys,
+    ) -> Self {
+        Self {
+            registry,
+            limits,
+            auto_truncate,
+            truncation_side,
+            keys,
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Begins shutdown: `/ready` turns 503 and new embedding requests get 503.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.idle.notify_waiters();
+    }
+
+    /// Admitted embedding requests still running.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no admitted request is running.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Marks an admitted embeddings request for the drain on shutdown.
+pub struct InFlight(Arc<AppState>);
+
+impl InFlight {
+    /// Admits a request, or refuses it with 503 when shutting down.
+    pub fn enter(state: &Arc<AppState>) -> Result<Self, ApiError> {
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
+        if state.is_draining() {
+            state.in_flight.fetch_sub(1, Ordering::SeqCst);
+            state.idle.notify_waiters();
+            return Err(ApiError::unavailable(
+                "The server is shutting down; please retry on another instance.",
+            ));
+        }
+        Ok(Self(Arc::clone(state)))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
