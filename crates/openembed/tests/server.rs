@@ -555,3 +555,95 @@ fn sigterm_finishes_admitted_requests_then_exits_zero() {
     let (code, _) = server.wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn a_disconnected_client_has_its_queued_inputs_dropped() {
+    let server = Server::start(&["--max-batch-tokens", "256"]);
+    let inputs: Vec<String> = (0..200)
+        .map(|i| format!("{} {i}", "abandoned work ".repeat(40)))
+        .collect();
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .post(server.at("/v1/embeddings"))
+        .json(&json!({"model": "all-MiniLM-L6-v2", "input": inputs}))
+        .send();
+    assert!(sent.is_err(), "the request should time out on the client");
+    let start = std::time::Instant::now();
+    while server.metric("openembed_queue_tokens") > 0.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "queued inputs were not dropped"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let embedded = server.metric("openembed_tokens_embedded_total");
+    assert!(
+        embedded < 200.0 * 80.0 / 2.0,
+        "most of the abandoned request ran anyway ({embedded} tokens)"
+    );
+    assert_eq!(
+        embed(&server, json!({"model": "all-MiniLM-L6-v2", "input": "next"})).0,
+        200
+    );
+}
+
+/// A Hugging Face hub cache (as huggingface_hub lays it out) holding the default model.
+fn fake_hub_cache(home: &std::path::Path) {
+    let repo = home.join("hub/models--sentence-transformers--all-MiniLM-L6-v2");
+    let snapshot = repo.join("snapshots/0123456789abcdef");
+    std::fs::create_dir_all(snapshot.join("1_Pooling")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
+    let src = model_dir();
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "modules.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ] {
+        std::os::unix::fs::symlink(src.join(file).canonicalize().unwrap(), snapshot.join(file)).unwrap();
+    }
+}
+
+#[test]
+fn hub_ids_resolve_from_the_cache_offline() {
+    let home = std::env::temp_dir().join(format!("openembed-hf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    fake_hub_cache(&home);
+    let home_str = home.to_str().unwrap();
+    let env = [("HF_HOME", home_str), ("HF_HUB_OFFLINE", "1")];
+    let server = Server::start_with_env(&["--model", "sentence-transformers/all-MiniLM-L6-v2"], &env);
+    let (status, _, body) = embed(
+        &server,
+        json!({"model": "all-MiniLM-L6-v2", "input": "This is an example sentence"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let want = floats(&reference_lines()[0]["embedding"]);
+    assert!(cosine(&vectors(&body)[0], &want) >= 0.99999);
+    drop(server);
+
+    // Offline and not cached: a clear error at start-up, exit code 1.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_openembed"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--model",
+            "sentence-transformers/not-cached-model",
+        ])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not-cached-model") && stderr.contains("HF_HUB_OFFLINE"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(home).unwrap();
+}
