@@ -1,17 +1,21 @@
-//! `openembed embed`: embed texts from the arguments or stdin (one per line) and print one JSON
-//! object per line.
+//! `openembed embed`: embed texts from arguments, stdin (one a line) or a file, and write JSON
+//! lines, plain text or a numpy `.npy` matrix.
 
-use anyhow::{Context, Result};
+use crate::output::{OutputFormat, VectorWriter};
+use anyhow::{bail, Context, Result};
 use openembed_engine::{truncate_dimensions, LoadOptions, Model, Truncation};
-use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+/// Token budget of one engine batch for corpora.
+const BATCH_TOKENS: usize = 8192;
 
 /// Options of `openembed embed`.
 #[derive(clap::Args)]
 pub struct EmbedArgs {
-    /// Model folder.
+    /// Model: a folder or a Hugging Face hub id.
     #[arg(long, env = "OPENEMBED_MODEL", default_value = "models/all-MiniLM-L6-v2")]
-    model: PathBuf,
+    model: String,
     /// Cut vectors to this many dimensions (and renormalize).
     #[arg(long)]
     dimensions: Option<usize>,
@@ -21,57 +25,137 @@ pub struct EmbedArgs {
     /// Compute threads (default: all cores).
     #[arg(long, env = "OPENEMBED_THREADS")]
     threads: Option<usize>,
-    /// Texts to embed; read from stdin, one per line, when none are given.
+    /// Read texts from this file: `.jsonl` (a JSON string, or an object with "text" or "input",
+    /// per line) or anything else as plain text, one a line.
+    #[arg(long, short = 'i')]
+    input: Option<PathBuf>,
+    /// Write vectors to this file; the format follows the extension: `.jsonl` (JSON lines),
+    /// `.npy` (float32 matrix [n, dim]) or `.txt` (one vector a line, space-separated).
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// Texts to embed; read from --input or stdin when none are given.
     texts: Vec<String>,
+}
+
+/// Reads texts from a `.jsonl` or plain text source.
+fn read_texts(reader: impl BufRead, jsonl: bool, name: &str) -> Result<Vec<String>> {
+    let mut texts = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {name}"))?;
+        if !jsonl {
+            texts.push(line);
+            continue;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("{name}:{}: not a JSON line", n + 1))?;
+        let text = match &value {
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => other
+                .get("text")
+                .or_else(|| other.get("input"))
+                .and_then(|t| t.as_str())
+                .map(str::to_owned),
+        };
+        match text {
+            Some(t) => texts.push(t),
+            None => bail!("{name}:{}: expected a JSON string or an object with \"text\"", n + 1),
+        }
+    }
+    Ok(texts)
+}
+
+fn is_jsonl(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "jsonl" || e == "json")
+}
+
+/// Loads a model from a folder or hub id.
+pub fn load_model(spec: &str, threads: Option<usize>) -> Result<Model> {
+    let dir = openembed_server::hub::resolve(spec).map_err(anyhow::Error::msg)?;
+    Model::load(&dir, &LoadOptions { threads }).with_context(|| format!("cannot load model {spec}"))
 }
 
 /// Entry point of `openembed embed`.
 pub fn run(args: &EmbedArgs) -> Result<()> {
-    let texts: Vec<String> = if args.texts.is_empty() {
-        std::io::stdin()
-            .lock()
-            .lines()
-            .collect::<std::io::Result<_>>()
-            .context("cannot read stdin")?
-    } else {
+    let texts: Vec<String> = if !args.texts.is_empty() {
         args.texts.clone()
+    } else if let Some(path) = &args.input {
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        read_texts(
+            std::io::BufReader::new(file),
+            is_jsonl(path),
+            &path.display().to_string(),
+        )?
+    } else {
+        read_texts(std::io::stdin().lock(), false, "stdin")?
     };
-    let model = Model::load(&args.model, &LoadOptions { threads: args.threads })
-        .with_context(|| format!("cannot load model {}", args.model.display()))?;
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let model = load_model(&args.model, args.threads)?;
+    if let Some(d) = args.dimensions {
+        if d == 0 || d > model.info().dimension {
+            bail!(
+                "--dimensions must be between 1 and the model's {}",
+                model.info().dimension
+            );
+        }
+    }
     let truncation = if args.truncate {
         Truncation::End
     } else {
         Truncation::None
     };
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let tokenized = model.tokenize(&refs, None, truncation)?;
-    let mut out = std::io::stdout().lock();
+    if let Some((index, t)) = tokenized
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.over_limit && !t.truncated())
+    {
+        bail!(
+            "input {index} has {} tokens, more than the model's limit of {} (use --truncate)",
+            t.untruncated_tokens,
+            model.info().max_input_tokens
+        );
+    }
+    let dim = args.dimensions.unwrap_or(model.info().dimension);
+    let format = match &args.output {
+        Some(path) => OutputFormat::from_path(path),
+        None => OutputFormat::JsonLines,
+    };
+    let mut writer = VectorWriter::create(args.output.as_deref(), format, dim)?;
     // Batches of about 8k tokens keep memory flat on large inputs.
     let mut start = 0;
     while start < tokenized.len() {
         let mut end = start;
         let mut tokens = 0;
-        while end < tokenized.len() && (end == start || tokens + tokenized[end].tokens() <= 8192) {
+        while end < tokenized.len() && (end == start || tokens + tokenized[end].tokens() <= BATCH_TOKENS) {
             tokens += tokenized[end].tokens();
             end += 1;
         }
         let ids: Vec<&[u32]> = tokenized[start..end].iter().map(|t| t.ids.as_slice()).collect();
-        let vectors = model.embed_ids(&ids).map_err(|e| match e {
-            openembed_engine::Error::InputTooLong { index, tokens, limit } => anyhow::anyhow!(
-                "input {} has {tokens} tokens, more than the model's limit of {limit} (use --truncate)",
-                start + index
-            ),
-            other => other.into(),
-        })?;
+        let vectors = model.embed_ids(&ids)?;
         for (i, v) in vectors.into_iter().enumerate() {
             let v = match args.dimensions {
                 Some(d) => truncate_dimensions(&v, d)?,
                 None => v,
             };
-            let line = serde_json::json!({"index": start + i, "tokens": tokenized[start + i].tokens(), "embedding": v});
-            writeln!(out, "{line}")?;
+            writer.write(start + i, tokenized[start + i].tokens(), &v)?;
         }
         start = end;
     }
-    Ok(())
+    writer.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_and_plain_inputs() {
+        let jsonl = "\"a\"\n{\"text\": \"b\"}\n\n{\"input\": \"c\"}\n";
+        assert_eq!(read_texts(jsonl.as_bytes(), true, "x").unwrap(), ["a", "b", "c"]);
+        assert!(read_texts("{\"n\": 1}\n".as_bytes(), true, "x").is_err());
+        assert_eq!(read_texts("one\ntwo\n".as_bytes(), false, "x").unwrap(), ["one", "two"]);
+    }
 }

@@ -1,7 +1,10 @@
 //! `openembed`: the command line of the openembed embedding server.
 
+mod batch;
 mod bench;
 mod embed;
+mod models;
+mod output;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +26,10 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Serve the OpenAI embeddings API over HTTP.
     Serve(serve::ServeArgs),
+    /// Run an OpenAI Batch API input file (POST /v1/embeddings lines) offline.
+    Batch(batch::BatchArgs),
+    /// List the models the server would find (local folder and hub cache).
+    Models(models::ModelsArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +38,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Embed(args) => embed::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Batch(args) => batch::run(&args),
+        Command::Models(args) => models::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -102,3 +102,208 @@ fn embed_dimensions_and_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
 }
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_openembed"))
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("openembed-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn embed_files_to_npy_jsonl_and_txt() {
+    let dir = temp_dir("files");
+    let cases: Vec<_> = reference_lines()
+        .into_iter()
+        .filter(|c| c["tokens"] == c["untruncated_tokens"])
+        .collect();
+    let input = dir.join("texts.jsonl");
+    let lines: Vec<String> = cases
+        .iter()
+        .map(|c| serde_json::json!({"text": c["text"]}).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    for ext in ["npy", "jsonl", "txt"] {
+        let out = dir.join(format!("vectors.{ext}"));
+        let status = bin()
+            .args(["embed", "--threads", "2", "--model"])
+            .arg(model_dir())
+            .arg("-i")
+            .arg(&input)
+            .arg("-o")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{ext}");
+    }
+    // numpy reads the .npy with the right shape and the reference values.
+    let want = dir.join("want.json");
+    let embeddings: Vec<&serde_json::Value> = cases.iter().map(|c| &c["embedding"]).collect();
+    std::fs::write(&want, serde_json::to_string(&embeddings).unwrap()).unwrap();
+    let python = common::root().join("target/clients/venv/bin/python");
+    let check = format!(
+        "import json, numpy as np\n\
+         a = np.load({npy:?})\n\
+         w = np.array(json.load(open({want:?})), dtype=np.float32)\n\
+         assert a.dtype == np.float32 and a.shape == w.shape == ({n}, 384), (a.dtype, a.shape, w.shape)\n\
+         assert np.abs(a - w).max() <= 1e-4, np.abs(a - w).max()\n\
+         print('npy ok', a.shape)\n",
+        npy = dir.join("vectors.npy").to_str().unwrap(),
+        want = want.to_str().unwrap(),
+        n = cases.len()
+    );
+    let out = Command::new(&python)
+        .args(["-c", &check])
+        .output()
+        .expect("target/clients/venv (make test sets it up)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // .jsonl and .txt hold the same vectors, one per line.
+    let jsonl = std::fs::read_to_string(dir.join("vectors.jsonl")).unwrap();
+    let txt = std::fs::read_to_string(dir.join("vectors.txt")).unwrap();
+    assert_eq!(jsonl.lines().count(), cases.len());
+    for ((j, t), c) in jsonl.lines().zip(txt.lines()).zip(&cases) {
+        let j: serde_json::Value = serde_json::from_str(j).unwrap();
+        let from_txt: Vec<f64> = t.split(' ').map(|x| x.parse().unwrap()).collect();
+        let from_json = common::floats(&j["embedding"]);
+        let want = common::floats(&c["embedding"]);
+        assert!(common::max_abs_diff(&from_json, &want) <= 1e-4);
+        assert_eq!(from_txt.len(), 384);
+        assert!(from_txt
+            .iter()
+            .zip(&from_json)
+            .all(|(a, b)| (*a as f32 - b).abs() < 1e-6));
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn batch_runs_openai_batch_files_and_resumes() {
+    let dir = temp_dir("batch");
+    let cases = reference_lines();
+    let request = |id: &str, body: serde_json::Value| {
+        serde_json::json!({"custom_id": id, "method": "POST", "url": "/v1/embeddings", "body": body}).to_string()
+    };
+    let mut lines = vec![
+        request(
+            "first",
+            serde_json::json!({"model": "all-MiniLM-L6-v2", "input": [cases[0]["text"], cases[2]["text"]]}),
+        ),
+        "{not json".to_string(),
+        request("unknown-model", serde_json::json!({"model": "nope", "input": "x"})),
+        request(
+            "b64",
+            serde_json::json!({"model": "text-embedding-3-small", "input": cases[3]["text"], "encoding_format": "base64"}),
+        ),
+    ];
+    let input = dir.join("requests.jsonl");
+    let output = dir.join("results.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let run = || {
+        bin()
+            .args([
+                "batch",
+                "--threads",
+                "2",
+                "--alias",
+                "text-embedding-3-small=all-MiniLM-L6-v2",
+                "--model",
+            ])
+            .arg(format!("{}=all-MiniLM-L6-v2", model_dir().display()))
+            .arg("-i")
+            .arg(&input)
+            .arg("-o")
+            .arg(&output)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&output)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let results = read();
+    assert_eq!(results.len(), 4);
+    for r in &results {
+        assert!(r["id"].as_str().unwrap().starts_with("batch_req_"));
+        assert!(r.get("response").is_some() && r.get("error").is_some());
+    }
+    let first = &results[0];
+    assert_eq!(first["custom_id"], "first");
+    assert_eq!(first["response"]["status_code"], 200);
+    assert!(first["response"]["request_id"].is_string());
+    assert!(first["error"].is_null());
+    let body = &first["response"]["body"];
+    assert_eq!(body["object"], "list");
+    for (i, case) in [&cases[0], &cases[2]].iter().enumerate() {
+        let got = common::floats(&body["data"][i]["embedding"]);
+        assert!(common::cosine(&got, &common::floats(&case["embedding"])) >= 0.99999);
+    }
+    assert!(results[1]["custom_id"].is_null() && results[1]["response"].is_null());
+    assert_eq!(results[1]["error"]["code"], "invalid_json");
+    assert_eq!(results[2]["response"]["status_code"], 404);
+    assert_eq!(results[2]["response"]["body"]["error"]["code"], "model_not_found");
+    assert_eq!(results[3]["response"]["body"]["model"], "text-embedding-3-small");
+    assert!(results[3]["response"]["body"]["data"][0]["embedding"].is_string());
+
+    // Resume: an interrupted run left a torn line; new requests are added to the input.
+    let mut text = std::fs::read_to_string(&output).unwrap();
+    text.push_str("{\"id\": \"batch_req_torn\", \"custom_");
+    std::fs::write(&output, text).unwrap();
+    lines.push(request(
+        "added",
+        serde_json::json!({"model": "all-MiniLM-L6-v2", "input": "added later"}),
+    ));
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let out = run();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results = read();
+    assert_eq!(results.len(), 5, "only the new request was run");
+    assert_eq!(results[4]["custom_id"], "added");
+    assert_eq!(results[4]["response"]["status_code"], 200);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn models_lists_local_folders() {
+    let out = bin()
+        .args(["models", "--json", "--dir"])
+        .arg(common::root().join("models"))
+        .env("HF_HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mini = rows
+        .iter()
+        .find(|r| r["model"].as_str().unwrap().ends_with("all-MiniLM-L6-v2"))
+        .expect("default model listed");
+    assert_eq!(mini["architecture"], "bert");
+    assert_eq!(mini["dimensions"], 384);
+    assert_eq!(mini["max_input_tokens"], 256);
+    assert_eq!(mini["pooling"], "mean");
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["serve", "embed", "batch", "models", "bench"] {
+        let out = bin().args([sub, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{sub} --help");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
+    }
+}

@@ -118,17 +118,27 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
+impl ApiError {
+    /// The JSON body: `{"error": {"message", "type", "param", "code"}}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::to_value(self.fields()).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn fields(&self) -> ErrorBody<'_> {
+        ErrorBody {
             error: ErrorFields {
                 message: &self.message,
                 kind: self.kind,
                 param: self.param.as_deref(),
                 code: self.code,
             },
-        };
-        let mut resp = (self.status, axum::Json(body)).into_response();
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(self.fields())).into_response();
         if let Some(secs) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);

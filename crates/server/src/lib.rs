@@ -15,6 +15,7 @@ pub mod prepare;
 pub mod registry;
 pub mod routes;
 pub mod scheduler;
+pub mod service;
 pub mod state;
 
 use crate::auth::ApiKeys;
@@ -232,13 +233,11 @@ pub async fn bind(config: &ServerConfig) -> Result<(Arc<AppState>, tokio::net::T
     let registry = tokio::task::spawn_blocking(move || Registry::load(&specs, &aliases, &options, scheduler))
         .await
         .map_err(|e| format!("model loading stopped: {e}"))??;
-    let state = Arc::new(AppState::new(
-        registry,
-        config.limits,
-        config.auto_truncate,
-        config.truncation_side,
-        keys,
-    ));
+    let defaults = service::Defaults {
+        auto_truncate: config.auto_truncate,
+        truncation_side: config.truncation_side,
+    };
+    let state = Arc::new(AppState::new(registry, config.limits, defaults, keys));
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

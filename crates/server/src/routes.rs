@@ -1,10 +1,9 @@
 //! The HTTP handlers: embeddings, models, and the operational endpoints.
 
-use crate::api::{
-    encode, EmbeddingObject, EmbeddingsRequest, EmbeddingsResponse, ErrorBody, ModelList, ModelObject, Usage,
-};
+use crate::api::{EmbeddingsRequest, EmbeddingsResponse, ErrorBody, ModelList, ModelObject};
 use crate::error::ApiError;
 use crate::prepare::prepare;
+use crate::service::{plan, respond};
 use crate::state::{AppState, InFlight};
 use crate::RequestId;
 use axum::body::Bytes;
@@ -13,7 +12,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use openembed_engine::{truncate_dimensions, Truncation};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -80,40 +78,11 @@ pub async fn embeddings(
         .cloned()
         .ok_or_else(|| ApiError::model_not_found(&request.model))?;
     let _in_flight = InFlight::enter(&state)?;
-    let info = served.model.info();
-    if let Some(d) = request.dimensions {
-        if d > info.dimension {
-            return Err(ApiError::invalid(
-                format!(
-                    "Invalid value for 'dimensions' = {d}. This model's dimension is {}.",
-                    info.dimension
-                ),
-                Some("dimensions"),
-            ));
-        }
-    }
-    let prompt = match request.prompt_name.as_deref().or(info.default_prompt_name.as_deref()) {
-        None => None,
-        Some(name) => match info.prompts.get(name) {
-            Some(text) => Some(text.clone()),
-            None if request.prompt_name.is_none() => None,
-            None => {
-                let known: Vec<&str> = info.prompts.keys().map(String::as_str).collect();
-                return Err(ApiError::invalid(
-                    format!("Invalid value for 'prompt_name' = {name}. This model's prompts are: {known:?}."),
-                    Some("prompt_name"),
-                ));
-            }
-        },
-    };
-    let truncation = if request.truncate.unwrap_or(state.auto_truncate) {
-        state.truncation_side
-    } else {
-        Truncation::None
-    };
+    let plan = plan(&request, served.model.info(), state.defaults)?;
     let model = Arc::clone(&served.model);
     let limits = state.limits;
-    let inputs = request.inputs;
+    let (model_name, inputs) = (request.model, request.inputs);
+    let (prompt, truncation) = (plan.prompt.clone(), plan.truncation);
     let prepared =
         tokio::task::spawn_blocking(move || prepare(&model, &inputs, prompt.as_deref(), truncation, &limits))
             .await
@@ -121,34 +90,10 @@ pub async fn embeddings(
     let tokens = prepared.tokens;
     let n_inputs = prepared.ids.len();
     let output = served.scheduler.submit(prepared.ids)?.wait().await?;
-    let data = output
-        .vectors
-        .into_iter()
-        .enumerate()
-        .map(|(index, v)| {
-            let v = match request.dimensions {
-                Some(d) => truncate_dimensions(&v, d).map_err(|e| ApiError::internal(e.to_string()))?,
-                None => v,
-            };
-            Ok(EmbeddingObject {
-                object: "embedding",
-                index,
-                embedding: encode(v, request.encoding_format),
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    let response = EmbeddingsResponse {
-        object: "list",
-        data,
-        model: request.model.clone(),
-        usage: Usage {
-            prompt_tokens: tokens,
-            total_tokens: tokens,
-        },
-    };
+    let response = respond(&model_name, output.vectors, tokens, &plan)?;
     tracing::info!(
         request_id = %request_id.0,
-        model = %request.model,
+        model = %model_name,
         inputs = n_inputs,
         tokens,
         queue_ms = output.queue_time.as_secs_f64() * 1e3,

@@ -4,7 +4,7 @@ use crate::auth::ApiKeys;
 use crate::error::ApiError;
 use crate::prepare::Limits;
 use crate::registry::Registry;
-use openembed_engine::Truncation;
+use crate::service::Defaults;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -15,10 +15,8 @@ pub struct AppState {
     pub registry: Registry,
     /// Request limits.
     pub limits: Limits,
-    /// Truncate over-long inputs when the request does not say (`--auto-truncate`).
-    pub auto_truncate: bool,
-    /// Which side truncation cuts.
-    pub truncation_side: Truncation,
+    /// Truncation defaults (`--auto-truncate`, `--truncation-side`).
+    pub defaults: Defaults,
     /// Configured API keys (empty = open).
     pub keys: ApiKeys,
     draining: AtomicBool,
@@ -28,18 +26,11 @@ pub struct AppState {
 
 impl AppState {
     /// New state, accepting work.
-    pub fn new(
-        registry: Registry,
-        limits: Limits,
-        auto_truncate: bool,
-        truncation_side: Truncation,
-        keys: ApiKeys,
-    ) -> Self {
+    pub fn new(registry: Registry, limits: Limits, defaults: Defaults, keys: ApiKeys) -> Self {
         Self {
             registry,
             limits,
-            auto_truncate,
-            truncation_side,
+            defaults,
             keys,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),

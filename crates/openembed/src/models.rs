@@ -1,0 +1,138 @@
+//! `openembed models`: the models the server would find — folders under the local models
+//! directory and models in the Hugging Face hub cache — with their architecture, dimensions,
+//! input limit and pooling.
+
+use anyhow::Result;
+use openembed_engine::{LoadOptions, Model};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+/// Options of `openembed models`.
+#[derive(clap::Args)]
+pub struct ModelsArgs {
+    /// Local folder holding model folders.
+    #[arg(long, default_value = "models")]
+    dir: PathBuf,
+    /// Print one JSON object per model instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A model folder found on disk, and the SPEC that serves it.
+struct Found {
+    spec: String,
+    dir: PathBuf,
+}
+
+fn local_models(dir: &Path) -> Vec<Found> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Found> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("config.json").is_file())
+        .map(|p| Found {
+            spec: p.display().to_string(),
+            dir: p,
+        })
+        .collect();
+    found.sort_by(|a, b| a.spec.cmp(&b.spec));
+    found
+}
+
+/// Models in the hub cache (`$HF_HOME/hub/models--ORG--NAME/snapshots/REV`), at the `main` ref
+/// when there is one.
+fn hub_models() -> Vec<Found> {
+    let cache = hf_hub_cache_dir();
+    let Ok(entries) = std::fs::read_dir(&cache) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for repo in entries.flatten().map(|e| e.path()) {
+        let Some(name) = repo
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("models--"))
+        else {
+            continue;
+        };
+        let id = name.replacen("--", "/", 1);
+        let snapshots = repo.join("snapshots");
+        let main = std::fs::read_to_string(repo.join("refs/main"))
+            .ok()
+            .map(|r| snapshots.join(r.trim()));
+        let snapshot = main.filter(|p| p.is_dir()).or_else(|| {
+            std::fs::read_dir(&snapshots)
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.join("config.json").exists())
+        });
+        if let Some(dir) = snapshot.filter(|p| p.join("config.json").exists()) {
+            found.push(Found { spec: id, dir });
+        }
+    }
+    found.sort_by(|a, b| a.spec.cmp(&b.spec));
+    found
+}
+
+fn hf_hub_cache_dir() -> PathBuf {
+    if let Ok(home) = std::env::var("HF_HOME") {
+        return PathBuf::from(home).join("hub");
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    PathBuf::from(home).join(".cache/huggingface/hub")
+}
+
+/// Entry point of `openembed models`.
+pub fn run(args: &ModelsArgs) -> Result<()> {
+    let found: Vec<(&str, Found)> = local_models(&args.dir)
+        .into_iter()
+        .map(|f| ("local", f))
+        .chain(hub_models().into_iter().map(|f| ("hub cache", f)))
+        .collect();
+    if found.is_empty() && !args.json {
+        println!(
+            "no models in {} or in the hub cache {}",
+            args.dir.display(),
+            hf_hub_cache_dir().display()
+        );
+        return Ok(());
+    }
+    if !args.json {
+        println!(
+            "{:<48} {:<10} {:<12} {:>6} {:>10}  {:<10} NORMALIZED",
+            "MODEL (--model SPEC)", "WHERE", "ARCH", "DIMS", "MAX TOKENS", "POOLING"
+        );
+    }
+    for (place, f) in found {
+        let row = match Model::load(&f.dir, &LoadOptions { threads: Some(1) }) {
+            Ok(model) => {
+                let i = model.info();
+                let pooling: Vec<&str> = i.pooling.iter().map(|p| p.name()).collect();
+                json!({"model": f.spec, "where": place, "dir": f.dir, "architecture": i.architecture,
+                       "dimensions": i.dimension, "max_input_tokens": i.max_input_tokens,
+                       "pooling": pooling.join("+"), "normalized": i.normalize})
+            }
+            Err(e) => json!({"model": f.spec, "where": place, "dir": f.dir, "error": e.to_string()}),
+        };
+        if args.json {
+            println!("{row}");
+        } else if let Some(error) = row["error"].as_str() {
+            println!("{:<48} {:<10} unusable: {error}", f.spec, place);
+        } else {
+            println!(
+                "{:<48} {:<10} {:<12} {:>6} {:>10}  {:<10} {}",
+                f.spec,
+                place,
+                row["architecture"].as_str().unwrap_or(""),
+                row["dimensions"].as_u64().unwrap_or(0),
+                row["max_input_tokens"].as_u64().unwrap_or(0),
+                row["pooling"].as_str().unwrap_or(""),
+                row["normalized"]
+            );
+        }
+    }
+    Ok(())
+}

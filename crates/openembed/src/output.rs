@@ -1,0 +1,163 @@
+//! Vector output for `openembed embed`: JSON lines, plain text, or a numpy `.npy` float32 matrix
+//! written as it streams (the header's row count is filled in at the end).
+
+use anyhow::{Context, Result};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::Path;
+
+/// How vectors are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// `{"index", "tokens", "embedding"}` per line.
+    JsonLines,
+    /// Space-separated floats, one vector a line.
+    Text,
+    /// numpy format 1.0, float32 little-endian, shape `[n, dim]`.
+    Npy,
+}
+
+impl OutputFormat {
+    /// The format a file name asks for (`.npy`, `.txt`, else JSON lines).
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("npy") => Self::Npy,
+            Some("txt") => Self::Text,
+            _ => Self::JsonLines,
+        }
+    }
+}
+
+/// The size of the `.npy` preamble we write (magic, version, header length, padded header).
+const NPY_PREAMBLE: usize = 128;
+
+/// The `.npy` 1.0 preamble for a float32 `[rows, dim]` matrix, padded to [`NPY_PREAMBLE`] bytes.
+pub fn npy_header(rows: usize, dim: usize) -> Vec<u8> {
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
+    let mut header = dict.into_bytes();
+    // magic (6) + version (2) + length (2) + header, ending in '\n', total a multiple of 64.
+    let total = NPY_PREAMBLE.max((10 + header.len() + 1).div_ceil(64) * 64);
+    header.resize(total - 10 - 1, b' ');
+    header.push(b'\n');
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(&header);
+    out
+}
+
+enum Sink {
+    Stdout(std::io::StdoutLock<'static>),
+    File(BufWriter<std::fs::File>),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Stdout(s) => s.write(buf),
+            Self::File(f) => f.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Stdout(s) => s.flush(),
+            Self::File(f) => f.flush(),
+        }
+    }
+}
+
+/// Writes vectors one at a time in the chosen format.
+pub struct VectorWriter {
+    sink: Sink,
+    format: OutputFormat,
+    dim: usize,
+    rows: usize,
+}
+
+impl VectorWriter {
+    /// Opens `path` (or stdout when `None`) for vectors of `dim` values.
+    pub fn create(path: Option<&Path>, format: OutputFormat, dim: usize) -> Result<Self> {
+        let mut sink = match path {
+            Some(p) => Sink::File(BufWriter::new(
+                std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+            )),
+            None => Sink::Stdout(std::io::stdout().lock()),
+        };
+        if format == OutputFormat::Npy {
+            if matches!(sink, Sink::Stdout(_)) {
+                anyhow::bail!(".npy output needs --output FILE");
+            }
+            sink.write_all(&npy_header(0, dim))?;
+        }
+        Ok(Self {
+            sink,
+            format,
+            dim,
+            rows: 0,
+        })
+    }
+
+    /// Writes input `index` (with its token count) and its vector.
+    pub fn write(&mut self, index: usize, tokens: usize, v: &[f32]) -> Result<()> {
+        debug_assert_eq!(v.len(), self.dim);
+        match self.format {
+            OutputFormat::JsonLines => {
+                let line = serde_json::json!({"index": index, "tokens": tokens, "embedding": v});
+                writeln!(self.sink, "{line}")?;
+            }
+            OutputFormat::Text => {
+                let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+                writeln!(self.sink, "{}", parts.join(" "))?;
+            }
+            OutputFormat::Npy => {
+                for x in v {
+                    self.sink.write_all(&x.to_le_bytes())?;
+                }
+            }
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Flushes, and for `.npy` writes the final row count into the header.
+    pub fn finish(mut self) -> Result<()> {
+        self.sink.flush()?;
+        if let (OutputFormat::Npy, Sink::File(f)) = (self.format, &mut self.sink) {
+            let header = npy_header(self.rows, self.dim);
+            anyhow::ensure!(
+                header.len() == NPY_PREAMBLE,
+                "{} rows do not fit the .npy header",
+                self.rows
+            );
+            let file = f.get_mut();
+            file.seek(SeekFrom::Start(0))?;
+            file.write_all(&header)?;
+            file.flush()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_header_is_aligned_and_fixed_size() {
+        for rows in [0, 7, 1_000_000_000_000] {
+            let h = npy_header(rows, 384);
+            assert_eq!(h.len(), NPY_PREAMBLE);
+            assert_eq!(&h[..6], b"\x93NUMPY");
+            assert_eq!(*h.last().unwrap(), b'\n');
+            let text = String::from_utf8_lossy(&h[10..]);
+            assert!(text.contains(&format!("'shape': ({rows}, 384)")));
+        }
+    }
+
+    #[test]
+    fn formats_follow_the_extension() {
+        assert_eq!(OutputFormat::from_path(Path::new("a.npy")), OutputFormat::Npy);
+        assert_eq!(OutputFormat::from_path(Path::new("a.txt")), OutputFormat::Text);
+        assert_eq!(OutputFormat::from_path(Path::new("a.jsonl")), OutputFormat::JsonLines);
+    }
+}

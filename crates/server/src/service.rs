@@ -1,0 +1,102 @@
+//! The embeddings request pipeline without HTTP, shared by the server and `openembed batch`:
+//! [`plan`] checks a decoded request against its model, [`crate::prepare::prepare`] turns its
+//! inputs into token ids, and [`respond`] builds the OpenAI response from the vectors.
+
+use crate::api::{encode, EmbeddingObject, EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, Usage};
+use crate::error::ApiError;
+use openembed_engine::{truncate_dimensions, ModelInfo, Truncation};
+
+/// How to run one validated request on its model.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Prompt text put in front of every text input.
+    pub prompt: Option<String>,
+    /// Truncation of over-long inputs.
+    pub truncation: Truncation,
+    /// Cut vectors to this many dimensions.
+    pub dimensions: Option<usize>,
+    /// Output encoding.
+    pub encoding: EncodingFormat,
+}
+
+/// Server-wide defaults a request may override.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    /// Truncate when the request does not say.
+    pub auto_truncate: bool,
+    /// Which side truncation cuts.
+    pub truncation_side: Truncation,
+}
+
+/// Checks `dimensions` and `prompt_name` against the model and settles truncation.
+pub fn plan(request: &EmbeddingsRequest, info: &ModelInfo, defaults: Defaults) -> Result<Plan, ApiError> {
+    if let Some(d) = request.dimensions {
+        if d > info.dimension {
+            return Err(ApiError::invalid(
+                format!(
+                    "Invalid value for 'dimensions' = {d}. This model's dimension is {}.",
+                    info.dimension
+                ),
+                Some("dimensions"),
+            ));
+        }
+    }
+    let prompt = match (&request.prompt_name, &info.default_prompt_name) {
+        (Some(name), _) => match info.prompts.get(name) {
+            Some(text) => Some(text.clone()),
+            None => {
+                let known: Vec<&str> = info.prompts.keys().map(String::as_str).collect();
+                return Err(ApiError::invalid(
+                    format!("Invalid value for 'prompt_name' = {name}. This model's prompts are: {known:?}."),
+                    Some("prompt_name"),
+                ));
+            }
+        },
+        (None, Some(default)) => info.prompts.get(default).cloned(),
+        (None, None) => None,
+    };
+    let truncation = if request.truncate.unwrap_or(defaults.auto_truncate) {
+        defaults.truncation_side
+    } else {
+        Truncation::None
+    };
+    Ok(Plan {
+        prompt,
+        truncation,
+        dimensions: request.dimensions,
+        encoding: request.encoding_format,
+    })
+}
+
+/// The response body for `vectors` (in input order), as the client addressed `model`.
+pub fn respond(
+    model: &str,
+    vectors: Vec<Vec<f32>>,
+    tokens: usize,
+    plan: &Plan,
+) -> Result<EmbeddingsResponse, ApiError> {
+    let data = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| {
+            let v = match plan.dimensions {
+                Some(d) => truncate_dimensions(&v, d).map_err(|e| ApiError::internal(e.to_string()))?,
+                None => v,
+            };
+            Ok(EmbeddingObject {
+                object: "embedding",
+                index,
+                embedding: encode(v, plan.encoding),
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(EmbeddingsResponse {
+        object: "list",
+        data,
+        model: model.to_string(),
+        usage: Usage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    })
+}
