@@ -386,6 +386,7 @@ pub fn run(args: &BatchArgs) -> Result<()> {
         limits: Limits {
             max_request_tokens: args.max_request_tokens,
             max_body_bytes: usize::MAX,
+            body_timeout: Duration::MAX,
         },
         seen: done,
     };

@@ -84,6 +84,15 @@ pub struct ServeArgs {
     /// An origin allowed by CORS (`*` for any). Repeatable (env: comma-separated). Default: CORS off.
     #[arg(long = "cors-origin", env = "OPENEMBED_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
+    /// Most open connections; one more is answered 503 and closed.
+    #[arg(long, env = "OPENEMBED_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers (slow clients are cut off).
+    #[arg(long, env = "OPENEMBED_HEADER_TIMEOUT", default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds a client has to send a request's body (over it: 408).
+    #[arg(long, env = "OPENEMBED_BODY_TIMEOUT", default_value_t = 30)]
+    body_timeout: u64,
     /// Log format.
     #[arg(long, env = "OPENEMBED_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -152,6 +161,7 @@ impl ServeArgs {
             limits: Limits {
                 max_request_tokens: self.max_request_tokens,
                 max_body_bytes: self.max_body_bytes,
+                body_timeout: Duration::from_secs(self.body_timeout.max(1)),
             },
             auto_truncate: self.auto_truncate,
             truncation_side: match self.truncation_side {
@@ -160,6 +170,11 @@ impl ServeArgs {
             },
             drain_timeout: Duration::from_secs(self.drain_timeout),
             cors_origins: self.cors_origins.clone(),
+            connections: openembed_server::listener::ConnectionLimits {
+                max_connections: self.max_connections.max(1),
+                header_timeout: Duration::from_secs(self.header_timeout.max(1)),
+                close_timeout: Duration::from_secs(self.drain_timeout.max(1)),
+            },
         })
     }
 }

@@ -46,6 +46,29 @@ pub struct EmbeddingsRequest {
     pub prompt_name: Option<String>,
 }
 
+const MALFORMED_JSON: &str = "We could not parse the JSON body of your request. (HINT: This likely means you aren't \
+using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you \
+have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)";
+
+/// Whether a `Content-Type` value is JSON (`application/json`, `application/*+json`).
+pub fn is_json(content_type: Option<&str>) -> bool {
+    let Some(value) = content_type else { return false };
+    let mime = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Decodes a request body: 415 unless it is JSON, 400 for malformed JSON or a bad shape.
+pub fn decode(content_type: Option<&str>, body: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
+    if !is_json(content_type) {
+        return Err(ApiError::with_status(
+            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Invalid Content-Type header: expected 'application/json'. The request body must be a JSON object.",
+        ));
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::invalid(MALFORMED_JSON, None))?;
+    EmbeddingsRequest::from_json(&value)
+}
+
 const FIELDS: &[&str] = &[
     "model",
     "input",

@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod hub;
+pub mod listener;
 pub mod metrics;
 pub mod openapi;
 pub mod prepare;
@@ -28,11 +29,10 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post, MethodRouter};
 use axum::Router;
 use openembed_engine::{LoadOptions, Truncation};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Origins allowed by CORS (empty = CORS off; `*` = any).
     pub cors_origins: Vec<String>,
+    /// Open connections, header timeout, close timeout.
+    pub connections: listener::ConnectionLimits,
 }
 
 /// The request id of a request (the client's `x-request-id`, or a new one).
@@ -72,22 +74,42 @@ pub struct RequestId(pub String);
 
 const REQUEST_ID: &str = "x-request-id";
 
-/// Known route patterns, for metric labels (unknown paths are labelled `other`).
-const ROUTES: &[&str] = &[
-    "/v1/embeddings",
-    "/embeddings",
-    "/v1/models",
-    "/health",
-    "/ready",
-    "/metrics",
-    "/openapi.json",
+/// Every route as (method, path). The router is built from this table (see [`router`]), so
+/// tests can walk every route, e.g. to prove that API keys guard all but the public ones.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/embeddings"),
+    ("POST", "/embeddings"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/{model}"),
+    ("GET", "/health"),
+    ("GET", "/ready"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
 ];
 
+/// The handler of a path in [`ROUTES`].
+fn handler(path: &str) -> MethodRouter<Arc<AppState>> {
+    match path {
+        "/v1/embeddings" | "/embeddings" => post(routes::embeddings),
+        "/v1/models" => get(routes::list_models),
+        "/v1/models/{model}" => get(routes::get_model),
+        "/health" => get(routes::health),
+        "/ready" => get(routes::ready),
+        "/metrics" => get(routes::metrics),
+        "/openapi.json" => get(routes::openapi),
+        _ => any(not_found),
+    }
+}
+
+/// The route pattern a path matches, for metric labels (unknown paths are labelled `other`).
 fn route_label(path: &str) -> &'static str {
-    if let Some(route) = ROUTES.iter().find(|r| **r == path) {
+    if let Some((_, route)) = ROUTES.iter().find(|(_, r)| *r == path) {
         return route;
     }
-    if path.starts_with("/v1/models/") {
+    if path
+        .strip_prefix("/v1/models/")
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+    {
         return "/v1/models/{model}";
     }
     "other"
@@ -95,15 +117,13 @@ fn route_label(path: &str) -> &'static str {
 
 /// Builds the router over loaded state.
 pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
-    let api = Router::new()
-        .route("/v1/embeddings", post(routes::embeddings))
-        .route("/embeddings", post(routes::embeddings))
-        .route("/v1/models", get(routes::list_models))
-        .route("/v1/models/{model}", get(routes::get_model))
-        .route("/health", get(routes::health))
-        .route("/ready", get(routes::ready))
-        .route("/metrics", get(routes::metrics))
-        .route("/openapi.json", get(routes::openapi))
+    let mut api = Router::new();
+    let mut paths: Vec<&str> = ROUTES.iter().map(|(_, path)| *path).collect();
+    paths.dedup();
+    for path in paths {
+        api = api.route(path, handler(path));
+    }
+    let api = api
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), authenticate))
@@ -256,7 +276,8 @@ pub async fn serve(
     let app = router(Arc::clone(&state), &config.cors_origins);
     let drain_state = Arc::clone(&state);
     let drain_timeout = config.drain_timeout;
-    let graceful = async move {
+    // New requests keep being accepted (and answered 503) until admitted ones are done.
+    let stop = async move {
         shutdown.await;
         drain_state.start_draining();
         tracing::info!(
@@ -270,10 +291,7 @@ pub async fn serve(
             tracing::warn!(in_flight = drain_state.in_flight(), "drain timeout reached");
         }
     };
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(graceful)
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    listener::run(listener, app, config.connections, stop).await;
     let registry_state = Arc::clone(&state);
     let _ = tokio::task::spawn_blocking(move || registry_state.registry.shutdown()).await;
     tracing::info!("stopped");

@@ -12,6 +12,8 @@ pub struct Limits {
     pub max_request_tokens: usize,
     /// Most bytes in a request body.
     pub max_body_bytes: usize,
+    /// Time a client has to send the whole body.
+    pub body_timeout: std::time::Duration,
 }
 
 /// Token ids ready for the scheduler, and their total.

@@ -1,13 +1,12 @@
 //! The HTTP handlers: embeddings, models, and the operational endpoints.
 
-use crate::api::{EmbeddingsRequest, EmbeddingsResponse, ErrorBody, ModelList, ModelObject};
+use crate::api::{decode, EmbeddingsResponse, ErrorBody, ModelList, ModelObject};
 use crate::error::ApiError;
 use crate::prepare::prepare;
 use crate::service::{plan, respond};
 use crate::state::{AppState, InFlight};
 use crate::RequestId;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,16 +15,34 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 
-const MALFORMED_JSON: &str = "We could not parse the JSON body of your request. (HINT: This likely means you aren't \
-using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you \
-have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)";
-
-fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let mime = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+/// Reads the whole body within the body timeout: 408 when it is trickled, 413 over the limit.
+async fn read_body(body: Body, limits: &crate::prepare::Limits) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(limits.body_timeout, axum::body::to_bytes(body, limits.max_body_bytes)).await {
+        Err(_) => Err(ApiError::with_status(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "The request body was not received within {} s; send it at once, not trickled.",
+                limits.body_timeout.as_secs()
+            ),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+            while let Some(e) = source {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    return Err(ApiError::with_status(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("Request body too large: the limit is {} bytes.", limits.max_body_bytes),
+                    ));
+                }
+                source = e.source();
+            }
+            Err(ApiError::invalid(
+                format!("The request body could not be read: {error}"),
+                None,
+            ))
+        }
+    }
 }
 
 /// Creates an embedding vector representing the input text.
@@ -50,28 +67,12 @@ pub async fn embeddings(
     State(state): State<Arc<AppState>>,
     Extension(request_id): Extension<RequestId>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::with_status(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "Request body too large: the limit is {} bytes.",
-                state.limits.max_body_bytes
-            ),
-        ),
-        _ => ApiError::invalid(format!("The request body could not be read: {rejection}"), None),
-    })?;
-    if !is_json(&headers) {
-        return Err(ApiError::with_status(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Invalid Content-Type header: expected 'application/json'. The request body must be a JSON object.",
-        ));
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|_| ApiError::invalid(MALFORMED_JSON, None))?;
-    let request = EmbeddingsRequest::from_json(&value)?;
+    let body = read_body(body, &state.limits).await?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let request = decode(content_type, &body)?;
     let served = state
         .registry
         .get(&request.model)
