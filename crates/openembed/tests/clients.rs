@@ -1,5 +1,6 @@
 //! Real clients, not hand-made JSON: the official `openai` Python package and the official
-//! `openai` npm package call a running server; their vectors must equal the reference.
+//! `openai` npm package call a running server; their vectors must equal the reference. And
+//! schemathesis fuzzes the server against its own `/openapi.json`.
 //! `scripts/setup-clients.sh` (run by `make test`) installs both into target/clients.
 
 mod common;
@@ -53,5 +54,25 @@ fn official_node_client() {
         "node",
         &[script.to_string_lossy().into_owned(), server.at("/v1"), reference()],
         &[("NODE_PATH", modules.to_string_lossy().into_owned())],
+    );
+}
+
+#[test]
+fn schemathesis_finds_no_5xx_and_no_schema_violation() {
+    let server = Server::start(&["--auto-truncate"]);
+    let st = root().join("target/clients/venv/bin/schemathesis");
+    run_client(
+        st.to_str().unwrap(),
+        &[
+            "run".into(),
+            server.at("/openapi.json"),
+            "--checks".into(),
+            "all".into(),
+            "--max-examples".into(),
+            "60".into(),
+            "--workers".into(),
+            "2".into(),
+        ],
+        &[("NO_COLOR", "1".into())],
     );
 }

@@ -116,7 +116,7 @@ impl EmbeddingsRequest {
         };
         let dimensions = match obj.get("dimensions") {
             None | Some(Value::Null) => None,
-            Some(v) => match v.as_u64() {
+            Some(v) => match integer(v).and_then(|n| u64::try_from(n).ok()) {
                 Some(n) if n >= 1 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
                 _ => {
                     return Err(ApiError::invalid(
@@ -151,6 +151,15 @@ impl EmbeddingsRequest {
     }
 }
 
+/// A JSON integer, as JSON Schema counts them: `5` and also `5.0` (a number without a fraction).
+fn integer(v: &Value) -> Option<i64> {
+    if let Some(n) = v.as_i64() {
+        return Some(n);
+    }
+    let f = v.as_f64()?;
+    (f.fract() == 0.0 && f.abs() < 9.2e18 && v.as_u64().is_none()).then_some(f as i64)
+}
+
 fn parse_input(obj: &Map<String, Value>) -> Result<Vec<Input>, ApiError> {
     let bad = || ApiError::invalid_field("input");
     let empty_string = || ApiError::invalid("'$.input' is invalid: input strings must not be empty.", Some("input"));
@@ -164,7 +173,7 @@ fn parse_input(obj: &Map<String, Value>) -> Result<Vec<Input>, ApiError> {
         if items.is_empty() {
             return Err(bad());
         }
-        items.iter().map(|v| v.as_i64().ok_or_else(bad)).collect()
+        items.iter().map(|v| integer(v).ok_or_else(bad)).collect()
     };
     match value {
         Value::String(s) if s.is_empty() => Err(empty_string()),

@@ -189,8 +189,8 @@ pub async fn metrics() -> Response {
 
 /// This API as OpenAPI 3.
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI document")))]
-pub async fn openapi() -> Response {
-    match crate::openapi::document() {
+pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
+    match crate::openapi::document(&state.registry) {
         Ok(doc) => (
             [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
             doc,

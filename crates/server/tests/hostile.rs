@@ -230,7 +230,7 @@ fn explicit_hostile_cases() {
     let (s, b) = post_raw(Some("application/json"), deep.into_bytes());
     expect(s, &b, 400);
     // Numbers like 1e400 and -0 for dimensions.
-    for d in ["1e400", "-0", "-0.0", "1e2", "18446744073709551616"] {
+    for d in ["1e400", "-0", "-0.0", "1e3", "2.5", "18446744073709551616"] {
         let raw = format!(r#"{{"model":"{model}","input":"x","dimensions":{d}}}"#);
         let (s, b) = post_raw(Some("application/json"), raw.into_bytes());
         expect(s, &b, 400);
@@ -243,6 +243,11 @@ fn explicit_hostile_cases() {
     }
     let (s, b) = post(&json!({"model": model, "input": [u64::MAX]}));
     expect(s, &b, 400);
+    // Integral floats are integers (as in JSON Schema).
+    let raw = format!(r#"{{"model":"{model}","input":[101.0, 7592, 102],"dimensions":1e2}}"#);
+    let (s, b) = post_raw(Some("application/json"), raw.into_bytes());
+    expect(s, &b, 200);
+    assert_eq!(b["data"][0]["embedding"].as_array().unwrap().len(), 100);
     // 2,049 inputs.
     let (s, b) = post(&json!({"model": model, "input": vec!["x"; 2049]}));
     expect(s, &b, 400);
