@@ -16,6 +16,7 @@ use openembed_server::error::ApiError;
 use openembed_server::prepare::{prepare, Limits};
 use openembed_server::registry::{Alias, ModelSpec};
 use openembed_server::service::{plan, respond, Defaults, Plan};
+use openembed_server::token_ids::TokenIds;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -47,6 +48,9 @@ pub struct BatchArgs {
     /// Token budget of one engine batch.
     #[arg(long, default_value_t = 8192)]
     batch_tokens: usize,
+    /// What integer inputs mean: cl100k_base (tiktoken ids, as at OpenAI), o200k_base or native.
+    #[arg(long, default_value = "cl100k_base")]
+    token_ids: TokenIds,
     /// Truncate over-long inputs unless a request says `truncate: false`.
     #[arg(long)]
     auto_truncate: bool,
@@ -123,6 +127,7 @@ type Answer = (String, bool);
 
 struct Runner<'a> {
     model: &'a Model,
+    token_ids: TokenIds,
     names: HashSet<String>,
     defaults: Defaults,
     limits: Limits,
@@ -194,6 +199,7 @@ impl Runner<'_> {
         let prepared = prepare(
             self.model,
             &request.inputs,
+            self.token_ids,
             plan.prompt.as_deref(),
             plan.truncation,
             &self.limits,
@@ -378,6 +384,7 @@ pub fn run(args: &BatchArgs) -> Result<()> {
     );
     let mut runner = Runner {
         model: &model,
+        token_ids: args.token_ids,
         names,
         defaults: Defaults {
             auto_truncate: args.auto_truncate,

@@ -6,6 +6,7 @@ use openembed_engine::Truncation;
 use openembed_server::prepare::Limits;
 use openembed_server::registry::{Alias, ModelSpec};
 use openembed_server::scheduler::SchedulerConfig;
+use openembed_server::token_ids::TokenIds;
 use openembed_server::ServerConfig;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -49,6 +50,11 @@ pub struct ServeArgs {
     /// Repeatable (env: comma-separated).
     #[arg(long = "alias", env = "OPENEMBED_ALIAS", value_delimiter = ',')]
     aliases: Vec<Alias>,
+    /// What integer inputs mean: cl100k_base (tiktoken ids, OpenAI's meaning), o200k_base, or
+    /// native (the model's own vocabulary). ENC for every model, or MODEL=ENC for one.
+    /// Repeatable (env: comma-separated). Default: cl100k_base.
+    #[arg(long = "token-ids", env = "OPENEMBED_TOKEN_IDS", value_delimiter = ',')]
+    token_ids: Vec<String>,
     /// An accepted API key (Authorization: Bearer KEY). Repeatable. Keys in OPENEMBED_API_KEYS
     /// (comma-separated) and in --api-key-file are accepted too. With no key the server is open.
     #[arg(long = "api-key")]
@@ -111,6 +117,7 @@ fn default_model() -> ModelSpec {
     ModelSpec {
         source: dir.to_string_lossy().into_owned(),
         name: "all-MiniLM-L6-v2".into(),
+        token_ids: TokenIds::default(),
     }
 }
 
@@ -129,6 +136,31 @@ fn init_logging(format: LogFormat) {
 }
 
 impl ServeArgs {
+    /// The models to serve, each with its `--token-ids` setting.
+    fn models_with_token_ids(&self) -> Result<Vec<ModelSpec>> {
+        let mut models = if self.models.is_empty() {
+            vec![default_model()]
+        } else {
+            self.models.clone()
+        };
+        for setting in &self.token_ids {
+            let (target, encoding) = match setting.split_once('=') {
+                Some((model, enc)) => (Some(model.trim()), enc),
+                None => (None, setting.as_str()),
+            };
+            let encoding: TokenIds = encoding.parse().map_err(|e| anyhow!("--token-ids {e}"))?;
+            let mut matched = false;
+            for m in models.iter_mut().filter(|m| target.is_none_or(|t| t == m.name)) {
+                m.token_ids = encoding;
+                matched = true;
+            }
+            if !matched {
+                return Err(anyhow!("--token-ids {setting}: no served model is named that"));
+            }
+        }
+        Ok(models)
+    }
+
     fn config(&self) -> Result<ServerConfig> {
         let mut api_keys = self.api_keys.clone();
         if let Ok(keys) = std::env::var("OPENEMBED_API_KEYS") {
@@ -146,11 +178,7 @@ impl ServeArgs {
         Ok(ServerConfig {
             host: self.host.clone(),
             port: self.port,
-            models: if self.models.is_empty() {
-                vec![default_model()]
-            } else {
-                self.models.clone()
-            },
+            models: self.models_with_token_ids()?,
             aliases: self.aliases.clone(),
             api_keys,
             threads: self.threads,

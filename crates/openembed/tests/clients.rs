@@ -76,3 +76,31 @@ fn schemathesis_finds_no_5xx_and_no_schema_violation() {
         &[("NO_COLOR", "1".into())],
     );
 }
+
+fn langchain(mode: &str, flags: &[&str]) {
+    let mut args = vec!["--alias", "text-embedding-3-small=all-MiniLM-L6-v2"];
+    args.extend_from_slice(flags);
+    let server = Server::start(&args);
+    let python = root().join("target/clients/venv/bin/python");
+    let script = root().join("tests/clients/langchain_client.py");
+    run_client(
+        python.to_str().unwrap(),
+        &[
+            script.to_string_lossy().into_owned(),
+            server.at("/v1"),
+            reference(),
+            mode.into(),
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn langchain_default_settings_send_tiktoken_ids_and_get_the_right_vectors() {
+    langchain("truncate", &["--auto-truncate"]);
+}
+
+#[test]
+fn langchain_long_texts_get_openais_400_without_auto_truncate() {
+    langchain("strict", &[]);
+}

@@ -21,7 +21,7 @@ fn vectors(body: &Value) -> Vec<Vec<f32>> {
 
 #[test]
 fn every_input_shape_matches_the_reference() {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--token-ids", "native"]);
     let lines: Vec<Value> = reference_lines()
         .into_iter()
         .filter(|l| l["tokens"] == l["untruncated_tokens"])
@@ -188,7 +188,11 @@ fn invalid_requests_get_openai_errors() {
     let ok: Vec<&str> = vec!["x"; 2048];
     assert_eq!(embed(&server, json!({"model": m, "input": ok})).0, 200);
     // Token ids out of the vocabulary (never a crash).
-    for bad in [json!([101, 30522, 102]), json!([-1]), json!([[5], [9_999_999_999_i64]])] {
+    for bad in [
+        json!([101, 100_256, 102]),
+        json!([-1]),
+        json!([[5], [9_999_999_999_i64]]),
+    ] {
         expect_error(&server, json!({"model": m, "input": bad}), 400, Some("input"));
     }
     let body = expect_error(
@@ -511,7 +515,7 @@ fn a_full_queue_answers_429_with_retry_after() {
 #[test]
 fn an_engine_panic_fails_only_its_batch() {
     // A batch holding an input of exactly 9 tokens panics (test hook).
-    let server = Server::start_with_env(&[], &[("OPENEMBED_FAULT_PANIC_TOKENS", "9")]);
+    let server = Server::start_with_env(&["--token-ids", "native"], &[("OPENEMBED_FAULT_PANIC_TOKENS", "9")]);
     let (status, _, body) = embed(
         &server,
         json!({"model": "all-MiniLM-L6-v2", "input": [1, 2, 3, 4, 5, 6, 7, 8, 9]}),
@@ -646,4 +650,59 @@ fn hub_ids_resolve_from_the_cache_offline() {
         "{stderr}"
     );
     std::fs::remove_dir_all(home).unwrap();
+}
+
+#[test]
+fn token_ids_are_tiktoken_ids_by_default() {
+    let model = format!("{}=all-MiniLM-L6-v2", model_dir().display());
+    let server = Server::start(&["--model", &model, "--token-ids", "all-MiniLM-L6-v2=cl100k_base"]);
+    let bpe = tiktoken_rs::cl100k_base().unwrap();
+    let lines: Vec<Value> = reference_lines()
+        .into_iter()
+        .filter(|l| l["tokens"] == l["untruncated_tokens"])
+        .collect();
+    let ids: Vec<Vec<u32>> = lines
+        .iter()
+        .map(|l| bpe.encode_ordinary(l["text"].as_str().unwrap()))
+        .collect();
+    let (status, _, body) = embed(&server, json!({"model": "all-MiniLM-L6-v2", "input": ids}));
+    assert_eq!(status, 200, "{body}");
+    let mut tokens = 0;
+    for (got, line) in vectors(&body).iter().zip(&lines) {
+        assert!(cosine(got, &floats(&line["embedding"])) >= 0.99999, "{}", line["text"]);
+        tokens += line["tokens"].as_u64().unwrap();
+    }
+    assert_eq!(
+        body["usage"]["prompt_tokens"], tokens,
+        "usage counts the model's tokens"
+    );
+    // One flat array is one input.
+    let (status, _, body) = embed(&server, json!({"model": "all-MiniLM-L6-v2", "input": ids[0]}));
+    assert_eq!(status, 200);
+    assert!(cosine(&vectors(&body)[0], &floats(&lines[0]["embedding"])) >= 0.99999);
+    // Ids outside the encoding: 400 on input, never a crash.
+    for bad in [json!([100_256]), json!([[1, 2], [-3]]), json!([300_000])] {
+        let (status, _, body) = embed(&server, json!({"model": "all-MiniLM-L6-v2", "input": bad}));
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(assert_error(&body)["param"], "input");
+    }
+    let model: Value = client()
+        .get(server.at("/v1/models/all-MiniLM-L6-v2"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(model["token_ids"], "cl100k_base");
+    // A long text's ids: 400 without truncation, 200 with it.
+    let long = bpe.encode_ordinary(&"a long document sentence ".repeat(200));
+    assert_eq!(
+        embed(&server, json!({"model": "all-MiniLM-L6-v2", "input": long})).0,
+        400
+    );
+    let (status, _, body) = embed(
+        &server,
+        json!({"model": "all-MiniLM-L6-v2", "input": long, "truncate": true}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(body["usage"]["total_tokens"], 256);
 }

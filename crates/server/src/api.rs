@@ -227,7 +227,7 @@ pub enum InputSchema {
     Text(String),
     /// Up to 2,048 texts.
     Texts(Vec<String>),
-    /// One input as token ids (`cl100k_base` ids unless the model is served with native ids).
+    /// One input as token ids (tiktoken `cl100k_base` ids unless the model is served otherwise).
     Tokens(Vec<i64>),
     /// Up to 2,048 inputs as token ids.
     TokenLists(Vec<Vec<i64>>),
@@ -346,6 +346,9 @@ pub struct ModelObject {
     pub normalized: bool,
     /// Extension: prompt names usable as `prompt_name`.
     pub prompts: Vec<String>,
+    /// Extension: what token-id inputs mean: `cl100k_base` or `o200k_base` (tiktoken ids, as
+    /// at OpenAI) or `native` (the model's own vocabulary).
+    pub token_ids: String,
 }
 
 /// `GET /v1/models`.

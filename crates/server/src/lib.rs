@@ -18,6 +18,7 @@ pub mod routes;
 pub mod scheduler;
 pub mod service;
 pub mod state;
+pub mod token_ids;
 
 use crate::auth::ApiKeys;
 use crate::error::ApiError;

@@ -27,8 +27,9 @@ impl Modify for BearerAuth {
 #[openapi(
     info(
         title = "openembed",
-        description = "OpenAI-compatible embeddings API. Token-id inputs are ids of the model's own vocabulary \
-                       (native), each checked against its size."
+        description = "OpenAI-compatible embeddings API. Token-id inputs mean what they mean at OpenAI: tiktoken \
+                       ids (cl100k_base by default), decoded to text and tokenized by the model; a model served \
+                       with --token-ids native takes ids of its own vocabulary. GET /v1/models/{id} shows which."
     ),
     paths(
         routes::embeddings,
@@ -62,7 +63,16 @@ pub fn document(registry: &Registry) -> Result<String, String> {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).map_err(|e| e.to_string())?;
     let names: Vec<&str> = registry.names().map(|(name, _)| name).collect();
     let infos: Vec<&openembed_engine::ModelInfo> = registry.models().iter().map(|m| m.model.info()).collect();
-    let max_id = infos.iter().map(|i| i.vocab_size).min().unwrap_or(1).saturating_sub(1);
+    let max_id = registry
+        .models()
+        .iter()
+        .map(|m| {
+            m.token_ids
+                .max_ordinary_id()
+                .map_or(m.model.info().vocab_size.saturating_sub(1), |id| id as usize)
+        })
+        .min()
+        .unwrap_or(0);
     let max_dims = infos.iter().map(|i| i.dimension).min().unwrap_or(1);
     let mut prompts: Vec<&String> = infos.first().map(|i| i.prompts.keys().collect()).unwrap_or_default();
     prompts.retain(|p| infos.iter().all(|i| i.prompts.contains_key(*p)));

@@ -3,6 +3,7 @@
 
 use crate::api::Input;
 use crate::error::ApiError;
+use crate::token_ids::TokenIds;
 use openembed_engine::{Model, Truncation};
 
 /// Request limits (server flags).
@@ -36,15 +37,38 @@ fn too_long(limit: usize, tokens: usize) -> ApiError {
     )
 }
 
-/// Tokenizes texts (with the prompt in front) and checks token-id inputs, then applies the
-/// truncation rule and the per-request token limit.
+/// Tokenizes texts (with the prompt in front) and token-id inputs (decoded to text when they
+/// are tiktoken ids, checked against the vocabulary when native), then applies the truncation
+/// rule and the per-request token limit.
 pub fn prepare(
     model: &Model,
     inputs: &[Input],
+    token_ids: TokenIds,
     prompt: Option<&str>,
     truncation: Truncation,
     limits: &Limits,
 ) -> Result<Prepared, ApiError> {
+    let decoded: Vec<Input>;
+    let inputs = if token_ids == TokenIds::Native || !inputs.iter().any(|i| matches!(i, Input::Tokens(_))) {
+        inputs
+    } else {
+        decoded = inputs
+            .iter()
+            .enumerate()
+            .map(|(index, input)| match input {
+                Input::Text(t) => Ok(Input::Text(t.clone())),
+                Input::Tokens(ids) => match token_ids.decode(index, ids) {
+                    Some(Ok(text)) => Ok(Input::Text(text)),
+                    Some(Err(message)) => Err(ApiError::invalid(
+                        format!("Invalid token id in '$.input': {message}."),
+                        Some("input"),
+                    )),
+                    None => Ok(input.clone()),
+                },
+            })
+            .collect::<Result<_, _>>()?;
+        &decoded
+    };
     let limit = model.info().max_input_tokens;
     let texts: Vec<&str> = inputs
         .iter()

@@ -2,6 +2,7 @@
 
 use crate::hub;
 use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::token_ids::TokenIds;
 use openembed_engine::{LoadOptions, Model};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ pub struct ModelSpec {
     pub source: String,
     /// The served name (default: the last path component of `source`).
     pub name: String,
+    /// What token-id inputs mean for this model (default `cl100k_base`, as at OpenAI).
+    pub token_ids: TokenIds,
 }
 
 impl std::str::FromStr for ModelSpec {
@@ -42,6 +45,7 @@ impl std::str::FromStr for ModelSpec {
         Ok(Self {
             source: source.to_string(),
             name,
+            token_ids: TokenIds::default(),
         })
     }
 }
@@ -81,6 +85,8 @@ pub struct ServedModel {
     pub scheduler: Scheduler,
     /// Load time, seconds since the epoch (the `created` field).
     pub created: u64,
+    /// What token-id inputs mean.
+    pub token_ids: TokenIds,
 }
 
 /// All served models, found by name or alias.
@@ -101,6 +107,7 @@ impl Registry {
         let mut names = BTreeMap::new();
         for spec in specs {
             let dir = hub::resolve(&spec.source)?;
+            spec.token_ids.warm_up();
             let model = Model::load(&dir, options).map_err(|e| format!("model '{}': {e}", spec.source))?;
             let model = Arc::new(model);
             let scheduler = Scheduler::start(Arc::clone(&model), &spec.name, scheduler)
@@ -130,6 +137,7 @@ impl Registry {
                 model,
                 scheduler,
                 created,
+                token_ids: spec.token_ids,
             }));
         }
         for alias in aliases {

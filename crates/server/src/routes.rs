@@ -83,11 +83,12 @@ pub async fn embeddings(
     let model = Arc::clone(&served.model);
     let limits = state.limits;
     let (model_name, inputs) = (request.model, request.inputs);
-    let (prompt, truncation) = (plan.prompt.clone(), plan.truncation);
-    let prepared =
-        tokio::task::spawn_blocking(move || prepare(&model, &inputs, prompt.as_deref(), truncation, &limits))
-            .await
-            .map_err(|_| ApiError::internal("Tokenization failed unexpectedly."))??;
+    let (prompt, truncation, token_ids) = (plan.prompt.clone(), plan.truncation, served.token_ids);
+    let prepared = tokio::task::spawn_blocking(move || {
+        prepare(&model, &inputs, token_ids, prompt.as_deref(), truncation, &limits)
+    })
+    .await
+    .map_err(|_| ApiError::internal("Tokenization failed unexpectedly."))??;
     let tokens = prepared.tokens;
     let n_inputs = prepared.ids.len();
     let output = served.scheduler.submit(prepared.ids)?.wait().await?;
@@ -129,6 +130,7 @@ fn model_object(id: &str, served: &crate::registry::ServedModel) -> ModelObject 
             .join("+"),
         normalized: info.normalize,
         prompts: info.prompts.keys().cloned().collect(),
+        token_ids: served.token_ids.name().to_string(),
     }
 }
 

@@ -12,6 +12,7 @@ use openembed_server::registry::{ModelSpec, Registry};
 use openembed_server::scheduler::SchedulerConfig;
 use openembed_server::service::Defaults;
 use openembed_server::state::AppState;
+use openembed_server::token_ids::TokenIds;
 use openembed_server::{api, router, ROUTES};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -31,9 +32,11 @@ fn model_dir() -> String {
 }
 
 fn state(keys: &[&str]) -> Arc<AppState> {
+    // Native ids here (the model's vocabulary), so the id checks meet the vocabulary bound.
     let spec = ModelSpec {
         source: model_dir(),
         name: "all-MiniLM-L6-v2".into(),
+        token_ids: TokenIds::Native,
     };
     let registry = Registry::load(
         &[spec],
