@@ -21,6 +21,7 @@ pub mod kernels;
 pub mod model;
 pub mod models;
 pub mod pooling;
+pub mod rotary;
 pub mod tokenize;
 pub mod transformer;
 pub mod weights;

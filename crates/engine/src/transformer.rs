@@ -13,6 +13,7 @@ use crate::kernels::matmul::linear;
 use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm};
 use crate::kernels::sgemm::{sgemm, PackedWeight};
 use crate::kernels::{has_avx2_fma, par_rows, par_rows_mut};
+use crate::rotary::Rotary;
 use crate::weights::{Tensor, Weights};
 
 /// A dense layer `y = x·Wᵀ + b` with `W` of shape `[out × in]`.
@@ -221,6 +222,65 @@ pub struct SelfAttention {
     pub layout: HeadLayout,
     /// Mask kind.
     pub mask: Mask,
+    /// Rotary positions applied to q and k (NomicBERT, ModernBERT, Qwen3).
+    pub rotary: Option<Rotary>,
+    /// Per-head RMSNorm of q and k before the rotation (Qwen3).
+    pub qk_norm: Option<QkNorm>,
+}
+
+/// Per-head RMSNorm weights for queries and keys (`[head_dim]` each).
+pub struct QkNorm {
+    /// Query scale.
+    pub q: Tensor,
+    /// Key scale.
+    pub k: Tensor,
+    /// Epsilon.
+    pub eps: f32,
+}
+
+impl QkNorm {
+    /// Loads `{prefix}.q_norm.weight` and `{prefix}.k_norm.weight`.
+    pub fn rms(w: &Weights, prefix: &str, head_dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            q: w.get(&format!("{prefix}.q_norm.weight"), &[head_dim])?,
+            k: w.get(&format!("{prefix}.k_norm.weight"), &[head_dim])?,
+            eps: eps as f32,
+        })
+    }
+}
+
+impl SelfAttention {
+    /// Per-head q/k norm and rotary positions on the projected `[t × (q|k|v)]` rows; a
+    /// token's position is its index in its own sequence.
+    fn position_qk(&self, qkv: &mut [f32], batch: &PackedBatch) {
+        if self.rotary.is_none() && self.qk_norm.is_none() {
+            return;
+        }
+        use rayon::prelude::*;
+        let l = self.layout;
+        let (hd, width) = (l.head_dim, l.qkv_width());
+        let mut positions = Vec::with_capacity(batch.total_tokens());
+        for s in 0..batch.len() {
+            positions.extend(0..batch.range(s).len());
+        }
+        qkv.par_chunks_mut(width)
+            .zip(positions.par_iter())
+            .for_each(|(row, &p)| {
+                let (q, rest) = row.split_at_mut(l.heads * hd);
+                let k = &mut rest[..l.kv_heads * hd];
+                let norms = self.qk_norm.as_ref().map(|n| (n.q.data(), n.k.data(), n.eps));
+                for (heads, is_q) in [(q, true), (k, false)] {
+                    for head in heads.chunks_exact_mut(hd) {
+                        if let Some((qw, kw, eps)) = norms {
+                            rms_norm_in_place(head, if is_q { qw } else { kw }, eps);
+                        }
+                        if let Some(r) = &self.rotary {
+                            r.rotate(head, p);
+                        }
+                    }
+                }
+            });
+    }
 }
 
 /// Feed-forward block: `down(act(up(x)))`, or gated `down(act(gate(x)) * up(x))` where `up`
@@ -430,6 +490,7 @@ impl Transformer {
         };
         let qkv = ensure(&mut s.qkv, t * att.layout.qkv_width());
         att.qkv.forward(input, t, qkv, threads);
+        att.position_qk(qkv, batch);
         let ctx = ensure(&mut s.context, t * att.layout.out_width());
         attention(qkv, ctx, batch.offsets(), att.layout, att.mask, s.bias.as_ref());
         let proj = ensure(&mut s.projected, t * h);

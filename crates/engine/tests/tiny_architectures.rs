@@ -93,3 +93,18 @@ fn xlm_roberta() {
 fn mpnet() {
     check_architecture("mpnet");
 }
+
+#[test]
+fn nomic_bert() {
+    check_architecture("nomic_bert");
+}
+
+#[test]
+fn modernbert() {
+    check_architecture("modernbert");
+}
+
+#[test]
+fn qwen3() {
+    check_architecture("qwen3");
+}

@@ -129,6 +129,8 @@ pub fn post_norm_layer(
             out: Linear::load(w, &name(names.attention_out), hidden, hidden, true)?,
             layout,
             mask: Mask::Bidirectional,
+            rotary: None,
+            qk_norm: None,
         },
         attention_norm: Some(Norm::layer(w, &name(names.attention_norm), hidden, eps)?),
         mlp: Mlp {

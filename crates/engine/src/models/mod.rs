@@ -31,7 +31,33 @@ macro_rules! architectures {
     };
 }
 
-architectures!(bert, distilbert, roberta, mpnet);
+architectures!(bert, distilbert, roberta, mpnet, nomic_bert, modernbert, qwen3);
+
+/// The rotary base: `rope_parameters.rope_theta` (transformers 5; under `layer_kind` when the
+/// parameters are per layer kind, as in ModernBERT), else `rope_theta`. Scaled RoPE variants
+/// are refused rather than computed wrongly.
+pub(crate) fn rope_theta(cfg: &ConfigJson, layer_kind: Option<&str>) -> Result<Option<f64>> {
+    let params = match (cfg.value.get("rope_parameters"), layer_kind) {
+        (Some(p), Some(kind)) => p.get(kind).or(Some(p)),
+        (p, _) => p,
+    };
+    let scaling = params.or(cfg.value.get("rope_scaling"));
+    if let Some(kind) = scaling
+        .and_then(|p| p.get("rope_type").or(p.get("type")))
+        .and_then(|t| t.as_str())
+    {
+        if kind != "default" {
+            return Err(Error::Unsupported(format!(
+                "{}: rope_type `{kind}`",
+                cfg.path.display()
+            )));
+        }
+    }
+    Ok(params
+        .and_then(|p| p.get("rope_theta"))
+        .and_then(|t| t.as_f64())
+        .or_else(|| cfg.f64_opt(&["rope_theta"])))
+}
 
 /// Loads the transformer of a folder holding `config.json` and safetensors weights (no
 /// tokenizer needed): the entry point for architecture tests and tools.

@@ -1,0 +1,97 @@
+//! NomicBERT (nomic-embed-text): a post-norm BERT with rotary positions instead of a position
+//! table, a fused `Wqkv`, a SwiGLU MLP (`fc11`, gate `fc12`, `fc2`) and, in released models, no
+//! biases. Config names as on the hub (`n_embd`, `n_layer`, `n_head`, `n_inner`, `n_positions`,
+//! `rotary_emb_*`) or transformers-style (`hidden_size`, …, `rope_parameters`).
+
+use crate::attention::Mask;
+use crate::config::ConfigJson;
+use crate::error::{Error, Result};
+use crate::kernels::activation::Activation;
+use crate::rotary::Rotary;
+use crate::transformer::{Embeddings, GateOrder, Layer, Linear, Mlp, Norm, NormPlacement, SelfAttention, Transformer};
+use crate::weights::Weights;
+
+/// `model_type` values handled here.
+pub const MODEL_TYPES: &[&str] = &["nomic_bert"];
+
+/// Builds a NomicBERT encoder.
+pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
+    let hidden = cfg.usize(&["n_embd", "hidden_size"])?;
+    let layers = cfg.usize(&["n_layer", "num_hidden_layers"])?;
+    let heads = cfg.usize(&["n_head", "num_attention_heads"])?;
+    let inter = cfg.usize_opt(&["n_inner", "intermediate_size"]).unwrap_or(4 * hidden);
+    let vocab = cfg.usize(&["vocab_size"])?;
+    let max_pos = cfg.usize(&["n_positions", "max_position_embeddings"])?;
+    let eps = cfg.f64_opt(&["layer_norm_epsilon", "layer_norm_eps"]).unwrap_or(1e-12);
+    let theta = match cfg.f64_opt(&["rotary_emb_base"]) {
+        Some(t) => t,
+        None => super::rope_theta(cfg, None)?.unwrap_or(10_000.0),
+    };
+    let fraction = cfg.f64_opt(&["rotary_emb_fraction"]).unwrap_or(1.0);
+    let interleaved = cfg.bool_opt(&["rotary_emb_interleaved"]).unwrap_or(false);
+    if cfg.bool_opt(&["prenorm"]) == Some(true) {
+        return Err(Error::Unsupported(format!("{}: NomicBERT with prenorm", cfg.path.display())));
+    }
+    let act_name = match cfg.str_opt(&["activation_function", "hidden_act"]).unwrap_or("swiglu") {
+        "swiglu" => "silu",
+        "geglu" => "gelu",
+        other => other,
+    };
+    let activation = Activation::from_name(act_name)
+        .ok_or_else(|| cfg.invalid(&format!("unsupported activation `{act_name}`")))?;
+    let layout = super::bert::head_layout(cfg, hidden, heads)?;
+    let token_type = match w.shape_of("embeddings.token_type_embeddings.weight") {
+        Some(shape) => {
+            let rows = shape.first().copied().unwrap_or(0);
+            Some(w.get("embeddings.token_type_embeddings.weight", &[rows, hidden])?.row(0).to_vec())
+        }
+        None => None,
+    };
+    let stack = (0..layers)
+        .map(|i| {
+            let p = |s: &str| format!("encoder.layers.{i}.{s}");
+            let fc11 = &p("mlp.fc11");
+            let fc12 = &p("mlp.fc12");
+            let up = Linear::concat(vec![
+                Linear::load_parts(w, fc11, hidden, inter, w.contains(&format!("{fc11}.bias")))?,
+                Linear::load_parts(w, fc12, hidden, inter, w.contains(&format!("{fc12}.bias")))?,
+            ]);
+            Ok(Layer {
+                attention: SelfAttention {
+                    qkv: Linear::load_opt_bias(w, &p("attn.Wqkv"), hidden, 3 * hidden)?,
+                    out: Linear::load_opt_bias(w, &p("attn.out_proj"), hidden, hidden)?,
+                    layout,
+                    mask: Mask::Bidirectional,
+                    rotary: Some(Rotary::new(layout.head_dim, fraction, theta, interleaved, max_pos)),
+                    qk_norm: None,
+                },
+                attention_norm: Some(Norm::layer(w, &p("norm1"), hidden, eps)?),
+                mlp: Mlp {
+                    // [fc11 | fc12]: fc11(x) * act(fc12(x)).
+                    up,
+                    down: Linear::load_opt_bias(w, &p("mlp.fc2"), inter, hidden)?,
+                    activation,
+                    gated: Some(GateOrder::UpFirst),
+                },
+                mlp_norm: Norm::layer(w, &p("norm2"), hidden, eps)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Transformer {
+        architecture: "nomic_bert".into(),
+        hidden,
+        vocab_size: vocab,
+        max_positions: max_pos,
+        embeddings: Embeddings {
+            word: w.get("embeddings.word_embeddings.weight", &[vocab, hidden])?,
+            position: None,
+            position_offset: 0,
+            token_type,
+            norm: Some(Norm::layer(w, "emb_ln", hidden, eps)?),
+        },
+        layers: stack,
+        placement: NormPlacement::Post,
+        final_norm: None,
+        position_bias: None,
+    })
+}
