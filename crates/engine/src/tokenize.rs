@@ -124,10 +124,70 @@ impl TextTokenizer {
             .collect()
     }
 
+    /// Tokenizes texts for the long-input mode: each text becomes windows of at most the model
+    /// limit (special tokens included in each window), consecutive windows sharing `overlap`
+    /// content tokens. A text within the limit is one window.
+    pub fn tokenize_windows(&self, texts: &[&str], prefix: Option<&str>, overlap: usize) -> Result<Vec<Vec<Vec<u32>>>> {
+        let inputs: Vec<String> = texts.iter().map(|t| format!("{}{t}", prefix.unwrap_or(""))).collect();
+        let encodings = self
+            .inner
+            .encode_batch(inputs, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let keep = self.limit.saturating_sub(self.special_tokens).max(1);
+        let overlap = overlap.min(keep - 1);
+        encodings
+            .into_iter()
+            .map(|mut enc| {
+                if enc.len() > keep {
+                    enc.truncate(keep, overlap, TruncationDirection::Right);
+                }
+                let enc = self
+                    .inner
+                    .post_process(enc, None, true)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                let mut windows = vec![enc.get_ids().to_vec()];
+                windows.extend(enc.get_overflowing().iter().map(|o| o.get_ids().to_vec()));
+                Ok(windows)
+            })
+            .collect()
+    }
+
     /// Decodes ids back to text (special tokens skipped).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, true)
             .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    fn tokenizer() -> Option<TextTokenizer> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
+        dir.join("tokenizer.json")
+            .exists()
+            .then(|| TextTokenizer::load(&dir, 16).unwrap())
+    }
+
+    #[test]
+    fn windows_cover_the_text_with_overlap() {
+        let Some(t) = tokenizer() else { return };
+        let text = (0..40).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+        let whole = t.tokenize(&[&text], None, Truncation::None).unwrap().remove(0);
+        let windows = t.tokenize_windows(&[&text, "short"], None, 4).unwrap();
+        assert_eq!(windows[1].len(), 1, "a short text is one window");
+        let w = &windows[0];
+        assert!(w.len() > 1 && w.iter().all(|x| x.len() <= 16));
+        let (cls, sep) = (whole.ids[0], *whole.ids.last().unwrap());
+        assert!(w.iter().all(|x| x[0] == cls && *x.last().unwrap() == sep));
+        // Content: every window's interior, minus the overlap, concatenates to the whole.
+        let content: Vec<u32> = whole.ids[1..whole.ids.len() - 1].to_vec();
+        let mut rebuilt: Vec<u32> = w[0][1..w[0].len() - 1].to_vec();
+        for x in &w[1..] {
+            rebuilt.extend_from_slice(&x[1 + 4..x.len() - 1]);
+        }
+        assert_eq!(rebuilt, content);
     }
 }

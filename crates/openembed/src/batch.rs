@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use openembed_engine::{Model, Truncation};
 use openembed_server::api::EmbeddingsRequest;
 use openembed_server::error::ApiError;
-use openembed_server::prepare::{prepare, Limits};
+use openembed_server::prepare::{prepare, Limits, WindowLayout};
 use openembed_server::registry::{Alias, ModelSpec};
 use openembed_server::service::{plan, respond, Defaults, Plan};
 use openembed_server::token_ids::TokenIds;
@@ -78,6 +78,7 @@ enum Line {
         plan: Plan,
         ids: Vec<Vec<u32>>,
         tokens: usize,
+        layout: WindowLayout,
     },
 }
 
@@ -167,6 +168,7 @@ impl Runner<'_> {
                 plan,
                 ids: prepared.ids,
                 tokens: prepared.tokens,
+                layout: prepared.layout,
             },
             Err(e) => match response_line(&custom_id, e.status.as_u16(), e.body()) {
                 Ok(line) => Line::Done((line, false)),
@@ -195,13 +197,14 @@ impl Runner<'_> {
         if !self.names.contains(&request.model) {
             return Err(ApiError::model_not_found(&request.model));
         }
-        let plan = plan(&request, self.model.info(), self.defaults)?;
+        let plan = plan(&request, self.model.info(), &self.defaults)?;
         let prepared = prepare(
             self.model,
             &request.inputs,
             self.token_ids,
             plan.prompt.as_deref(),
             plan.truncation,
+            plan.windows,
             &self.limits,
         )?;
         Ok((request.model, plan, prepared))
@@ -249,10 +252,11 @@ impl Runner<'_> {
                     model,
                     plan,
                     tokens,
+                    layout,
                     ..
                 } => {
                     let vecs: Vec<Vec<f32>> = vecs.into_iter().flatten().collect();
-                    match respond(&model, vecs, tokens, &plan) {
+                    match respond(&model, layout.combine(vecs), tokens, &plan) {
                         Ok(body) => Ok((response_line(&custom_id, 200, body)?, true)),
                         Err(e) => Ok((response_line(&custom_id, e.status.as_u16(), e.body())?, false)),
                     }
@@ -389,6 +393,7 @@ pub fn run(args: &BatchArgs) -> Result<()> {
         defaults: Defaults {
             auto_truncate: args.auto_truncate,
             truncation_side: Truncation::End,
+            ..Defaults::default()
         },
         limits: Limits {
             max_request_tokens: args.max_request_tokens,

@@ -6,6 +6,7 @@ use openembed_engine::Truncation;
 use openembed_server::prepare::Limits;
 use openembed_server::registry::{Alias, ModelSpec};
 use openembed_server::scheduler::SchedulerConfig;
+use openembed_server::service::Defaults;
 use openembed_server::token_ids::TokenIds;
 use openembed_server::ServerConfig;
 use std::path::PathBuf;
@@ -84,6 +85,17 @@ pub struct ServeArgs {
     /// Which side truncation cuts.
     #[arg(long, env = "OPENEMBED_TRUNCATION_SIDE", value_enum, default_value = "end")]
     truncation_side: TruncationSide,
+    /// Prompt (from the model's config_sentence_transformers.json, e.g. `query`) used when a
+    /// request names none; the model's own default applies otherwise.
+    #[arg(long, env = "OPENEMBED_DEFAULT_PROMPT_NAME")]
+    default_prompt_name: Option<String>,
+    /// Long-input mode: split inputs over the model limit into windows, embed them all, and
+    /// return their token-weighted mean (normalized); usage counts every window token.
+    #[arg(long, env = "OPENEMBED_LONG_INPUT_WINDOWS")]
+    long_input_windows: bool,
+    /// Tokens shared by consecutive windows in the long-input mode.
+    #[arg(long, env = "OPENEMBED_WINDOW_OVERLAP", default_value_t = 32)]
+    window_overlap: usize,
     /// Seconds shutdown waits for admitted requests to finish.
     #[arg(long, env = "OPENEMBED_DRAIN_TIMEOUT", default_value_t = 30)]
     drain_timeout: u64,
@@ -191,10 +203,14 @@ impl ServeArgs {
                 max_body_bytes: self.max_body_bytes,
                 body_timeout: Duration::from_secs(self.body_timeout.max(1)),
             },
-            auto_truncate: self.auto_truncate,
-            truncation_side: match self.truncation_side {
-                TruncationSide::End => Truncation::End,
-                TruncationSide::Start => Truncation::Start,
+            defaults: Defaults {
+                auto_truncate: self.auto_truncate,
+                truncation_side: match self.truncation_side {
+                    TruncationSide::End => Truncation::End,
+                    TruncationSide::Start => Truncation::Start,
+                },
+                default_prompt_name: self.default_prompt_name.clone(),
+                long_input_windows: self.long_input_windows.then_some(self.window_overlap),
             },
             drain_timeout: Duration::from_secs(self.drain_timeout),
             cors_origins: self.cors_origins.clone(),

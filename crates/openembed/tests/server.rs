@@ -706,3 +706,113 @@ fn token_ids_are_tiktoken_ids_by_default() {
     assert_eq!(status, 200);
     assert_eq!(body["usage"]["total_tokens"], 256);
 }
+
+/// The default model with sentence-transformers prompts added (files linked, config written).
+fn model_with_prompts(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    let src = model_dir();
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "modules.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ] {
+        let _ = std::fs::remove_file(dir.join(file));
+        std::os::unix::fs::symlink(src.join(file).canonicalize().unwrap(), dir.join(file)).unwrap();
+    }
+    std::fs::write(
+        dir.join("config_sentence_transformers.json"),
+        r#"{"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": null}"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn prompts_are_prepended_and_counted() {
+    let dir = std::env::temp_dir().join(format!("openembed-prompts-{}", std::process::id()));
+    model_with_prompts(&dir);
+    let spec = format!("{}=m", dir.display());
+    let server = Server::start(&["--model", &spec, "--default-prompt-name", "passage"]);
+    let one = |body: Value| {
+        let (status, _, body) = embed(&server, body);
+        assert_eq!(status, 200, "{body}");
+        (
+            vectors(&body).remove(0),
+            body["usage"]["prompt_tokens"].as_u64().unwrap(),
+        )
+    };
+    let (with_query, query_tokens) = one(json!({"model": "m", "input": "hello world", "prompt_name": "query"}));
+    let server_plain = Server::start(&["--model", &spec]);
+    let (spelled, spelled_tokens) = {
+        let (status, _, body) = embed(&server_plain, json!({"model": "m", "input": "query: hello world"}));
+        assert_eq!(status, 200);
+        (
+            vectors(&body).remove(0),
+            body["usage"]["prompt_tokens"].as_u64().unwrap(),
+        )
+    };
+    assert!(max_abs_diff(&with_query, &spelled) < 1e-6);
+    assert_eq!(query_tokens, spelled_tokens, "usage counts the prompt");
+    // --default-prompt-name applies when the request names none.
+    let (default, _) = one(json!({"model": "m", "input": "hello world"}));
+    let (status, _, body) = embed(&server_plain, json!({"model": "m", "input": "passage: hello world"}));
+    assert_eq!(status, 200);
+    assert!(max_abs_diff(&default, &vectors(&body)[0]) < 1e-6);
+    let model: Value = client().get(server.at("/v1/models/m")).send().unwrap().json().unwrap();
+    assert_eq!(model["prompts"], json!(["passage", "query"]));
+    let (status, _, body) = embed(&server, json!({"model": "m", "input": "x", "prompt_name": "nope"}));
+    assert_eq!(status, 400);
+    assert_eq!(assert_error(&body)["param"], "prompt_name");
+    drop((server, server_plain));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn long_input_windows_average_the_windows() {
+    let server = Server::start(&[
+        "--token-ids",
+        "native",
+        "--long-input-windows",
+        "--window-overlap",
+        "32",
+    ]);
+    let ids: Vec<u32> = (0..300).map(|i| 2000 + (i * 37) % 5000).collect();
+    let (status, _, body) = embed(
+        &server,
+        json!({"model": "all-MiniLM-L6-v2", "input": [ids.clone(), ids[..10].to_vec()]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let got = vectors(&body);
+    assert_eq!(
+        body["usage"]["prompt_tokens"],
+        256 + 76 + 10,
+        "usage counts every window token"
+    );
+    // Windows of 256 ids sharing 32: [0, 256) and [224, 300), weighted by their lengths.
+    let (_, _, parts) = embed(
+        &server,
+        json!({"model": "all-MiniLM-L6-v2", "input": [ids[..256].to_vec(), ids[224..].to_vec(), ids[..10].to_vec()]}),
+    );
+    let parts = vectors(&parts);
+    let mut want: Vec<f32> = parts[0]
+        .iter()
+        .zip(&parts[1])
+        .map(|(a, b)| a * 256.0 + b * 76.0)
+        .collect();
+    let norm = want.iter().map(|x| x * x).sum::<f32>().sqrt();
+    want.iter_mut().for_each(|x| *x /= norm);
+    assert!(max_abs_diff(&got[0], &want) < 1e-5);
+    assert!(
+        max_abs_diff(&got[1], &parts[2]) < 1e-6,
+        "inputs within the limit are untouched"
+    );
+    // Text over the limit: answered, usage over the limit.
+    let (status, _, body) = embed(
+        &server,
+        json!({"model": "all-MiniLM-L6-v2", "input": "many words here ".repeat(200)}),
+    );
+    assert_eq!(status, 200);
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 600);
+}

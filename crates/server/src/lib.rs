@@ -32,7 +32,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, MethodRouter};
 use axum::Router;
-use openembed_engine::{LoadOptions, Truncation};
+use openembed_engine::LoadOptions;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,10 +57,8 @@ pub struct ServerConfig {
     pub scheduler: SchedulerConfig,
     /// Request limits.
     pub limits: Limits,
-    /// Truncate over-long inputs unless the request says otherwise.
-    pub auto_truncate: bool,
-    /// Which side truncation cuts.
-    pub truncation_side: Truncation,
+    /// Truncation, default prompt and long-input defaults for requests.
+    pub defaults: service::Defaults,
     /// How long shutdown waits for admitted requests.
     pub drain_timeout: Duration,
     /// Origins allowed by CORS (empty = CORS off; `*` = any).
@@ -254,11 +252,17 @@ pub async fn bind(config: &ServerConfig) -> Result<(Arc<AppState>, tokio::net::T
     let registry = tokio::task::spawn_blocking(move || Registry::load(&specs, &aliases, &options, scheduler))
         .await
         .map_err(|e| format!("model loading stopped: {e}"))??;
-    let defaults = service::Defaults {
-        auto_truncate: config.auto_truncate,
-        truncation_side: config.truncation_side,
-    };
-    let state = Arc::new(AppState::new(registry, config.limits, defaults, keys));
+    for served in registry.models() {
+        if let Some(name) = &config.defaults.default_prompt_name {
+            if !served.model.info().prompts.contains_key(name) && config.models.len() == 1 {
+                return Err(format!(
+                    "--default-prompt-name {name}: model '{}' has no such prompt",
+                    served.name
+                ));
+            }
+        }
+    }
+    let state = Arc::new(AppState::new(registry, config.limits, config.defaults.clone(), keys));
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

@@ -20,10 +20,48 @@ pub struct Limits {
 /// Token ids ready for the scheduler, and their total.
 #[derive(Debug)]
 pub struct Prepared {
-    /// One id list per input.
+    /// The id lists to embed: one per input, or one per window in the long-input mode.
     pub ids: Vec<Vec<u32>>,
-    /// Tokens fed to the model (usage).
+    /// Tokens fed to the model (usage): every token of every window.
     pub tokens: usize,
+    /// How the id lists map back to inputs.
+    pub layout: WindowLayout,
+}
+
+/// Which embedded id lists (windows) belong to which input.
+#[derive(Debug, Clone)]
+pub struct WindowLayout {
+    per_input: Vec<usize>,
+    lengths: Vec<usize>,
+}
+
+impl WindowLayout {
+    /// One vector per input: an input's only vector as is, or the token-weighted mean of its
+    /// windows' vectors, L2-normalized.
+    pub fn combine(&self, vectors: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
+        if self.per_input.iter().all(|&n| n == 1) {
+            return vectors;
+        }
+        let mut vectors = vectors.into_iter();
+        let mut lengths = self.lengths.iter();
+        self.per_input
+            .iter()
+            .map(|&n| {
+                let mut sum: Vec<f32> = Vec::new();
+                for (v, &len) in vectors.by_ref().take(n).zip(lengths.by_ref()) {
+                    if n == 1 {
+                        return v;
+                    }
+                    if sum.is_empty() {
+                        sum = vec![0.0; v.len()];
+                    }
+                    sum.iter_mut().zip(&v).for_each(|(s, x)| *s += x * len as f32);
+                }
+                openembed_engine::normalize(&mut sum);
+                sum
+            })
+            .collect()
+    }
 }
 
 /// The OpenAI message for an input over the model's limit.
@@ -46,6 +84,7 @@ pub fn prepare(
     token_ids: TokenIds,
     prompt: Option<&str>,
     truncation: Truncation,
+    windows: Option<usize>,
     limits: &Limits,
 ) -> Result<Prepared, ApiError> {
     let decoded: Vec<Input>;
@@ -77,32 +116,51 @@ pub fn prepare(
             Input::Tokens(_) => None,
         })
         .collect();
-    let mut tokenized = if texts.is_empty() {
+    let tokenizer_error =
+        |e: openembed_engine::Error| ApiError::invalid(format!("The input could not be tokenized: {e}"), Some("input"));
+    // Each text as its windows: one, unless the long-input mode splits it.
+    let mut tokenized: std::vec::IntoIter<Vec<Vec<u32>>> = if texts.is_empty() {
         Vec::new()
-    } else {
+    } else if let Some(overlap) = windows {
         model
             .tokenizer()
+            .tokenize_windows(&texts, prompt, overlap)
+            .map_err(tokenizer_error)?
+    } else {
+        let mut out = Vec::with_capacity(texts.len());
+        for t in model
+            .tokenizer()
             .tokenize(&texts, prompt, truncation)
-            .map_err(|e| ApiError::invalid(format!("The input could not be tokenized: {e}"), Some("input")))?
+            .map_err(tokenizer_error)?
+        {
+            if t.over_limit && truncation == Truncation::None {
+                return Err(too_long(limit, t.untruncated_tokens));
+            }
+            out.push(vec![t.ids]);
+        }
+        out
     }
     .into_iter();
     let mut ids = Vec::with_capacity(inputs.len());
+    let mut per_input = Vec::with_capacity(inputs.len());
     for (index, input) in inputs.iter().enumerate() {
-        let input_ids = match input {
-            Input::Text(_) => {
-                let t = tokenized
-                    .next()
-                    .ok_or_else(|| ApiError::internal("The tokenizer returned fewer inputs than it was given."))?;
-                if t.over_limit && truncation == Truncation::None {
-                    return Err(too_long(limit, t.untruncated_tokens));
-                }
-                t.ids
-            }
+        let input_windows = match input {
+            Input::Text(_) => tokenized
+                .next()
+                .ok_or_else(|| ApiError::internal("The tokenizer returned fewer inputs than it was given."))?,
             Input::Tokens(raw) => {
                 let mut checked = model
                     .check_token_ids(index, raw)
                     .map_err(|e| ApiError::invalid(format!("Invalid token id in '$.input': {e}"), Some("input")))?;
-                if checked.len() > limit {
+                if checked.len() <= limit {
+                    vec![checked]
+                } else if let Some(overlap) = windows {
+                    let step = limit - overlap.min(limit - 1);
+                    (0..checked.len().saturating_sub(overlap.min(limit - 1)))
+                        .step_by(step)
+                        .map(|start| checked[start..(start + limit).min(checked.len())].to_vec())
+                        .collect()
+                } else {
                     match truncation {
                         Truncation::None => return Err(too_long(limit, checked.len())),
                         Truncation::End => checked.truncate(limit),
@@ -110,17 +168,18 @@ pub fn prepare(
                             checked.drain(..checked.len() - limit);
                         }
                     }
+                    vec![checked]
                 }
-                checked
             }
         };
-        if input_ids.is_empty() {
+        if input_windows.iter().any(Vec::is_empty) || input_windows.is_empty() {
             return Err(ApiError::invalid(
                 format!("'$.input' is invalid: input {index} has no tokens for this model."),
                 Some("input"),
             ));
         }
-        ids.push(input_ids);
+        per_input.push(input_windows.len());
+        ids.extend(input_windows);
     }
     let tokens: usize = ids.iter().map(Vec::len).sum();
     if tokens > limits.max_request_tokens {
@@ -133,5 +192,9 @@ pub fn prepare(
         )
         .code("max_tokens_per_request"));
     }
-    Ok(Prepared { ids, tokens })
+    let layout = WindowLayout {
+        per_input,
+        lengths: ids.iter().map(Vec::len).collect(),
+    };
+    Ok(Prepared { ids, tokens, layout })
 }

@@ -79,20 +79,30 @@ pub async fn embeddings(
         .cloned()
         .ok_or_else(|| ApiError::model_not_found(&request.model))?;
     let _in_flight = InFlight::enter(&state)?;
-    let plan = plan(&request, served.model.info(), state.defaults)?;
+    let plan = plan(&request, served.model.info(), &state.defaults)?;
     let model = Arc::clone(&served.model);
     let limits = state.limits;
     let (model_name, inputs) = (request.model, request.inputs);
-    let (prompt, truncation, token_ids) = (plan.prompt.clone(), plan.truncation, served.token_ids);
+    let (prompt, truncation, token_ids, windows) =
+        (plan.prompt.clone(), plan.truncation, served.token_ids, plan.windows);
     let prepared = tokio::task::spawn_blocking(move || {
-        prepare(&model, &inputs, token_ids, prompt.as_deref(), truncation, &limits)
+        prepare(
+            &model,
+            &inputs,
+            token_ids,
+            prompt.as_deref(),
+            truncation,
+            windows,
+            &limits,
+        )
     })
     .await
     .map_err(|_| ApiError::internal("Tokenization failed unexpectedly."))??;
     let tokens = prepared.tokens;
     let n_inputs = prepared.ids.len();
+    let layout = prepared.layout;
     let output = served.scheduler.submit(prepared.ids)?.wait().await?;
-    let response = respond(&model_name, output.vectors, tokens, &plan)?;
+    let response = respond(&model_name, layout.combine(output.vectors), tokens, &plan)?;
     tracing::info!(
         request_id = %request_id.0,
         model = %model_name,

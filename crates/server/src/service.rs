@@ -17,19 +17,26 @@ pub struct Plan {
     pub dimensions: Option<usize>,
     /// Output encoding.
     pub encoding: EncodingFormat,
+    /// Long-input mode: split over-long inputs into windows sharing this many tokens.
+    pub windows: Option<usize>,
 }
 
 /// Server-wide defaults a request may override.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Defaults {
     /// Truncate when the request does not say.
     pub auto_truncate: bool,
     /// Which side truncation cuts.
     pub truncation_side: Truncation,
+    /// The prompt used when a request names none (`--default-prompt-name`), before the
+    /// model's own default.
+    pub default_prompt_name: Option<String>,
+    /// Long-input mode (`--long-input-windows`): the overlap of consecutive windows.
+    pub long_input_windows: Option<usize>,
 }
 
 /// Checks `dimensions` and `prompt_name` against the model and settles truncation.
-pub fn plan(request: &EmbeddingsRequest, info: &ModelInfo, defaults: Defaults) -> Result<Plan, ApiError> {
+pub fn plan(request: &EmbeddingsRequest, info: &ModelInfo, defaults: &Defaults) -> Result<Plan, ApiError> {
     if let Some(d) = request.dimensions {
         if d > info.dimension {
             return Err(ApiError::invalid(
@@ -41,7 +48,11 @@ pub fn plan(request: &EmbeddingsRequest, info: &ModelInfo, defaults: Defaults) -
             ));
         }
     }
-    let prompt = match (&request.prompt_name, &info.default_prompt_name) {
+    let default = defaults
+        .default_prompt_name
+        .as_ref()
+        .filter(|n| info.prompts.contains_key(*n));
+    let prompt = match (&request.prompt_name, default.or(info.default_prompt_name.as_ref())) {
         (Some(name), _) => match info.prompts.get(name) {
             Some(text) => Some(text.clone()),
             None => {
@@ -52,7 +63,7 @@ pub fn plan(request: &EmbeddingsRequest, info: &ModelInfo, defaults: Defaults) -
                 ));
             }
         },
-        (None, Some(default)) => info.prompts.get(default).cloned(),
+        (None, Some(name)) => info.prompts.get(name).cloned(),
         (None, None) => None,
     };
     let truncation = if request.truncate.unwrap_or(defaults.auto_truncate) {
@@ -65,6 +76,7 @@ pub fn plan(request: &EmbeddingsRequest, info: &ModelInfo, defaults: Defaults) -
         truncation,
         dimensions: request.dimensions,
         encoding: request.encoding_format,
+        windows: defaults.long_input_windows,
     })
 }
 

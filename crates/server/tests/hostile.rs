@@ -56,6 +56,7 @@ fn state(keys: &[&str]) -> Arc<AppState> {
     let defaults = Defaults {
         auto_truncate: false,
         truncation_side: Truncation::End,
+        ..Defaults::default()
     };
     Arc::new(AppState::new(
         registry,
