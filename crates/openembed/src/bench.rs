@@ -34,7 +34,12 @@ pub struct BenchArgs {
     /// Repetitions of each fixed-shape workload (median reported).
     #[arg(long, default_value_t = 5)]
     repeat: usize,
-    /// Only these workloads (comma-separated: full, corpus, packed, single).
+    /// Tiny reference models (one folder per architecture) for the `architectures` workload.
+    #[arg(long, default_value = "../shared/fixtures/tiny")]
+    fixtures: PathBuf,
+    /// Only these workloads (comma-separated: full, corpus, packed, single, and the opt-in
+    /// `architectures`: tiny fixtures for correctness, then random-weight models at realistic
+    /// sizes of BERT-base, NomicBERT, ModernBERT and Qwen3 for tokens/s).
     #[arg(long, default_value = "full,corpus,packed,single", value_delimiter = ',')]
     workloads: Vec<String>,
 }
@@ -103,6 +108,14 @@ fn fixed_length_inputs(model: &Model, docs: &[String], len: usize, count: usize)
 /// Entry point of `openembed bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let mut results = Vec::new();
+    if args.workloads.iter().any(|w| w == "architectures") {
+        let threads = args.threads.iter().copied().max().unwrap_or(2);
+        crate::bench_arch::run(&args.fixtures, threads, args.repeat.min(3), &mut results)?;
+        if args.workloads.len() == 1 {
+            println!("{}", json!({"results": results}));
+            return Ok(());
+        }
+    }
     let docs = read_corpus(&args.long_corpus, 200)?;
     let texts = read_corpus(&args.corpus, args.limit)?;
     for &threads in &args.threads {

@@ -2,6 +2,7 @@
 
 mod batch;
 mod bench;
+mod bench_arch;
 mod embed;
 mod models;
 mod output;
