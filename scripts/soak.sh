@@ -28,6 +28,7 @@ summary="$(target/bench/venv/bin/python ../shared/bench/loadgen.py --url "$url" 
 end_rss="$(rss)"
 kill $sampler 2>/dev/null || true
 max_rss="$(awk -F= '{ if ($2 > m) m = $2 } END { print m }' "$log.rss")"
+echo "RSS every 10 s (MB): $(sed 's/.*rss_mb=//' "$log.rss" | tr '\n' ' ')"
 rm -f "$log.rss"
 echo "soak ${seconds}s: RSS start ${start_rss} MB, end ${end_rss} MB, max ${max_rss} MB"
 echo "$summary"

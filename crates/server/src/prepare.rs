@@ -108,7 +108,7 @@ pub fn prepare(
             .collect::<Result<_, _>>()?;
         &decoded
     };
-    let limit = model.info().max_input_tokens;
+    let limit = model.info().max_input_tokens.max(1);
     let texts: Vec<&str> = inputs
         .iter()
         .filter_map(|i| match i {
