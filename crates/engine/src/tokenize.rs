@@ -45,6 +45,7 @@ pub struct TextTokenizer {
     inner: Tokenizer,
     limit: usize,
     special_tokens: usize,
+    vocab_size: usize,
 }
 
 impl TextTokenizer {
@@ -67,10 +68,13 @@ impl TextTokenizer {
             message: e.to_string(),
         })?;
         let special_tokens = inner.get_post_processor().map(|p| p.added_tokens(false)).unwrap_or(0);
+        // Computed once: tokenizers builds the whole vocabulary map to count it.
+        let vocab_size = inner.get_vocab_size(true);
         Ok(Self {
             inner,
             limit,
             special_tokens,
+            vocab_size,
         })
     }
 
@@ -81,7 +85,7 @@ impl TextTokenizer {
 
     /// Size of the tokenizer's vocabulary, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// Tokenizes a batch (in parallel on the current rayon pool). `prefix` (a prompt) is put in
