@@ -601,6 +601,11 @@ fn fake_hub_cache(home: &std::path::Path) {
     std::fs::create_dir_all(snapshot.join("1_Pooling")).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
+    link_model_files(&snapshot);
+}
+
+/// Links the default model's files into `dir` (which must hold a `1_Pooling` folder).
+fn link_model_files(dir: &std::path::Path) {
     let src = model_dir();
     for file in [
         "config.json",
@@ -610,7 +615,8 @@ fn fake_hub_cache(home: &std::path::Path) {
         "sentence_bert_config.json",
         "1_Pooling/config.json",
     ] {
-        std::os::unix::fs::symlink(src.join(file).canonicalize().unwrap(), snapshot.join(file)).unwrap();
+        let _ = std::fs::remove_file(dir.join(file));
+        std::os::unix::fs::symlink(src.join(file).canonicalize().unwrap(), dir.join(file)).unwrap();
     }
 }
 
@@ -710,18 +716,7 @@ fn token_ids_are_tiktoken_ids_by_default() {
 /// The default model with sentence-transformers prompts added (files linked, config written).
 fn model_with_prompts(dir: &std::path::Path) {
     std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
-    let src = model_dir();
-    for file in [
-        "config.json",
-        "tokenizer.json",
-        "model.safetensors",
-        "modules.json",
-        "sentence_bert_config.json",
-        "1_Pooling/config.json",
-    ] {
-        let _ = std::fs::remove_file(dir.join(file));
-        std::os::unix::fs::symlink(src.join(file).canonicalize().unwrap(), dir.join(file)).unwrap();
-    }
+    link_model_files(dir);
     std::fs::write(
         dir.join("config_sentence_transformers.json"),
         r#"{"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": null}"#,
