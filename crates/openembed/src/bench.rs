@@ -44,27 +44,14 @@ pub struct BenchArgs {
     workloads: Vec<String>,
 }
 
+/// The first `limit` texts (all when 0) of a JSON-lines corpus.
 fn read_corpus(path: &PathBuf, limit: usize) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read corpus {}", path.display()))?;
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("bad line in {}", path.display()))?;
-        let s = match &v {
-            serde_json::Value::String(s) => s.clone(),
-            other => other
-                .get("text")
-                .or_else(|| other.get("input"))
-                .and_then(|t| t.as_str())
-                .unwrap_or_default()
-                .to_owned(),
-        };
-        out.push(s);
-        if limit > 0 && out.len() >= limit {
-            break;
-        }
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read corpus {}", path.display()))?;
+    let mut texts = crate::embed::read_texts(std::io::BufReader::new(file), true, &path.display().to_string())?;
+    if limit > 0 {
+        texts.truncate(limit);
     }
-    Ok(out)
+    Ok(texts)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -38,7 +38,7 @@ pub struct EmbedArgs {
 }
 
 /// Reads texts from a `.jsonl` or plain text source.
-fn read_texts(reader: impl BufRead, jsonl: bool, name: &str) -> Result<Vec<String>> {
+pub fn read_texts(reader: impl BufRead, jsonl: bool, name: &str) -> Result<Vec<String>> {
     let mut texts = Vec::new();
     for (n, line) in reader.lines().enumerate() {
         let line = line.with_context(|| format!("cannot read {name}"))?;

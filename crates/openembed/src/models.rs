@@ -44,7 +44,7 @@ fn local_models(dir: &Path) -> Vec<Found> {
 /// Models in the hub cache (`$HF_HOME/hub/models--ORG--NAME/snapshots/REV`), at the `main` ref
 /// when there is one.
 fn hub_models() -> Vec<Found> {
-    let cache = hf_hub_cache_dir();
+    let cache = openembed_server::hub::cache_dir();
     let Ok(entries) = std::fs::read_dir(&cache) else {
         return Vec::new();
     };
@@ -77,14 +77,6 @@ fn hub_models() -> Vec<Found> {
     found
 }
 
-fn hf_hub_cache_dir() -> PathBuf {
-    if let Ok(home) = std::env::var("HF_HOME") {
-        return PathBuf::from(home).join("hub");
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-    PathBuf::from(home).join(".cache/huggingface/hub")
-}
-
 /// Entry point of `openembed models`.
 pub fn run(args: &ModelsArgs) -> Result<()> {
     let found: Vec<(&str, Found)> = local_models(&args.dir)
@@ -96,7 +88,7 @@ pub fn run(args: &ModelsArgs) -> Result<()> {
         println!(
             "no models in {} or in the hub cache {}",
             args.dir.display(),
-            hf_hub_cache_dir().display()
+            openembed_server::hub::cache_dir().display()
         );
         return Ok(());
     }

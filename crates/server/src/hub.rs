@@ -25,6 +25,11 @@ pub fn hub_offline() -> bool {
         .unwrap_or(false)
 }
 
+/// The hub cache folder (`$HF_HOME/hub`, default `~/.cache/huggingface/hub`).
+pub fn cache_dir() -> PathBuf {
+    Cache::from_env().path().clone()
+}
+
 /// Turns SPEC into a local folder: an existing directory as is, otherwise a hub id fetched into
 /// (or found in) the hub cache.
 pub fn resolve(spec: &str) -> Result<PathBuf, String> {

@@ -233,12 +233,6 @@ impl Scheduler {
         })
     }
 
-    /// Queued requests and tokens.
-    pub fn depth(&self) -> (usize, usize) {
-        let queue = self.shared.lock();
-        (queue.requests, queue.tokens)
-    }
-
     /// Stops taking requests; the worker finishes what is queued, then exits. Waits for it.
     pub fn shutdown(&self) {
         self.shared.lock().closed = true;

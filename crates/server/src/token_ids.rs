@@ -5,6 +5,7 @@
 //! by the model's own tokenizer. `native` means ids of the model's own vocabulary.
 //! The encodings come bundled in the `tiktoken-rs` crate: nothing is downloaded.
 
+use std::sync::OnceLock;
 use tiktoken_rs::CoreBPE;
 
 /// The meaning of token-id inputs for one served model.
@@ -52,9 +53,28 @@ impl TokenIds {
         }
     }
 
+    /// The ids of the encoding's special tokens (computed once per encoding).
+    fn special_ids(self) -> &'static [u32] {
+        static CL100K: OnceLock<Vec<u32>> = OnceLock::new();
+        static O200K: OnceLock<Vec<u32>> = OnceLock::new();
+        let cell = match self {
+            Self::Cl100kBase => &CL100K,
+            Self::O200kBase => &O200K,
+            Self::Native => return &[],
+        };
+        cell.get_or_init(|| match self.encoding() {
+            Some((bpe, _)) => bpe
+                .special_tokens()
+                .iter()
+                .flat_map(|s| bpe.encode_with_special_tokens(s))
+                .collect(),
+            None => Vec::new(),
+        })
+    }
+
     /// Loads the encoding now (a few hundred ms), so the first request does not pay for it.
     pub fn warm_up(self) {
-        let _ = self.encoding();
+        let _ = self.special_ids();
     }
 
     /// The largest ordinary id, for documentation (`None` for native ids).
@@ -66,11 +86,7 @@ impl TokenIds {
     /// the encoding is an error naming it.
     pub fn decode(self, index: usize, ids: &[i64]) -> Option<Result<String, String>> {
         let (bpe, ordinary) = self.encoding()?;
-        let specials: Vec<u32> = bpe
-            .special_tokens()
-            .iter()
-            .flat_map(|s| bpe.encode_with_special_tokens(s))
-            .collect();
+        let specials = self.special_ids();
         let mut ranks = Vec::with_capacity(ids.len());
         for (position, &id) in ids.iter().enumerate() {
             match u32::try_from(id) {
