@@ -11,8 +11,8 @@ use crate::error::Result;
 use crate::kernels::activation::Activation;
 use crate::kernels::matmul::linear;
 use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm};
-use crate::kernels::sgemm::{sgemm, PackedWeight};
-use crate::kernels::{has_avx2_fma, par_rows, par_rows_mut};
+use crate::kernels::sgemm::{sgemm, Isa, PackedWeight};
+use crate::kernels::{par_rows, par_rows_mut};
 use crate::rotary::Rotary;
 use crate::weights::{Tensor, Weights};
 
@@ -48,10 +48,9 @@ impl Linear {
     /// CPU runs the fast SGEMM.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         let (out_features, in_features) = (weight.shape()[0], weight.shape()[1]);
-        let weight = if has_avx2_fma() {
-            LinearWeight::Packed(PackedWeight::pack(weight.data(), out_features, in_features))
-        } else {
-            LinearWeight::Plain(weight)
+        let weight = match Isa::detect() {
+            Some(isa) => LinearWeight::Packed(PackedWeight::pack(weight.data(), out_features, in_features, isa)),
+            None => LinearWeight::Plain(weight),
         };
         Self {
             weight,

@@ -23,6 +23,19 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
+/// True when the CPU supports AVX-512F (and AVX2+FMA, which every AVX-512 CPU has).
+#[inline]
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2_fma() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Defines a function whose body is compiled for AVX2+FMA and for the baseline target, picking the
 /// fast one at run time. The body must be safe code.
 macro_rules! simd_dispatch {
