@@ -1,11 +1,13 @@
-//! Scaled dot-product attention over a packed batch, one task per (sequence, head).
+//! Scaled dot-product attention over a packed batch, one task per (sequence, head), its two
+//! products run on the SGEMM micro-kernels.
 //!
 //! Queries, keys and values come from one fused projection `[tokens × (q + k + v)]`. Supports
 //! grouped-query attention (fewer key/value heads), causal masks, sliding windows and an additive
 //! relative-position bias.
 
+use crate::kernels::activation::Activation;
 use crate::kernels::math::softmax_in_place;
-use crate::kernels::simd_dispatch;
+use crate::kernels::sgemm::{Avx2, Avx512, Isa, MicroKernel, Portable};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -57,23 +59,16 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// Per-thread packed copies of one head's keys (transposed) and values, plus the score row.
+/// Per-thread packed copies of one head's keys and values, plus a block of score rows.
 #[derive(Default)]
 struct HeadScratch {
-    keys_t: Vec<f32>,
+    keys: Vec<f32>,
     values: Vec<f32>,
     scores: Vec<f32>,
 }
 
 thread_local! {
     static HEAD_SCRATCH: RefCell<HeadScratch> = RefCell::new(HeadScratch::default());
-}
-
-/// Register-block width of the attention micro-kernels (four AVX registers).
-const BLOCK: usize = 32;
-
-fn round_up(n: usize) -> usize {
-    n.div_ceil(BLOCK) * BLOCK
 }
 
 /// Computes attention for every sequence of a packed batch: reads `qkv` (`tokens × qkv_width`),
@@ -86,9 +81,25 @@ pub fn attention(
     mask: Mask,
     bias: Option<&RelativeBias>,
 ) {
+    match Isa::detect() {
+        Some(Isa::Avx512) => attention_with::<Avx512>(qkv, out, offsets, layout, mask, bias),
+        Some(Isa::Avx2) => attention_with::<Avx2>(qkv, out, offsets, layout, mask, bias),
+        None => attention_with::<Portable>(qkv, out, offsets, layout, mask, bias),
+    }
+}
+
+fn attention_with<K: MicroKernel>(
+    qkv: &[f32],
+    out: &mut [f32],
+    offsets: &[usize],
+    layout: HeadLayout,
+    mask: Mask,
+    bias: Option<&RelativeBias>,
+) {
     let tokens = offsets.last().copied().unwrap_or(0);
     assert!(qkv.len() >= tokens * layout.qkv_width() && out.len() >= tokens * layout.out_width());
     assert!(layout.kv_heads > 0 && layout.heads.is_multiple_of(layout.kv_heads));
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
     if let Some(b) = bias {
         let longest = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
         assert!(b.span >= longest && b.values.len() >= layout.heads * (2 * b.span - 1));
@@ -101,11 +112,13 @@ pub fn attention(
         let (start, end) = (offsets[s], offsets[s + 1]);
         HEAD_SCRATCH.with(|cell| {
             let mut guard = cell.borrow_mut();
-            let scratch = &mut *guard;
             // SAFETY: this task alone writes columns h*d..(h+1)*d of rows start..end; the
-            // assert above bounds them within `out`.
-            let block = unsafe { out_ptr.0.add(start * layout.out_width() + h * layout.head_dim) };
-            attend_one(qkv, start, end, h, layout, mask, bias, scratch, OutPtr(block));
+            // asserts above bound them (and every row of `qkv` read) within the slices, and
+            // `Isa::detect` chose a kernel this CPU runs.
+            unsafe {
+                let block = out_ptr.0.add(start * layout.out_width() + h * layout.head_dim);
+                attend_one::<K>(qkv, start, end, h, layout, mask, bias, &mut guard, block)
+            }
         });
     });
 }
@@ -117,78 +130,120 @@ fn grow(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
-simd_dispatch! {
-    #[allow(clippy::too_many_arguments)]
-    fn attend_one(qkv: &[f32], start: usize, end: usize, h: usize, layout: HeadLayout, mask: Mask, bias: Option<&RelativeBias>, scratch: &mut HeadScratch, out: OutPtr) {
-        let d = layout.head_dim;
-        let stride = layout.qkv_width();
-        let kvh = h / (layout.heads / layout.kv_heads);
-        let k_off = layout.heads * d + kvh * d;
-        let v_off = (layout.heads + layout.kv_heads) * d + kvh * d;
-        let scale = 1.0 / (d as f32).sqrt();
-        let len = end - start;
-        let ow = layout.out_width();
-        let (lp, dp) = (round_up(len), round_up(d));
+/// The keys query `i` of a `len`-token sequence may attend to.
+fn key_range(mask: Mask, i: usize, len: usize) -> (usize, usize) {
+    match mask {
+        Mask::Bidirectional => (0, len),
+        Mask::Causal => (0, i + 1),
+        Mask::SlidingWindow(w) => (i.saturating_sub(w / 2), (i + w / 2 + 1).min(len)),
+    }
+}
 
-        // Keys transposed to [d × lp] and values to [len × dp], zero-padded to whole blocks.
-        let keys_t = grow(&mut scratch.keys_t, d * lp);
-        keys_t.fill(0.0);
-        let values = grow(&mut scratch.values, len * dp);
-        for j in 0..len {
-            let row = (start + j) * stride;
-            let k = &qkv[row + k_off..][..d];
-            for (x, &kv) in k.iter().enumerate() {
-                keys_t[x * lp + j] = kv * scale;
-            }
-            let vrow = &mut values[j * dp..(j + 1) * dp];
-            vrow[..d].copy_from_slice(&qkv[row + v_off..][..d]);
-            vrow[d..].fill(0.0);
+/// One (sequence, head): `softmax(q·kᵀ/√d + bias) · v` as two products on the SGEMM
+/// micro-kernel, `K::MR` queries at a time, each over the keys its mask allows.
+///
+/// # Safety
+/// `out` must address this head's `d` columns of rows `start..end` (row stride `out_width`),
+/// and the CPU must run `K`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_one<K: MicroKernel>(
+    qkv: &[f32],
+    start: usize,
+    end: usize,
+    h: usize,
+    layout: HeadLayout,
+    mask: Mask,
+    bias: Option<&RelativeBias>,
+    scratch: &mut HeadScratch,
+    out: *mut f32,
+) {
+    let (nr, mr) = (K::NR, K::MR);
+    let d = layout.head_dim;
+    let stride = layout.qkv_width();
+    let kvh = h / (layout.heads / layout.kv_heads);
+    let k_off = layout.heads * d + kvh * d;
+    let v_off = (layout.heads + layout.kv_heads) * d + kvh * d;
+    let scale = 1.0 / (d as f32).sqrt();
+    let len = end - start;
+    let ow = layout.out_width();
+    let (lp, dp) = (len.div_ceil(nr) * nr, d.div_ceil(nr) * nr);
+
+    // Scaled keys as panels of `nr` keys (`[d × nr]` each) and values as panels of `nr`
+    // columns (`[lp × nr]` each), zero-padded, the layout the micro-kernel streams.
+    let keys = grow(&mut scratch.keys, lp * d);
+    keys.fill(0.0);
+    let values = grow(&mut scratch.values, dp * lp);
+    values.fill(0.0);
+    for j in 0..len {
+        let row = (start + j) * stride;
+        let panel = &mut keys[(j / nr) * d * nr..][..d * nr];
+        for (x, &kv) in qkv[row + k_off..][..d].iter().enumerate() {
+            panel[x * nr + j % nr] = kv * scale;
         }
-        let scores = grow(&mut scratch.scores, lp);
+        for (x, &vv) in qkv[row + v_off..][..d].iter().enumerate() {
+            values[(x / nr) * lp * nr + j * nr + x % nr] = vv;
+        }
+    }
+    let scores = grow(&mut scratch.scores, mr * lp);
 
-        for i in 0..len {
-            let (lo, hi) = match mask {
-                Mask::Bidirectional => (0, len),
-                Mask::Causal => (0, i + 1),
-                Mask::SlidingWindow(w) => (i.saturating_sub(w / 2), (i + w / 2 + 1).min(len)),
-            };
-            let q = &qkv[(start + i) * stride + h * d..][..d];
-            // scores[j] = q · k_j, BLOCK keys at a time held in registers.
-            for jb in (lo / BLOCK * BLOCK..hi).step_by(BLOCK) {
-                let mut acc = [0.0f32; BLOCK];
-                for (x, &qx) in q.iter().enumerate() {
-                    let kt = &keys_t[x * lp + jb..][..BLOCK];
-                    for t in 0..BLOCK {
-                        acc[t] = qx.mul_add(kt[t], acc[t]);
-                    }
-                }
-                scores[jb..jb + BLOCK].copy_from_slice(&acc);
-            }
-            let row = &mut scores[lo..hi];
+    for r0 in (0..len).step_by(mr) {
+        let rows = mr.min(len - r0);
+        // Ranges only grow with the query index, so the block needs keys from the first
+        // row's start to the last row's end (whole panels).
+        let klo = key_range(mask, r0, len).0 / nr * nr;
+        let khi = key_range(mask, r0 + rows - 1, len).1.div_ceil(nr) * nr;
+        let q = qkv.as_ptr().add((start + r0) * stride + h * d);
+        for c in (klo..khi).step_by(nr) {
+            let panel = keys.as_ptr().add((c / nr) * d * nr);
+            K::tile(
+                rows,
+                d,
+                q,
+                stride,
+                1,
+                panel,
+                scores.as_mut_ptr().add(c),
+                lp,
+                nr,
+                true,
+                None,
+                Activation::Identity,
+            );
+        }
+        for i in 0..rows {
+            let (lo, hi) = key_range(mask, r0 + i, len);
+            let row = &mut scores[i * lp..(i + 1) * lp];
             if let Some(b) = bias {
                 let width = 2 * b.span - 1;
                 let table = &b.values[h * width..(h + 1) * width];
                 // rel = j - i sits at index j - i + span - 1.
-                let base = b.span - 1 - i;
-                for (r, &t) in row.iter_mut().zip(&table[base + lo..base + hi]) {
+                let base = b.span - 1 - (r0 + i);
+                for (r, &t) in row[lo..hi].iter_mut().zip(&table[base + lo..base + hi]) {
                     *r += t;
                 }
             }
-            softmax_in_place(row);
-            // out_i = Σ_j p_j v_j, BLOCK output columns at a time held in registers.
-            for db in (0..dp).step_by(BLOCK) {
-                let mut acc = [0.0f32; BLOCK];
-                for (j, &p) in (lo..hi).zip(row.iter()) {
-                    let v = &values[j * dp + db..][..BLOCK];
-                    for t in 0..BLOCK {
-                        acc[t] = p.mul_add(v[t], acc[t]);
-                    }
-                }
-                let n = BLOCK.min(d - db);
-                // SAFETY: row i of this task's block lies inside `out` (checked by the caller).
-                let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(i * ow + db), n) };
-                o.copy_from_slice(&acc[..n]);
-            }
+            softmax_in_place(&mut row[lo..hi]);
+            row[klo..lo].fill(0.0);
+            row[hi..khi].fill(0.0);
+        }
+        for vb in 0..dp / nr {
+            let panel = values.as_ptr().add(vb * lp * nr + klo * nr);
+            let dst = out.add(r0 * ow + vb * nr);
+            let cols = nr.min(d - vb * nr);
+            K::tile(
+                rows,
+                khi - klo,
+                scores.as_ptr().add(klo),
+                lp,
+                1,
+                panel,
+                dst,
+                ow,
+                cols,
+                true,
+                None,
+                Activation::Identity,
+            );
         }
     }
 }
@@ -197,26 +252,27 @@ simd_dispatch! {
 mod tests {
     use super::*;
 
-    fn naive(qkv: &[f32], len: usize, l: HeadLayout, causal: bool) -> Vec<f32> {
+    fn naive(qkv: &[f32], len: usize, l: HeadLayout, mask: Mask, bias: Option<&RelativeBias>) -> Vec<f32> {
         let (d, w) = (l.head_dim, l.qkv_width());
         let mut out = vec![0.0; len * l.out_width()];
         for h in 0..l.heads {
             let kvh = h / (l.heads / l.kv_heads);
             for i in 0..len {
-                let n = if causal { i + 1 } else { len };
-                let s: Vec<f64> = (0..n)
+                let (lo, hi) = key_range(mask, i, len);
+                let s: Vec<f64> = (lo..hi)
                     .map(|j| {
-                        (0..d)
+                        let dot = (0..d)
                             .map(|x| qkv[i * w + h * d + x] as f64 * qkv[j * w + (l.heads + kvh) * d + x] as f64)
-                            .sum::<f64>()
-                            / (d as f64).sqrt()
+                            .sum::<f64>();
+                        let rel = bias.map_or(0.0, |b| b.values[h * (2 * b.span - 1) + j + b.span - 1 - i] as f64);
+                        dot / (d as f64).sqrt() + rel
                     })
                     .collect();
                 let m = s.iter().cloned().fold(f64::MIN, f64::max);
                 let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
                 for x in 0..d {
-                    out[i * l.out_width() + h * d + x] = (0..n)
-                        .map(|j| (s[j] - m).exp() / z * qkv[j * w + (l.heads + l.kv_heads + kvh) * d + x] as f64)
+                    out[i * l.out_width() + h * d + x] = (lo..hi)
+                        .map(|j| (s[j - lo] - m).exp() / z * qkv[j * w + (l.heads + l.kv_heads + kvh) * d + x] as f64)
                         .sum::<f64>() as f32;
                 }
             }
@@ -224,47 +280,64 @@ mod tests {
         out
     }
 
-    #[test]
-    fn packed_attention_equals_per_sequence() {
-        for (layout, causal) in [
-            (
-                HeadLayout {
-                    heads: 2,
-                    kv_heads: 2,
-                    head_dim: 12,
-                },
-                false,
-            ),
-            (
-                HeadLayout {
-                    heads: 4,
-                    kv_heads: 2,
-                    head_dim: 8,
-                },
-                true,
-            ),
-        ] {
-            let lens = [3usize, 1, 9];
-            let w = layout.qkv_width();
-            let total: usize = lens.iter().sum();
-            let qkv: Vec<f32> = (0..total * w)
-                .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
-                .collect();
-            let mut offsets = vec![0];
-            for l in lens {
-                offsets.push(offsets.last().unwrap() + l);
-            }
-            let mut out = vec![0.0; total * layout.out_width()];
-            let mask = if causal { Mask::Causal } else { Mask::Bidirectional };
-            attention(&qkv, &mut out, &offsets, layout, mask, None);
-            for s in 0..lens.len() {
-                let (a, b) = (offsets[s], offsets[s + 1]);
-                let want = naive(&qkv[a * w..b * w], b - a, layout, causal);
-                let got = &out[a * layout.out_width()..b * layout.out_width()];
-                for (x, y) in got.iter().zip(&want) {
-                    assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+    fn check<K: MicroKernel>(name: &str) {
+        let layouts = [
+            HeadLayout {
+                heads: 2,
+                kv_heads: 2,
+                head_dim: 12,
+            },
+            HeadLayout {
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 40,
+            },
+        ];
+        let masks = [Mask::Bidirectional, Mask::Causal, Mask::SlidingWindow(6)];
+        // Lengths below, at and across the kernels' 4/6/14-row and 16/32-column tiles.
+        let lens = [3usize, 1, 17, 40, 33];
+        let longest = *lens.iter().max().unwrap_or(&1);
+        for layout in layouts {
+            for mask in masks {
+                for with_bias in [false, true] {
+                    let w = layout.qkv_width();
+                    let total: usize = lens.iter().sum();
+                    let qkv: Vec<f32> = (0..total * w)
+                        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+                        .collect();
+                    let bias = with_bias.then(|| RelativeBias {
+                        values: (0..layout.heads * (2 * longest - 1))
+                            .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.1)
+                            .collect(),
+                        span: longest,
+                    });
+                    let mut offsets = vec![0];
+                    for l in lens {
+                        offsets.push(offsets.last().unwrap() + l);
+                    }
+                    let mut out = vec![0.0; total * layout.out_width()];
+                    attention_with::<K>(&qkv, &mut out, &offsets, layout, mask, bias.as_ref());
+                    for s in 0..lens.len() {
+                        let (a, b) = (offsets[s], offsets[s + 1]);
+                        let want = naive(&qkv[a * w..b * w], b - a, layout, mask, bias.as_ref());
+                        let got = &out[a * layout.out_width()..b * layout.out_width()];
+                        for (x, y) in got.iter().zip(&want) {
+                            assert!((x - y).abs() < 1e-5, "{name} {mask:?} bias {with_bias}: {x} vs {y}");
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn packed_attention_equals_per_sequence_on_every_kernel() {
+        check::<Portable>("portable");
+        if crate::kernels::has_avx2_fma() {
+            check::<Avx2>("avx2");
+        }
+        if crate::kernels::has_avx512() {
+            check::<Avx512>("avx512");
         }
     }
 }

@@ -208,12 +208,19 @@ unsafe fn block<K: MicroKernel>(
 }
 
 /// One register-blocked micro-kernel: `rows ≤ MR` rows × `cols ≤ NR` columns of the output.
-trait MicroKernel {
+/// Also used directly by attention for its two small products per head.
+pub(crate) trait MicroKernel {
     /// Output columns per packed panel.
     const NR: usize;
     /// Rows per call.
     const MR: usize;
-    /// `C[rows × cols] (=|+=) A[rows × kc] · panel[kc × NR] (+ bias)`, then `act`.
+    /// `C[rows × cols] (=|+=) A[rows × kc] · panel[kc × NR] (+ bias)`, then `act`. Element
+    /// `(r, p)` of `A` is at `a + r·ars + p·acs`; the panel is `kc` rows of `NR` floats; `C`'s
+    /// rows are `ldc` apart. `overwrite` stores (adding `bias`), else adds to `C`.
+    ///
+    /// # Safety
+    /// Every address named above must be valid, `rows ≤ MR`, `cols ≤ NR`, and the CPU must
+    /// support the kernel's instruction set.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(
         rows: usize,
@@ -231,8 +238,46 @@ trait MicroKernel {
     );
 }
 
-struct Avx2;
-struct Avx512;
+/// The AVX2+FMA micro-kernel (6×16).
+pub(crate) struct Avx2;
+/// The AVX-512F micro-kernel (14×32).
+pub(crate) struct Avx512;
+/// Plain Rust (4×16) for CPUs without AVX2; LLVM vectorizes it for the baseline target.
+pub(crate) struct Portable;
+
+impl MicroKernel for Portable {
+    const NR: usize = 16;
+    const MR: usize = 4;
+    unsafe fn tile(
+        rows: usize,
+        kc: usize,
+        a: *const f32,
+        ars: usize,
+        acs: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+        overwrite: bool,
+        bias: Option<*const f32>,
+        act: Activation,
+    ) {
+        const NR: usize = Portable::NR;
+        let mut acc = [[0.0f32; NR]; Portable::MR];
+        for p in 0..kc {
+            let panel = std::slice::from_raw_parts(b.add(p * NR), NR);
+            for (r, row) in acc.iter_mut().enumerate().take(rows) {
+                let av = *a.add(r * ars + p * acs);
+                for (o, &w) in row.iter_mut().zip(panel) {
+                    *o += av * w;
+                }
+            }
+        }
+        for (r, row) in acc.iter_mut().enumerate().take(rows) {
+            finish_row(row, c.add(r * ldc), cols, overwrite, bias, act);
+        }
+    }
+}
 
 macro_rules! dispatch_rows {
     ($rows:expr, $f:ident, [$($r:literal),*], $args:tt) => {
