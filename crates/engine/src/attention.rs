@@ -171,17 +171,31 @@ unsafe fn attend_one<K: MicroKernel>(
     // Scaled keys as panels of `nr` keys (`[d × nr]` each) and values as panels of `nr`
     // columns (`[lp × nr]` each), zero-padded, the layout the micro-kernel streams.
     let keys = grow(&mut scratch.keys, lp * d);
-    keys.fill(0.0);
-    let values = grow(&mut scratch.values, dp * lp);
-    values.fill(0.0);
-    for j in 0..len {
-        let row = (start + j) * stride;
-        let panel = &mut keys[(j / nr) * d * nr..][..d * nr];
-        for (x, &kv) in qkv[row + k_off..][..d].iter().enumerate() {
-            panel[x * nr + j % nr] = kv * scale;
+    for (pc, panel) in keys.chunks_exact_mut(d * nr).enumerate() {
+        let j0 = pc * nr;
+        let width = nr.min(len - j0);
+        for jj in 0..width {
+            let key = &qkv[(start + j0 + jj) * stride + k_off..][..d];
+            for (slot, &kv) in panel.iter_mut().skip(jj).step_by(nr).zip(key) {
+                *slot = kv * scale;
+            }
         }
-        for (x, &vv) in qkv[row + v_off..][..d].iter().enumerate() {
-            values[(x / nr) * lp * nr + j * nr + x % nr] = vv;
+        if width < nr {
+            for row in panel.chunks_exact_mut(nr) {
+                row[width..].fill(0.0);
+            }
+        }
+    }
+    let values = grow(&mut scratch.values, dp * lp);
+    for (vb, panel) in values.chunks_exact_mut(lp * nr).enumerate() {
+        let (x0, width) = (vb * nr, nr.min(d - vb * nr));
+        for (j, row) in panel.chunks_exact_mut(nr).enumerate() {
+            if j < len {
+                row[..width].copy_from_slice(&qkv[(start + j) * stride + v_off + x0..][..width]);
+                row[width..].fill(0.0);
+            } else {
+                row.fill(0.0);
+            }
         }
     }
     let scores = grow(&mut scratch.scores, mr * lp);

@@ -1,8 +1,8 @@
 //! Numeric kernels on plain slices: matrix multiply, normalization, activations, softmax.
 //!
-//! Every element-wise kernel is written so LLVM vectorizes it, and is compiled twice by
-//! [`simd_dispatch!`]: once for AVX2+FMA, chosen at run time when the CPU has it, and once for the
-//! baseline target. The binary therefore runs on any x86-64 CPU and is fast on modern ones.
+//! Every element-wise kernel is written so LLVM vectorizes it, and is compiled three times by
+//! [`simd_dispatch!`]: for AVX-512, for AVX2+FMA and for the baseline target, the widest the CPU
+//! has chosen at run time. The binary therefore runs on any x86-64 CPU and is fast on modern ones.
 
 pub mod activation;
 pub mod math;
@@ -23,12 +23,16 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
-/// True when the CPU supports AVX-512F (and AVX2+FMA, which every AVX-512 CPU has).
+/// True when the CPU supports AVX-512 F/BW/DQ/VL (and AVX2+FMA, which every such CPU has).
 #[inline]
 pub fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        has_avx2_fma() && std::arch::is_x86_feature_detected!("avx512f")
+        has_avx2_fma()
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -36,8 +40,8 @@ pub fn has_avx512() -> bool {
     }
 }
 
-/// Defines a function whose body is compiled for AVX2+FMA and for the baseline target, picking the
-/// fast one at run time. The body must be safe code.
+/// Defines a function whose body is compiled for AVX-512, for AVX2+FMA and for the baseline
+/// target, picking the widest the CPU runs at run time. The body must be safe code.
 macro_rules! simd_dispatch {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -46,8 +50,14 @@ macro_rules! simd_dispatch {
             fn imp($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                unsafe fn wide($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn fast($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                if $crate::kernels::has_avx512() {
+                    // SAFETY: the CPU supports the features `wide` was compiled for.
+                    return unsafe { wide($($arg),*) };
+                }
                 if $crate::kernels::has_avx2_fma() {
                     // SAFETY: the CPU supports the features `fast` was compiled for.
                     return unsafe { fast($($arg),*) };

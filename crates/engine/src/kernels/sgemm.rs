@@ -135,16 +135,24 @@ fn run<K: MicroKernel>(
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_ptr = &out_ptr;
     let threads = threads.max(1);
-    // Split rows when there are plenty (a few tasks per thread, so a thread slowed by the
-    // machine does not hold the others back), else split column panels.
+    // Split rows when there are plenty, else column panels. Row tasks are whole MR-row strips,
+    // as even as strips allow, and a multiple of the thread count (up to four per thread while
+    // each keeps at least eight strips) so no thread is left with one task more than another.
     let tasks: Vec<(usize, usize, usize, usize)> = if m >= K::MR * 4 * threads || n <= K::NR {
-        let parts = if threads > 1 {
-            (threads * 4).min(m / (K::MR * 8)).max(threads)
-        } else {
-            1
-        };
-        let rows = m.div_ceil(parts).div_ceil(K::MR) * K::MR;
-        (0..m).step_by(rows).map(|r| (r, (r + rows).min(m), 0, n)).collect()
+        let strips = m.div_ceil(K::MR);
+        let parts = threads * (strips / (8 * threads)).clamp(1, 4);
+        let parts = if threads > 1 { parts.min(strips) } else { 1 };
+        (0..parts)
+            .map(|i| {
+                (
+                    i * strips / parts * K::MR,
+                    ((i + 1) * strips / parts * K::MR).min(m),
+                    0,
+                    n,
+                )
+            })
+            .filter(|t| t.0 < t.1)
+            .collect()
     } else {
         let cols = n.div_ceil(threads).div_ceil(K::NR) * K::NR;
         (0..n).step_by(cols).map(|c| (0, m, c, (c + cols).min(n))).collect()
