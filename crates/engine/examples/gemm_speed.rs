@@ -1,5 +1,5 @@
 //! SGEMM throughput on the shapes of a BERT layer: the `gemm` crate (portable path) against our
-//! packed kernels (best of 21 runs). `cargo run --release -p openembed-engine --example gemm_speed -- [threads]`
+//! packed kernels (best of 21 runs). `cargo run --release -p openembed-engine --example gemm_speed -- [threads] [gelu]`
 use openembed_engine::kernels::activation::Activation;
 use openembed_engine::kernels::matmul::linear;
 use openembed_engine::kernels::sgemm::{sgemm, Isa, PackedWeight};
@@ -19,6 +19,10 @@ fn best_secs(mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let threads: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(2);
+    let act = match std::env::args().nth(2).as_deref() {
+        Some("gelu") => Activation::Gelu,
+        _ => Activation::Identity,
+    };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -44,9 +48,7 @@ fn main() {
                 continue;
             }
             let packed = PackedWeight::pack(&w, n, k, isa);
-            let ours = best_secs(|| {
-                pool.install(|| sgemm(&x, m, &packed, Some(&b), Activation::Identity, &mut out, n, threads))
-            });
+            let ours = best_secs(|| pool.install(|| sgemm(&x, m, &packed, Some(&b), act, &mut out, n, threads)));
             line += &format!(", {isa:?} {:.1}", gflop / ours);
         }
         println!("{line}");

@@ -405,32 +405,40 @@ unsafe fn avx2_kernel<const R: usize>(
             row[1] = _mm256_fmadd_ps(av, b1, row[1]);
         }
     }
-    let mut tmp = [0.0f32; NR];
     for (r, row) in acc.iter().enumerate() {
         let dst = c.add(r * ldc);
         let (mut lo, mut hi) = (row[0], row[1]);
-        if cols == NR && act == Activation::Identity {
-            if overwrite {
-                if let Some(bp) = bias {
-                    lo = _mm256_add_ps(lo, _mm256_loadu_ps(bp));
-                    hi = _mm256_add_ps(hi, _mm256_loadu_ps(bp.add(8)));
-                }
-            } else {
-                lo = _mm256_add_ps(lo, _mm256_loadu_ps(dst));
-                hi = _mm256_add_ps(hi, _mm256_loadu_ps(dst.add(8)));
-            }
-            _mm256_storeu_ps(dst, lo);
-            _mm256_storeu_ps(dst.add(8), hi);
+        if cols < NR {
+            let mut tmp = [0.0f32; NR];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
+            finish_row(&mut tmp, dst, cols, overwrite, bias, act);
             continue;
         }
-        _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
-        _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
-        finish_row(&mut tmp, dst, cols, overwrite, bias, act);
+        if overwrite {
+            if let Some(bp) = bias {
+                lo = _mm256_add_ps(lo, _mm256_loadu_ps(bp));
+                hi = _mm256_add_ps(hi, _mm256_loadu_ps(bp.add(8)));
+            }
+        } else {
+            lo = _mm256_add_ps(lo, _mm256_loadu_ps(dst));
+            hi = _mm256_add_ps(hi, _mm256_loadu_ps(dst.add(8)));
+        }
+        if act != Activation::Identity {
+            let mut tmp = [0.0f32; NR];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
+            act.apply_block(&mut tmp);
+            lo = _mm256_loadu_ps(tmp.as_ptr());
+            hi = _mm256_loadu_ps(tmp.as_ptr().add(8));
+        }
+        _mm256_storeu_ps(dst, lo);
+        _mm256_storeu_ps(dst.add(8), hi);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn avx512_kernel<const R: usize>(
     kc: usize,
@@ -457,27 +465,37 @@ unsafe fn avx512_kernel<const R: usize>(
             row[1] = _mm512_fmadd_ps(av, b1, row[1]);
         }
     }
-    let mut tmp = [0.0f32; NR];
+    // Columns past `cols` are masked off: never read (bias, partial sums) nor written.
+    let lanes = |n: usize| {
+        if n >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    };
+    let (m_lo, m_hi) = (lanes(cols), lanes(cols.saturating_sub(16)));
     for (r, row) in acc.iter().enumerate() {
         let dst = c.add(r * ldc);
         let (mut lo, mut hi) = (row[0], row[1]);
-        if cols == NR && act == Activation::Identity {
-            if overwrite {
-                if let Some(bp) = bias {
-                    lo = _mm512_add_ps(lo, _mm512_loadu_ps(bp));
-                    hi = _mm512_add_ps(hi, _mm512_loadu_ps(bp.add(16)));
-                }
-            } else {
-                lo = _mm512_add_ps(lo, _mm512_loadu_ps(dst));
-                hi = _mm512_add_ps(hi, _mm512_loadu_ps(dst.add(16)));
+        if overwrite {
+            if let Some(bp) = bias {
+                lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m_lo, bp));
+                hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(m_hi, bp.wrapping_add(16)));
             }
-            _mm512_storeu_ps(dst, lo);
-            _mm512_storeu_ps(dst.add(16), hi);
-            continue;
+        } else {
+            lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m_lo, dst));
+            hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(m_hi, dst.wrapping_add(16)));
         }
-        _mm512_storeu_ps(tmp.as_mut_ptr(), lo);
-        _mm512_storeu_ps(tmp.as_mut_ptr().add(16), hi);
-        finish_row(&mut tmp, dst, cols, overwrite, bias, act);
+        if act != Activation::Identity {
+            let mut tmp = [0.0f32; 16];
+            for v in [&mut lo, &mut hi] {
+                _mm512_storeu_ps(tmp.as_mut_ptr(), *v);
+                act.apply_block(&mut tmp);
+                *v = _mm512_loadu_ps(tmp.as_ptr());
+            }
+        }
+        _mm512_mask_storeu_ps(dst, m_lo, lo);
+        _mm512_mask_storeu_ps(dst.wrapping_add(16), m_hi, hi);
     }
 }
 
