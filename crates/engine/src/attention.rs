@@ -6,6 +6,7 @@
 //! relative-position bias.
 
 use crate::kernels::activation::Activation;
+use crate::kernels::buffer;
 use crate::kernels::math::softmax_in_place;
 use crate::kernels::sgemm::{Avx2, Avx512, Isa, MicroKernel, Portable};
 use rayon::prelude::*;
@@ -123,13 +124,6 @@ fn attention_with<K: MicroKernel>(
     });
 }
 
-fn grow(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    &mut buf[..len]
-}
-
 /// The keys query `i` of a `len`-token sequence may attend to.
 fn key_range(mask: Mask, i: usize, len: usize) -> (usize, usize) {
     match mask {
@@ -170,7 +164,7 @@ unsafe fn attend_one<K: MicroKernel>(
 
     // Scaled keys as panels of `nr` keys (`[d × nr]` each) and values as panels of `nr`
     // columns (`[lp × nr]` each), zero-padded, the layout the micro-kernel streams.
-    let keys = grow(&mut scratch.keys, lp * d);
+    let keys = buffer(&mut scratch.keys, lp * d);
     for (pc, panel) in keys.chunks_exact_mut(d * nr).enumerate() {
         let j0 = pc * nr;
         let width = nr.min(len - j0);
@@ -186,7 +180,7 @@ unsafe fn attend_one<K: MicroKernel>(
             }
         }
     }
-    let values = grow(&mut scratch.values, dp * lp);
+    let values = buffer(&mut scratch.values, dp * lp);
     for (vb, panel) in values.chunks_exact_mut(lp * nr).enumerate() {
         let (x0, width) = (vb * nr, nr.min(d - vb * nr));
         for (j, row) in panel.chunks_exact_mut(nr).enumerate() {
@@ -198,7 +192,7 @@ unsafe fn attend_one<K: MicroKernel>(
             }
         }
     }
-    let scores = grow(&mut scratch.scores, mr * lp);
+    let scores = buffer(&mut scratch.scores, mr * lp);
 
     for r0 in (0..len).step_by(mr) {
         let rows = mr.min(len - r0);

@@ -12,7 +12,7 @@ use crate::kernels::activation::Activation;
 use crate::kernels::matmul::linear;
 use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm};
 use crate::kernels::sgemm::{sgemm, Isa, PackedWeight};
-use crate::kernels::{par_rows, par_rows_mut};
+use crate::kernels::{buffer, par_rows, par_rows_mut};
 use crate::rotary::Rotary;
 use crate::weights::{Tensor, Weights};
 
@@ -409,13 +409,6 @@ pub struct Scratch {
     bias: Option<RelativeBias>,
 }
 
-fn ensure(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    &mut buf[..len]
-}
-
 impl Transformer {
     /// Runs the stack on a packed batch; the hidden states end in `scratch.hidden[..tokens*hidden]`.
     /// Ids must have been checked against [`Self::vocab_size`] and lengths against
@@ -425,8 +418,8 @@ impl Transformer {
         let hsz = self.hidden;
         self.embed(
             batch,
-            ensure(&mut scratch.hidden, t * hsz),
-            ensure(&mut scratch.normed, t * hsz),
+            buffer(&mut scratch.hidden, t * hsz),
+            buffer(&mut scratch.normed, t * hsz),
         );
         if let Some(pb) = &self.position_bias {
             let heads = self.layers.first().map(|l| l.attention.layout.heads).unwrap_or(1);
@@ -441,7 +434,7 @@ impl Transformer {
             self.run_layer(layer, batch, scratch, threads);
         }
         if let Some(norm) = &self.final_norm {
-            let normed = ensure(&mut scratch.normed, t * hsz);
+            let normed = buffer(&mut scratch.normed, t * hsz);
             norm.apply(&scratch.hidden[..t * hsz], normed, hsz);
             std::mem::swap(&mut scratch.hidden, &mut scratch.normed);
         }
@@ -482,17 +475,17 @@ impl Transformer {
         // Attention block.
         let input: &[f32] = match (&layer.attention_norm, pre) {
             (Some(norm), true) => {
-                norm.apply(&s.hidden[..t * h], ensure(&mut s.normed, t * h), h);
+                norm.apply(&s.hidden[..t * h], buffer(&mut s.normed, t * h), h);
                 &s.normed[..t * h]
             }
             _ => &s.hidden[..t * h],
         };
-        let qkv = ensure(&mut s.qkv, t * att.layout.qkv_width());
+        let qkv = buffer(&mut s.qkv, t * att.layout.qkv_width());
         att.qkv.forward(input, t, qkv, threads);
         att.position_qk(qkv, batch);
-        let ctx = ensure(&mut s.context, t * att.layout.out_width());
+        let ctx = buffer(&mut s.context, t * att.layout.out_width());
         attention(qkv, ctx, batch.offsets(), att.layout, att.mask, s.bias.as_ref());
-        let proj = ensure(&mut s.projected, t * h);
+        let proj = buffer(&mut s.projected, t * h);
         att.out.forward(ctx, t, proj, threads);
         self.residual(layer.attention_norm.as_ref(), proj, &mut s.hidden[..t * h], pre);
 
@@ -500,13 +493,13 @@ impl Transformer {
         let input: &[f32] = if pre {
             layer
                 .mlp_norm
-                .apply(&s.hidden[..t * h], ensure(&mut s.normed, t * h), h);
+                .apply(&s.hidden[..t * h], buffer(&mut s.normed, t * h), h);
             &s.normed[..t * h]
         } else {
             &s.hidden[..t * h]
         };
         let mlp = &layer.mlp;
-        let up = ensure(&mut s.intermediate, t * mlp.up.out_features);
+        let up = buffer(&mut s.intermediate, t * mlp.up.out_features);
         let inter_width = match mlp.gated {
             None => {
                 mlp.up.forward_act(input, t, up, mlp.activation, threads);
@@ -515,12 +508,12 @@ impl Transformer {
             Some(order) => {
                 mlp.up.forward(input, t, up, threads);
                 let half = mlp.up.out_features / 2;
-                let gate = ensure(&mut s.gate, t * half);
+                let gate = buffer(&mut s.gate, t * half);
                 split_gated(up, gate, half, order, mlp.activation);
                 half
             }
         };
-        let proj = ensure(&mut s.projected, t * h);
+        let proj = buffer(&mut s.projected, t * h);
         mlp.down.forward(&s.intermediate[..t * inter_width], t, proj, threads);
         self.residual(Some(&layer.mlp_norm), proj, &mut s.hidden[..t * h], pre);
     }

@@ -69,6 +69,16 @@ macro_rules! simd_dispatch {
 }
 pub(crate) use simd_dispatch;
 
+/// The first `len` elements of a reusable scratch buffer, growing it when short. Growth leaves
+/// half again as much headroom, so batches that grow a little at a time (length-sorted input)
+/// do not reallocate and zero-fill on every call.
+pub fn buffer(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len + len / 2, 0.0);
+    }
+    &mut buf[..len]
+}
+
 /// Rows handed to one parallel task by the row-wise helpers.
 const ROWS_PER_TASK: usize = 32;
 

@@ -395,8 +395,18 @@ unsafe fn avx2_kernel<const R: usize>(
 ) {
     use std::arch::x86_64::*;
     const NR: usize = Avx2::NR;
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    for p in 0..kc {
+    // The first step initializes the accumulators (no zeroed array to set up in memory).
+    let mut acc: [[__m256; 2]; R] = std::array::from_fn(|r| {
+        if kc == 0 {
+            return [_mm256_setzero_ps(); 2];
+        }
+        let av = _mm256_broadcast_ss(&*a.add(r * ars));
+        [
+            _mm256_mul_ps(av, _mm256_loadu_ps(b)),
+            _mm256_mul_ps(av, _mm256_loadu_ps(b.add(8))),
+        ]
+    });
+    for p in 1..kc {
         let b0 = _mm256_loadu_ps(b.add(p * NR));
         let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
         for (r, row) in acc.iter_mut().enumerate() {
@@ -455,8 +465,18 @@ unsafe fn avx512_kernel<const R: usize>(
 ) {
     use std::arch::x86_64::*;
     const NR: usize = Avx512::NR;
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for p in 0..kc {
+    // The first step initializes the accumulators (no zeroed array to set up in memory).
+    let mut acc: [[__m512; 2]; R] = std::array::from_fn(|r| {
+        if kc == 0 {
+            return [_mm512_setzero_ps(); 2];
+        }
+        let av = _mm512_set1_ps(*a.add(r * ars));
+        [
+            _mm512_mul_ps(av, _mm512_loadu_ps(b)),
+            _mm512_mul_ps(av, _mm512_loadu_ps(b.add(16))),
+        ]
+    });
+    for p in 1..kc {
         let b0 = _mm512_loadu_ps(b.add(p * NR));
         let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
         for (r, row) in acc.iter_mut().enumerate() {
