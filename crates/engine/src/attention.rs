@@ -170,8 +170,10 @@ unsafe fn attend_one<K: MicroKernel>(
         let width = nr.min(len - j0);
         for jj in 0..width {
             let key = &qkv[(start + j0 + jj) * stride + k_off..][..d];
-            for (slot, &kv) in panel.iter_mut().skip(jj).step_by(nr).zip(key) {
-                *slot = kv * scale;
+            let dst = panel.as_mut_ptr().add(jj);
+            for (x, &kv) in key.iter().enumerate() {
+                // SAFETY: x < d and jj < nr, so x·nr + jj < d·nr, the panel's length.
+                *dst.add(x * K::NR) = kv * scale;
             }
         }
         if width < nr {

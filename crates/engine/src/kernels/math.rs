@@ -71,28 +71,16 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s + tail
 }
 
-/// Sum with eight independent accumulators (vectorizes; plain `sum()` cannot, as float
-/// addition is not associative).
-#[inline(always)]
-pub fn sum(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut chunks = x.chunks_exact(8);
-    for c in &mut chunks {
-        for l in 0..8 {
-            acc[l] += c[l];
-        }
-    }
-    let tail: f32 = chunks.remainder().iter().sum();
-    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
-}
+/// Lanes of the softmax accumulators: one AVX-512 register, two AVX2 ones.
+const LANES: usize = 16;
 
-/// Maximum with eight independent lanes.
+/// Maximum with independent lanes.
 #[inline(always)]
-pub fn max(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let mut chunks = x.chunks_exact(8);
+fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
     for c in &mut chunks {
-        for l in 0..8 {
+        for l in 0..LANES {
             acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
         }
     }
@@ -103,14 +91,30 @@ pub fn max(x: &[f32]) -> f32 {
     m
 }
 
+/// `x[i] = exp(x[i] - shift)` in place, returning the sum of the results.
+#[inline(always)]
+fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            c[l] = exp(c[l] - shift);
+            acc[l] += c[l];
+        }
+    }
+    let mut tail = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp(*v - shift);
+        tail += *v;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 simd_dispatch! {
     /// In-place softmax of one row.
     pub fn softmax_in_place(row: &mut [f32]) {
         let m = max(row);
-        for v in row.iter_mut() {
-            *v = exp(*v - m);
-        }
-        let inv = 1.0 / sum(row);
+        let inv = 1.0 / exp_shifted_sum(row, m);
         for v in row.iter_mut() {
             *v *= inv;
         }
