@@ -232,9 +232,11 @@ unsafe fn attend_one<K: MicroKernel>(
                     *r += t;
                 }
             }
-            softmax_in_place(&mut row[lo..hi]);
-            row[klo..lo].fill(0.0);
-            row[hi..khi].fill(0.0);
+            // Keys outside the mask (and panel padding) get −∞, which softmax turns into
+            // exactly 0, so it runs over whole vectors of the block's key range.
+            row[klo..lo].fill(f32::NEG_INFINITY);
+            row[hi..khi].fill(f32::NEG_INFINITY);
+            softmax_in_place(&mut row[klo..khi]);
         }
         for vb in 0..dp / nr {
             let panel = values.as_ptr().add(vb * lp * nr + klo * nr);

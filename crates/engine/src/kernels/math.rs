@@ -2,7 +2,8 @@
 
 use super::simd_dispatch;
 
-/// exp(x) for f32, accurate to about 2 ulp, branch-free so loops over it vectorize.
+/// exp(x) for f32, accurate to about 2 ulp, branch-free so loops over it vectorize. Below
+/// the smallest normal result (x < -87.34, −∞ included) it returns exactly 0.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -12,7 +13,9 @@ pub fn exp(x: f32) -> f32 {
     // mantissa bits of `t`, so 2^n is built with integer ops only (float→int casts would add
     // scalar NaN checks and stop vectorization).
     const MAGIC: f32 = 12_582_912.0;
-    let x = x.clamp(-87.336_55, 88.0);
+    const LOWEST: f32 = -87.336_55;
+    let underflow = x < LOWEST;
+    let x = x.clamp(LOWEST, 88.0);
     let t = x * LOG2E + MAGIC;
     let n = t - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
@@ -25,7 +28,11 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 5e-1;
     let y = p * r * r + r + 1.0;
     let scale = f32::from_bits(((t.to_bits() as i32).wrapping_sub(0x4B40_0000).wrapping_add(127) as u32) << 23);
-    y * scale
+    if underflow {
+        0.0
+    } else {
+        y * scale
+    }
 }
 
 /// erf(x) for f32 as a rational approximation (the one used by Eigen and XLA), about 1e-7 absolute
@@ -84,34 +91,59 @@ fn max(x: &[f32]) -> f32 {
             acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
         }
     }
-    let mut m = f32::NEG_INFINITY;
-    for &v in acc.iter().chain(chunks.remainder()) {
-        m = if v > m { v } else { m };
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = if v > *a { v } else { *a };
     }
-    m
+    reduce(acc, |a, b| if a > b { a } else { b })
 }
 
-/// `x[i] = exp(x[i] - shift)` in place, returning the sum of the results.
+/// Folds the lanes pairwise (a tree, not a chain), which compiles to a few shuffles.
+#[inline(always)]
+fn reduce(mut acc: [f32; LANES], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for l in 0..width {
+            acc[l] = f(acc[l], acc[l + width]);
+        }
+        width /= 2;
+    }
+    acc[0]
+}
+
+/// `c[l] = exp(c[l] - shift)` on one chunk of lanes, adding the results to `acc`.
+#[inline(always)]
+fn exp_lanes(c: &mut [f32; LANES], shift: f32, acc: &mut [f32; LANES]) {
+    for l in 0..LANES {
+        c[l] = exp(c[l] - shift);
+        acc[l] += c[l];
+    }
+}
+
+/// `x[i] = exp(x[i] - shift)` in place, returning the sum of the results. A short tail runs
+/// through one padded chunk, so every exp is computed on whole vectors.
 #[inline(always)]
 fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut chunks = x.chunks_exact_mut(LANES);
     for c in &mut chunks {
-        for l in 0..LANES {
-            c[l] = exp(c[l] - shift);
-            acc[l] += c[l];
+        if let Ok(c) = <&mut [f32; LANES]>::try_from(c) {
+            exp_lanes(c, shift, &mut acc);
         }
     }
-    let mut tail = 0.0;
-    for v in chunks.into_remainder() {
-        *v = exp(*v - shift);
-        tail += *v;
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        // −∞ padding comes out as exactly 0 and adds nothing to the sum.
+        let mut pad = [f32::NEG_INFINITY; LANES];
+        pad[..tail.len()].copy_from_slice(tail);
+        exp_lanes(&mut pad, shift, &mut acc);
+        tail.copy_from_slice(&pad[..tail.len()]);
     }
-    acc.iter().sum::<f32>() + tail
+    reduce(acc, |a, b| a + b)
 }
 
 simd_dispatch! {
-    /// In-place softmax of one row.
+    /// In-place softmax of one row. Entries of −∞ (masked keys) come out as exactly 0; at
+    /// least one entry must be finite.
     pub fn softmax_in_place(row: &mut [f32]) {
         let m = max(row);
         let inv = 1.0 / exp_shifted_sum(row, m);
@@ -135,8 +167,10 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst < 5e-7, "worst relative error {worst}");
-        assert_eq!(exp(-1000.0), exp(-87.336_55));
-        assert!(exp(f32::NEG_INFINITY) < 1e-37);
+        assert!(exp(-87.33) > 0.0);
+        assert_eq!(exp(-87.34), 0.0);
+        assert_eq!(exp(-1000.0), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
     }
 
     #[test]
@@ -162,5 +196,19 @@ mod tests {
         let z = 1f32.exp() + 2f32.exp() + 3f32.exp();
         assert!((row[2] - 3f32.exp() / z).abs() < 1e-6);
         assert!(row[3] < 1e-30);
+        // Rows longer than a vector, with a tail and masked (−∞) entries.
+        for len in [2usize, 15, 16, 17, 33, 70] {
+            let mut row: Vec<f32> = (0..len).map(|i| (i * 37 % 11) as f32 * 0.7 - 3.0).collect();
+            row[len / 2] = f32::NEG_INFINITY;
+            row[0] = 2.5;
+            let mx = row.iter().cloned().fold(f64::MIN, |m, v| m.max(v as f64));
+            let z: f64 = row.iter().map(|&v| (v as f64 - mx).exp()).sum();
+            let want: Vec<f64> = row.iter().map(|&v| (v as f64 - mx).exp() / z).collect();
+            softmax_in_place(&mut row);
+            for (g, w) in row.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() < 1e-6, "len {len}: {g} vs {w}");
+            }
+            assert_eq!(row[len / 2], 0.0);
+        }
     }
 }
