@@ -453,6 +453,8 @@ unsafe fn avx2_kernel<const R: usize>(
 ) {
     use std::arch::x86_64::*;
     const NR: usize = Avx2::NR;
+    /// Panel rows (k steps) to prefetch ahead.
+    const PREFETCH: usize = 32;
     // The first step initializes the accumulators (no zeroed array to set up in memory).
     let mut acc: [[__m256; 2]; R] = std::array::from_fn(|r| {
         if kc == 0 {
@@ -467,6 +469,8 @@ unsafe fn avx2_kernel<const R: usize>(
     for p in 1..kc {
         let b0 = _mm256_loadu_ps(b.add(p * NR));
         let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+        // One 64-byte line per step, 2 KiB ahead (see `avx512_kernel`).
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((p + PREFETCH) * NR) as *const i8);
         for (r, row) in acc.iter_mut().enumerate() {
             let av = _mm256_broadcast_ss(&*a.add(r * ars + p * acs));
             row[0] = _mm256_fmadd_ps(av, b0, row[0]);
@@ -523,6 +527,8 @@ unsafe fn avx512_kernel<const R: usize>(
 ) {
     use std::arch::x86_64::*;
     const NR: usize = Avx512::NR;
+    /// Panel rows (k steps) to prefetch ahead.
+    const PREFETCH: usize = 16;
     // The first step initializes the accumulators (no zeroed array to set up in memory).
     let mut acc: [[__m512; 2]; R] = std::array::from_fn(|r| {
         if kc == 0 {
@@ -537,6 +543,10 @@ unsafe fn avx512_kernel<const R: usize>(
     for p in 1..kc {
         let b0 = _mm512_loadu_ps(b.add(p * NR));
         let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+        // Weight panels arrive from L3 and the hardware prefetchers stop at 4 KiB pages:
+        // ask for the panel's lines 2 KiB ahead (a hint; past the panel's end it is harmless).
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((p + PREFETCH) * NR) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((p + PREFETCH) * NR + 16) as *const i8);
         for (r, row) in acc.iter_mut().enumerate() {
             let av = _mm512_set1_ps(*a.add(r * ars + p * acs));
             row[0] = _mm512_fmadd_ps(av, b0, row[0]);
