@@ -7,8 +7,8 @@
 
 use crate::kernels::activation::Activation;
 use crate::kernels::buffer;
-use crate::kernels::math::softmax_in_place;
-use crate::kernels::sgemm::{Avx2, Avx512, Isa, MicroKernel, Portable};
+use crate::kernels::math::{softmax_in_place, SOFTMAX_LANES};
+use crate::kernels::sgemm::{Avx2, Avx512, Isa, MicroKernel, Portable, Tile};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -162,36 +162,23 @@ unsafe fn attend_one<K: MicroKernel>(
     let ow = layout.out_width();
     let (lp, dp) = (len.div_ceil(nr) * nr, d.div_ceil(nr) * nr);
 
-    // Scaled keys as panels of `nr` keys (`[d × nr]` each) and values as panels of `nr`
-    // columns (`[lp × nr]` each), zero-padded, the layout the micro-kernel streams.
+    // Scaled keys as panels of `nr` keys (`[d × nr]` each), the layout the micro-kernel
+    // streams. Panel padding is left as it is: those scores become −∞ before softmax.
     let keys = buffer(&mut scratch.keys, lp * d);
     for (pc, panel) in keys.chunks_exact_mut(d * nr).enumerate() {
         let j0 = pc * nr;
-        let width = nr.min(len - j0);
-        for jj in 0..width {
-            let key = &qkv[(start + j0 + jj) * stride + k_off..][..d];
-            let dst = panel.as_mut_ptr().add(jj);
-            for (x, &kv) in key.iter().enumerate() {
-                // SAFETY: x < d and jj < nr, so x·nr + jj < d·nr, the panel's length.
-                *dst.add(x * K::NR) = kv * scale;
-            }
-        }
-        if width < nr {
-            for row in panel.chunks_exact_mut(nr) {
-                row[width..].fill(0.0);
-            }
-        }
+        let src = qkv.as_ptr().add((start + j0) * stride + k_off);
+        pack_keys(src, stride, nr.min(len - j0), d, scale, panel.as_mut_ptr(), nr);
     }
-    let values = buffer(&mut scratch.values, dp * lp);
+    // Values are read in place when a head is whole panels wide; otherwise they are copied
+    // into zero-padded panels of `nr` columns (`[lp × nr]` each).
+    let values_in_place = d.is_multiple_of(nr);
+    let values = buffer(&mut scratch.values, if values_in_place { 0 } else { dp * lp });
     for (vb, panel) in values.chunks_exact_mut(lp * nr).enumerate() {
         let (x0, width) = (vb * nr, nr.min(d - vb * nr));
-        for (j, row) in panel.chunks_exact_mut(nr).enumerate() {
-            if j < len {
-                row[..width].copy_from_slice(&qkv[(start + j) * stride + v_off + x0..][..width]);
-                row[width..].fill(0.0);
-            } else {
-                row.fill(0.0);
-            }
+        for (j, row) in panel.chunks_exact_mut(nr).enumerate().take(len) {
+            row[..width].copy_from_slice(&qkv[(start + j) * stride + v_off + x0..][..width]);
+            row[width..].fill(0.0);
         }
     }
     let scores = buffer(&mut scratch.scores, mr * lp);
@@ -204,22 +191,24 @@ unsafe fn attend_one<K: MicroKernel>(
         let khi = key_range(mask, r0 + rows - 1, len).1.div_ceil(nr) * nr;
         let q = qkv.as_ptr().add((start + r0) * stride + h * d);
         for c in (klo..khi).step_by(nr) {
-            let panel = keys.as_ptr().add((c / nr) * d * nr);
-            K::tile(
+            K::tile(Tile {
                 rows,
-                d,
-                q,
-                stride,
-                1,
-                panel,
-                scores.as_mut_ptr().add(c),
-                lp,
-                nr,
-                true,
-                None,
-                Activation::Identity,
-            );
+                kc: d,
+                a: q,
+                ars: stride,
+                acs: 1,
+                b: keys.as_ptr().add((c / nr) * d * nr),
+                brs: nr,
+                c: scores.as_mut_ptr().add(c),
+                ldc: lp,
+                cols: nr,
+                overwrite: true,
+                bias: None,
+                act: Activation::Identity,
+            });
         }
+        // Padding keys weigh 0: the value product stops at the last real key.
+        let kend = khi.min(len);
         for i in 0..rows {
             let (lo, hi) = key_range(mask, r0 + i, len);
             let row = &mut scores[i * lp..(i + 1) * lp];
@@ -232,30 +221,107 @@ unsafe fn attend_one<K: MicroKernel>(
                     *r += t;
                 }
             }
-            // Keys outside the mask (and panel padding) get −∞, which softmax turns into
-            // exactly 0, so it runs over whole vectors of the block's key range.
+            // Keys outside the mask get −∞, which softmax turns into exactly 0, so it runs
+            // over whole vectors: from the block's first key to the row's last, rounded up.
+            let e = hi.next_multiple_of(SOFTMAX_LANES).min(khi);
             row[klo..lo].fill(f32::NEG_INFINITY);
-            row[hi..khi].fill(f32::NEG_INFINITY);
-            softmax_in_place(&mut row[klo..khi]);
+            row[hi..e].fill(f32::NEG_INFINITY);
+            softmax_in_place(&mut row[klo..e]);
+            if e < kend {
+                row[e..kend].fill(0.0);
+            }
         }
         for vb in 0..dp / nr {
-            let panel = values.as_ptr().add(vb * lp * nr + klo * nr);
-            let dst = out.add(r0 * ow + vb * nr);
-            let cols = nr.min(d - vb * nr);
-            K::tile(
+            let (b, brs) = if values_in_place {
+                (qkv.as_ptr().add((start + klo) * stride + v_off + vb * nr), stride)
+            } else {
+                (values.as_ptr().add(vb * lp * nr + klo * nr), nr)
+            };
+            K::tile(Tile {
                 rows,
-                khi - klo,
-                scores.as_ptr().add(klo),
-                lp,
-                1,
-                panel,
-                dst,
-                ow,
-                cols,
-                true,
-                None,
-                Activation::Identity,
-            );
+                kc: kend - klo,
+                a: scores.as_ptr().add(klo),
+                ars: lp,
+                acs: 1,
+                b,
+                brs,
+                c: out.add(r0 * ow + vb * nr),
+                ldc: ow,
+                cols: nr.min(d - vb * nr),
+                overwrite: true,
+                bias: None,
+                act: Activation::Identity,
+            });
+        }
+    }
+}
+
+/// Writes `count` keys (`d` floats each, rows `stride` apart from `src`) times `scale` as the
+/// first `count` columns of a `[d × nr]` panel; 8×8 blocks go through registers on AVX CPUs.
+///
+/// # Safety
+/// `src` must address `count` rows of `d` floats, `panel` `d · nr` floats, `count ≤ nr`.
+unsafe fn pack_keys(src: *const f32, stride: usize, count: usize, d: usize, scale: f32, panel: *mut f32, nr: usize) {
+    let (mut full_rows, mut full_cols) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::has_avx2_fma() {
+        (full_rows, full_cols) = (count / 8 * 8, d / 8 * 8);
+        transpose_8x8_blocks(src, stride, full_rows, full_cols, scale, panel, nr);
+    }
+    for j in 0..count {
+        let from = if j < full_rows { full_cols } else { 0 };
+        for x in from..d {
+            *panel.add(x * nr + j) = *src.add(j * stride + x) * scale;
+        }
+    }
+}
+
+/// The `rows × cols` corner (both multiples of 8) of [`pack_keys`], 8×8 blocks at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transpose_8x8_blocks(
+    src: *const f32,
+    stride: usize,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+    panel: *mut f32,
+    nr: usize,
+) {
+    use std::arch::x86_64::*;
+    let s = _mm256_set1_ps(scale);
+    for j in (0..rows).step_by(8) {
+        for x in (0..cols).step_by(8) {
+            let r: [__m256; 8] =
+                std::array::from_fn(|i| _mm256_mul_ps(s, _mm256_loadu_ps(src.add((j + i) * stride + x))));
+            // Interleave pairs of rows, then pairs of pairs, then swap 128-bit halves.
+            let t = [
+                _mm256_unpacklo_ps(r[0], r[1]),
+                _mm256_unpackhi_ps(r[0], r[1]),
+                _mm256_unpacklo_ps(r[2], r[3]),
+                _mm256_unpackhi_ps(r[2], r[3]),
+                _mm256_unpacklo_ps(r[4], r[5]),
+                _mm256_unpackhi_ps(r[4], r[5]),
+                _mm256_unpacklo_ps(r[6], r[7]),
+                _mm256_unpackhi_ps(r[6], r[7]),
+            ];
+            let u = [
+                _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+                _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+                _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+                _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+                _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+                _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+                _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+                _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+            ];
+            // u[i] holds columns i and i + 4 of rows 0..4, u[i + 4] the same of rows 4..8.
+            for i in 0..4 {
+                let low = _mm256_permute2f128_ps::<0x20>(u[i], u[i + 4]);
+                let high = _mm256_permute2f128_ps::<0x31>(u[i], u[i + 4]);
+                _mm256_storeu_ps(panel.add((x + i) * nr + j), low);
+                _mm256_storeu_ps(panel.add((x + i + 4) * nr + j), high);
+            }
         }
     }
 }
@@ -303,6 +369,17 @@ mod tests {
                 heads: 4,
                 kv_heads: 2,
                 head_dim: 40,
+            },
+            // Whole panels wide for every kernel: values are read in place.
+            HeadLayout {
+                heads: 3,
+                kv_heads: 3,
+                head_dim: 32,
+            },
+            HeadLayout {
+                heads: 2,
+                kv_heads: 1,
+                head_dim: 64,
             },
         ];
         let masks = [Mask::Bidirectional, Mask::Causal, Mask::SlidingWindow(6)];

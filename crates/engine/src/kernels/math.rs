@@ -80,6 +80,8 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Lanes of the softmax accumulators: one AVX-512 register, two AVX2 ones.
 const LANES: usize = 16;
+/// Rows whose length is a multiple of this run [`softmax_in_place`] on whole vectors only.
+pub const SOFTMAX_LANES: usize = LANES;
 
 /// Maximum with independent lanes.
 #[inline(always)]

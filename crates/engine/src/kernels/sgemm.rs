@@ -207,7 +207,21 @@ unsafe fn block<K: MicroKernel>(
                         let rows = mr.min(m1 - r);
                         let a = a_base.add(s * strip);
                         let dst = out.add(r * ldc + c);
-                        K::tile(rows, kc, a, ars, acs, panel, dst, ldc, cols, first, b, act);
+                        K::tile(Tile {
+                            rows,
+                            kc,
+                            a,
+                            ars,
+                            acs,
+                            b: panel,
+                            brs: nr,
+                            c: dst,
+                            ldc,
+                            cols,
+                            overwrite: first,
+                            bias: b,
+                            act,
+                        });
                     }
                 }
             };
@@ -273,6 +287,38 @@ fn gcd(a: usize, b: usize) -> usize {
     }
 }
 
+/// One micro-kernel call: `C[rows × cols] (=|+=) A[rows × kc] · B[kc × NR] (+ bias)`, then
+/// `act`.
+#[derive(Clone, Copy)]
+pub(crate) struct Tile {
+    /// Rows of `A` and `C` (at most the kernel's `MR`).
+    pub rows: usize,
+    /// The shared (inner) dimension.
+    pub kc: usize,
+    /// `A`'s element `(r, p)` is at `a + r·ars + p·acs`.
+    pub a: *const f32,
+    /// Distance between rows of `A`.
+    pub ars: usize,
+    /// Distance between columns of `A`.
+    pub acs: usize,
+    /// `B`: `kc` rows of `NR` floats, `brs` apart (`NR` for a packed panel).
+    pub b: *const f32,
+    /// Distance between rows of `B`.
+    pub brs: usize,
+    /// `C`'s first element; its rows are `ldc` apart.
+    pub c: *mut f32,
+    /// Distance between rows of `C`.
+    pub ldc: usize,
+    /// Columns of `C` written (at most `NR`).
+    pub cols: usize,
+    /// Store (adding `bias`) when true, else add to what `C` holds.
+    pub overwrite: bool,
+    /// Added per column when overwriting.
+    pub bias: Option<*const f32>,
+    /// Applied to the result before it is stored.
+    pub act: Activation,
+}
+
 /// One register-blocked micro-kernel: `rows ≤ MR` rows × `cols ≤ NR` columns of the output.
 /// Also used directly by attention for its two small products per head.
 pub(crate) trait MicroKernel {
@@ -280,28 +326,13 @@ pub(crate) trait MicroKernel {
     const NR: usize;
     /// Rows per call.
     const MR: usize;
-    /// `C[rows × cols] (=|+=) A[rows × kc] · panel[kc × NR] (+ bias)`, then `act`. Element
-    /// `(r, p)` of `A` is at `a + r·ars + p·acs`; the panel is `kc` rows of `NR` floats; `C`'s
-    /// rows are `ldc` apart. `overwrite` stores (adding `bias`), else adds to `C`.
+    /// Computes one [`Tile`].
     ///
     /// # Safety
-    /// Every address named above must be valid, `rows ≤ MR`, `cols ≤ NR`, and the CPU must
-    /// support the kernel's instruction set.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(
-        rows: usize,
-        kc: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        cols: usize,
-        overwrite: bool,
-        bias: Option<*const f32>,
-        act: Activation,
-    );
+    /// Every address the tile names must be valid (`NR` floats of each `B` row are read,
+    /// whatever `cols` is), `rows ≤ MR`, `cols ≤ NR`, and the CPU must support the kernel's
+    /// instruction set.
+    unsafe fn tile(t: Tile);
 }
 
 /// The AVX2+FMA micro-kernel (6×16).
@@ -314,24 +345,26 @@ pub(crate) struct Portable;
 impl MicroKernel for Portable {
     const NR: usize = 16;
     const MR: usize = 4;
-    unsafe fn tile(
-        rows: usize,
-        kc: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        cols: usize,
-        overwrite: bool,
-        bias: Option<*const f32>,
-        act: Activation,
-    ) {
+    unsafe fn tile(t: Tile) {
         const NR: usize = Portable::NR;
+        let Tile {
+            rows,
+            kc,
+            a,
+            ars,
+            acs,
+            b,
+            brs,
+            c,
+            ldc,
+            cols,
+            overwrite,
+            bias,
+            act,
+        } = t;
         let mut acc = [[0.0f32; NR]; Portable::MR];
         for p in 0..kc {
-            let panel = std::slice::from_raw_parts(b.add(p * NR), NR);
+            let panel = std::slice::from_raw_parts(b.add(p * brs), NR);
             for (r, row) in acc.iter_mut().enumerate().take(rows) {
                 let av = *a.add(r * ars + p * acs);
                 for (o, &w) in row.iter_mut().zip(panel) {
@@ -358,52 +391,16 @@ macro_rules! dispatch_rows {
 impl MicroKernel for Avx2 {
     const NR: usize = 16;
     const MR: usize = 6;
-    unsafe fn tile(
-        rows: usize,
-        kc: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        cols: usize,
-        overwrite: bool,
-        bias: Option<*const f32>,
-        act: Activation,
-    ) {
-        dispatch_rows!(
-            rows,
-            avx2_kernel,
-            [6, 5, 4, 3, 2],
-            (kc, a, ars, acs, b, c, ldc, cols, overwrite, bias, act)
-        )
+    unsafe fn tile(t: Tile) {
+        dispatch_rows!(t.rows, avx2_kernel, [6, 5, 4, 3, 2], (t))
     }
 }
 
 impl MicroKernel for Avx512 {
     const NR: usize = 32;
     const MR: usize = 14;
-    unsafe fn tile(
-        rows: usize,
-        kc: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        cols: usize,
-        overwrite: bool,
-        bias: Option<*const f32>,
-        act: Activation,
-    ) {
-        dispatch_rows!(
-            rows,
-            avx512_kernel,
-            [14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2],
-            (kc, a, ars, acs, b, c, ldc, cols, overwrite, bias, act)
-        )
+    unsafe fn tile(t: Tile) {
+        dispatch_rows!(t.rows, avx512_kernel, [14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], (t))
     }
 }
 
@@ -437,20 +434,22 @@ unsafe fn finish_row(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn avx2_kernel<const R: usize>(
-    kc: usize,
-    a: *const f32,
-    ars: usize,
-    acs: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    overwrite: bool,
-    bias: Option<*const f32>,
-    act: Activation,
-) {
+unsafe fn avx2_kernel<const R: usize>(t: Tile) {
+    let Tile {
+        kc,
+        a,
+        ars,
+        acs,
+        b,
+        brs,
+        c,
+        ldc,
+        cols,
+        overwrite,
+        bias,
+        act,
+        ..
+    } = t;
     use std::arch::x86_64::*;
     const NR: usize = Avx2::NR;
     /// Panel rows (k steps) to prefetch ahead.
@@ -467,10 +466,10 @@ unsafe fn avx2_kernel<const R: usize>(
         ]
     });
     for p in 1..kc {
-        let b0 = _mm256_loadu_ps(b.add(p * NR));
-        let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+        let b0 = _mm256_loadu_ps(b.add(p * brs));
+        let b1 = _mm256_loadu_ps(b.add(p * brs + 8));
         // One 64-byte line per step, 2 KiB ahead (see `avx512_kernel`).
-        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((p + PREFETCH) * NR) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((p + PREFETCH) * brs) as *const i8);
         for (r, row) in acc.iter_mut().enumerate() {
             let av = _mm256_broadcast_ss(&*a.add(r * ars + p * acs));
             row[0] = _mm256_fmadd_ps(av, b0, row[0]);
@@ -511,22 +510,23 @@ unsafe fn avx2_kernel<const R: usize>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn avx512_kernel<const R: usize>(
-    kc: usize,
-    a: *const f32,
-    ars: usize,
-    acs: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    overwrite: bool,
-    bias: Option<*const f32>,
-    act: Activation,
-) {
+unsafe fn avx512_kernel<const R: usize>(t: Tile) {
+    let Tile {
+        kc,
+        a,
+        ars,
+        acs,
+        b,
+        brs,
+        c,
+        ldc,
+        cols,
+        overwrite,
+        bias,
+        act,
+        ..
+    } = t;
     use std::arch::x86_64::*;
-    const NR: usize = Avx512::NR;
     /// Panel rows (k steps) to prefetch ahead.
     const PREFETCH: usize = 16;
     // The first step initializes the accumulators (no zeroed array to set up in memory).
@@ -541,12 +541,12 @@ unsafe fn avx512_kernel<const R: usize>(
         ]
     });
     for p in 1..kc {
-        let b0 = _mm512_loadu_ps(b.add(p * NR));
-        let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+        let b0 = _mm512_loadu_ps(b.add(p * brs));
+        let b1 = _mm512_loadu_ps(b.add(p * brs + 16));
         // Weight panels arrive from L3 and the hardware prefetchers stop at 4 KiB pages:
         // ask for the panel's lines 2 KiB ahead (a hint; past the panel's end it is harmless).
-        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((p + PREFETCH) * NR) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((p + PREFETCH) * NR + 16) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((p + PREFETCH) * brs) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((p + PREFETCH) * brs + 16) as *const i8);
         for (r, row) in acc.iter_mut().enumerate() {
             let av = _mm512_set1_ps(*a.add(r * ars + p * acs));
             row[0] = _mm512_fmadd_ps(av, b0, row[0]);
@@ -588,38 +588,12 @@ unsafe fn avx512_kernel<const R: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn avx2_kernel<const R: usize>(
-    _: usize,
-    _: *const f32,
-    _: usize,
-    _: usize,
-    _: *const f32,
-    _: *mut f32,
-    _: usize,
-    _: usize,
-    _: bool,
-    _: Option<*const f32>,
-    _: Activation,
-) {
+unsafe fn avx2_kernel<const R: usize>(_: Tile) {
     unreachable!("sgemm is only called when AVX2+FMA is present")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn avx512_kernel<const R: usize>(
-    _: usize,
-    _: *const f32,
-    _: usize,
-    _: usize,
-    _: *const f32,
-    _: *mut f32,
-    _: usize,
-    _: usize,
-    _: bool,
-    _: Option<*const f32>,
-    _: Activation,
-) {
+unsafe fn avx512_kernel<const R: usize>(_: Tile) {
     unreachable!("sgemm is only called when AVX-512F is present")
 }
 
