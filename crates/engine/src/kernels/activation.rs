@@ -48,15 +48,16 @@ impl Activation {
     }
 
     /// Applies the activation to a small block in place; inlined into the caller so it is
-    /// compiled with the caller's target features (used in the SGEMM epilogue).
+    /// compiled with the caller's target features (used in the SGEMM epilogue). `FMA`: the
+    /// caller is compiled with FMA (see [`madd`](super::math::madd)).
     #[inline(always)]
-    pub fn apply_block(self, x: &mut [f32; 16]) {
+    pub fn apply_block<const FMA: bool>(self, x: &mut [f32; 16]) {
         match self {
-            Self::Gelu => x.iter_mut().for_each(|v| *v = gelu_one(*v)),
-            Self::GeluTanh => x.iter_mut().for_each(|v| *v = gelu_tanh_one(*v)),
+            Self::Gelu => x.iter_mut().for_each(|v| *v = gelu_one::<FMA>(*v)),
+            Self::GeluTanh => x.iter_mut().for_each(|v| *v = gelu_tanh_one::<FMA>(*v)),
             Self::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
-            Self::Silu => x.iter_mut().for_each(|v| *v = silu_one(*v)),
-            Self::Tanh => x.iter_mut().for_each(|v| *v = tanh_fast(*v)),
+            Self::Silu => x.iter_mut().for_each(|v| *v = silu_one::<FMA>(*v)),
+            Self::Tanh => x.iter_mut().for_each(|v| *v = tanh_fast::<FMA>(*v)),
             Self::Identity => {}
         }
     }
@@ -68,9 +69,9 @@ impl Activation {
 }
 
 #[inline(always)]
-fn tanh_fast(x: f32) -> f32 {
+fn tanh_fast<const F: bool>(x: f32) -> f32 {
     // tanh(x) = 1 - 2 / (exp(2x) + 1), accurate to ~1e-7 away from 0; near 0 use x directly.
-    let e = exp(2.0 * x);
+    let e = exp::<F>(2.0 * x);
     let t = 1.0 - 2.0 / (e + 1.0);
     if x.abs() < 1e-4 {
         x
@@ -80,25 +81,25 @@ fn tanh_fast(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn gelu_one(v: f32) -> f32 {
-    0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+fn gelu_one<const F: bool>(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf::<F>(v * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 #[inline(always)]
-fn gelu_tanh_one(v: f32) -> f32 {
+fn gelu_tanh_one<const F: bool>(v: f32) -> f32 {
     const C: f32 = 0.797_884_6; // sqrt(2/pi)
-    0.5 * v * (1.0 + tanh_fast(C * (v + 0.044_715 * v * v * v)))
+    0.5 * v * (1.0 + tanh_fast::<F>(C * (v + 0.044_715 * v * v * v)))
 }
 
 #[inline(always)]
-fn silu_one(v: f32) -> f32 {
-    v / (1.0 + exp(-v))
+fn silu_one<const F: bool>(v: f32) -> f32 {
+    v / (1.0 + exp::<F>(-v))
 }
 
 simd_dispatch! {
     fn gelu_erf(x: &mut [f32]) {
         for v in x.iter_mut() {
-            *v = gelu_one(*v);
+            *v = gelu_one::<FMA>(*v);
         }
     }
 }
@@ -106,7 +107,7 @@ simd_dispatch! {
 simd_dispatch! {
     fn gelu_tanh(x: &mut [f32]) {
         for v in x.iter_mut() {
-            *v = gelu_tanh_one(*v);
+            *v = gelu_tanh_one::<FMA>(*v);
         }
     }
 }
@@ -122,7 +123,7 @@ simd_dispatch! {
 simd_dispatch! {
     fn silu(x: &mut [f32]) {
         for v in x.iter_mut() {
-            *v = silu_one(*v);
+            *v = silu_one::<FMA>(*v);
         }
     }
 }
@@ -130,7 +131,7 @@ simd_dispatch! {
 simd_dispatch! {
     fn tanh(x: &mut [f32]) {
         for v in x.iter_mut() {
-            *v = tanh_fast(*v);
+            *v = tanh_fast::<FMA>(*v);
         }
     }
 }
@@ -140,11 +141,11 @@ simd_dispatch! {
         let n = gate.len().min(up.len());
         let (gate, up) = (&gate[..n], &mut up[..n]);
         match act {
-            Activation::Gelu => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= gelu_one(g)),
-            Activation::GeluTanh => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= gelu_tanh_one(g)),
-            Activation::Silu => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= silu_one(g)),
+            Activation::Gelu => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= gelu_one::<FMA>(g)),
+            Activation::GeluTanh => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= gelu_tanh_one::<FMA>(g)),
+            Activation::Silu => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= silu_one::<FMA>(g)),
             Activation::Relu => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= g.max(0.0)),
-            Activation::Tanh => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= tanh_fast(g)),
+            Activation::Tanh => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= tanh_fast::<FMA>(g)),
             Activation::Identity => up.iter_mut().zip(gate).for_each(|(u, &g)| *u *= g),
         }
     }

@@ -2,10 +2,22 @@
 
 use super::simd_dispatch;
 
-/// exp(x) for f32, accurate to about 2 ulp, branch-free so loops over it vectorize. Below
-/// the smallest normal result (x < -87.34, −∞ included) it returns exactly 0.
+/// `a · b + c`, as one fused multiply-add when `FUSED` (code compiled with FMA: the AVX2 and
+/// AVX-512 builds), else a multiply and an add (without FMA hardware a fused one is a slow
+/// library call). [`simd_dispatch!`] bodies pass their `FMA` parameter.
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
+pub fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// exp(x) for f32, accurate to about 2 ulp, branch-free so loops over it vectorize. Below
+/// the smallest normal result (x < -87.34, −∞ included) it returns exactly 0. `F`: see [`madd`].
+#[inline(always)]
+pub fn exp<const F: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -16,17 +28,17 @@ pub fn exp(x: f32) -> f32 {
     const LOWEST: f32 = -87.336_55;
     let underflow = x < LOWEST;
     let x = x.clamp(LOWEST, 88.0);
-    let t = x * LOG2E + MAGIC;
+    let t = madd::<F>(x, LOG2E, MAGIC);
     let n = t - MAGIC;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let r = madd::<F>(n, -LN2_LO, madd::<F>(n, -LN2_HI, x));
     // Cephes expf polynomial on [-ln2/2, ln2/2].
     let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5e-1;
-    let y = p * r * r + r + 1.0;
+    p = madd::<F>(p, r, 1.398_199_9e-3);
+    p = madd::<F>(p, r, 8.333_452e-3);
+    p = madd::<F>(p, r, 4.166_579_6e-2);
+    p = madd::<F>(p, r, 1.666_666_5e-1);
+    p = madd::<F>(p, r, 5e-1);
+    let y = madd::<F>(p * r, r, r + 1.0);
     let scale = f32::from_bits(((t.to_bits() as i32).wrapping_sub(0x4B40_0000).wrapping_add(127) as u32) << 23);
     if underflow {
         0.0
@@ -36,24 +48,27 @@ pub fn exp(x: f32) -> f32 {
 }
 
 /// erf(x) for f32 as a rational approximation (the one used by Eigen and XLA), about 1e-7 absolute
-/// error, branch-free.
+/// error, branch-free. `F`: see [`madd`].
 #[inline(always)]
-pub fn erf(x: f32) -> f32 {
+pub fn erf<const F: bool>(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = -2.726_142_3e-10_f32;
-    p = p * x2 + 2.770_681_4e-8;
-    p = p * x2 + -2.101_024e-6;
-    p = p * x2 + -5.692_506_4e-5;
-    p = p * x2 + -7.349_906_3e-4;
-    p = p * x2 + -2.954_600_6e-3;
-    p = p * x2 + -1.609_603_3e-2;
+    for c in [
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.954_600_6e-3,
+        -1.609_603_3e-2,
+    ] {
+        p = madd::<F>(p, x2, c);
+    }
     p *= x;
     let mut q = -1.456_607_2e-5_f32;
-    q = q * x2 + -2.133_740_6e-4;
-    q = q * x2 + -1.682_827e-3;
-    q = q * x2 + -7.373_329_5e-3;
-    q = q * x2 + -1.426_474e-2;
+    for c in [-2.133_740_6e-4, -1.682_827e-3, -7.373_329_5e-3, -1.426_474e-2] {
+        q = madd::<F>(q, x2, c);
+    }
     p / q
 }
 
@@ -114,9 +129,9 @@ fn reduce(mut acc: [f32; LANES], f: impl Fn(f32, f32) -> f32) -> f32 {
 
 /// `c[l] = exp(c[l] - shift)` on one chunk of lanes, adding the results to `acc`.
 #[inline(always)]
-fn exp_lanes(c: &mut [f32; LANES], shift: f32, acc: &mut [f32; LANES]) {
+fn exp_lanes<const F: bool>(c: &mut [f32; LANES], shift: f32, acc: &mut [f32; LANES]) {
     for l in 0..LANES {
-        c[l] = exp(c[l] - shift);
+        c[l] = exp::<F>(c[l] - shift);
         acc[l] += c[l];
     }
 }
@@ -124,12 +139,12 @@ fn exp_lanes(c: &mut [f32; LANES], shift: f32, acc: &mut [f32; LANES]) {
 /// `x[i] = exp(x[i] - shift)` in place, returning the sum of the results. A short tail runs
 /// through one padded chunk, so every exp is computed on whole vectors.
 #[inline(always)]
-fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
+fn exp_shifted_sum<const F: bool>(x: &mut [f32], shift: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut chunks = x.chunks_exact_mut(LANES);
     for c in &mut chunks {
         if let Ok(c) = <&mut [f32; LANES]>::try_from(c) {
-            exp_lanes(c, shift, &mut acc);
+            exp_lanes::<F>(c, shift, &mut acc);
         }
     }
     let tail = chunks.into_remainder();
@@ -137,7 +152,7 @@ fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
         // −∞ padding comes out as exactly 0 and adds nothing to the sum.
         let mut pad = [f32::NEG_INFINITY; LANES];
         pad[..tail.len()].copy_from_slice(tail);
-        exp_lanes(&mut pad, shift, &mut acc);
+        exp_lanes::<F>(&mut pad, shift, &mut acc);
         tail.copy_from_slice(&pad[..tail.len()]);
     }
     reduce(acc, |a, b| a + b)
@@ -148,7 +163,7 @@ simd_dispatch! {
     /// least one entry must be finite.
     pub fn softmax_in_place(row: &mut [f32]) {
         let m = max(row);
-        let inv = 1.0 / exp_shifted_sum(row, m);
+        let inv = 1.0 / exp_shifted_sum::<FMA>(row, m);
         for v in row.iter_mut() {
             *v *= inv;
         }
@@ -159,32 +174,42 @@ simd_dispatch! {
 mod tests {
     use super::*;
 
-    #[test]
-    fn exp_matches_std() {
+    fn check_exp<const F: bool>() {
         let mut worst = 0.0f32;
         let mut x = -80.0f32;
         while x < 80.0 {
-            let rel = ((exp(x) - x.exp()) / x.exp()).abs();
+            let rel = ((exp::<F>(x) - x.exp()) / x.exp()).abs();
             worst = worst.max(rel);
             x += 0.0137;
         }
-        assert!(worst < 5e-7, "worst relative error {worst}");
-        assert!(exp(-87.33) > 0.0);
-        assert_eq!(exp(-87.34), 0.0);
-        assert_eq!(exp(-1000.0), 0.0);
-        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert!(worst < 5e-7, "fused {F}: worst relative error {worst}");
+        assert!(exp::<F>(-87.33) > 0.0);
+        assert_eq!(exp::<F>(-87.34), 0.0);
+        assert_eq!(exp::<F>(-1000.0), 0.0);
+        assert_eq!(exp::<F>(f32::NEG_INFINITY), 0.0);
+    }
+
+    fn check_erf<const F: bool>() {
+        let mut worst = 0.0f64;
+        let mut x = -6.0f64;
+        while x < 6.0 {
+            let err = (erf::<F>(x as f32) as f64 - libm::erf(x)).abs();
+            worst = worst.max(err);
+            x += 0.001;
+        }
+        assert!(worst < 5e-7, "fused {F}: worst absolute error {worst}");
+    }
+
+    #[test]
+    fn exp_matches_std() {
+        check_exp::<false>();
+        check_exp::<true>();
     }
 
     #[test]
     fn erf_matches_libm() {
-        let mut worst = 0.0f64;
-        let mut x = -6.0f64;
-        while x < 6.0 {
-            let err = (erf(x as f32) as f64 - libm::erf(x)).abs();
-            worst = worst.max(err);
-            x += 0.001;
-        }
-        assert!(worst < 5e-7, "worst absolute error {worst}");
+        check_erf::<false>();
+        check_erf::<true>();
     }
 
     #[test]

@@ -45,19 +45,20 @@ pub fn has_avx512() -> bool {
 }
 
 /// Defines a function whose body is compiled for AVX-512, for AVX2+FMA and for the baseline
-/// target, picking the widest the CPU runs at run time. The body must be safe code.
+/// target, picking the widest the CPU runs at run time. The body must be safe code; it sees a
+/// `const FMA: bool` (true in the two FMA builds) to pass to [`math::madd`] and its users.
 macro_rules! simd_dispatch {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            fn imp<const FMA: bool>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-                unsafe fn wide($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                unsafe fn wide($($arg: $ty),*) $(-> $ret)? { imp::<true>($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn fast($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                unsafe fn fast($($arg: $ty),*) $(-> $ret)? { imp::<true>($($arg),*) }
                 if $crate::kernels::has_avx512() {
                     // SAFETY: the CPU supports the features `wide` was compiled for.
                     return unsafe { wide($($arg),*) };
@@ -67,7 +68,7 @@ macro_rules! simd_dispatch {
                     return unsafe { fast($($arg),*) };
                 }
             }
-            imp($($arg),*)
+            imp::<false>($($arg),*)
         }
     };
 }

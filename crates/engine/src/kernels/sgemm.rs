@@ -373,7 +373,7 @@ impl MicroKernel for Portable {
             }
         }
         for (r, row) in acc.iter_mut().enumerate().take(rows) {
-            finish_row(row, c.add(r * ldc), cols, overwrite, bias, act);
+            finish_row::<false>(row, c.add(r * ldc), cols, overwrite, bias, act);
         }
     }
 }
@@ -407,7 +407,7 @@ impl MicroKernel for Avx512 {
 /// Finishes one output row of a tile held in `tmp[..NR]`: adds the bias (first K block) or the
 /// partial sum already in `dst` (later blocks), applies `act`, stores `cols` values.
 #[inline(always)]
-unsafe fn finish_row(
+unsafe fn finish_row<const FMA: bool>(
     tmp: &mut [f32],
     dst: *mut f32,
     cols: usize,
@@ -425,7 +425,7 @@ unsafe fn finish_row(
     if act != Activation::Identity {
         for half in tmp.chunks_exact_mut(16) {
             if let Ok(block) = <&mut [f32; 16]>::try_from(half) {
-                act.apply_block(block);
+                act.apply_block::<FMA>(block);
             }
         }
     }
@@ -483,7 +483,7 @@ unsafe fn avx2_kernel<const R: usize>(t: Tile) {
             let mut tmp = [0.0f32; NR];
             _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
             _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
-            finish_row(&mut tmp, dst, cols, overwrite, bias, act);
+            finish_row::<true>(&mut tmp, dst, cols, overwrite, bias, act);
             continue;
         }
         if overwrite {
@@ -499,7 +499,7 @@ unsafe fn avx2_kernel<const R: usize>(t: Tile) {
             let mut tmp = [0.0f32; NR];
             _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
             _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
-            act.apply_block(&mut tmp);
+            act.apply_block::<true>(&mut tmp);
             lo = _mm256_loadu_ps(tmp.as_ptr());
             hi = _mm256_loadu_ps(tmp.as_ptr().add(8));
         }
@@ -578,7 +578,7 @@ unsafe fn avx512_kernel<const R: usize>(t: Tile) {
             let mut tmp = [0.0f32; 16];
             for v in [&mut lo, &mut hi] {
                 _mm512_storeu_ps(tmp.as_mut_ptr(), *v);
-                act.apply_block(&mut tmp);
+                act.apply_block::<true>(&mut tmp);
                 *v = _mm512_loadu_ps(tmp.as_ptr());
             }
         }
