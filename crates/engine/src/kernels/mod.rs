@@ -10,12 +10,36 @@ pub mod matmul;
 pub mod norm;
 pub mod sgemm;
 
-/// True when the CPU supports AVX2 and FMA (checked once; std caches the answer).
+/// Environment variable that caps the instruction set the kernels use: `avx2` or `portable`
+/// (anything else: no cap). Read once per process; lets tests and benchmarks run the narrower
+/// kernels on a wider CPU.
+pub const ISA_ENV: &str = "OPENEMBED_ISA";
+
+/// The cap from [`ISA_ENV`]: 0 plain Rust, 1 AVX2+FMA, 2 AVX-512.
+fn isa_cap() -> u8 {
+    static CAP: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        match std::env::var(ISA_ENV)
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Ok("portable") => 0,
+            Ok("avx2") => 1,
+            _ => 2,
+        }
+    })
+}
+
+/// True when the CPU supports AVX2 and FMA and [`ISA_ENV`] allows them (checked once).
 #[inline]
 pub fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            isa_cap() >= 1 && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -23,7 +47,8 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
-/// True when the CPU supports AVX-512 F/BW/DQ/VL (and AVX2+FMA, which every such CPU has).
+/// True when the CPU supports AVX-512 F/BW/DQ/VL (and AVX2+FMA, which every such CPU has) and
+/// [`ISA_ENV`] allows them.
 #[inline]
 pub fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -31,7 +56,8 @@ pub fn has_avx512() -> bool {
         // One cached answer: this is asked per softmax row and per element-wise call.
         static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *HAS.get_or_init(|| {
-            has_avx2_fma()
+            isa_cap() >= 2
+                && has_avx2_fma()
                 && std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512dq")
