@@ -29,5 +29,5 @@ fetch-mpnet:
 bench: model
 	../shared/bench/setup.sh $(MODEL_DIR) target/bench
 	cargo build --release -p openembed
-	python3 scripts/bench_vs_ort.py --rounds 3 --limit 2000
+	python3 scripts/bench_vs_ort.py --rounds 3
 	target/release/openembed bench --model $(MODEL_DIR)
