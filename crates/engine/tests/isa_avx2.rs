@@ -1,11 +1,11 @@
 //! The reference checks again with the instruction set capped at `avx2` (`OPENEMBED_ISA`), so
-//! a CPU with wider vectors also proves the AVX2+FMA micro-kernels (6×16) and element-wise builds numerically right. The cap is read once per process:
-//! this file is its own test binary with a single test that sets it first.
+//! a CPU with wider vectors also proves the AVX2+FMA micro-kernels (6×16) and element-wise builds
+//! numerically right. The cap is read once per process: this file is its own test binary with a
+//! single test that sets it first.
 
 mod common;
 
 use common::*;
-use openembed_engine::{LoadOptions, Model};
 
 #[test]
 fn reference_models_on_avx2_kernels() {
@@ -15,18 +15,5 @@ fn reference_models_on_avx2_kernels() {
         eprintln!("skipped: this CPU has no AVX2+FMA (isa_portable covers it)");
         return;
     }
-    let model = Model::load(&minilm_dir(), &LoadOptions::default()).unwrap();
-    check_reference(&model, &shared_dir().join("fixtures/reference/all-MiniLM-L6-v2.jsonl"));
-    for name in [
-        "bert",
-        "distilbert",
-        "roberta",
-        "xlm-roberta",
-        "mpnet",
-        "nomic_bert",
-        "modernbert",
-        "qwen3",
-    ] {
-        check_architecture(name);
-    }
+    check_default_model_and_tiny_architectures();
 }

@@ -1,29 +1,16 @@
 //! The reference checks again with the instruction set capped at `portable` (`OPENEMBED_ISA`), so
-//! a CPU with wider vectors also proves the plain-Rust micro-kernel, the `gemm` crate for dense layers and the baseline element-wise builds numerically right. The cap is read once per process:
-//! this file is its own test binary with a single test that sets it first.
+//! a CPU with wider vectors also proves the plain-Rust micro-kernel, the `gemm` crate for dense layers and the
+//! baseline element-wise builds numerically right. The cap is read once per
+//! process: this file is its own test binary with a single test that sets it first.
 
 mod common;
 
 use common::*;
-use openembed_engine::{LoadOptions, Model};
 
 #[test]
 fn reference_models_on_portable_kernels() {
     std::env::set_var(openembed_engine::kernels::ISA_ENV, "portable");
     assert!(!openembed_engine::kernels::has_avx512());
     assert!(!openembed_engine::kernels::has_avx2_fma());
-    let model = Model::load(&minilm_dir(), &LoadOptions::default()).unwrap();
-    check_reference(&model, &shared_dir().join("fixtures/reference/all-MiniLM-L6-v2.jsonl"));
-    for name in [
-        "bert",
-        "distilbert",
-        "roberta",
-        "xlm-roberta",
-        "mpnet",
-        "nomic_bert",
-        "modernbert",
-        "qwen3",
-    ] {
-        check_architecture(name);
-    }
+    check_default_model_and_tiny_architectures();
 }

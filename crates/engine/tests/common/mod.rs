@@ -177,3 +177,24 @@ pub fn check_architecture(name: &str) {
         assert!(diff <= 1e-5, "{name}: packed batch moved sequence {i} by {diff}");
     }
 }
+
+/// The tiny reference models in `../shared/fixtures/tiny`, one per architecture.
+pub const TINY_ARCHITECTURES: [&str; 8] = [
+    "bert",
+    "distilbert",
+    "roberta",
+    "xlm-roberta",
+    "mpnet",
+    "nomic_bert",
+    "modernbert",
+    "qwen3",
+];
+
+/// The default model against its reference lines, then every tiny architecture.
+pub fn check_default_model_and_tiny_architectures() {
+    let model = Model::load(&minilm_dir(), &openembed_engine::LoadOptions::default()).unwrap();
+    check_reference(&model, &shared_dir().join("fixtures/reference/all-MiniLM-L6-v2.jsonl"));
+    for name in TINY_ARCHITECTURES {
+        check_architecture(name);
+    }
+}
