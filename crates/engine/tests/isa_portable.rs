@@ -1,6 +1,6 @@
-//! The reference checks again with the instruction set capped at `portable` (`OPENEMBED_ISA`), so
-//! a CPU with wider vectors also proves the plain-Rust micro-kernel, the `gemm` crate for dense layers and the
-//! baseline element-wise builds numerically right. The cap is read once per
+//! The reference checks again with the instruction set capped at `portable` (`OPENEMBED_ISA`),
+//! so a CPU with wider vectors also proves the plain-Rust micro-kernel, the `gemm` crate for dense
+//! layers and the baseline element-wise builds numerically right. The cap is read once per
 //! process: this file is its own test binary with a single test that sets it first.
 
 mod common;
