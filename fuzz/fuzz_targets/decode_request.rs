@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     for content_type in [Some("application/json"), Some("text/plain"), None] {
         match openembed_server::api::decode(content_type, data) {
-            Ok(request) => assert!(!request.inputs.is_empty() && !request.model.is_empty()),
+            Ok(request) => assert!(!request.inputs().is_empty() && !request.model.is_empty()),
             Err(error) => {
                 assert!(error.status.is_client_error(), "{error:?}");
                 assert!(!error.message.is_empty());

@@ -159,6 +159,9 @@ unsafe fn attend_one<K: MicroKernel>(
     let v_off = (layout.heads + layout.kv_heads) * d + kvh * d;
     let scale = 1.0 / (d as f32).sqrt();
     let len = end - start;
+    if len == 0 {
+        return; // an empty sequence has no queries (and no panels to size)
+    }
     let ow = layout.out_width();
     let (lp, dp) = (len.div_ceil(nr) * nr, d.div_ceil(nr) * nr);
 

@@ -58,3 +58,51 @@ impl PackedBatch {
         self.offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
     }
 }
+
+/// How many of `lengths`, taken in order, fit in `budget` tokens together (possibly none).
+/// The one rule every batch former uses (server scheduler, `batch`, `embed`, `bench`).
+pub fn fits_in_budget(lengths: impl IntoIterator<Item = usize>, budget: usize) -> (usize, usize) {
+    let (mut count, mut tokens) = (0, 0);
+    for len in lengths {
+        if tokens + len > budget {
+            break;
+        }
+        tokens += len;
+        count += 1;
+    }
+    (count, tokens)
+}
+
+/// Splits inputs (given by their lengths, in order) into consecutive batches of at most
+/// `budget` tokens; an input longer than the budget makes a batch of its own.
+pub fn budget_batches(lengths: &[usize], budget: usize) -> Vec<Range<usize>> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < lengths.len() {
+        let (count, _) = fits_in_budget(lengths[start..].iter().copied(), budget);
+        let end = start + count.max(1);
+        batches.push(start..end);
+        start = end;
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_batches_cover_every_input_once() {
+        assert_eq!(budget_batches(&[3, 3, 3, 10, 1], 6), vec![0..2, 2..3, 3..4, 4..5]);
+        assert_eq!(budget_batches(&[], 6), Vec::<Range<usize>>::new());
+        assert_eq!(fits_in_budget([2, 2, 5], 4), (2, 4));
+        assert_eq!(fits_in_budget([5], 4), (0, 0));
+    }
+
+    #[test]
+    fn empty_sequences_are_kept_in_place() {
+        let b = PackedBatch::new(&[vec![1u32, 2], vec![], vec![3]]);
+        assert_eq!((b.len(), b.total_tokens(), b.range(1)), (3, 3, 2..2));
+        assert_eq!(b.max_len(), 2);
+    }
+}

@@ -21,6 +21,8 @@ pub struct SentenceConfig {
     pub dense_dirs: Vec<PathBuf>,
     /// Whether a `Normalize` module ends the pipeline.
     pub normalize: bool,
+    /// `do_lower_case` from `sentence_bert_config.json`: lowercase texts before tokenizing.
+    pub do_lower_case: bool,
     /// Named prompts from `config_sentence_transformers.json`.
     pub prompts: BTreeMap<String, String>,
     /// The prompt applied when none is named.
@@ -46,6 +48,7 @@ impl SentenceConfig {
             pooling: vec![Pooling::Mean],
             dense_dirs: Vec::new(),
             normalize: false,
+            do_lower_case: false,
             prompts: BTreeMap::new(),
             default_prompt_name: None,
         };
@@ -81,6 +84,7 @@ impl SentenceConfig {
             if sbert.exists() {
                 let v = read_json(&sbert)?;
                 cfg.max_seq_length = v.get("max_seq_length").and_then(Value::as_u64).map(|n| n as usize);
+                cfg.do_lower_case = v.get("do_lower_case").and_then(Value::as_bool).unwrap_or(false);
                 break;
             }
         }

@@ -26,8 +26,8 @@ pub mod tokenize;
 pub mod transformer;
 pub mod weights;
 
-pub use batch::PackedBatch;
+pub use batch::{budget_batches, fits_in_budget, PackedBatch};
 pub use error::{Error, Result};
-pub use model::{LoadOptions, Model, ModelInfo};
+pub use model::{compute_pool, LoadOptions, Model, ModelInfo};
 pub use pooling::{normalize, truncate_dimensions, Pooling};
 pub use tokenize::{TokenizedInput, Truncation};

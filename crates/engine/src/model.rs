@@ -9,13 +9,33 @@ use crate::tokenize::{TextTokenizer, TokenizedInput, Truncation};
 use crate::transformer::{Scratch, Transformer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Options for [`Model::load`].
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Compute threads (default: the machine's available cores). The engine never runs more.
     pub threads: Option<usize>,
+    /// A compute pool to share with other models (see [`compute_pool`]); `threads` is then
+    /// ignored. Without one the model gets a pool of its own.
+    pub pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+/// A pool of compute threads (named `oe-compute-N`) for one or several models and their
+/// tokenization: `threads`, or the machine's available cores.
+pub fn compute_pool(threads: Option<usize>) -> Result<Arc<rayon::ThreadPool>> {
+    let threads = threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .max(1);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("oe-compute-{i}"))
+        .build()
+        .map(Arc::new)
+        .map_err(|e| Error::ThreadPool {
+            threads,
+            message: e.to_string(),
+        })
 }
 
 /// What a model is, for listings and API responses.
@@ -50,7 +70,7 @@ pub struct Model {
     transformer: Transformer,
     dense: Vec<Dense>,
     threads: usize,
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
     scratch: Mutex<Scratch>,
 }
 
@@ -69,7 +89,17 @@ impl Model {
             .max_seq_length
             .unwrap_or(transformer.max_positions)
             .min(transformer.max_positions);
-        let tokenizer = TextTokenizer::load(&st.transformer_dir, max_input_tokens)?;
+        let tokenizer = TextTokenizer::load_with(&st.transformer_dir, max_input_tokens, st.do_lower_case)?;
+        if let Some(max_id) = tokenizer.max_id().filter(|&id| id as usize >= transformer.vocab_size) {
+            return Err(Error::InvalidFile {
+                path: st.transformer_dir.join("tokenizer.json"),
+                message: format!(
+                    "the tokenizer can emit token id {max_id}, but the model's embedding table has only {} rows \
+                     (ids 0..{}); this tokenizer does not belong to these weights",
+                    transformer.vocab_size, transformer.vocab_size
+                ),
+            });
+        }
         let dense = st
             .dense_dirs
             .iter()
@@ -85,18 +115,11 @@ impl Model {
             }
             dimension = d.out_features();
         }
-        let threads = options
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
-            .max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("openembed-compute-{i}"))
-            .build()
-            .map_err(|e| Error::ThreadPool {
-                threads,
-                message: e.to_string(),
-            })?;
+        let pool = match &options.pool {
+            Some(pool) => Arc::clone(pool),
+            None => compute_pool(options.threads)?,
+        };
+        let threads = pool.current_num_threads();
         let info = ModelInfo {
             dir: dir.to_owned(),
             architecture: transformer.architecture.clone(),
@@ -133,6 +156,13 @@ impl Model {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &TextTokenizer {
         &self.tokenizer
+    }
+
+    /// Tokenizes texts for the long-input mode (on the compute threads); see
+    /// [`TextTokenizer::tokenize_windows`].
+    pub fn tokenize_windows(&self, texts: &[&str], prompt: Option<&str>, overlap: usize) -> Result<Vec<Vec<Vec<u32>>>> {
+        self.pool
+            .install(|| self.tokenizer.tokenize_windows(texts, prompt, overlap))
     }
 
     /// Tokenizes texts (on the compute threads). Over-long inputs are truncated only when

@@ -53,7 +53,10 @@ impl Pooling {
     pub fn from_config_dir(dir: &Path) -> Result<Vec<Self>> {
         let path = dir.join("config.json");
         if !path.exists() {
-            return Ok(vec![Self::Mean]);
+            return Err(Error::MissingFile {
+                path,
+                expected: "the Pooling module's configuration named by modules.json".into(),
+            });
         }
         let v = read_json(&path)?;
         let on = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
@@ -198,8 +201,10 @@ pub fn normalize(v: &mut [f32]) {
     }
 }
 
-/// Keeps the first `dims` values of `v` and renormalizes (Matryoshka truncation).
-pub fn truncate_dimensions(v: &[f32], dims: usize) -> Result<Vec<f32>> {
+/// Keeps the first `dims` values of `v` (Matryoshka truncation), L2-normalized again when
+/// `renormalize` is set: a model whose pipeline normalizes keeps giving unit vectors, one that
+/// does not gives the plain cut, as sentence-transformers' `truncate_dim` does.
+pub fn truncate_dimensions(v: &[f32], dims: usize, renormalize: bool) -> Result<Vec<f32>> {
     if dims == 0 || dims > v.len() {
         return Err(Error::BadDimensions {
             requested: dims,
@@ -207,7 +212,9 @@ pub fn truncate_dimensions(v: &[f32], dims: usize) -> Result<Vec<f32>> {
         });
     }
     let mut out = v[..dims].to_vec();
-    normalize(&mut out);
+    if renormalize {
+        normalize(&mut out);
+    }
     Ok(out)
 }
 
@@ -232,11 +239,12 @@ mod tests {
     }
 
     #[test]
-    fn matryoshka_cut_renormalizes() {
+    fn matryoshka_cut_renormalizes_only_normalized_models() {
         let v = [3.0, 4.0, 12.0];
-        let cut = truncate_dimensions(&v, 2).unwrap();
+        let cut = truncate_dimensions(&v, 2, true).unwrap();
         assert!((cut[0] - 0.6).abs() < 1e-6 && (cut[1] - 0.8).abs() < 1e-6);
-        assert!(truncate_dimensions(&v, 0).is_err());
-        assert!(truncate_dimensions(&v, 4).is_err());
+        assert_eq!(truncate_dimensions(&v, 2, false).unwrap(), [3.0, 4.0]);
+        assert!(truncate_dimensions(&v, 0, true).is_err());
+        assert!(truncate_dimensions(&v, 4, true).is_err());
     }
 }

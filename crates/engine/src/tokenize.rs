@@ -22,10 +22,14 @@ pub enum Truncation {
 pub struct TokenizedInput {
     /// Token ids, special tokens included.
     pub ids: Vec<u32>,
-    /// Length before any truncation.
+    /// Length before any truncation, special tokens included. When the text was not read to
+    /// its end (see [`Self::counted_all`]) this is a lower bound, already over the limit.
     pub untruncated_tokens: usize,
     /// Whether the untruncated length exceeds the model limit.
     pub over_limit: bool,
+    /// Whether every token of the text was counted. An over-long text is only tokenized as far
+    /// as truncation (or the limit check) needs.
+    pub counted_all: bool,
 }
 
 impl TokenizedInput {
@@ -46,11 +50,35 @@ pub struct TextTokenizer {
     limit: usize,
     special_tokens: usize,
     vocab_size: usize,
+    max_id: Option<u32>,
+    lowercase: bool,
+}
+
+/// Bytes of text read per token of the limit at first when truncating; the window grows 4×
+/// while it holds too few whole words.
+const BYTES_PER_TOKEN: usize = 8;
+
+/// Without truncation, texts up to this size are counted to their end (the over-limit error
+/// gives the exact count); longer ones only until they are surely over the limit.
+const COUNT_ALL_BYTES: usize = 64 * 1024;
+
+/// Which end of a text a window keeps.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Head,
+    Tail,
 }
 
 impl TextTokenizer {
     /// Loads `tokenizer.json` from `dir`, dropping its padding and truncation settings.
+    /// `lowercase` lowercases every text first (sentence-transformers' `do_lower_case`).
     pub fn load(dir: &Path, limit: usize) -> Result<Self> {
+        Self::load_with(dir, limit, false)
+    }
+
+    /// [`Self::load`], lowercasing texts (prompt included) when `lowercase` is set, as
+    /// sentence-transformers does for `do_lower_case`.
+    pub fn load_with(dir: &Path, limit: usize, lowercase: bool) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
             return Err(Error::MissingFile {
@@ -69,12 +97,16 @@ impl TextTokenizer {
         })?;
         let special_tokens = inner.get_post_processor().map(|p| p.added_tokens(false)).unwrap_or(0);
         // Computed once: tokenizers builds the whole vocabulary map to count it.
-        let vocab_size = inner.get_vocab_size(true);
+        let vocab = inner.get_vocab(true);
+        let vocab_size = vocab.len();
+        let max_id = vocab.values().copied().max();
         Ok(Self {
             inner,
             limit,
             special_tokens,
             vocab_size,
+            max_id,
+            lowercase,
         })
     }
 
@@ -88,51 +120,105 @@ impl TextTokenizer {
         self.vocab_size
     }
 
+    /// The largest id the tokenizer can emit (vocabulary and added tokens).
+    pub fn max_id(&self) -> Option<u32> {
+        self.max_id
+    }
+
+    /// Whether texts are lowercased before tokenizing.
+    pub fn lowercases(&self) -> bool {
+        self.lowercase
+    }
+
+    /// The text the tokenizer sees: the prompt in front, lowercased when the model says so.
+    fn full_text<'a>(&self, prefix: Option<&str>, text: &'a str) -> std::borrow::Cow<'a, str> {
+        let joined: std::borrow::Cow<'a, str> = match prefix {
+            Some(p) if !p.is_empty() => format!("{p}{text}").into(),
+            _ => text.into(),
+        };
+        if self.lowercase {
+            joined.to_lowercase().into()
+        } else {
+            joined
+        }
+    }
+
+    fn encode(&self, text: &str) -> Result<tokenizers::Encoding> {
+        self.inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
     /// Tokenizes a batch (in parallel on the current rayon pool). `prefix` (a prompt) is put in
-    /// front of every text, as sentence-transformers does.
+    /// front of every text, as sentence-transformers does. A text far over the limit is only
+    /// tokenized as far as needed: a window at the kept end, grown until it holds more whole
+    /// words' tokens than the limit (the word cut by the window's edge is never counted, so the
+    /// kept tokens are exactly those of the whole text).
     pub fn tokenize(
         &self,
         texts: &[&str],
         prefix: Option<&str>,
         truncation: Truncation,
     ) -> Result<Vec<TokenizedInput>> {
-        let inputs: Vec<String> = texts.iter().map(|t| format!("{}{t}", prefix.unwrap_or(""))).collect();
-        let encodings = self
-            .inner
-            .encode_batch(inputs, false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        encodings
-            .into_iter()
-            .map(|mut enc| {
-                let untruncated_tokens = enc.len() + self.special_tokens;
-                let over_limit = untruncated_tokens > self.limit;
-                if over_limit && truncation != Truncation::None {
-                    let keep = self.limit.saturating_sub(self.special_tokens);
-                    let dir = if truncation == Truncation::End {
-                        TruncationDirection::Right
-                    } else {
-                        TruncationDirection::Left
-                    };
-                    enc.truncate(keep, 0, dir);
-                }
-                let enc = self
-                    .inner
-                    .post_process(enc, None, true)
-                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
-                Ok(TokenizedInput {
-                    ids: enc.get_ids().to_vec(),
-                    untruncated_tokens,
-                    over_limit,
-                })
-            })
+        use rayon::prelude::*;
+        texts
+            .par_iter()
+            .map(|text| self.tokenize_one(&self.full_text(prefix, text), truncation))
             .collect()
+    }
+
+    fn tokenize_one(&self, text: &str, truncation: Truncation) -> Result<TokenizedInput> {
+        let keep = self.limit.saturating_sub(self.special_tokens);
+        let side = if truncation == Truncation::Start {
+            Side::Tail
+        } else {
+            Side::Head
+        };
+        let mut window = keep.saturating_mul(BYTES_PER_TOKEN).saturating_add(64);
+        if truncation == Truncation::None {
+            window = window.max(COUNT_ALL_BYTES);
+        }
+        let (mut enc, counted_all) = loop {
+            if window >= text.len() {
+                break (self.encode(text)?, true);
+            }
+            let piece = match side {
+                Side::Head => &text[..floor_char_boundary(text, window)],
+                Side::Tail => &text[ceil_char_boundary(text, text.len() - window)..],
+            };
+            let enc = self.encode(piece)?;
+            if whole_word_tokens(&enc, side).is_some_and(|sure| sure > keep) {
+                break (enc, false);
+            }
+            window = window.saturating_mul(4);
+        };
+        let untruncated_tokens = enc.len() + self.special_tokens;
+        let over_limit = untruncated_tokens > self.limit;
+        if over_limit && truncation != Truncation::None {
+            let dir = if side == Side::Head {
+                TruncationDirection::Right
+            } else {
+                TruncationDirection::Left
+            };
+            enc.truncate(keep, 0, dir);
+        }
+        let enc = self
+            .inner
+            .post_process(enc, None, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(TokenizedInput {
+            ids: enc.get_ids().to_vec(),
+            untruncated_tokens,
+            over_limit,
+            counted_all,
+        })
     }
 
     /// Tokenizes texts for the long-input mode: each text becomes windows of at most the model
     /// limit (special tokens included in each window), consecutive windows sharing `overlap`
     /// content tokens. A text within the limit is one window.
     pub fn tokenize_windows(&self, texts: &[&str], prefix: Option<&str>, overlap: usize) -> Result<Vec<Vec<Vec<u32>>>> {
-        let inputs: Vec<String> = texts.iter().map(|t| format!("{}{t}", prefix.unwrap_or(""))).collect();
+        let inputs: Vec<String> = texts.iter().map(|t| self.full_text(prefix, t).into_owned()).collect();
         let encodings = self
             .inner
             .encode_batch(inputs, false)
@@ -164,6 +250,37 @@ impl TextTokenizer {
     }
 }
 
+/// The largest char boundary at or below `i`.
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// The smallest char boundary at or above `i`.
+fn ceil_char_boundary(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
+/// Tokens of a window that belong to whole words: all but those of the word at the cut edge
+/// (the last word for a head window, the first for a tail window). `None` when the tokenizer
+/// does not report words for every token.
+fn whole_word_tokens(enc: &tokenizers::Encoding, side: Side) -> Option<usize> {
+    let words = enc.get_word_ids();
+    if words.iter().any(Option::is_none) {
+        return None;
+    }
+    let edge = match side {
+        Side::Head => words.last().copied().flatten()?,
+        Side::Tail => words.first().copied().flatten()?,
+    };
+    Some(words.iter().filter(|w| **w != Some(edge)).count())
+}
+
 #[cfg(test)]
 mod window_tests {
     use super::*;
@@ -173,6 +290,56 @@ mod window_tests {
         dir.join("tokenizer.json")
             .exists()
             .then(|| TextTokenizer::load(&dir, 16).unwrap())
+    }
+
+    #[test]
+    fn long_texts_are_read_only_as_far_as_needed_with_the_same_ids() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
+        if !dir.join("tokenizer.json").exists() {
+            return;
+        }
+        let t = TextTokenizer::load(&dir, 32).unwrap();
+        let words = ["alpha", "unbelievably", "x", "Zürich", "東京", "co-operation", "9.5%"];
+        let text: String = (0..5000).map(|i| words[i % words.len()]).collect::<Vec<_>>().join(" ");
+        let big = t.full_text(None, &text);
+        for truncation in [Truncation::End, Truncation::Start] {
+            let got = t.tokenize_one(&big, truncation).unwrap();
+            assert!(!got.counted_all && got.over_limit && got.ids.len() == 32);
+            // The whole text tokenized at once gives the same ids.
+            let mut whole = t.encode(&big).unwrap();
+            let dir = if truncation == Truncation::End {
+                TruncationDirection::Right
+            } else {
+                TruncationDirection::Left
+            };
+            whole.truncate(30, 0, dir);
+            let whole = t.inner.post_process(whole, None, true).unwrap();
+            assert_eq!(got.ids, whole.get_ids(), "{truncation:?}");
+        }
+        let none = t.tokenize_one(&big, Truncation::None).unwrap();
+        assert!(
+            none.over_limit && none.counted_all,
+            "texts up to 64 KiB are counted to the end"
+        );
+        let huge = big.repeat(4);
+        let none = t.tokenize_one(&huge, Truncation::None).unwrap();
+        assert!(none.over_limit && none.untruncated_tokens > 32 && !none.counted_all);
+        let short = t.tokenize_one("a short text", Truncation::None).unwrap();
+        assert!(short.counted_all && !short.over_limit);
+        // One unbroken "word" far over the window: read to its end, never cut inside.
+        let word = "a".repeat(20_000);
+        let got = t.tokenize_one(&word, Truncation::End).unwrap();
+        assert!(got.counted_all);
+    }
+
+    #[test]
+    fn lowercasing_covers_the_prompt_too() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
+        if !dir.join("tokenizer.json").exists() {
+            return;
+        }
+        let t = TextTokenizer::load_with(&dir, 256, true).unwrap();
+        assert_eq!(t.full_text(Some("Query: "), "ÀB Σ"), "query: àb σ");
     }
 
     #[test]

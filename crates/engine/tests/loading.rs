@@ -220,7 +220,14 @@ fn missing_and_unsupported_parts_fail_with_named_errors() {
 
 #[test]
 fn bad_inputs_are_errors_not_panics() {
-    let model = Model::load(&minilm_dir(), &LoadOptions { threads: Some(1) }).unwrap();
+    let model = Model::load(
+        &minilm_dir(),
+        &LoadOptions {
+            threads: Some(1),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
     let vocab = model.info().vocab_size;
     assert!(matches!(
         model.check_token_ids(0, &[101, vocab as i64]),
@@ -258,4 +265,130 @@ fn bad_inputs_are_errors_not_panics() {
         .unwrap();
     assert!(v.iter().all(|v| v.iter().all(|x| x.is_finite())));
     assert!(model.embed_ids(&[]).unwrap().is_empty());
+}
+
+/// A copy of the default model (files linked, `replace` ones written) in a fresh folder.
+fn minilm_copy(name: &str, replace: &[(&str, String)]) -> PathBuf {
+    let dir = temp_dir(name);
+    let src = minilm_dir();
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "modules.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ] {
+        if replace.iter().any(|(f, _)| *f == file) {
+            continue;
+        }
+        std::os::unix::fs::symlink(src.join(file).canonicalize().unwrap(), dir.join(file)).unwrap();
+    }
+    for (file, text) in replace {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    dir
+}
+
+fn tokenizer_json() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(minilm_dir().join("tokenizer.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_tokenizer_that_can_emit_ids_past_the_embedding_table_is_refused() {
+    let mut tok = tokenizer_json();
+    tok["added_tokens"].as_array_mut().unwrap().push(serde_json::json!({
+        "id": 30522, "content": "[EXTRA]", "single_word": false, "lstrip": false, "rstrip": false,
+        "normalized": false, "special": true
+    }));
+    let dir = minilm_copy("extra-token", &[("tokenizer.json", tok.to_string())]);
+    let err = Model::load(&dir, &LoadOptions::default()).err().expect("refused");
+    let msg = err.to_string();
+    assert!(msg.contains("30522") && msg.contains("tokenizer"), "{msg}");
+}
+
+#[test]
+fn do_lower_case_lowercases_before_a_cased_tokenizer_as_sentence_transformers_does() {
+    // A cased copy of the tokenizer: without lowercasing, capitals miss the uncased vocabulary.
+    let mut tok = tokenizer_json();
+    tok["normalizer"]["lowercase"] = serde_json::json!(false);
+    let sbert = |lower: bool| format!(r#"{{"max_seq_length": 256, "do_lower_case": {lower}}}"#);
+    let text = "Hello World, SCHOOL Straße";
+    let uncased = Model::load(&minilm_dir(), &LoadOptions::default()).unwrap();
+    let want = uncased
+        .tokenize(&[text], None, openembed_engine::Truncation::None)
+        .unwrap();
+    let ids = |lower: bool, name: &str| {
+        let dir = minilm_copy(
+            name,
+            &[
+                ("tokenizer.json", tok.to_string()),
+                ("sentence_bert_config.json", sbert(lower)),
+            ],
+        );
+        let model = Model::load(&dir, &LoadOptions::default()).unwrap();
+        model
+            .tokenize(&[text], None, openembed_engine::Truncation::None)
+            .unwrap()
+            .remove(0)
+            .ids
+    };
+    assert_eq!(
+        ids(true, "lower-on"),
+        want[0].ids,
+        "do_lower_case: same ids as lowercase text"
+    );
+    assert_ne!(ids(false, "lower-off"), want[0].ids, "a cased tokenizer keeps capitals");
+}
+
+#[test]
+fn a_pooling_module_without_its_config_is_refused() {
+    let dir = minilm_copy("no-pooling-config", &[]);
+    std::fs::remove_file(dir.join("1_Pooling/config.json")).unwrap();
+    let err = Model::load(&dir, &LoadOptions::default()).err().expect("refused");
+    assert!(err.to_string().contains("1_Pooling/config.json"), "{err}");
+}
+
+#[test]
+fn nomic_flags_the_engine_does_not_compute_are_refused() {
+    let src = shared_dir().join("fixtures/tiny/nomic_bert");
+    for (flag, value) in [
+        ("rotary_scaling_factor", serde_json::json!(2.0)),
+        ("use_rms_norm", serde_json::json!(true)),
+        ("parallel_block", serde_json::json!(true)),
+        ("causal", serde_json::json!(true)),
+    ] {
+        let dir = temp_dir(&format!("nomic-{flag}"));
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+        config[flag] = value;
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        std::os::unix::fs::symlink(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+        let err = load_transformer(&dir).err().expect("refused");
+        assert!(err.to_string().contains(flag), "{err}");
+        // The same config with the flag at its computed value loads.
+        config[flag] = serde_json::Value::Null;
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        load_transformer(&dir).unwrap();
+    }
+}
+
+#[test]
+fn models_share_one_compute_pool() {
+    let pool = openembed_engine::compute_pool(Some(2)).unwrap();
+    let options = LoadOptions {
+        pool: Some(pool),
+        ..LoadOptions::default()
+    };
+    let a = Model::load(&minilm_dir(), &options).unwrap();
+    let b = Model::load(&minilm_dir(), &options).unwrap();
+    assert_eq!((a.threads(), b.threads()), (2, 2));
+    let va = a
+        .embed_texts(&["shared pool"], openembed_engine::Truncation::None)
+        .unwrap();
+    let vb = b
+        .embed_texts(&["shared pool"], openembed_engine::Truncation::None)
+        .unwrap();
+    assert_eq!(va, vb);
 }

@@ -18,7 +18,14 @@ fn all_minilm_l6_v2_matches_sentence_transformers() {
 #[test]
 fn all_minilm_l6_v2_single_thread_gives_same_vectors() {
     let multi = Model::load(&minilm_dir(), &LoadOptions::default()).unwrap();
-    let single = Model::load(&minilm_dir(), &LoadOptions { threads: Some(1) }).unwrap();
+    let single = Model::load(
+        &minilm_dir(),
+        &LoadOptions {
+            threads: Some(1),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
     assert_eq!(single.threads(), 1);
     let texts = [
         "a short one",

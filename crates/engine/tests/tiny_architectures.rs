@@ -44,3 +44,29 @@ fn modernbert() {
 fn qwen3() {
     check_architecture("qwen3");
 }
+
+/// Empty sequences anywhere in a packed batch leave the other sequences' rows exactly as they
+/// are without them, and a batch of only empty sequences runs without touching anything.
+#[test]
+fn empty_sequences_in_a_packed_batch() {
+    use openembed_engine::models::load_transformer;
+    use openembed_engine::transformer::Scratch;
+    use openembed_engine::PackedBatch;
+    for name in TINY_ARCHITECTURES {
+        let model = load_transformer(&shared_dir().join("fixtures/tiny").join(name)).unwrap();
+        let h = model.hidden;
+        let a: Vec<u32> = vec![1, 5, 7, 9, 2];
+        let b: Vec<u32> = vec![3, 4];
+        let mut scratch = Scratch::default();
+        model.forward(&PackedBatch::new(&[a.as_slice(), b.as_slice()]), &mut scratch, 2);
+        let want = scratch.hidden[..7 * h].to_vec();
+        let empty: &[u32] = &[];
+        let batch = PackedBatch::new(&[empty, a.as_slice(), empty, b.as_slice(), empty]);
+        let mut scratch = Scratch::default();
+        model.forward(&batch, &mut scratch, 2);
+        assert_eq!(batch.range(2), 5..5);
+        assert_eq!(scratch.hidden[..7 * h], want[..], "{name}");
+        let batch = PackedBatch::new(&[empty, empty]);
+        model.forward(&batch, &mut Scratch::default(), 2);
+    }
+}

@@ -5,19 +5,23 @@
 //! "request_id", "body"}, "error"}`. Each body goes through the server's own validation and
 //! tokenization, so a line gets exactly the answer the server would give. Requests are read in
 //! chunks and all their inputs run in large token-budget batches. A bad line becomes an error
-//! line and the run goes on. Re-running with the same output skips `custom_id`s already there.
+//! line and the run goes on; so does a line the engine fails on (its batch is run again line by
+//! line, so the other lines still get their vectors). Re-running with the same output skips `custom_id`s already there.
 
 use crate::embed::load_model;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use openembed_engine::budget_batches;
 use openembed_engine::{Model, Truncation};
-use openembed_server::api::EmbeddingsRequest;
+use openembed_server::api::decode_json;
 use openembed_server::error::ApiError;
 use openembed_server::prepare::{prepare, Limits, WindowLayout};
 use openembed_server::registry::{Alias, ModelSpec};
 use openembed_server::service::{plan, respond, Defaults, Plan};
 use openembed_server::token_ids::TokenIds;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -141,18 +145,19 @@ impl Runner<'_> {
         if text.trim().is_empty() {
             return None;
         }
-        let value: Value = match serde_json::from_str(text) {
+        let line: BatchLine = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => return self.unnamed_error(number, "invalid_json", format!("{e}")),
         };
-        let Some(custom_id) = value.get("custom_id").and_then(Value::as_str).map(str::to_owned) else {
-            return self.unnamed_error(number, "missing_custom_id", "'custom_id' must be a string".into());
+        let custom_id = match line.custom_id {
+            Some(Value::String(id)) if text.trim_start().starts_with('{') => id,
+            _ => return self.unnamed_error(number, "missing_custom_id", "'custom_id' must be a string".into()),
         };
         if !self.seen.insert(custom_id.clone()) {
             return None; // done in an earlier run, or a duplicate in this file
         }
-        let method = value.get("method").and_then(Value::as_str).unwrap_or("");
-        let url = value.get("url").and_then(Value::as_str).unwrap_or("");
+        let method = line.method.as_ref().and_then(Value::as_str).unwrap_or("");
+        let url = line.url.as_ref().and_then(Value::as_str).unwrap_or("");
         if !method.eq_ignore_ascii_case("POST") || !matches!(url, "/v1/embeddings" | "/embeddings") {
             let message = format!("line {number}: only POST /v1/embeddings is supported, not {method} {url}");
             return Some(Line::Done((
@@ -160,8 +165,8 @@ impl Runner<'_> {
                 false,
             )));
         }
-        let body = value.get("body").cloned().unwrap_or(Value::Null);
-        Some(match self.prepare(&body) {
+        let body = line.body.map_or("null", RawValue::get);
+        Some(match self.prepare(body.as_bytes()) {
             Ok((model, plan, prepared)) => Line::Pending {
                 custom_id,
                 model,
@@ -192,15 +197,15 @@ impl Runner<'_> {
         )))
     }
 
-    fn prepare(&self, body: &Value) -> Result<(String, Plan, openembed_server::prepare::Prepared), ApiError> {
-        let request = EmbeddingsRequest::from_json(body)?;
+    fn prepare(&self, body: &[u8]) -> Result<(String, Plan, openembed_server::prepare::Prepared), ApiError> {
+        let request = decode_json(body)?;
         if !self.names.contains(&request.model) {
             return Err(ApiError::model_not_found(&request.model));
         }
         let plan = plan(&request, self.model.info(), &self.defaults)?;
         let prepared = prepare(
             self.model,
-            &request.inputs,
+            request.inputs(),
             self.token_ids,
             plan.prompt.as_deref(),
             plan.truncation,
@@ -227,26 +232,57 @@ impl Runner<'_> {
                 Line::Done(_) => Vec::new(),
             })
             .collect();
-        let mut start = 0;
-        while start < inputs.len() {
-            let mut end = start;
-            let mut tokens = 0;
-            while end < inputs.len() && (end == start || tokens + inputs[end].2.len() <= batch_tokens) {
-                tokens += inputs[end].2.len();
-                end += 1;
-            }
-            let batch: Vec<&[u32]> = inputs[start..end].iter().map(|x| x.2).collect();
-            let out = self.model.embed_ids(&batch)?;
-            for ((l, i, _), v) in inputs[start..end].iter().zip(out) {
+        let lengths: Vec<usize> = inputs.iter().map(|(_, _, ids)| ids.len()).collect();
+        // Lines whose inputs the engine failed on, with the reason.
+        let mut failed: HashMap<usize, String> = HashMap::new();
+        for range in budget_batches(&lengths, batch_tokens) {
+            let part = &inputs[range];
+            let ids: Vec<&[u32]> = part.iter().map(|x| x.2).collect();
+            let out = match embed_guarded(self.model, &ids) {
+                Ok(out) => out,
+                Err(e) if part.iter().all(|x| x.0 == part[0].0) => {
+                    failed.insert(part[0].0, e);
+                    continue;
+                }
+                Err(_) => {
+                    // Several lines: run each line's inputs alone so only the line at fault fails.
+                    let mut owners: Vec<usize> = part.iter().map(|x| x.0).collect();
+                    owners.sort_unstable();
+                    owners.dedup();
+                    for l in owners {
+                        let own: Vec<&(usize, usize, &[u32])> = part.iter().filter(|x| x.0 == l).collect();
+                        let ids: Vec<&[u32]> = own.iter().map(|x| x.2).collect();
+                        match embed_guarded(self.model, &ids) {
+                            Ok(out) => {
+                                for ((l, i, _), v) in own.into_iter().zip(out) {
+                                    vectors[*l][*i] = Some(v);
+                                }
+                            }
+                            Err(e) => {
+                                failed.insert(l, e);
+                            }
+                        }
+                    }
+                    continue;
+                }
+            };
+            for ((l, i, _), v) in part.iter().zip(out) {
                 vectors[*l][*i] = Some(v);
             }
-            start = end;
         }
         lines
             .into_iter()
             .zip(vectors)
-            .map(|(line, vecs)| match line {
+            .enumerate()
+            .map(|(l, (line, vecs))| match line {
                 Line::Done(answer) => Ok(answer),
+                Line::Pending { custom_id, .. } if failed.contains_key(&l) => {
+                    let error = ApiError::internal(format!(
+                        "The engine failed on this request: {}",
+                        failed.get(&l).map_or("", String::as_str)
+                    ));
+                    Ok((response_line(&custom_id, error.status.as_u16(), error.body())?, false))
+                }
                 Line::Pending {
                     custom_id,
                     model,
@@ -263,6 +299,25 @@ impl Runner<'_> {
                 }
             })
             .collect()
+    }
+}
+
+/// One input line of the batch file; `body` is kept as raw JSON for the server's own decoder.
+#[derive(serde::Deserialize)]
+struct BatchLine<'a> {
+    custom_id: Option<Value>,
+    method: Option<Value>,
+    url: Option<Value>,
+    #[serde(borrow)]
+    body: Option<&'a RawValue>,
+}
+
+/// Embeds a batch, turning an engine error or panic into its message.
+fn embed_guarded(model: &Model, ids: &[&[u32]]) -> std::result::Result<Vec<Vec<f32>>, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.embed_ids(ids))) {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the engine panicked".into()),
     }
 }
 
@@ -399,6 +454,7 @@ pub fn run(args: &BatchArgs) -> Result<()> {
             max_request_tokens: args.max_request_tokens,
             max_body_bytes: usize::MAX,
             body_timeout: Duration::MAX,
+            max_inflight_bytes: usize::MAX,
         },
         seen: done,
     };

@@ -106,8 +106,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let docs = read_corpus(&args.long_corpus, 200)?;
     let texts = read_corpus(&args.corpus, args.limit)?;
     for &threads in &args.threads {
-        let model = Model::load(&args.model, &LoadOptions { threads: Some(threads) })
-            .with_context(|| format!("cannot load {}", args.model.display()))?;
+        let model = Model::load(
+            &args.model,
+            &LoadOptions {
+                threads: Some(threads),
+                ..LoadOptions::default()
+            },
+        )
+        .with_context(|| format!("cannot load {}", args.model.display()))?;
         let info = model.info();
         println!(
             "== {} ({}), {} threads",
@@ -165,20 +171,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 ));
             }
             if want("packed") {
-                let mut batches: Vec<Vec<&[u32]>> = Vec::new();
-                let mut cur: Vec<&[u32]> = Vec::new();
-                let mut cur_tokens = 0;
-                for v in ids {
-                    if !cur.is_empty() && cur_tokens + v.len() > args.batch_tokens {
-                        batches.push(std::mem::take(&mut cur));
-                        cur_tokens = 0;
-                    }
-                    cur_tokens += v.len();
-                    cur.push(v);
-                }
-                if !cur.is_empty() {
-                    batches.push(cur);
-                }
+                let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
+                let batches: Vec<Vec<&[u32]>> = openembed_engine::budget_batches(&lengths, args.batch_tokens)
+                    .into_iter()
+                    .map(|r| ids[r].iter().map(Vec::as_slice).collect())
+                    .collect();
                 runs.push(("token-budget batches", batches));
             }
             for (label, batches) in runs {

@@ -3,7 +3,7 @@
 
 use crate::output::{OutputFormat, VectorWriter};
 use anyhow::{bail, Context, Result};
-use openembed_engine::{truncate_dimensions, LoadOptions, Model, Truncation};
+use openembed_engine::{budget_batches, truncate_dimensions, LoadOptions, Model, TokenizedInput, Truncation};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
@@ -74,7 +74,14 @@ fn is_jsonl(path: &Path) -> bool {
 /// Loads a model from a folder or hub id.
 pub fn load_model(spec: &str, threads: Option<usize>) -> Result<Model> {
     let dir = openembed_server::hub::resolve(spec).map_err(anyhow::Error::msg)?;
-    Model::load(&dir, &LoadOptions { threads }).with_context(|| format!("cannot load model {spec}"))
+    Model::load(
+        &dir,
+        &LoadOptions {
+            threads,
+            ..LoadOptions::default()
+        },
+    )
+    .with_context(|| format!("cannot load model {spec}"))
 }
 
 /// Entry point of `openembed embed`.
@@ -106,7 +113,14 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         Truncation::None
     };
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let tokenized = model.tokenize(&refs, None, truncation)?;
+    // The model's default prompt, as the server applies it when a request names none.
+    let info = model.info();
+    let prompt = info
+        .default_prompt_name
+        .as_ref()
+        .and_then(|name| info.prompts.get(name))
+        .map(String::as_str);
+    let tokenized = model.tokenize(&refs, prompt, truncation)?;
     if let Some((index, t)) = tokenized
         .iter()
         .enumerate()
@@ -125,24 +139,18 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     };
     let mut writer = VectorWriter::create(args.output.as_deref(), format, dim)?;
     // Batches of about 8k tokens keep memory flat on large inputs.
-    let mut start = 0;
-    while start < tokenized.len() {
-        let mut end = start;
-        let mut tokens = 0;
-        while end < tokenized.len() && (end == start || tokens + tokenized[end].tokens() <= BATCH_TOKENS) {
-            tokens += tokenized[end].tokens();
-            end += 1;
-        }
-        let ids: Vec<&[u32]> = tokenized[start..end].iter().map(|t| t.ids.as_slice()).collect();
+    let lengths: Vec<usize> = tokenized.iter().map(TokenizedInput::tokens).collect();
+    for range in budget_batches(&lengths, BATCH_TOKENS) {
+        let start = range.start;
+        let ids: Vec<&[u32]> = tokenized[range].iter().map(|t| t.ids.as_slice()).collect();
         let vectors = model.embed_ids(&ids)?;
         for (i, v) in vectors.into_iter().enumerate() {
             let v = match args.dimensions {
-                Some(d) => truncate_dimensions(&v, d)?,
+                Some(d) => truncate_dimensions(&v, d, model.info().normalize)?,
                 None => v,
             };
             writer.write(start + i, tokenized[start + i].tokens(), &v)?;
         }
-        start = end;
     }
     writer.finish()
 }

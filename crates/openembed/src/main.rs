@@ -11,6 +11,12 @@ mod serve;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: glibc raises its mmap threshold after the first large
+/// free, so request bodies and batches of a burst end up in heap arenas that are never given
+/// back (RSS stayed gigabytes up after a burst); mimalloc returns freed pages to the OS.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// OpenAI-compatible embedding server and tools.
 #[derive(Parser)]
 #[command(name = "openembed", version, about)]

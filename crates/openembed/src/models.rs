@@ -99,7 +99,13 @@ pub fn run(args: &ModelsArgs) -> Result<()> {
         );
     }
     for (place, f) in found {
-        let row = match Model::load(&f.dir, &LoadOptions { threads: Some(1) }) {
+        let row = match Model::load(
+            &f.dir,
+            &LoadOptions {
+                threads: Some(1),
+                ..LoadOptions::default()
+            },
+        ) {
             Ok(model) => {
                 let i = model.info();
                 let pooling: Vec<&str> = i.pooling.iter().map(|p| p.name()).collect();

@@ -63,7 +63,7 @@ pub struct ServeArgs {
     /// A file of API keys, one a line.
     #[arg(long, env = "OPENEMBED_API_KEY_FILE")]
     api_key_file: Option<PathBuf>,
-    /// Engine compute threads per model (default: all cores).
+    /// Compute threads shared by every served model and by tokenization (default: all cores).
     #[arg(long, env = "OPENEMBED_THREADS")]
     threads: Option<usize>,
     /// Most tokens per engine batch. Batches are packed without padding, so throughput is flat
@@ -79,6 +79,14 @@ pub struct ServeArgs {
     /// Most bytes in a request body (over it: 413).
     #[arg(long, env = "OPENEMBED_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Most bytes all admitted requests may hold at once: bodies being read, decoded inputs and
+    /// responses being built. Past it requests get 429 with Retry-After before their body is
+    /// read. One request alone is always admitted.
+    #[arg(long, env = "OPENEMBED_MAX_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    max_inflight_bytes: usize,
+    /// Seconds a client may leave a response unread before its connection is closed.
+    #[arg(long, env = "OPENEMBED_WRITE_TIMEOUT", default_value_t = 30)]
+    write_timeout: u64,
     /// Truncate over-long inputs at the model limit unless a request sets `truncate`.
     #[arg(long, env = "OPENEMBED_AUTO_TRUNCATE")]
     auto_truncate: bool,
@@ -202,6 +210,7 @@ impl ServeArgs {
                 max_request_tokens: self.max_request_tokens,
                 max_body_bytes: self.max_body_bytes,
                 body_timeout: Duration::from_secs(self.body_timeout.max(1)),
+                max_inflight_bytes: self.max_inflight_bytes,
             },
             defaults: Defaults {
                 auto_truncate: self.auto_truncate,
@@ -218,6 +227,7 @@ impl ServeArgs {
                 max_connections: self.max_connections.max(1),
                 header_timeout: Duration::from_secs(self.header_timeout.max(1)),
                 close_timeout: Duration::from_secs(self.drain_timeout.max(1)),
+                write_timeout: Duration::from_secs(self.write_timeout.max(1)),
             },
         })
     }

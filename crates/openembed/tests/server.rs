@@ -377,7 +377,7 @@ fn headers_models_and_operational_routes() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing from /openapi.json");
     }
-    assert!(doc["components"]["schemas"]["EmbeddingsRequestSchema"].is_object());
+    assert!(doc["components"]["schemas"]["EmbeddingsRequest"].is_object());
 }
 
 /// Every route the server has, with a method it accepts.
@@ -513,17 +513,102 @@ fn a_full_queue_answers_429_with_retry_after() {
 }
 
 #[test]
-fn an_engine_panic_fails_only_its_batch() {
-    // A batch holding an input of exactly 9 tokens panics (test hook).
+fn an_engine_failure_in_a_shared_batch_fails_only_its_own_request() {
+    // A batch holding an input of exactly 9 tokens panics (test hook, compiled into test builds only).
     let server = Server::start_with_env(&["--token-ids", "native"], &[("OPENEMBED_FAULT_PANIC_TOKENS", "9")]);
-    let (status, _, body) = embed(
-        &server,
-        json!({"model": "all-MiniLM-L6-v2", "input": [1, 2, 3, 4, 5, 6, 7, 8, 9]}),
-    );
+    let model = "all-MiniLM-L6-v2";
+    // Alone: the request fails with OpenAI's error shape and the server goes on.
+    let (status, _, body) = embed(&server, json!({"model": model, "input": [1, 2, 3, 4, 5, 6, 7, 8, 9]}));
     assert_eq!(status, 500);
     assert_eq!(assert_error(&body)["type"], "server_error");
-    let (status, _, _) = embed(&server, json!({"model": "all-MiniLM-L6-v2", "input": "still serving"}));
-    assert_eq!(status, 200);
+    // Shared: a large request keeps the engine busy while a bad and a good one queue up, so
+    // the next batch holds all three; only the bad one may fail.
+    let big: Vec<String> = (0..48).map(|i| format!("{} {i}", "busy engine ".repeat(60))).collect();
+    std::thread::scope(|s| {
+        let server = &server;
+        let big = &big;
+        let large = s.spawn(move || embed(server, json!({"model": model, "input": big})).0);
+        std::thread::sleep(Duration::from_millis(150));
+        let bad = s.spawn(move || {
+            embed(
+                server,
+                json!({"model": model, "input": [[101, 2, 3, 4, 5, 6, 7, 8, 102]]}),
+            )
+        });
+        let good = s.spawn(move || embed(server, json!({"model": model, "input": "still serving"})));
+        let (status, _, body) = bad.join().unwrap();
+        assert_eq!(status, 500, "{body}");
+        assert_eq!(assert_error(&body)["type"], "server_error");
+        let (status, _, body) = good.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(large.join().unwrap(), 200);
+    });
+    assert!(
+        server.metric("openembed_batch_retries_total") >= 1.0,
+        "the failing input never shared a batch with another request"
+    );
+    assert!(server.metric("openembed_engine_panics_total") >= 2.0);
+}
+
+#[test]
+fn two_models_share_one_pool_of_compute_threads() {
+    let dir = model_dir();
+    let a = format!("{}=first", dir.display());
+    let b = format!("{}=second", dir.display());
+    let server = Server::start(&["--model", &a, "--model", &b]); // --threads 2, as every test server
+    let pid = server.pid();
+    // CPU time (ticks) and name of every thread of the server.
+    let threads = || -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let name = stat[open + 1..close].to_string();
+            let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+            let ticks = fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+            out.push((format!("{name}#{}", task.file_name().to_string_lossy()), ticks));
+        }
+        out
+    };
+    let before = threads();
+    let texts: Vec<String> = (0..32)
+        .map(|i| format!("{} {i}", "load on both models ".repeat(12)))
+        .collect();
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for model in ["first", "second", "first", "second"] {
+            let (server, texts) = (&server, &texts);
+            s.spawn(move || {
+                for _ in 0..4 {
+                    assert_eq!(embed(server, json!({"model": model, "input": texts})).0, 200);
+                }
+            });
+        }
+    });
+    let wall_ticks = started.elapsed().as_secs_f64() * 100.0;
+    let after = threads();
+    let compute: Vec<&(String, u64)> = after.iter().filter(|(n, _)| n.starts_with("oe-compute")).collect();
+    assert_eq!(
+        compute.len(),
+        2,
+        "one pool of 2 compute threads for both models: {after:?}"
+    );
+    // Busy threads (over a fifth of the run on the CPU): compute threads, plus the async
+    // runtime's for HTTP and JSON, never a second pool.
+    let busy: Vec<&String> = after
+        .iter()
+        .filter(|(name, ticks)| {
+            let was = before.iter().find(|(n, _)| n == name).map_or(0, |(_, t)| *t);
+            (ticks - was) as f64 > 0.2 * wall_ticks
+        })
+        .map(|(name, _)| name)
+        .collect();
+    let computing = busy.iter().filter(|n| !n.starts_with("openembed-http")).count();
+    assert!(computing <= 2, "more than 2 busy compute threads: {busy:?}");
 }
 
 #[test]
@@ -810,4 +895,29 @@ fn long_input_windows_average_the_windows() {
     );
     assert_eq!(status, 200);
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 600);
+}
+
+#[test]
+fn an_offline_hub_cache_missing_a_module_file_fails_naming_it() {
+    let home = std::env::temp_dir().join(format!("openembed-hf-strict-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    fake_hub_cache(&home);
+    let snapshot = home.join("hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/0123456789abcdef");
+    std::fs::remove_file(snapshot.join("1_Pooling/config.json")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_openembed"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--model",
+            "sentence-transformers/all-MiniLM-L6-v2",
+        ])
+        .env("HF_HOME", &home)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1_Pooling/config.json"), "{stderr}");
+    std::fs::remove_dir_all(home).unwrap();
 }

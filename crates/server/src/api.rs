@@ -1,11 +1,18 @@
 //! Request decoding and validation for `POST /v1/embeddings`, and the response types.
 //!
-//! The body is decoded from a `serde_json::Value` by hand so every shape error gets OpenAI's
-//! exact wording and `param`.
+//! The body is decoded straight from its bytes into typed inputs (strings or token-id arrays),
+//! never through a generic JSON tree, so a request costs at most a few times its body in memory;
+//! every shape error gets OpenAI's exact wording and `param`. [`EmbeddingsRequest`] is also the
+//! request schema of `/openapi.json`.
 
 use crate::error::ApiError;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::fmt;
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
 
 /// Most inputs in one request.
@@ -20,30 +27,85 @@ pub enum Input {
     Tokens(Vec<i64>),
 }
 
+impl Input {
+    /// Bytes this input holds in memory (for the in-flight budget).
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + match self {
+                Input::Text(t) => t.len(),
+                Input::Tokens(ids) => ids.len() * std::mem::size_of::<i64>(),
+            }
+    }
+}
+
+/// The inputs of a request, in order: the wire field `input`, which is one text, up to 2,048
+/// texts, one input as token ids, or up to 2,048 inputs as token ids.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Inputs(pub Vec<Input>);
+
+impl utoipa::PartialSchema for Inputs {
+    fn schema() -> RefOr<Schema> {
+        let text = serde_json::json!({"type": "string", "minLength": 1});
+        let id = serde_json::json!({"type": "integer", "minimum": 0});
+        let doc = serde_json::json!({
+            "description": "One text, up to 2,048 texts, one input as token ids, or up to 2,048 inputs as token ids \
+                            (tiktoken cl100k_base ids unless the model is served otherwise).",
+            "oneOf": [
+                text,
+                {"type": "array", "items": text, "minItems": 1, "maxItems": MAX_INPUTS},
+                {"type": "array", "items": id, "minItems": 1},
+                {"type": "array", "items": {"type": "array", "items": id, "minItems": 1}, "minItems": 1, "maxItems": MAX_INPUTS},
+            ]
+        });
+        serde_json::from_value(doc).unwrap_or_else(|_| RefOr::T(Schema::default()))
+    }
+}
+
+impl ToSchema for Inputs {}
+
 /// Output encoding of the vectors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ToSchema)]
+#[schema(rename_all = "lowercase")]
 pub enum EncodingFormat {
     /// JSON numbers.
+    #[default]
     Float,
     /// Little-endian f32 bytes, base64.
     Base64,
 }
 
-/// A validated embeddings request.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated `POST /v1/embeddings` body. Decoded by [`decode`]; `/openapi.json` documents it
+/// from this type.
+#[derive(Debug, Clone, PartialEq, ToSchema)]
 pub struct EmbeddingsRequest {
-    /// Model name as addressed.
+    /// A served model name or alias.
     pub model: String,
-    /// Inputs in order.
-    pub inputs: Vec<Input>,
-    /// Output encoding.
+    /// The text(s) or token ids to embed.
+    pub input: Inputs,
+    /// `float` (default) or `base64` (little-endian float32 bytes).
+    #[schema(required = false, nullable)]
     pub encoding_format: EncodingFormat,
-    /// Requested dimensions.
+    /// Cut vectors to this many dimensions (L2-normalized again when the model normalizes).
+    #[schema(minimum = 1)]
     pub dimensions: Option<usize>,
-    /// Extension: truncate over-long inputs.
+    /// End-user id; accepted, never echoed.
+    pub user: Option<String>,
+    /// Extension: cut over-long inputs at the model limit instead of refusing them.
     pub truncate: Option<bool>,
-    /// Extension: named prompt.
+    /// Extension: a prompt name from the model's sentence-transformers config (e.g. `query`).
     pub prompt_name: Option<String>,
+}
+
+impl EmbeddingsRequest {
+    /// The inputs in order.
+    pub fn inputs(&self) -> &[Input] {
+        &self.input.0
+    }
+
+    /// Bytes the decoded inputs hold in memory.
+    pub fn heap_bytes(&self) -> usize {
+        self.input.0.iter().map(Input::heap_bytes).sum()
+    }
 }
 
 const MALFORMED_JSON: &str = "We could not parse the JSON body of your request. (HINT: This likely means you aren't \
@@ -60,13 +122,26 @@ pub fn is_json(content_type: Option<&str>) -> bool {
 /// Decodes a request body: 415 unless it is JSON, 400 for malformed JSON or a bad shape.
 pub fn decode(content_type: Option<&str>, body: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
     if !is_json(content_type) {
-        return Err(ApiError::with_status(
-            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Invalid Content-Type header: expected 'application/json'. The request body must be a JSON object.",
-        ));
+        return Err(unsupported_media_type());
     }
-    let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::invalid(MALFORMED_JSON, None))?;
-    EmbeddingsRequest::from_json(&value)
+    decode_json(body)
+}
+
+/// 415: the body is not JSON.
+pub fn unsupported_media_type() -> ApiError {
+    ApiError::with_status(
+        axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "Invalid Content-Type header: expected 'application/json'. The request body must be a JSON object.",
+    )
+}
+
+/// Decodes a JSON body (the content type already checked): 400 for malformed JSON or a bad shape.
+pub fn decode_json(body: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let raw = RawBody::deserialize(&mut de)
+        .and_then(|raw| de.end().map(|()| raw))
+        .map_err(|_| ApiError::invalid(MALFORMED_JSON, None))?;
+    raw.validate()
 }
 
 const FIELDS: &[&str] = &[
@@ -79,21 +154,112 @@ const FIELDS: &[&str] = &[
     "prompt_name",
 ];
 
-impl EmbeddingsRequest {
-    /// Decodes and validates a JSON body.
-    pub fn from_json(body: &Value) -> Result<Self, ApiError> {
-        let obj = body.as_object().ok_or_else(|| {
-            ApiError::invalid(
+/// Compound values of the small fields larger than this are not parsed (only their type matters).
+const SMALL_FIELD_BYTES: usize = 4096;
+
+/// The body as read: the small fields as JSON values, `input` already typed (or its error).
+#[derive(Default)]
+struct RawBody {
+    is_object: bool,
+    unknown: Option<String>,
+    fields: Map<String, Value>,
+    input: Option<Result<Vec<Input>, ApiError>>,
+}
+
+impl<'de> Deserialize<'de> for RawBody {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(BodyVisitor)
+    }
+}
+
+struct BodyVisitor;
+
+impl<'de> Visitor<'de> for BodyVisitor {
+    type Value = RawBody;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawBody, A::Error> {
+        let mut body = RawBody {
+            is_object: true,
+            ..RawBody::default()
+        };
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "input" {
+                body.input = Some(map.next_value_seed(InputSeed)?);
+            } else if FIELDS.contains(&key.as_ref()) {
+                let raw: &'de RawValue = map.next_value()?;
+                // A value the raw capture let through but JSON cannot hold (e.g. 1e400) makes
+                // the body malformed, as a full parse would.
+                let value = small_value(raw).map_err(de::Error::custom)?;
+                body.fields.insert(key.into_owned(), value);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+                if body.unknown.is_none() {
+                    body.unknown = Some(key.into_owned());
+                }
+            }
+        }
+        Ok(body)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawBody, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(RawBody::default())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<RawBody, E> {
+        Ok(RawBody::default())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<RawBody, E> {
+        Ok(RawBody::default())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<RawBody, E> {
+        Ok(RawBody::default())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<RawBody, E> {
+        Ok(RawBody::default())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<RawBody, E> {
+        Ok(RawBody::default())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<RawBody, E> {
+        Ok(RawBody::default())
+    }
+}
+
+/// A small field's value as JSON; a large array or object is kept only as its kind.
+fn small_value(raw: &RawValue) -> Result<Value, serde_json::Error> {
+    let text = raw.get();
+    if text.len() > SMALL_FIELD_BYTES && (text.starts_with('[') || text.starts_with('{')) {
+        return Ok(if text.starts_with('[') {
+            Value::Array(Vec::new())
+        } else {
+            Value::Object(Map::new())
+        });
+    }
+    serde_json::from_str(text)
+}
+
+impl RawBody {
+    /// Checks the fields in a fixed order, so the first error reported does not depend on the
+    /// order of keys in the body.
+    fn validate(self) -> Result<EmbeddingsRequest, ApiError> {
+        if !self.is_object {
+            return Err(ApiError::invalid(
                 "'$' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference.",
                 None,
-            )
-        })?;
-        if let Some(name) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            ));
+        }
+        if let Some(name) = self.unknown {
             return Err(ApiError::invalid(
                 format!("Unrecognized request argument supplied: {name}"),
                 None,
             ));
         }
+        let obj = &self.fields;
         let model = match obj.get("model") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::String(_)) | None | Some(Value::Null) => {
@@ -101,7 +267,10 @@ impl EmbeddingsRequest {
             }
             Some(_) => return Err(ApiError::invalid_field("model")),
         };
-        let inputs = parse_input(obj)?;
+        let input = match self.input {
+            None => return Err(missing_input()),
+            Some(result) => result?,
+        };
         let encoding_format = match obj.get("encoding_format") {
             None | Some(Value::Null) => EncodingFormat::Float,
             Some(Value::String(s)) if s == "float" => EncodingFormat::Float,
@@ -116,7 +285,7 @@ impl EmbeddingsRequest {
         };
         let dimensions = match obj.get("dimensions") {
             None | Some(Value::Null) => None,
-            Some(v) => match integer(v).and_then(|n| u64::try_from(n).ok()) {
+            Some(v) => match integer_value(v).and_then(|n| u64::try_from(n).ok()) {
                 Some(n) if n >= 1 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
                 _ => {
                     return Err(ApiError::invalid(
@@ -126,10 +295,11 @@ impl EmbeddingsRequest {
                 }
             },
         };
-        match obj.get("user") {
-            None | Some(Value::Null) | Some(Value::String(_)) => {}
+        let user = match obj.get("user") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(ApiError::invalid_field("user")),
-        }
+        };
         let truncate = match obj.get("truncate") {
             None | Some(Value::Null) => None,
             Some(Value::Bool(b)) => Some(*b),
@@ -140,11 +310,12 @@ impl EmbeddingsRequest {
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(ApiError::invalid_field("prompt_name")),
         };
-        Ok(Self {
+        Ok(EmbeddingsRequest {
             model,
-            inputs,
+            input: Inputs(input),
             encoding_format,
             dimensions,
+            user,
             truncate,
             prompt_name,
         })
@@ -152,109 +323,238 @@ impl EmbeddingsRequest {
 }
 
 /// A JSON integer, as JSON Schema counts them: `5` and also `5.0` (a number without a fraction).
-fn integer(v: &Value) -> Option<i64> {
-    if let Some(n) = v.as_i64() {
-        return Some(n);
-    }
-    let f = v.as_f64()?;
-    (f.fract() == 0.0 && f.abs() < 9.2e18 && v.as_u64().is_none()).then_some(f as i64)
-}
-
-fn parse_input(obj: &Map<String, Value>) -> Result<Vec<Input>, ApiError> {
-    let bad = || ApiError::invalid_field("input");
-    let empty_string = || ApiError::invalid("'$.input' is invalid: input strings must not be empty.", Some("input"));
-    let value = match obj.get("input") {
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid("Missing required parameter: 'input'.", Some("input")))
-        }
-        Some(v) => v,
-    };
-    let ids = |items: &[Value]| -> Result<Vec<i64>, ApiError> {
-        if items.is_empty() {
-            return Err(bad());
-        }
-        items.iter().map(|v| integer(v).ok_or_else(bad)).collect()
-    };
-    match value {
-        Value::String(s) if s.is_empty() => Err(empty_string()),
-        Value::String(s) => Ok(vec![Input::Text(s.clone())]),
-        Value::Array(items) => {
-            if items.is_empty() {
-                return Err(ApiError::invalid(
-                    "'$.input' is invalid: the input array must not be empty.",
-                    Some("input"),
-                ));
-            }
-            if items.len() > MAX_INPUTS {
-                return Err(ApiError::invalid(
-                    format!(
-                        "'$.input' is too long: {} items were given, at most {MAX_INPUTS} are allowed.",
-                        items.len()
-                    ),
-                    Some("input"),
-                ));
-            }
-            match &items[0] {
-                Value::String(_) => items
-                    .iter()
-                    .map(|v| match v {
-                        Value::String(s) if s.is_empty() => Err(empty_string()),
-                        Value::String(s) => Ok(Input::Text(s.clone())),
-                        _ => Err(bad()),
-                    })
-                    .collect(),
-                Value::Number(_) => Ok(vec![Input::Tokens(ids(items)?)]),
-                Value::Array(_) => items
-                    .iter()
-                    .map(|v| match v {
-                        Value::Array(inner) => ids(inner).map(Input::Tokens),
-                        _ => Err(bad()),
-                    })
-                    .collect(),
-                _ => Err(bad()),
-            }
-        }
-        _ => Err(bad()),
+fn integer_value(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Some(i),
+            (None, Some(_), _) => None,
+            (None, None, Some(f)) => float_integer(f),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
-/// `input`, as documented: one of four shapes.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)]
-pub enum InputSchema {
-    /// One text.
+/// A float that is a whole number in i64's range.
+fn float_integer(f: f64) -> Option<i64> {
+    (f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i64)
+}
+
+fn missing_input() -> ApiError {
+    ApiError::invalid("Missing required parameter: 'input'.", Some("input"))
+}
+
+fn bad_input() -> ApiError {
+    ApiError::invalid_field("input")
+}
+
+fn empty_string() -> ApiError {
+    ApiError::invalid("'$.input' is invalid: input strings must not be empty.", Some("input"))
+}
+
+/// Decodes `input` as it streams by. Shape errors are returned as values (the rest of the value
+/// is skipped), so only broken JSON fails the deserializer.
+struct InputSeed;
+
+impl<'de> DeserializeSeed<'de> for InputSeed {
+    type Value = Result<Vec<Input>, ApiError>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(InputVisitor)
+    }
+}
+
+struct InputVisitor;
+
+/// What the first element of an `input` array made it.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    Texts,
+    Tokens,
+    TokenLists,
+}
+
+impl<'de> Visitor<'de> for InputVisitor {
+    type Value = Result<Vec<Input>, ApiError>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string or an array")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(if s.is_empty() {
+            Err(empty_string())
+        } else {
+            Ok(vec![Input::Text(s.to_owned())])
+        })
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+        Ok(if s.is_empty() {
+            Err(empty_string())
+        } else {
+            Ok(vec![Input::Text(s)])
+        })
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Err(missing_input()))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Err(bad_input()))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Err(bad_input()))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Err(bad_input()))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Err(bad_input()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Err(bad_input()))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = 0usize;
+        let mut shape = None;
+        let mut error: Option<ApiError> = None;
+        let mut inputs = Vec::new();
+        let mut ids = Vec::new();
+        loop {
+            // Past the first error or the item limit, the rest is only counted.
+            if error.is_some() || items >= MAX_INPUTS {
+                if seq.next_element::<IgnoredAny>()?.is_none() {
+                    break;
+                }
+                items += 1;
+                continue;
+            }
+            let Some(element) = seq.next_element_seed(ElementSeed)? else {
+                break;
+            };
+            items += 1;
+            let expected = *shape.get_or_insert(match &element {
+                Element::Text(_) => Shape::Texts,
+                Element::Number(_) => Shape::Tokens,
+                Element::Ids(_) => Shape::TokenLists,
+                Element::Other => {
+                    error = Some(bad_input());
+                    continue;
+                }
+            });
+            match (expected, element) {
+                (Shape::Texts, Element::Text(s)) if s.is_empty() => error = Some(empty_string()),
+                (Shape::Texts, Element::Text(s)) => inputs.push(Input::Text(s)),
+                (Shape::Tokens, Element::Number(Some(id))) => ids.push(id),
+                (Shape::TokenLists, Element::Ids(Some(list))) if !list.is_empty() => inputs.push(Input::Tokens(list)),
+                _ => error = Some(bad_input()),
+            }
+        }
+        if items == 0 {
+            return Ok(Err(ApiError::invalid(
+                "'$.input' is invalid: the input array must not be empty.",
+                Some("input"),
+            )));
+        }
+        if items > MAX_INPUTS {
+            return Ok(Err(ApiError::invalid(
+                format!("'$.input' is too long: {items} items were given, at most {MAX_INPUTS} are allowed."),
+                Some("input"),
+            )));
+        }
+        if let Some(error) = error {
+            return Ok(Err(error));
+        }
+        if shape == Some(Shape::Tokens) {
+            inputs.push(Input::Tokens(ids));
+        }
+        Ok(Ok(inputs))
+    }
+}
+
+/// One element of an `input` array.
+enum Element {
     Text(String),
-    /// Up to 2,048 texts.
-    Texts(Vec<String>),
-    /// One input as token ids (tiktoken `cl100k_base` ids unless the model is served otherwise).
-    Tokens(Vec<i64>),
-    /// Up to 2,048 inputs as token ids.
-    TokenLists(Vec<Vec<i64>>),
+    /// A number: `Some` when it is an integer.
+    Number(Option<i64>),
+    /// An array: `Some` when every element is an integer.
+    Ids(Option<Vec<i64>>),
+    Other,
 }
 
-/// The `POST /v1/embeddings` body (decoded by [`EmbeddingsRequest::from_json`]; this type
-/// documents it for OpenAPI).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct EmbeddingsRequestSchema {
-    /// A served model name or alias.
-    pub model: String,
-    /// The text(s) or token ids to embed.
-    pub input: InputSchema,
-    /// `float` (default) or `base64` (little-endian float32 bytes).
-    #[schema(pattern = "^(float|base64)$")]
-    pub encoding_format: Option<String>,
-    /// Cut vectors to this many dimensions and L2-normalize again.
-    #[schema(minimum = 1)]
-    pub dimensions: Option<u32>,
-    /// End-user id; accepted, never echoed.
-    pub user: Option<String>,
-    /// Extension: cut over-long inputs at the model limit instead of refusing them.
-    pub truncate: Option<bool>,
-    /// Extension: a prompt name from the model's sentence-transformers config (e.g. `query`).
-    pub prompt_name: Option<String>,
+struct ElementSeed;
+
+impl<'de> DeserializeSeed<'de> for ElementSeed {
+    type Value = Element;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Element, D::Error> {
+        deserializer.deserialize_any(ElementVisitor)
+    }
+}
+
+struct ElementVisitor;
+
+impl<'de> Visitor<'de> for ElementVisitor {
+    type Value = Element;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string, an integer or an array of integers")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Element, E> {
+        Ok(Element::Text(s.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Element, E> {
+        Ok(Element::Text(s))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Element, E> {
+        Ok(Element::Number(Some(n)))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Element, E> {
+        Ok(Element::Number(i64::try_from(n).ok()))
+    }
+    fn visit_f64<E: de::Error>(self, f: f64) -> Result<Element, E> {
+        Ok(Element::Number(float_integer(f)))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Element, E> {
+        Ok(Element::Other)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Element, E> {
+        Ok(Element::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Element, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Element::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Element, A::Error> {
+        let mut ids = Some(Vec::new());
+        while let Some(element) = seq.next_element_seed(IdSeed)? {
+            match (&mut ids, element) {
+                (Some(list), Some(id)) => list.push(id),
+                _ => ids = None,
+            }
+        }
+        Ok(Element::Ids(ids))
+    }
+}
+
+/// One token id inside a nested array: `Some` when it is an integer (anything else is skipped).
+struct IdSeed;
+
+impl<'de> DeserializeSeed<'de> for IdSeed {
+    type Value = Option<i64>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<i64>, D::Error> {
+        match ElementSeed.deserialize(deserializer)? {
+            Element::Number(n) => Ok(n),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// One vector in the response.
@@ -377,23 +677,27 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn req(v: Value) -> Result<EmbeddingsRequest, ApiError> {
+        decode_json(&serde_json::to_vec(&v).unwrap())
+    }
+
     fn err(v: Value) -> ApiError {
-        EmbeddingsRequest::from_json(&v).unwrap_err()
+        req(v).unwrap_err()
     }
 
     #[test]
     fn every_input_shape() {
-        let r = EmbeddingsRequest::from_json(&json!({"model": "m", "input": "hi"})).unwrap();
-        assert_eq!(r.inputs, vec![Input::Text("hi".into())]);
-        let r = EmbeddingsRequest::from_json(&json!({"model": "m", "input": ["a", "b"]})).unwrap();
-        assert_eq!(r.inputs.len(), 2);
-        let r = EmbeddingsRequest::from_json(&json!({"model": "m", "input": [1, 2, 3]})).unwrap();
-        assert_eq!(r.inputs, vec![Input::Tokens(vec![1, 2, 3])]);
-        let r = EmbeddingsRequest::from_json(
-            &json!({"model": "m", "input": [[1], [2, 3]], "encoding_format": "base64", "dimensions": 4, "user": "u"}),
+        let r = req(json!({"model": "m", "input": "hi"})).unwrap();
+        assert_eq!(r.input.0, vec![Input::Text("hi".into())]);
+        let r = req(json!({"model": "m", "input": ["a", "b"]})).unwrap();
+        assert_eq!(r.input.0.len(), 2);
+        let r = req(json!({"model": "m", "input": [1, 2, 3]})).unwrap();
+        assert_eq!(r.input.0, vec![Input::Tokens(vec![1, 2, 3])]);
+        let r = req(
+            json!({"model": "m", "input": [[1], [2, 3]], "encoding_format": "base64", "dimensions": 4, "user": "u"}),
         )
         .unwrap();
-        assert_eq!(r.inputs.len(), 2);
+        assert_eq!(r.input.0.len(), 2);
         assert_eq!(r.encoding_format, EncodingFormat::Base64);
         assert_eq!(r.dimensions, Some(4));
     }
@@ -440,6 +744,45 @@ mod tests {
         );
         assert_eq!(err(json!({"input": "x"})).message, "you must provide a model parameter");
         assert_eq!(err(json!([1])).status, 400);
+    }
+
+    #[test]
+    fn counts_and_order_of_checks_are_kept() {
+        let many: Vec<u32> = (0..3000).collect();
+        let e = err(json!({"model": "m", "input": many}));
+        assert_eq!(
+            e.message,
+            "'$.input' is too long: 3000 items were given, at most 2048 are allowed."
+        );
+        // The item limit is reported before a bad element, wherever it is.
+        let mut mixed: Vec<Value> = (0..2100).map(|_| json!("a")).collect();
+        mixed[3] = json!(1);
+        assert!(err(json!({"model": "m", "input": mixed}))
+            .message
+            .contains("2100 items"));
+        // Unknown fields first, then model, then input, whatever the key order.
+        let e = err(json!({"input": 5, "zzz": 1, "model": "m"}));
+        assert_eq!(e.message, "Unrecognized request argument supplied: zzz");
+        let e = decode_json(br#"{"input": 5, "model": 7}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("model"));
+        assert_eq!(
+            err(json!({"model": "m", "input": [[1, 2.0], [3, "x"]]}))
+                .param
+                .as_deref(),
+            Some("input")
+        );
+        let r = req(json!({"model": "m", "input": [[1, 2.0, -0.0]]})).unwrap();
+        assert_eq!(r.input.0, vec![Input::Tokens(vec![1, 2, 0])]);
+        let e = decode_json(br#"{"model": "m", "input": "x", "dimensions": [1, 2]}"#).unwrap_err();
+        assert_eq!(
+            e.message,
+            "Invalid value for 'dimensions' = [1,2]. Must be an integer greater than or equal to 1."
+        );
+        assert!(decode_json(br#"{"model": "m", "input": ["a", 1, {"x": [}]}"#)
+            .unwrap_err()
+            .message
+            .starts_with("We could not parse the JSON body"));
+        assert_eq!(decode_json(b"[1, 2]").unwrap_err().status, 400);
     }
 
     #[test]

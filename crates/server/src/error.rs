@@ -92,6 +92,17 @@ impl ApiError {
         }
     }
 
+    /// 429: the server's in-flight memory budget is full.
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "requests",
+            code: Some("rate_limit_exceeded"),
+            retry_after: Some(1),
+            ..Self::invalid(message, None)
+        }
+    }
+
     /// 500 for an internal failure.
     pub fn internal(message: impl Into<String>) -> Self {
         Self {

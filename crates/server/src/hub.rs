@@ -15,7 +15,6 @@ const OPTIONAL: &[&str] = &[
     "modules.json",
     "sentence_bert_config.json",
     "config_sentence_transformers.json",
-    "1_Pooling/config.json",
 ];
 
 /// Whether `HF_HUB_OFFLINE` asks for cache-only operation.
@@ -104,12 +103,26 @@ fn fetch(id: &str) -> Result<PathBuf, String> {
             required(&shard)?;
         }
     }
-    // Dense modules named in modules.json.
+    // Every module modules.json names, with the files it loads: a missing one fails here,
+    // naming the file, instead of silently changing the pipeline.
     if let Ok(modules) = source.get("modules.json") {
-        for dir in dense_dirs(&modules) {
-            required(&format!("{dir}/config.json"))?;
-            if source.get(&format!("{dir}/model.safetensors")).is_err() {
-                required(&format!("{dir}/pytorch_model.bin"))?;
+        for module in module_files(&modules)? {
+            match module {
+                ModuleFiles::Config(dir) => {
+                    required(&format!("{dir}/config.json"))?;
+                }
+                ModuleFiles::Dense(dir) => {
+                    required(&format!("{dir}/config.json"))?;
+                    if source.get(&format!("{dir}/model.safetensors")).is_err() {
+                        required(&format!("{dir}/pytorch_model.bin"))?;
+                    }
+                }
+                ModuleFiles::Transformer(dir) => {
+                    for file in REQUIRED {
+                        required(&format!("{dir}/{file}"))?;
+                    }
+                    let _ = source.get(&format!("{dir}/sentence_bert_config.json"));
+                }
             }
         }
     }
@@ -133,22 +146,40 @@ fn shard_names(index: &Path) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-fn dense_dirs(modules: &Path) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(modules) else {
-        return Vec::new();
-    };
-    let Ok(serde_json::Value::Array(items)) = serde_json::from_str(&text) else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .filter(|m| {
-            m.get("type")
-                .and_then(|t| t.as_str())
-                .is_some_and(|t| t.ends_with(".Dense"))
-        })
-        .filter_map(|m| m.get("path").and_then(|p| p.as_str()).map(str::to_owned))
-        .collect()
+/// What a sentence-transformers module needs from the repository.
+#[derive(Debug, PartialEq)]
+enum ModuleFiles {
+    /// A Transformer in a subfolder (one at the root is the model itself).
+    Transformer(String),
+    /// A module configured by `{dir}/config.json` alone (Pooling).
+    Config(String),
+    /// A Dense module: config and weights.
+    Dense(String),
+}
+
+/// The files each module of `modules.json` loads (Normalize loads none).
+fn module_files(modules: &Path) -> Result<Vec<ModuleFiles>, String> {
+    let bad = |why: String| format!("{}: {why}", modules.display());
+    let text = std::fs::read_to_string(modules).map_err(|e| bad(e.to_string()))?;
+    let items: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let mut out = Vec::new();
+    for m in &items {
+        let kind = m.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        let dir = m
+            .get("path")
+            .and_then(|p| p.as_str())
+            .unwrap_or("")
+            .trim_matches('/')
+            .to_string();
+        match kind.rsplit('.').next().unwrap_or(kind) {
+            "Transformer" if dir.is_empty() => {}
+            "Transformer" => out.push(ModuleFiles::Transformer(dir)),
+            "Pooling" => out.push(ModuleFiles::Config(dir)),
+            "Dense" => out.push(ModuleFiles::Dense(dir)),
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -163,17 +194,25 @@ mod tests {
     }
 
     #[test]
-    fn dense_dirs_come_from_modules_json() {
+    fn module_files_come_from_modules_json() {
         let dir = std::env::temp_dir().join(format!("oe-hub-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("modules.json");
         std::fs::write(
             &path,
             r#"[{"idx":0,"path":"","type":"sentence_transformers.models.Transformer"},
-                {"idx":2,"path":"2_Dense","type":"sentence_transformers.models.Dense"}]"#,
+                {"idx":1,"path":"1_Pooling","type":"sentence_transformers.models.Pooling"},
+                {"idx":2,"path":"2_Dense","type":"sentence_transformers.models.Dense"},
+                {"idx":3,"path":"3_Normalize","type":"sentence_transformers.models.Normalize"}]"#,
         )
         .unwrap();
-        assert_eq!(dense_dirs(&path), vec!["2_Dense".to_string()]);
+        assert_eq!(
+            module_files(&path).unwrap(),
+            vec![
+                ModuleFiles::Config("1_Pooling".into()),
+                ModuleFiles::Dense("2_Dense".into())
+            ]
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

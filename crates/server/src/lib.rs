@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod budget;
 pub mod error;
 pub mod hub;
 pub mod listener;
@@ -51,7 +52,7 @@ pub struct ServerConfig {
     pub aliases: Vec<Alias>,
     /// API keys (empty = open).
     pub api_keys: Vec<String>,
-    /// Engine compute threads per model (default: all cores).
+    /// Compute threads shared by all models and tokenization (default: all cores).
     pub threads: Option<usize>,
     /// Batching limits.
     pub scheduler: SchedulerConfig,
@@ -245,8 +246,11 @@ pub async fn bind(config: &ServerConfig) -> Result<(Arc<AppState>, tokio::net::T
     let keys = ApiKeys::new(config.api_keys.clone());
     let specs = config.models.clone();
     let aliases = config.aliases.clone();
+    // One compute pool for every model and for tokenization: the CPU is never oversubscribed.
+    let pool = openembed_engine::compute_pool(config.threads).map_err(|e| e.to_string())?;
     let options = LoadOptions {
         threads: config.threads,
+        pool: Some(pool),
     };
     let scheduler = config.scheduler;
     let registry = tokio::task::spawn_blocking(move || Registry::load(&specs, &aliases, &options, scheduler))

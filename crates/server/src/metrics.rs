@@ -29,6 +29,14 @@ pub const TOKENS: &str = "openembed_tokens_embedded_total";
 pub const INPUTS: &str = "openembed_inputs_embedded_total";
 /// Engine batches that panicked.
 pub const ENGINE_PANICS: &str = "openembed_engine_panics_total";
+/// Failed batches of several requests that were run again one request at a time.
+pub const BATCH_RETRIES: &str = "openembed_batch_retries_total";
+/// Time a request waited in its model's queue before its first batch started, in seconds.
+pub const QUEUE_SECONDS: &str = "openembed_queue_duration_seconds";
+/// Requests refused because the server's in-flight memory budget was full.
+pub const BUDGET_REFUSALS: &str = "openembed_budget_refusals_total";
+/// Bytes of request bodies and decoded inputs held by admitted requests.
+pub const BUDGET_BYTES: &str = "openembed_inflight_bytes";
 
 const SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
@@ -101,4 +109,24 @@ pub fn batch(model: &str, inputs: usize, tokens: usize, requests: usize, elapsed
 /// Counts an engine panic.
 pub fn engine_panic(model: &str) {
     metrics::counter!(ENGINE_PANICS, "model" => model.to_string()).increment(1);
+}
+
+/// Counts a failed multi-request batch that was run again request by request.
+pub fn batch_retry(model: &str) {
+    metrics::counter!(BATCH_RETRIES, "model" => model.to_string()).increment(1);
+}
+
+/// Records how long a request waited before its first batch started.
+pub fn queue_time(model: &str, waited: Duration) {
+    metrics::histogram!(QUEUE_SECONDS, "model" => model.to_string()).record(waited.as_secs_f64());
+}
+
+/// Publishes the bytes held under the in-flight budget.
+pub fn budget_bytes(bytes: usize) {
+    metrics::gauge!(BUDGET_BYTES).set(bytes as f64);
+}
+
+/// Counts a request refused for lack of in-flight budget.
+pub fn budget_refusal() {
+    metrics::counter!(BUDGET_REFUSALS).increment(1);
 }

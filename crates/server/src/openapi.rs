@@ -1,8 +1,8 @@
 //! `GET /openapi.json`: the API contract generated from the handlers' and types' annotations.
 
 use crate::api::{
-    EmbeddingObject, EmbeddingValue, EmbeddingsRequestSchema, EmbeddingsResponse, ErrorBody, ErrorDetail, InputSchema,
-    ModelList, ModelObject, Usage,
+    EmbeddingObject, EmbeddingValue, EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, ErrorBody, ErrorDetail,
+    Inputs, ModelList, ModelObject, Usage,
 };
 use crate::registry::Registry;
 use crate::routes;
@@ -41,8 +41,9 @@ impl Modify for BearerAuth {
         routes::openapi
     ),
     components(schemas(
-        EmbeddingsRequestSchema,
-        InputSchema,
+        EmbeddingsRequest,
+        Inputs,
+        EncodingFormat,
         EmbeddingsResponse,
         EmbeddingObject,
         EmbeddingValue,
@@ -76,25 +77,18 @@ pub fn document(registry: &Registry) -> Result<String, String> {
     let max_dims = infos.iter().map(|i| i.dimension).min().unwrap_or(1);
     let mut prompts: Vec<&String> = infos.first().map(|i| i.prompts.keys().collect()).unwrap_or_default();
     prompts.retain(|p| infos.iter().all(|i| i.prompts.contains_key(*p)));
-    let text = json!({"type": "string", "minLength": 1});
-    let id = json!({"type": "integer", "minimum": 0, "maximum": max_id});
+    // The schemas come from the request type; only what depends on the served models is added.
     let schemas = &mut doc["components"]["schemas"];
-    schemas["InputSchema"] = json!({
-        "description": "One text, up to 2,048 texts, one input as token ids, or up to 2,048 inputs as token ids.",
-        "oneOf": [
-            text,
-            {"type": "array", "items": text, "minItems": 1, "maxItems": 2048},
-            {"type": "array", "items": id, "minItems": 1},
-            {"type": "array", "items": {"type": "array", "items": id, "minItems": 1}, "minItems": 1, "maxItems": 2048},
-        ]
-    });
-    let props = &mut schemas["EmbeddingsRequestSchema"]["properties"];
+    for (shape, id) in [(2, "/items"), (3, "/items/items")] {
+        if let Some(item) = schemas["Inputs"]["oneOf"][shape].pointer_mut(id) {
+            item["maximum"] = json!(max_id);
+        }
+    }
+    // The decoder refuses unknown fields (OpenAI's "Unrecognized request argument").
+    schemas["EmbeddingsRequest"]["additionalProperties"] = json!(false);
+    let props = &mut schemas["EmbeddingsRequest"]["properties"];
     props["model"]["enum"] = json!(names);
-    props["encoding_format"] =
-        json!({"description": "`float` (default) or `base64`", "enum": ["float", "base64", null]});
-    props["dimensions"] = json!({"description": "Cut vectors to this many dimensions and L2-normalize again.",
-                                  "type": ["integer", "null"], "minimum": 1, "maximum": max_dims});
-    props["prompt_name"] = json!({"description": "Extension: a prompt name from the model's sentence-transformers config.",
-                                   "enum": prompts.into_iter().map(|p| json!(p)).chain([Value::Null]).collect::<Vec<_>>()});
+    props["dimensions"]["maximum"] = json!(max_dims);
+    props["prompt_name"]["enum"] = prompts.into_iter().map(|p| json!(p)).chain([Value::Null]).collect();
     serde_json::to_string(&doc).map_err(|e| e.to_string())
 }

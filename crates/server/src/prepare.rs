@@ -15,6 +15,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Time a client has to send the whole body.
     pub body_timeout: std::time::Duration,
+    /// Most bytes all admitted requests may hold at once (bodies, decoded inputs, responses).
+    pub max_inflight_bytes: usize,
 }
 
 /// Token ids ready for the scheduler, and their total.
@@ -36,6 +38,11 @@ pub struct WindowLayout {
 }
 
 impl WindowLayout {
+    /// Number of inputs (vectors answered).
+    pub fn inputs(&self) -> usize {
+        self.per_input.len()
+    }
+
     /// One vector per input: an input's only vector as is, or the token-weighted mean of its
     /// windows' vectors, L2-normalized.
     pub fn combine(&self, vectors: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
@@ -64,8 +71,14 @@ impl WindowLayout {
     }
 }
 
-/// The OpenAI message for an input over the model's limit.
-fn too_long(limit: usize, tokens: usize) -> ApiError {
+/// The OpenAI message for an input over the model's limit (`counted_all` false: the text was
+/// read only until it was surely over, so `tokens` is a lower bound).
+fn too_long(limit: usize, tokens: usize, counted_all: bool) -> ApiError {
+    let tokens = if counted_all {
+        tokens.to_string()
+    } else {
+        format!("more than {}", tokens - 1)
+    };
     ApiError::invalid(
         format!(
             "This model's maximum context length is {limit} tokens, however you requested {tokens} tokens \
@@ -73,6 +86,21 @@ fn too_long(limit: usize, tokens: usize) -> ApiError {
         ),
         Some("input"),
     )
+}
+
+/// Texts tokenized at a time.
+const TOKENIZE_CHUNK: usize = 64;
+
+/// The error for a request over `--max-request-tokens`.
+fn too_many_tokens(requested: String, limits: &Limits) -> ApiError {
+    ApiError::invalid(
+        format!(
+            "Requested {requested} tokens, max {} tokens per request",
+            limits.max_request_tokens
+        ),
+        Some("input"),
+    )
+    .code("max_tokens_per_request")
 }
 
 /// Tokenizes texts (with the prompt in front) and token-id inputs (decoded to text when they
@@ -123,20 +151,26 @@ pub fn prepare(
         Vec::new()
     } else if let Some(overlap) = windows {
         model
-            .tokenizer()
             .tokenize_windows(&texts, prompt, overlap)
             .map_err(tokenizer_error)?
     } else {
+        // In chunks, so a request that fails a limit stops early and tokenizer memory stays small.
         let mut out = Vec::with_capacity(texts.len());
-        for t in model
-            .tokenizer()
-            .tokenize(&texts, prompt, truncation)
-            .map_err(tokenizer_error)?
-        {
-            if t.over_limit && truncation == Truncation::None {
-                return Err(too_long(limit, t.untruncated_tokens));
+        let mut running = 0;
+        for chunk in texts.chunks(TOKENIZE_CHUNK) {
+            for t in model.tokenize(chunk, prompt, truncation).map_err(tokenizer_error)? {
+                if t.over_limit && truncation == Truncation::None {
+                    return Err(too_long(limit, t.untruncated_tokens, t.counted_all));
+                }
+                running += t.ids.len();
+                out.push(vec![t.ids]);
             }
-            out.push(vec![t.ids]);
+            if running > limits.max_request_tokens {
+                return Err(too_many_tokens(
+                    format!("more than {}", limits.max_request_tokens),
+                    limits,
+                ));
+            }
         }
         out
     }
@@ -162,7 +196,7 @@ pub fn prepare(
                         .collect()
                 } else {
                     match truncation {
-                        Truncation::None => return Err(too_long(limit, checked.len())),
+                        Truncation::None => return Err(too_long(limit, checked.len(), true)),
                         Truncation::End => checked.truncate(limit),
                         Truncation::Start => {
                             checked.drain(..checked.len() - limit);
@@ -183,14 +217,7 @@ pub fn prepare(
     }
     let tokens: usize = ids.iter().map(Vec::len).sum();
     if tokens > limits.max_request_tokens {
-        return Err(ApiError::invalid(
-            format!(
-                "Requested {tokens} tokens, max {} tokens per request",
-                limits.max_request_tokens
-            ),
-            Some("input"),
-        )
-        .code("max_tokens_per_request"));
+        return Err(too_many_tokens(tokens.to_string(), limits));
     }
     let layout = WindowLayout {
         per_input,

@@ -1,23 +1,77 @@
 //! The HTTP handlers: embeddings, models, and the operational endpoints.
 
-use crate::api::{decode, EmbeddingsResponse, ErrorBody, ModelList, ModelObject};
+use crate::api::{decode_json, is_json, unsupported_media_type, EmbeddingsResponse, ErrorBody, ModelList, ModelObject};
+use crate::budget::Reservation;
 use crate::error::ApiError;
 use crate::prepare::prepare;
 use crate::service::{plan, respond};
 use crate::state::{AppState, InFlight};
 use crate::RequestId;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use http_body_util::BodyExt;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Reads the whole body within the body timeout: 408 when it is trickled, 413 over the limit.
-async fn read_body(body: Body, limits: &crate::prepare::Limits) -> Result<Bytes, ApiError> {
-    match tokio::time::timeout(limits.body_timeout, axum::body::to_bytes(body, limits.max_body_bytes)).await {
+/// Body bytes reserved at a time when the client did not declare a length.
+const READ_STEP: usize = 64 * 1024;
+
+/// Decoding holds the body and its decoded inputs at once: token ids take at most 4 bytes of
+/// memory per body byte (`1,` → one i64), texts at most one, plus per-input overhead.
+fn decoding_bytes(body: usize) -> usize {
+    body.saturating_mul(5) + crate::api::MAX_INPUTS * 64
+}
+
+/// Memory a response of `n` vectors of `dim` floats takes while it is built and serialized.
+fn response_bytes(n: usize, dim: usize) -> usize {
+    n.saturating_mul(dim).saturating_mul(24)
+}
+
+/// Reads the whole body within the body timeout, reserving its bytes under the in-flight budget
+/// before they are read: 429 when the budget is full, 413 over the limit, 408 when trickled.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limits: &crate::prepare::Limits,
+    reservation: &mut Reservation,
+) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::with_status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body too large: the limit is {} bytes.", limits.max_body_bytes),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        return Err(too_large());
+    }
+    reservation.grow(declared.unwrap_or(READ_STEP))?;
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0));
+    let mut body = body;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| ApiError::invalid(format!("The request body could not be read: {e}"), None))?;
+            let Ok(data) = frame.into_data() else { continue };
+            let len = buf.len() + data.len();
+            if len > limits.max_body_bytes {
+                return Err(too_large());
+            }
+            if len > reservation.bytes() {
+                reservation.resize(len.max(reservation.bytes() + READ_STEP))?;
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(limits.body_timeout, read).await {
         Err(_) => Err(ApiError::with_status(
             StatusCode::REQUEST_TIMEOUT,
             format!(
@@ -25,31 +79,25 @@ async fn read_body(body: Body, limits: &crate::prepare::Limits) -> Result<Bytes,
                 limits.body_timeout.as_secs()
             ),
         )),
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(error)) => {
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
-            while let Some(e) = source {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    return Err(ApiError::with_status(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("Request body too large: the limit is {} bytes.", limits.max_body_bytes),
-                    ));
-                }
-                source = e.source();
-            }
-            Err(ApiError::invalid(
-                format!("The request body could not be read: {error}"),
-                None,
-            ))
-        }
+        Ok(result) => result.map(|()| buf),
     }
+}
+
+/// Runs CPU work (decoding, tokenization, serialization) off the async workers.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| ApiError::internal(format!("{what} failed unexpectedly.")))?
 }
 
 /// Creates an embedding vector representing the input text.
 #[utoipa::path(
     post,
     path = "/v1/embeddings",
-    request_body(content = crate::api::EmbeddingsRequestSchema, content_type = "application/json"),
+    request_body(content = crate::api::EmbeddingsRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The vectors, in input order", body = EmbeddingsResponse),
         (status = 400, description = "Invalid request", body = ErrorBody),
@@ -70,22 +118,29 @@ pub async fn embeddings(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let body = read_body(body, &state.limits).await?;
+    let _in_flight = InFlight::enter(&state)?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let request = decode(content_type, &body)?;
+    if !is_json(content_type) {
+        return Err(unsupported_media_type());
+    }
+    let mut reservation = state.budget.reservation();
+    let body = read_body(body, &headers, &state.limits, &mut reservation).await?;
+    reservation.resize(decoding_bytes(body.len()))?;
+    let request = blocking("Decoding", move || decode_json(&body)).await?;
+    reservation.resize(request.heap_bytes())?;
     let served = state
         .registry
         .get(&request.model)
         .cloned()
         .ok_or_else(|| ApiError::model_not_found(&request.model))?;
-    let _in_flight = InFlight::enter(&state)?;
     let plan = plan(&request, served.model.info(), &state.defaults)?;
     let model = Arc::clone(&served.model);
     let limits = state.limits;
-    let (model_name, inputs) = (request.model, request.inputs);
+    let model_name = request.model;
+    let inputs = request.input.0;
     let (prompt, truncation, token_ids, windows) =
         (plan.prompt.clone(), plan.truncation, served.token_ids, plan.windows);
-    let prepared = tokio::task::spawn_blocking(move || {
+    let prepared = blocking("Tokenization", move || {
         prepare(
             &model,
             &inputs,
@@ -96,24 +151,29 @@ pub async fn embeddings(
             &limits,
         )
     })
-    .await
-    .map_err(|_| ApiError::internal("Tokenization failed unexpectedly."))??;
+    .await?;
     let tokens = prepared.tokens;
-    let n_inputs = prepared.ids.len();
+    let n_inputs = prepared.layout.inputs();
+    reservation.resize(prepared.tokens * 4 + response_bytes(n_inputs, served.model.info().dimension))?;
     let layout = prepared.layout;
     let output = served.scheduler.submit(prepared.ids)?.wait().await?;
-    let response = respond(&model_name, layout.combine(output.vectors), tokens, &plan)?;
+    let (queue_time, inference_time) = (output.queue_time, output.inference_time);
+    let name = model_name.clone();
+    let body = blocking("Building the response", move || {
+        let response = respond(&name, layout.combine(output.vectors), tokens, &plan)?;
+        serde_json::to_vec(&response).map_err(|e| ApiError::internal(e.to_string()))
+    })
+    .await?;
     tracing::info!(
         request_id = %request_id.0,
         model = %model_name,
         inputs = n_inputs,
         tokens,
-        queue_ms = output.queue_time.as_secs_f64() * 1e3,
-        inference_ms = output.inference_time.as_secs_f64() * 1e3,
+        queue_ms = queue_time.as_secs_f64() * 1e3,
+        inference_ms = inference_time.as_secs_f64() * 1e3,
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         "embeddings"
     );
-    let body = serde_json::to_vec(&response).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok((
         [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         body,

@@ -2,17 +2,22 @@
 //!
 //! Requests put their tokenized inputs into a queue bounded by queued tokens (admission is all
 //! or nothing). One engine worker thread takes batches from the queue by a token budget as soon
-//! as it is free: the oldest input first, then inputs of similar length from a look-ahead
-//! window, so a batch mixes requests and one request may span batches. Results are put back in
-//! input order. A request whose client went away has its queued inputs removed. A panic inside
-//! the engine fails that batch's requests only; the worker goes on with the next batch.
+//! as it is free. Batches are formed fairly between requests (deficit round-robin by tokens):
+//! every waiting request first gets an equal share of the budget, in round-robin order, then
+//! any budget left goes to whoever still has inputs. A request's inputs wait shortest first, so
+//! each batch takes inputs of similar length from it. A small request that arrives while a large
+//! one is being served therefore runs in the very next batch, and a lone request still fills
+//! whole batches. Results are put back in input order. A request whose client went away has its
+//! queued inputs removed. A batch that fails (an error or a panic inside the engine) is run
+//! again one request at a time, so only the request whose input caused it fails; the worker goes
+//! on with the next batch.
 
 use crate::error::ApiError;
 use crate::metrics;
-use openembed_engine::Model;
+use openembed_engine::{fits_in_budget, Model};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,9 +31,6 @@ pub struct SchedulerConfig {
     /// Most tokens waiting in the queue; beyond it requests get 429.
     pub max_queued_tokens: usize,
 }
-
-/// How many queued inputs the batcher looks at when grouping by length.
-const LOOKAHEAD: usize = 4096;
 
 /// What a finished request gets back.
 #[derive(Debug)]
@@ -46,8 +48,8 @@ type JobResult = Result<JobOutput, ApiError>;
 /// One admitted request.
 struct Job {
     admitted: Instant,
-    /// Inputs of this job still waiting in the queue.
-    queued_inputs: AtomicUsize,
+    /// Whether some of its inputs still wait in the queue.
+    queued: AtomicBool,
     cancelled: AtomicBool,
     state: Mutex<JobState>,
 }
@@ -61,8 +63,27 @@ struct JobState {
 }
 
 impl Job {
+    fn new(inputs: usize, reply: oneshot::Sender<JobResult>) -> Self {
+        Self {
+            admitted: Instant::now(),
+            queued: AtomicBool::new(true),
+            cancelled: AtomicBool::new(false),
+            state: Mutex::new(JobState {
+                vectors: vec![None; inputs],
+                missing: inputs,
+                first_start: None,
+                inference: Duration::ZERO,
+                reply: Some(reply),
+            }),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, JobState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
     }
 
     fn fail(&self, error: ApiError) {
@@ -73,30 +94,60 @@ impl Job {
     }
 }
 
-/// One queued input.
+/// One input taken into a batch.
 struct Entry {
     ids: Vec<u32>,
     slot: usize,
     job: Arc<Job>,
 }
 
+/// A request's inputs that have not been batched yet, shortest first.
+struct Pending {
+    job: Arc<Job>,
+    inputs: VecDeque<(usize, Vec<u32>)>,
+    tokens: usize,
+}
+
+impl Pending {
+    /// Moves the first `count` inputs into `batch`.
+    fn take(&mut self, count: usize, batch: &mut Vec<Entry>) -> usize {
+        let mut tokens = 0;
+        for (slot, ids) in self.inputs.drain(..count) {
+            tokens += ids.len();
+            batch.push(Entry {
+                ids,
+                slot,
+                job: Arc::clone(&self.job),
+            });
+        }
+        self.tokens -= tokens;
+        tokens
+    }
+}
+
 #[derive(Default)]
 struct Queue {
-    entries: VecDeque<Entry>,
+    /// Requests with inputs waiting, in round-robin order (the front is served first).
+    pending: VecDeque<Pending>,
     tokens: usize,
-    requests: usize,
     closed: bool,
     /// Recent engine throughput in tokens/s (exponential moving average), for `Retry-After`.
     tokens_per_second: f64,
 }
 
 impl Queue {
-    /// Accounts for entries that left the queue (batched or dropped).
-    fn forget(&mut self, entry: &Entry) {
-        self.tokens -= entry.ids.len();
-        if entry.job.queued_inputs.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.requests -= 1;
-        }
+    /// Removes the requests whose clients went away.
+    fn drop_cancelled(&mut self) {
+        let mut dropped = 0;
+        self.pending.retain(|p| {
+            let keep = !p.job.is_cancelled();
+            if !keep {
+                dropped += p.tokens;
+                p.job.queued.store(false, Ordering::Relaxed);
+            }
+            keep
+        });
+        self.tokens -= dropped;
     }
 }
 
@@ -114,7 +165,7 @@ impl Shared {
     }
 
     fn publish_depth(&self, queue: &Queue) {
-        metrics::queue_depth(&self.name, queue.requests, queue.tokens);
+        metrics::queue_depth(&self.name, queue.pending.len(), queue.tokens);
     }
 }
 
@@ -150,17 +201,11 @@ impl Drop for Ticket {
             return; // answered
         }
         self.job.cancelled.store(true, Ordering::Relaxed);
-        if self.job.queued_inputs.load(Ordering::Relaxed) == 0 {
+        if !self.job.queued.load(Ordering::Relaxed) {
             return;
         }
         let mut queue = self.shared.lock();
-        let (keep, drop): (VecDeque<Entry>, VecDeque<Entry>) = std::mem::take(&mut queue.entries)
-            .into_iter()
-            .partition(|e| !Arc::ptr_eq(&e.job, &self.job));
-        queue.entries = keep;
-        for entry in &drop {
-            queue.forget(entry);
-        }
+        queue.drop_cancelled();
         self.shared.publish_depth(&queue);
     }
 }
@@ -190,39 +235,21 @@ impl Scheduler {
 
     /// Admits a request's token ids (all or nothing) or refuses it with 429 when the queue is full.
     pub fn submit(&self, inputs: Vec<Vec<u32>>) -> Result<Ticket, ApiError> {
-        let tokens: usize = inputs.iter().map(Vec::len).sum();
         let (tx, rx) = oneshot::channel();
-        let job = Arc::new(Job {
-            admitted: Instant::now(),
-            queued_inputs: AtomicUsize::new(inputs.len()),
-            cancelled: AtomicBool::new(false),
-            state: Mutex::new(JobState {
-                vectors: vec![None; inputs.len()],
-                missing: inputs.len(),
-                first_start: None,
-                inference: Duration::ZERO,
-                reply: Some(tx),
-            }),
-        });
+        let job = Arc::new(Job::new(inputs.len(), tx));
+        let pending = pending_of(&job, inputs);
         {
             let mut queue = self.shared.lock();
             if queue.closed {
                 return Err(ApiError::unavailable("The server is shutting down."));
             }
             // An empty queue takes any request, so one large request is never refused forever.
-            if queue.tokens > 0 && queue.tokens + tokens > self.shared.config.max_queued_tokens {
-                let seconds = (queue.tokens + tokens) as f64 / queue.tokens_per_second.max(1.0);
+            if queue.tokens > 0 && queue.tokens + pending.tokens > self.shared.config.max_queued_tokens {
+                let seconds = (queue.tokens + pending.tokens) as f64 / queue.tokens_per_second.max(1.0);
                 return Err(ApiError::queue_full(seconds.ceil().clamp(1.0, 600.0) as u64));
             }
-            queue.tokens += tokens;
-            queue.requests += 1;
-            for (slot, ids) in inputs.into_iter().enumerate() {
-                queue.entries.push_back(Entry {
-                    ids,
-                    slot,
-                    job: Arc::clone(&job),
-                });
-            }
+            queue.tokens += pending.tokens;
+            queue.pending.push_back(pending);
             self.shared.publish_depth(&queue);
         }
         self.shared.wake.notify_one();
@@ -250,50 +277,67 @@ impl Drop for Scheduler {
     }
 }
 
-/// Takes the next batch: the oldest input, then the inputs closest in length to it within the
-/// look-ahead window, up to the token budget. Cancelled inputs are dropped on the way.
+/// A request's inputs as they wait: shortest first, each with its position in the request.
+fn pending_of(job: &Arc<Job>, inputs: Vec<Vec<u32>>) -> Pending {
+    let tokens = inputs.iter().map(Vec::len).sum();
+    let mut inputs: Vec<(usize, Vec<u32>)> = inputs.into_iter().enumerate().collect();
+    inputs.sort_by_key(|(_, ids)| ids.len());
+    Pending {
+        job: Arc::clone(job),
+        inputs: inputs.into(),
+        tokens,
+    }
+}
+
+/// Takes the next batch, fairly between requests (deficit round-robin by tokens): in queue
+/// order each request gets up to an equal share of the budget (at least its next input when
+/// that still fits), then what is left of the budget goes to the requests in the same order.
+/// Requests served in the first round move to the back of the queue.
 fn take_batch(queue: &mut Queue, budget: usize) -> Vec<Entry> {
+    queue.drop_cancelled();
     let mut batch = Vec::new();
-    let first = loop {
-        match queue.entries.pop_front() {
-            None => return batch,
-            Some(e) if e.job.cancelled.load(Ordering::Relaxed) => queue.forget(&e),
-            Some(e) => break e,
+    if queue.pending.is_empty() {
+        return batch;
+    }
+    let share = (budget / queue.pending.len()).max(1);
+    let mut tokens = 0;
+    let mut served = vec![false; queue.pending.len()];
+    for (p, served) in queue.pending.iter_mut().zip(&mut served) {
+        let room = budget.saturating_sub(tokens);
+        let (mut count, _) = fits_in_budget(p.inputs.iter().map(|(_, ids)| ids.len()), share.min(room));
+        if count == 0
+            && p.inputs
+                .front()
+                .is_some_and(|(_, ids)| batch.is_empty() || ids.len() <= room)
+        {
+            count = 1;
         }
-    };
-    queue.forget(&first);
-    let anchor = first.ids.len();
-    let mut tokens = anchor;
-    batch.push(first);
-    let window = queue.entries.len().min(LOOKAHEAD);
-    let mut order: Vec<usize> = (0..window).collect();
-    order.sort_by_key(|&i| (queue.entries[i].ids.len().abs_diff(anchor), i));
-    let mut take = vec![false; window];
-    for i in order {
-        if tokens >= budget {
+        if count > 0 {
+            tokens += p.take(count, &mut batch);
+            *served = true;
+        }
+    }
+    for p in queue.pending.iter_mut() {
+        let room = budget.saturating_sub(tokens);
+        if room == 0 {
             break;
         }
-        let len = queue.entries[i].ids.len();
-        if tokens + len <= budget {
-            take[i] = true;
-            tokens += len;
-        }
+        let (count, _) = fits_in_budget(p.inputs.iter().map(|(_, ids)| ids.len()), room);
+        tokens += p.take(count, &mut batch);
     }
-    let rest = queue.entries.split_off(window);
-    let window_entries = std::mem::replace(&mut queue.entries, rest);
-    let mut keep = VecDeque::with_capacity(window);
-    for (entry, taken) in window_entries.into_iter().zip(take) {
-        if entry.job.cancelled.load(Ordering::Relaxed) {
-            queue.forget(&entry);
-        } else if taken {
-            queue.forget(&entry);
-            batch.push(entry);
+    queue.tokens -= tokens;
+    let (mut waiting, mut rotated) = (VecDeque::new(), VecDeque::new());
+    for (p, served) in std::mem::take(&mut queue.pending).into_iter().zip(served) {
+        if p.inputs.is_empty() {
+            p.job.queued.store(false, Ordering::Relaxed);
+        } else if served {
+            rotated.push_back(p);
         } else {
-            keep.push_back(entry);
+            waiting.push_back(p);
         }
     }
-    keep.append(&mut queue.entries);
-    queue.entries = keep;
+    waiting.append(&mut rotated);
+    queue.pending = waiting;
     batch
 }
 
@@ -301,10 +345,10 @@ fn run_worker(shared: &Shared) {
     loop {
         let batch = {
             let mut queue = shared.lock();
-            while queue.entries.is_empty() && !queue.closed {
+            while queue.pending.is_empty() && !queue.closed {
                 queue = shared.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
             }
-            if queue.entries.is_empty() {
+            if queue.pending.is_empty() {
                 return;
             }
             let batch = take_batch(&mut queue, shared.config.max_batch_tokens);
@@ -318,51 +362,103 @@ fn run_worker(shared: &Shared) {
     }
 }
 
-fn run_batch(shared: &Shared, batch: Vec<Entry>) {
-    let start = Instant::now();
-    for entry in &batch {
-        entry.job.lock().first_start.get_or_insert(start);
+/// Why a batch produced no vectors.
+struct Failure {
+    message: String,
+    panicked: bool,
+}
+
+impl Failure {
+    fn to_api_error(&self) -> ApiError {
+        if self.panicked {
+            ApiError::internal("The server had an error while processing your request.")
+        } else {
+            ApiError::internal(format!("The engine failed on this request: {}", self.message))
+        }
     }
-    let ids: Vec<&[u32]> = batch.iter().map(|e| e.ids.as_slice()).collect();
+}
+
+/// Runs entries through the engine, catching errors and panics; records timing and metrics.
+fn run_engine(shared: &Shared, entries: &[Entry]) -> Result<Vec<Vec<f32>>, Failure> {
+    let start = Instant::now();
+    for entry in entries {
+        let mut state = entry.job.lock();
+        if state.first_start.is_none() {
+            state.first_start = Some(start);
+            metrics::queue_time(&shared.name, start.duration_since(entry.job.admitted));
+        }
+    }
+    let ids: Vec<&[u32]> = entries.iter().map(|e| e.ids.as_slice()).collect();
     let tokens: usize = ids.iter().map(|i| i.len()).sum();
     let result = catch_unwind(AssertUnwindSafe(|| {
+        #[cfg(feature = "fault-injection")]
         fault_injection::maybe_panic(&ids);
         shared.model.embed_ids(&ids)
     }));
     let elapsed = start.elapsed();
-    let mut jobs: Vec<&Arc<Job>> = batch.iter().map(|e| &e.job).collect();
-    jobs.sort_by_key(|j| Arc::as_ptr(j));
-    jobs.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    let jobs = distinct_jobs(entries);
     for job in &jobs {
         job.lock().inference += elapsed;
     }
-    metrics::batch(&shared.name, batch.len(), tokens, jobs.len(), elapsed);
+    metrics::batch(&shared.name, entries.len(), tokens, jobs.len(), elapsed);
     {
         let mut queue = shared.lock();
         let rate = tokens as f64 / elapsed.as_secs_f64().max(1e-6);
         queue.tokens_per_second = 0.7 * queue.tokens_per_second + 0.3 * rate;
     }
     match result {
-        Ok(Ok(vectors)) => {
-            for (entry, vector) in batch.into_iter().zip(vectors) {
-                deliver(entry, vector);
-            }
-        }
-        Ok(Err(error)) => {
-            tracing::error!(model = %shared.name, %error, "engine batch failed");
-            for entry in batch {
-                entry
-                    .job
-                    .fail(ApiError::internal(format!("The engine failed on this batch: {error}")));
-            }
-        }
+        Ok(Ok(vectors)) => Ok(vectors),
+        Ok(Err(error)) => Err(Failure {
+            message: error.to_string(),
+            panicked: false,
+        }),
         Err(_) => {
-            tracing::error!(model = %shared.name, inputs = batch.len(), "engine batch panicked; its requests fail, the worker goes on");
             metrics::engine_panic(&shared.name);
-            for entry in batch {
-                entry.job.fail(ApiError::internal(
-                    "The server had an error while processing your request.",
-                ));
+            Err(Failure {
+                message: "the engine panicked".into(),
+                panicked: true,
+            })
+        }
+    }
+}
+
+/// The distinct requests of some entries, in first-seen order.
+fn distinct_jobs(entries: &[Entry]) -> Vec<Arc<Job>> {
+    let mut jobs: Vec<Arc<Job>> = Vec::new();
+    for e in entries {
+        if !jobs.iter().any(|j| Arc::ptr_eq(j, &e.job)) {
+            jobs.push(Arc::clone(&e.job));
+        }
+    }
+    jobs
+}
+
+/// Runs a batch; when it fails and holds several requests, runs each request's part alone so
+/// that only the request at fault fails.
+fn run_batch(shared: &Shared, batch: Vec<Entry>) {
+    let failure = match run_engine(shared, &batch) {
+        Ok(vectors) => {
+            batch.into_iter().zip(vectors).for_each(|(e, v)| deliver(e, v));
+            return;
+        }
+        Err(failure) => failure,
+    };
+    let jobs = distinct_jobs(&batch);
+    tracing::error!(model = %shared.name, error = %failure.message, requests = jobs.len(), "engine batch failed; running its requests one at a time");
+    if jobs.len() == 1 {
+        jobs[0].fail(failure.to_api_error());
+        return;
+    }
+    metrics::batch_retry(&shared.name);
+    let mut batch = batch;
+    for job in jobs {
+        let (own, rest): (Vec<Entry>, Vec<Entry>) = batch.into_iter().partition(|e| Arc::ptr_eq(&e.job, &job));
+        batch = rest;
+        match run_engine(shared, &own) {
+            Ok(vectors) => own.into_iter().zip(vectors).for_each(|(e, v)| deliver(e, v)),
+            Err(failure) => {
+                tracing::error!(model = %shared.name, error = %failure.message, "a request failed in the engine");
+                job.fail(failure.to_api_error());
             }
         }
     }
@@ -396,8 +492,10 @@ fn deliver(entry: Entry, vector: Vec<f32>) {
     }
 }
 
-/// Test hook: with `OPENEMBED_FAULT_PANIC_TOKENS=N` set, a batch holding an input of exactly N
-/// tokens panics inside the worker. Used to prove a panic fails only its batch.
+/// Test hook, compiled only with the `fault-injection` feature (tests): with
+/// `OPENEMBED_FAULT_PANIC_TOKENS=N` set, a batch holding an input of exactly N tokens panics
+/// inside the worker.
+#[cfg(feature = "fault-injection")]
 mod fault_injection {
     use std::sync::OnceLock;
 
@@ -420,70 +518,83 @@ mod fault_injection {
 mod tests {
     use super::*;
 
-    fn entry(len: usize, job: &Arc<Job>, slot: usize) -> Entry {
-        Entry {
-            ids: vec![1; len],
-            slot,
-            job: Arc::clone(job),
-        }
-    }
-
     fn job(n: usize) -> Arc<Job> {
         let (tx, _rx) = oneshot::channel();
-        Arc::new(Job {
-            admitted: Instant::now(),
-            queued_inputs: AtomicUsize::new(n),
-            cancelled: AtomicBool::new(false),
-            state: Mutex::new(JobState {
-                vectors: vec![None; n],
-                missing: n,
-                first_start: None,
-                inference: Duration::ZERO,
-                reply: Some(tx),
-            }),
-        })
+        Arc::new(Job::new(n, tx))
     }
 
-    fn queue_of(lens: &[usize], job: &Arc<Job>) -> Queue {
-        let mut q = Queue {
-            requests: 1,
-            ..Queue::default()
-        };
-        for (i, &l) in lens.iter().enumerate() {
-            q.tokens += l;
-            q.entries.push_back(entry(l, job, i));
-        }
-        q
+    fn push(q: &mut Queue, lens: &[usize]) -> Arc<Job> {
+        let j = job(lens.len());
+        let p = pending_of(&j, lens.iter().map(|&l| vec![1; l]).collect());
+        q.tokens += p.tokens;
+        q.pending.push_back(p);
+        j
+    }
+
+    fn slots(batch: &[Entry], job: &Arc<Job>) -> Vec<usize> {
+        batch
+            .iter()
+            .filter(|e| Arc::ptr_eq(&e.job, job))
+            .map(|e| e.slot)
+            .collect()
     }
 
     #[test]
-    fn batches_start_with_the_oldest_and_group_similar_lengths() {
-        let j = job(5);
-        let mut q = queue_of(&[10, 200, 12, 9, 150], &j);
+    fn a_lone_request_fills_batches_shortest_first() {
+        let mut q = Queue::default();
+        let j = push(&mut q, &[10, 200, 12, 9, 150]);
         let b = take_batch(&mut q, 40);
-        let slots: Vec<usize> = b.iter().map(|e| e.slot).collect();
-        assert_eq!(slots, vec![0, 2, 3]);
+        assert_eq!(slots(&b, &j), vec![3, 0, 2]);
         assert_eq!(q.tokens, 350);
         let b = take_batch(&mut q, 40);
-        assert_eq!(b.len(), 1, "a long input runs alone");
-        assert_eq!(b[0].slot, 1);
+        assert_eq!(slots(&b, &j), vec![4], "a long input runs alone");
         let b = take_batch(&mut q, 1000);
-        assert_eq!(b[0].slot, 4);
-        assert_eq!((q.tokens, q.requests, q.entries.len()), (0, 0, 0));
+        assert_eq!(slots(&b, &j), vec![1]);
+        assert_eq!((q.tokens, q.pending.len()), (0, 0));
+        assert!(!j.queued.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_small_request_after_a_large_one_is_in_the_next_batch() {
+        // The engine is "paused": nothing takes batches until the test does.
+        let mut q = Queue::default();
+        let large = push(&mut q, &vec![128; 1000]);
+        let first = take_batch(&mut q, 2048);
+        assert_eq!(first.len(), 16);
+        let small = push(&mut q, &[7]);
+        let next = take_batch(&mut q, 2048);
+        assert_eq!(
+            slots(&next, &small),
+            vec![0],
+            "the small request waits behind one batch at most"
+        );
+        assert!(next.iter().map(|e| e.ids.len()).sum::<usize>() <= 2048);
+        assert!(!slots(&next, &large).is_empty(), "the large request keeps going");
+        // Many large requests: each gets its share, in turn.
+        let others: Vec<_> = (0..20).map(|_| push(&mut q, &vec![256; 50])).collect();
+        let mut seen = vec![0; others.len()];
+        for _ in 0..3 {
+            let b = take_batch(&mut q, 2048);
+            for (i, o) in others.iter().enumerate() {
+                seen[i] += slots(&b, o).len();
+            }
+        }
+        assert!(
+            seen.iter().all(|&n| n >= 1),
+            "every request was served within 3 batches: {seen:?}"
+        );
     }
 
     #[test]
     fn cancelled_inputs_are_dropped() {
-        let a = job(2);
-        let b = job(1);
-        let mut q = queue_of(&[5, 5], &a);
-        q.entries.push_back(entry(7, &b, 0));
-        q.tokens += 7;
-        q.requests += 1;
+        let mut q = Queue::default();
+        let a = push(&mut q, &[5, 5]);
+        let b = push(&mut q, &[7]);
         a.cancelled.store(true, Ordering::Relaxed);
         let batch = take_batch(&mut q, 100);
         assert_eq!(batch.len(), 1);
         assert!(Arc::ptr_eq(&batch[0].job, &b));
-        assert_eq!((q.tokens, q.requests), (0, 0));
+        assert_eq!((q.tokens, q.pending.len()), (0, 0));
+        assert!(!a.queued.load(Ordering::Relaxed));
     }
 }

@@ -15,6 +15,8 @@ pub struct Plan {
     pub truncation: Truncation,
     /// Cut vectors to this many dimensions.
     pub dimensions: Option<usize>,
+    /// Normalize cut vectors again (the model's pipeline normalizes).
+    pub renormalize: bool,
     /// Output encoding.
     pub encoding: EncodingFormat,
     /// Long-input mode: split over-long inputs into windows sharing this many tokens.
@@ -75,6 +77,7 @@ pub fn plan(request: &EmbeddingsRequest, info: &ModelInfo, defaults: &Defaults) 
         prompt,
         truncation,
         dimensions: request.dimensions,
+        renormalize: info.normalize,
         encoding: request.encoding_format,
         windows: defaults.long_input_windows,
     })
@@ -92,7 +95,9 @@ pub fn respond(
         .enumerate()
         .map(|(index, v)| {
             let v = match plan.dimensions {
-                Some(d) => truncate_dimensions(&v, d).map_err(|e| ApiError::internal(e.to_string()))?,
+                Some(d) => {
+                    truncate_dimensions(&v, d, plan.renormalize).map_err(|e| ApiError::internal(e.to_string()))?
+                }
                 None => v,
             };
             Ok(EmbeddingObject {

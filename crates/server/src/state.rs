@@ -1,6 +1,7 @@
 //! Shared server state and the shutdown life cycle.
 
 use crate::auth::ApiKeys;
+use crate::budget::MemoryBudget;
 use crate::error::ApiError;
 use crate::prepare::Limits;
 use crate::registry::Registry;
@@ -19,6 +20,8 @@ pub struct AppState {
     pub defaults: Defaults,
     /// Configured API keys (empty = open).
     pub keys: ApiKeys,
+    /// Memory held by admitted requests, bounded by `limits.max_inflight_bytes`.
+    pub budget: Arc<MemoryBudget>,
     draining: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
@@ -32,6 +35,7 @@ impl AppState {
             limits,
             defaults,
             keys,
+            budget: MemoryBudget::new(limits.max_inflight_bytes),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),

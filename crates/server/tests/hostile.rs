@@ -41,7 +41,10 @@ fn state(keys: &[&str]) -> Arc<AppState> {
     let registry = Registry::load(
         &[spec],
         &[],
-        &LoadOptions { threads: Some(2) },
+        &LoadOptions {
+            threads: Some(2),
+            ..LoadOptions::default()
+        },
         SchedulerConfig {
             max_batch_tokens: 2048,
             max_queued_tokens: 1_000_000,
@@ -52,6 +55,7 @@ fn state(keys: &[&str]) -> Arc<AppState> {
         max_request_tokens: 300_000,
         max_body_bytes: BODY_LIMIT,
         body_timeout: Duration::from_secs(5),
+        max_inflight_bytes: 256 << 20,
     };
     let defaults = Defaults {
         auto_truncate: false,
@@ -183,7 +187,7 @@ proptest! {
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         match api::decode(Some("application/json"), &bytes) {
-            Ok(request) => prop_assert!(!request.inputs.is_empty()),
+            Ok(request) => prop_assert!(!request.inputs().is_empty()),
             Err(e) => prop_assert!(e.status.is_client_error() && !e.message.is_empty()),
         }
     }

@@ -602,6 +602,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn zero_rows_do_no_work() {
+        for isa in [Isa::Avx2, Isa::Avx512] {
+            let supported = match isa {
+                Isa::Avx2 => super::super::has_avx2_fma(),
+                Isa::Avx512 => super::super::has_avx512(),
+            };
+            if !supported {
+                continue;
+            }
+            let w = PackedWeight::pack(&[1.0; 6], 2, 3, isa);
+            let mut out: Vec<f32> = Vec::new();
+            sgemm(&[], 0, &w, Some(&[1.0, 2.0]), Activation::Identity, &mut out, 2, 2);
+            assert!(out.is_empty());
+        }
+    }
+
+    #[test]
     fn matches_naive_on_odd_shapes() {
         let mut isas = Vec::new();
         if super::super::has_avx2_fma() {

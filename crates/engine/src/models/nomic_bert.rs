@@ -14,6 +14,37 @@ use crate::weights::Weights;
 /// `model_type` values handled here.
 pub const MODEL_TYPES: &[&str] = &["nomic_bert"];
 
+/// Refuses configs whose flags ask for something this file does not compute (any value but the
+/// one computed here is refused rather than ignored): scaled or dynamic rotary
+/// embeddings, RMSNorm, parallel blocks, causal attention, pre-norm, per-layer attention scaling.
+fn refuse_unimplemented(cfg: &ConfigJson) -> Result<()> {
+    use serde_json::Value;
+    // (name, what the engine computes): absent or null always matches.
+    let expected: [(&str, Value); 8] = [
+        ("rotary_scaling_factor", Value::Null),
+        ("rotary_emb_scale_base", Value::Null),
+        ("use_rms_norm", Value::Bool(false)),
+        ("parallel_block", Value::Bool(false)),
+        ("causal", Value::Bool(false)),
+        ("prenorm", Value::Bool(false)),
+        ("scale_attn_by_inverse_layer_idx", Value::Bool(false)),
+        ("scale_attn_weights", Value::Bool(true)),
+    ];
+    for (name, want) in expected {
+        match cfg.value.get(name) {
+            None | Some(Value::Null) => {}
+            Some(v) if *v == want => {}
+            Some(v) => {
+                return Err(Error::Unsupported(format!(
+                    "{}: NomicBERT with `{name}` = {v} (openembed computes {name} = {want})",
+                    cfg.path.display()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Builds a NomicBERT encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
     let hidden = cfg.usize(&["n_embd", "hidden_size"])?;
@@ -29,9 +60,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
     };
     let fraction = cfg.f64_opt(&["rotary_emb_fraction"]).unwrap_or(1.0);
     let interleaved = cfg.bool_opt(&["rotary_emb_interleaved"]).unwrap_or(false);
-    if cfg.bool_opt(&["prenorm"]) == Some(true) {
-        return Err(Error::Unsupported(format!("{}: NomicBERT with prenorm", cfg.path.display())));
-    }
+    refuse_unimplemented(cfg)?;
     let act_name = match cfg.str_opt(&["activation_function", "hidden_act"]).unwrap_or("swiglu") {
         "swiglu" => "silu",
         "geglu" => "gelu",

@@ -216,3 +216,14 @@ pub fn assert_error(body: &serde_json::Value) -> &serde_json::Map<String, serde_
     assert!(error.contains_key("param") && error.contains_key("code"), "{body}");
     error
 }
+
+/// Resident memory of a process in MB (Linux).
+pub fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
