@@ -314,7 +314,11 @@ struct BatchLine<'a> {
 
 /// Embeds a batch, turning an engine error or panic into its message.
 fn embed_guarded(model: &Model, ids: &[&[u32]]) -> std::result::Result<Vec<Vec<f32>>, String> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.embed_ids(ids))) {
+    let run = || {
+        openembed_server::fault::maybe_panic(ids);
+        model.embed_ids(ids)
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
         Ok(Ok(out)) => Ok(out),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("the engine panicked".into()),

@@ -66,10 +66,15 @@ pub struct ServeArgs {
     /// Compute threads shared by every served model and by tokenization (default: all cores).
     #[arg(long, env = "OPENEMBED_THREADS")]
     threads: Option<usize>,
-    /// Most tokens per engine batch. Batches are packed without padding, so throughput is flat
-    /// from 1,024 to 8,192 (scripts/bench_server.py); 2,048 keeps a batch short for latency.
+    /// Most tokens per engine batch (within it, see --batch-time-ms). Batches are packed without
+    /// padding, so throughput is flat across sizes.
     #[arg(long, env = "OPENEMBED_MAX_BATCH_TOKENS", default_value_t = 2048)]
     max_batch_tokens: usize,
+    /// Milliseconds one engine batch should take: a batch's token budget follows the engine's
+    /// recent speed, so a request arriving behind a large one waits about this long for the
+    /// batch in progress. Larger trades latency for fewer, bigger batches.
+    #[arg(long, env = "OPENEMBED_BATCH_TIME_MS", default_value_t = 50)]
+    batch_time_ms: u64,
     /// Most tokens waiting per model; beyond it requests get 429 with Retry-After.
     #[arg(long, env = "OPENEMBED_MAX_QUEUED_TOKENS", default_value_t = 500_000)]
     max_queued_tokens: usize,
@@ -205,6 +210,7 @@ impl ServeArgs {
             scheduler: SchedulerConfig {
                 max_batch_tokens: self.max_batch_tokens,
                 max_queued_tokens: self.max_queued_tokens,
+                batch_time: Duration::from_millis(self.batch_time_ms.max(1)),
             },
             limits: Limits {
                 max_request_tokens: self.max_request_tokens,

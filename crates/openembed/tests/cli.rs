@@ -277,6 +277,54 @@ fn batch_runs_openai_batch_files_and_resumes() {
 }
 
 #[test]
+fn batch_turns_an_engine_failure_into_that_line_s_error_and_goes_on() {
+    let dir = temp_dir("batch-fault");
+    let request = |id: &str, input: serde_json::Value| {
+        serde_json::json!({"custom_id": id, "method": "POST", "url": "/v1/embeddings",
+                           "body": {"model": "all-MiniLM-L6-v2", "input": input}})
+        .to_string()
+    };
+    // Nine native ids trigger the test hook's panic; the other lines share its batch.
+    let lines = [
+        request("before", serde_json::json!([[101, 7592, 102]])),
+        request("faulty", serde_json::json!([[101, 2, 3, 4, 5, 6, 7, 8, 102]])),
+        request("after", serde_json::json!([[101, 2088, 102], [101, 7592, 2088, 102]])),
+    ];
+    let input = dir.join("requests.jsonl");
+    let output = dir.join("results.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let out = bin()
+        .args(["batch", "--threads", "2", "--token-ids", "native", "--model"])
+        .arg(format!("{}=all-MiniLM-L6-v2", model_dir().display()))
+        .arg("-i")
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .env("OPENEMBED_FAULT_PANIC_TOKENS", "9")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results: Vec<serde_json::Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let status = |id: &str| {
+        let r = results.iter().find(|r| r["custom_id"] == id).expect(id);
+        (
+            r["response"]["status_code"].as_u64().unwrap(),
+            r["response"]["body"].clone(),
+        )
+    };
+    assert_eq!(status("before").0, 200);
+    assert_eq!(status("after").0, 200);
+    assert_eq!(status("after").1["data"].as_array().unwrap().len(), 2);
+    let (code, body) = status("faulty");
+    assert_eq!(code, 500);
+    assert_eq!(body["error"]["type"], "server_error");
+}
+
+#[test]
 fn models_lists_local_folders() {
     let out = bin()
         .args(["models", "--json", "--dir"])

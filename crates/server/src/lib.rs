@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod budget;
 pub mod error;
+pub mod fault;
 pub mod hub;
 pub mod listener;
 pub mod metrics;

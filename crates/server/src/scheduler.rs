@@ -2,12 +2,14 @@
 //!
 //! Requests put their tokenized inputs into a queue bounded by queued tokens (admission is all
 //! or nothing). One engine worker thread takes batches from the queue by a token budget as soon
-//! as it is free. Batches are formed fairly between requests (deficit round-robin by tokens):
-//! every waiting request first gets an equal share of the budget, in round-robin order, then
-//! any budget left goes to whoever still has inputs. A request's inputs wait shortest first, so
-//! each batch takes inputs of similar length from it. A small request that arrives while a large
-//! one is being served therefore runs in the very next batch, and a lone request still fills
-//! whole batches. Results are put back in input order. A request whose client went away has its
+//! as it is free. A batch's token budget is what the engine runs in `batch_time` (50 ms by
+//! default) at its recent speed (within 256 and `max_batch_tokens`), so whoever arrives waits little for the batch in
+//! progress. Batches are formed fairly between requests (deficit round-robin by tokens): requests
+//! not started yet, then the others in round-robin order, first get an equal share of the
+//! budget, then any budget left goes to whoever still has inputs. A request's inputs wait
+//! shortest first, so each batch takes inputs of similar length from it. A small request that
+//! arrives while a large one is being served therefore runs in the very next batch, and a lone
+//! request still fills whole batches. Results are put back in input order. A request whose client went away has its
 //! queued inputs removed. A batch that fails (an error or a panic inside the engine) is run
 //! again one request at a time, so only the request whose input caused it fails; the worker goes
 //! on with the next batch.
@@ -30,6 +32,9 @@ pub struct SchedulerConfig {
     pub max_batch_tokens: usize,
     /// Most tokens waiting in the queue; beyond it requests get 429.
     pub max_queued_tokens: usize,
+    /// How long one batch should take (its token budget follows the engine's recent speed);
+    /// a request arriving behind a large one waits about this long for the batch in progress.
+    pub batch_time: Duration,
 }
 
 /// What a finished request gets back.
@@ -106,6 +111,8 @@ struct Pending {
     job: Arc<Job>,
     inputs: VecDeque<(usize, Vec<u32>)>,
     tokens: usize,
+    /// Whether some of its inputs have been batched already.
+    started: bool,
 }
 
 impl Pending {
@@ -131,11 +138,29 @@ struct Queue {
     pending: VecDeque<Pending>,
     tokens: usize,
     closed: bool,
-    /// Recent engine throughput in tokens/s (exponential moving average), for `Retry-After`.
-    tokens_per_second: f64,
+    /// Recent engine work: tokens and seconds, both decayed per batch, so the speed estimate
+    /// is weighted by tokens (a tiny batch's fixed cost barely moves it).
+    recent_tokens: f64,
+    recent_seconds: f64,
 }
 
 impl Queue {
+    /// Recent engine throughput in tokens/s (2,000 before the first batch), for `Retry-After`
+    /// and the batch budget.
+    fn tokens_per_second(&self) -> f64 {
+        if self.recent_seconds > 0.0 {
+            self.recent_tokens / self.recent_seconds
+        } else {
+            2000.0
+        }
+    }
+
+    /// Adds one batch to the recent work.
+    fn record(&mut self, tokens: usize, seconds: f64) {
+        self.recent_tokens = 0.8 * self.recent_tokens + tokens as f64;
+        self.recent_seconds = 0.8 * self.recent_seconds + seconds;
+    }
+
     /// Removes the requests whose clients went away.
     fn drop_cancelled(&mut self) {
         let mut dropped = 0;
@@ -217,10 +242,7 @@ impl Scheduler {
             model,
             name: name.to_string(),
             config,
-            queue: Mutex::new(Queue {
-                tokens_per_second: 2000.0,
-                ..Queue::default()
-            }),
+            queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
         });
         let for_worker = Arc::clone(&shared);
@@ -245,7 +267,7 @@ impl Scheduler {
             }
             // An empty queue takes any request, so one large request is never refused forever.
             if queue.tokens > 0 && queue.tokens + pending.tokens > self.shared.config.max_queued_tokens {
-                let seconds = (queue.tokens + pending.tokens) as f64 / queue.tokens_per_second.max(1.0);
+                let seconds = (queue.tokens + pending.tokens) as f64 / queue.tokens_per_second().max(1.0);
                 return Err(ApiError::queue_full(seconds.ceil().clamp(1.0, 600.0) as u64));
             }
             queue.tokens += pending.tokens;
@@ -286,13 +308,25 @@ fn pending_of(job: &Arc<Job>, inputs: Vec<Vec<u32>>) -> Pending {
         job: Arc::clone(job),
         inputs: inputs.into(),
         tokens,
+        started: false,
     }
 }
 
-/// Takes the next batch, fairly between requests (deficit round-robin by tokens): in queue
-/// order each request gets up to an equal share of the budget (at least its next input when
-/// that still fits), then what is left of the budget goes to the requests in the same order.
-/// Requests served in the first round move to the back of the queue.
+/// Fewest tokens a batch is given (throughput is flat from here up; measured 256..8,192).
+const MIN_BATCH_TOKENS: usize = 256;
+
+/// The token budget of the next batch: what the engine runs in `config.batch_time` at its
+/// recent speed, at least [`MIN_BATCH_TOKENS`], at most `config.max_batch_tokens`.
+fn batch_budget(tokens_per_second: f64, config: &SchedulerConfig) -> usize {
+    let timed = (tokens_per_second * config.batch_time.as_secs_f64()) as usize;
+    timed.max(MIN_BATCH_TOKENS).min(config.max_batch_tokens.max(1))
+}
+
+/// Takes the next batch, fairly between requests (deficit round-robin by tokens): requests
+/// not started yet first (in arrival order), then the others in queue order, each gets up to an
+/// equal share of the budget (at least its next input when that still fits), then what is left
+/// of the budget goes to the requests in queue order. Requests served in the first round move
+/// to the back of the queue.
 fn take_batch(queue: &mut Queue, budget: usize) -> Vec<Entry> {
     queue.drop_cancelled();
     let mut batch = Vec::new();
@@ -302,9 +336,13 @@ fn take_batch(queue: &mut Queue, budget: usize) -> Vec<Entry> {
     let share = (budget / queue.pending.len()).max(1);
     let mut tokens = 0;
     let mut served = vec![false; queue.pending.len()];
-    for (p, served) in queue.pending.iter_mut().zip(&mut served) {
+    let (fresh, started): (Vec<usize>, Vec<usize>) = (0..queue.pending.len()).partition(|&i| !queue.pending[i].started);
+    for i in fresh.into_iter().chain(started) {
+        let p = &mut queue.pending[i];
         let room = budget.saturating_sub(tokens);
         let (mut count, _) = fits_in_budget(p.inputs.iter().map(|(_, ids)| ids.len()), share.min(room));
+        // A request gets at least its next input when that still fits (or the batch is empty):
+        // a small request is never kept waiting by a long input that would not fit beside it.
         if count == 0
             && p.inputs
                 .front()
@@ -314,7 +352,8 @@ fn take_batch(queue: &mut Queue, budget: usize) -> Vec<Entry> {
         }
         if count > 0 {
             tokens += p.take(count, &mut batch);
-            *served = true;
+            p.started = true;
+            served[i] = true;
         }
     }
     for p in queue.pending.iter_mut() {
@@ -351,7 +390,8 @@ fn run_worker(shared: &Shared) {
             if queue.pending.is_empty() {
                 return;
             }
-            let batch = take_batch(&mut queue, shared.config.max_batch_tokens);
+            let budget = batch_budget(queue.tokens_per_second(), &shared.config);
+            let batch = take_batch(&mut queue, budget);
             shared.publish_depth(&queue);
             batch
         };
@@ -391,8 +431,7 @@ fn run_engine(shared: &Shared, entries: &[Entry]) -> Result<Vec<Vec<f32>>, Failu
     let ids: Vec<&[u32]> = entries.iter().map(|e| e.ids.as_slice()).collect();
     let tokens: usize = ids.iter().map(|i| i.len()).sum();
     let result = catch_unwind(AssertUnwindSafe(|| {
-        #[cfg(feature = "fault-injection")]
-        fault_injection::maybe_panic(&ids);
+        crate::fault::maybe_panic(&ids);
         shared.model.embed_ids(&ids)
     }));
     let elapsed = start.elapsed();
@@ -403,8 +442,7 @@ fn run_engine(shared: &Shared, entries: &[Entry]) -> Result<Vec<Vec<f32>>, Failu
     metrics::batch(&shared.name, entries.len(), tokens, jobs.len(), elapsed);
     {
         let mut queue = shared.lock();
-        let rate = tokens as f64 / elapsed.as_secs_f64().max(1e-6);
-        queue.tokens_per_second = 0.7 * queue.tokens_per_second + 0.3 * rate;
+        queue.record(tokens, elapsed.as_secs_f64());
     }
     match result {
         Ok(Ok(vectors)) => Ok(vectors),
@@ -492,28 +530,6 @@ fn deliver(entry: Entry, vector: Vec<f32>) {
     }
 }
 
-/// Test hook, compiled only with the `fault-injection` feature (tests): with
-/// `OPENEMBED_FAULT_PANIC_TOKENS=N` set, a batch holding an input of exactly N tokens panics
-/// inside the worker.
-#[cfg(feature = "fault-injection")]
-mod fault_injection {
-    use std::sync::OnceLock;
-
-    pub fn maybe_panic(ids: &[&[u32]]) {
-        static TRIGGER: OnceLock<Option<usize>> = OnceLock::new();
-        let trigger = TRIGGER.get_or_init(|| {
-            std::env::var("OPENEMBED_FAULT_PANIC_TOKENS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-        });
-        if let Some(n) = *trigger {
-            if ids.iter().any(|i| i.len() == n) {
-                panic!("injected engine fault: an input of {n} tokens");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -583,6 +599,31 @@ mod tests {
             seen.iter().all(|&n| n >= 1),
             "every request was served within 3 batches: {seen:?}"
         );
+    }
+
+    #[test]
+    fn a_new_request_goes_first_even_when_the_budget_is_one_long_input() {
+        let mut q = Queue::default();
+        let large = push(&mut q, &[256; 10]);
+        assert_eq!(take_batch(&mut q, 256).len(), 1);
+        let small = push(&mut q, &[7]);
+        let next = take_batch(&mut q, 256);
+        assert_eq!(slots(&next, &small), vec![0]);
+        assert!(slots(&next, &large).is_empty(), "the long input does not fit beside it");
+        assert_eq!(take_batch(&mut q, 256).len(), 1);
+    }
+
+    #[test]
+    fn batches_last_about_the_batch_time() {
+        let config = |max_batch_tokens| SchedulerConfig {
+            max_batch_tokens,
+            max_queued_tokens: 1,
+            batch_time: Duration::from_millis(50),
+        };
+        assert_eq!(batch_budget(8000.0, &config(2048)), 400);
+        assert_eq!(batch_budget(1000.0, &config(2048)), 256);
+        assert_eq!(batch_budget(1e6, &config(2048)), 2048);
+        assert_eq!(batch_budget(8000.0, &config(100)), 100);
     }
 
     #[test]

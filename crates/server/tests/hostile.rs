@@ -48,6 +48,7 @@ fn state(keys: &[&str]) -> Arc<AppState> {
         SchedulerConfig {
             max_batch_tokens: 2048,
             max_queued_tokens: 1_000_000,
+            batch_time: Duration::from_millis(50),
         },
     )
     .expect("model loads");
