@@ -87,7 +87,7 @@ pub struct ServeArgs {
     /// Most bytes all admitted requests may hold at once: bodies being read, decoded inputs and
     /// responses being built. Past it requests get 429 with Retry-After before their body is
     /// read. One request alone is always admitted.
-    #[arg(long, env = "OPENEMBED_MAX_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, env = "OPENEMBED_MAX_INFLIGHT_BYTES", default_value_t = 192 * 1024 * 1024)]
     max_inflight_bytes: usize,
     /// Seconds a client may leave a response unread before its connection is closed.
     #[arg(long, env = "OPENEMBED_WRITE_TIMEOUT", default_value_t = 30)]
@@ -246,6 +246,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("openembed-http")
+        // Decoding, tokenization hand-off and serialization run on the blocking pool: a few
+        // threads per core are plenty, and fewer threads keep fewer allocator heaps alive.
+        .max_blocking_threads(4 * std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {

@@ -705,6 +705,18 @@ fn link_model_files(dir: &std::path::Path) {
     }
 }
 
+/// Starts `openembed serve --model MODEL` expecting it to fail at start-up (exit code 1);
+/// returns its stderr.
+fn start_fails(model: &str, env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_openembed"))
+        .args(["serve", "--port", "0", "--model", model])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn hub_ids_resolve_from_the_cache_offline() {
     let home = std::env::temp_dir().join(format!("openembed-hf-{}", std::process::id()));
@@ -723,19 +735,7 @@ fn hub_ids_resolve_from_the_cache_offline() {
     drop(server);
 
     // Offline and not cached: a clear error at start-up, exit code 1.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_openembed"))
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--model",
-            "sentence-transformers/not-cached-model",
-        ])
-        .envs(env)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = start_fails("sentence-transformers/not-cached-model", &env);
     assert!(
         stderr.contains("not-cached-model") && stderr.contains("HF_HUB_OFFLINE"),
         "{stderr}"
@@ -904,20 +904,11 @@ fn an_offline_hub_cache_missing_a_module_file_fails_naming_it() {
     fake_hub_cache(&home);
     let snapshot = home.join("hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/0123456789abcdef");
     std::fs::remove_file(snapshot.join("1_Pooling/config.json")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_openembed"))
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--model",
-            "sentence-transformers/all-MiniLM-L6-v2",
-        ])
-        .env("HF_HOME", &home)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let home_str = home.to_str().unwrap();
+    let stderr = start_fails(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        &[("HF_HOME", home_str), ("HF_HUB_OFFLINE", "1")],
+    );
     assert!(stderr.contains("1_Pooling/config.json"), "{stderr}");
     std::fs::remove_dir_all(home).unwrap();
 }

@@ -52,10 +52,13 @@ async fn read_body(
     if declared.is_some_and(|n| n > limits.max_body_bytes) {
         return Err(too_large());
     }
-    reservation.grow(declared.unwrap_or(READ_STEP))?;
-    let mut buf = Vec::with_capacity(declared.unwrap_or(0));
     let mut body = body;
+    let mut buf = Vec::new();
     let read = async {
+        if let Err(busy) = reservation.grow(declared.unwrap_or(READ_STEP)) {
+            return refuse(busy, &mut body).await;
+        }
+        buf.reserve_exact(declared.unwrap_or(0));
         while let Some(frame) = body.frame().await {
             let frame =
                 frame.map_err(|e| ApiError::invalid(format!("The request body could not be read: {e}"), None))?;
@@ -65,7 +68,10 @@ async fn read_body(
                 return Err(too_large());
             }
             if len > reservation.bytes() {
-                reservation.resize(len.max(reservation.bytes() + READ_STEP))?;
+                if let Err(busy) = reservation.resize(len.max(reservation.bytes() + READ_STEP)) {
+                    buf = Vec::new();
+                    return refuse(busy, &mut body).await;
+                }
             }
             buf.extend_from_slice(&data);
         }
@@ -81,6 +87,13 @@ async fn read_body(
         )),
         Ok(result) => result.map(|()| buf),
     }
+}
+
+/// A request refused for lack of budget: the rest of its body is read and dropped (never held),
+/// so the client, still sending, gets the 429 instead of a reset connection.
+async fn refuse<T>(error: ApiError, body: &mut Body) -> Result<T, ApiError> {
+    while let Some(Ok(_)) = body.frame().await {}
+    Err(error)
 }
 
 /// Runs CPU work (decoding, tokenization, serialization) off the async workers.
@@ -134,6 +147,7 @@ pub async fn embeddings(
         .cloned()
         .ok_or_else(|| ApiError::model_not_found(&request.model))?;
     let plan = plan(&request, served.model.info(), &state.defaults)?;
+    served.scheduler.check_room()?;
     let model = Arc::clone(&served.model);
     let limits = state.limits;
     let model_name = request.model;

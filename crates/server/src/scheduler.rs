@@ -255,6 +255,20 @@ impl Scheduler {
         })
     }
 
+    /// Refuses with 429 (503 while shutting down) when the queue is already full, so a request
+    /// that cannot be admitted is not tokenized first; [`Self::submit`] decides for good.
+    pub fn check_room(&self) -> Result<(), ApiError> {
+        let queue = self.shared.lock();
+        if queue.closed {
+            return Err(ApiError::unavailable("The server is shutting down."));
+        }
+        if queue.tokens > 0 && queue.tokens >= self.shared.config.max_queued_tokens {
+            let seconds = queue.tokens as f64 / queue.tokens_per_second().max(1.0);
+            return Err(ApiError::queue_full(seconds.ceil().clamp(1.0, 600.0) as u64));
+        }
+        Ok(())
+    }
+
     /// Admits a request's token ids (all or nothing) or refuses it with 429 when the queue is full.
     pub fn submit(&self, inputs: Vec<Vec<u32>>) -> Result<Ticket, ApiError> {
         let (tx, rx) = oneshot::channel();
