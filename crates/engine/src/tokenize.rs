@@ -296,6 +296,7 @@ mod window_tests {
     fn long_texts_are_read_only_as_far_as_needed_with_the_same_ids() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
         if !dir.join("tokenizer.json").exists() {
+            eprintln!("skipped: the default model is missing (make model)");
             return;
         }
         let t = TextTokenizer::load(&dir, 32).unwrap();
@@ -336,6 +337,7 @@ mod window_tests {
     fn lowercasing_covers_the_prompt_too() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
         if !dir.join("tokenizer.json").exists() {
+            eprintln!("skipped: the default model is missing (make model)");
             return;
         }
         let t = TextTokenizer::load_with(&dir, 256, true).unwrap();
@@ -344,7 +346,10 @@ mod window_tests {
 
     #[test]
     fn windows_cover_the_text_with_overlap() {
-        let Some(t) = tokenizer() else { return };
+        let Some(t) = tokenizer() else {
+            eprintln!("skipped: the default model is missing (make model)");
+            return;
+        };
         let text = (0..40).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
         let whole = t.tokenize(&[&text], None, Truncation::None).unwrap().remove(0);
         let windows = t.tokenize_windows(&[&text, "short"], None, 4).unwrap();
