@@ -12,8 +12,7 @@ fn main() {
     let m: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1300);
     let isa = match args.next().as_deref() {
         Some("avx2") => Isa::Avx2,
-        _ if openembed_engine::kernels::has_avx512() => Isa::Avx512,
-        _ => Isa::Avx2,
+        _ => Isa::detect(),
     };
     if !openembed_engine::kernels::has_avx2_fma() {
         eprintln!("this example needs AVX2 and FMA");

@@ -83,9 +83,9 @@ pub fn attention(
     bias: Option<&RelativeBias>,
 ) {
     match Isa::detect() {
-        Some(Isa::Avx512) => attention_with::<Avx512>(qkv, out, offsets, layout, mask, bias),
-        Some(Isa::Avx2) => attention_with::<Avx2>(qkv, out, offsets, layout, mask, bias),
-        None => attention_with::<Portable>(qkv, out, offsets, layout, mask, bias),
+        Isa::Avx512 => attention_with::<Avx512>(qkv, out, offsets, layout, mask, bias),
+        Isa::Avx2 => attention_with::<Avx2>(qkv, out, offsets, layout, mask, bias),
+        Isa::Portable => attention_with::<Portable>(qkv, out, offsets, layout, mask, bias),
     }
 }
 

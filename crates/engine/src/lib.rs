@@ -16,6 +16,7 @@
 pub mod attention;
 pub mod batch;
 pub mod config;
+pub mod dtype;
 pub mod error;
 pub mod kernels;
 pub mod model;
@@ -27,6 +28,7 @@ pub mod transformer;
 pub mod weights;
 
 pub use batch::{budget_batches, fits_in_budget, PackedBatch};
+pub use dtype::DType;
 pub use error::{Error, Result};
 pub use model::{compute_pool, LoadOptions, Model, ModelInfo};
 pub use pooling::{normalize, truncate_dimensions, Pooling};

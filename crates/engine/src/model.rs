@@ -2,6 +2,7 @@
 
 use crate::batch::PackedBatch;
 use crate::config::SentenceConfig;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::models;
 use crate::pooling::{normalize, Dense, Pooling};
@@ -19,6 +20,8 @@ pub struct LoadOptions {
     /// A compute pool to share with other models (see [`compute_pool`]); `threads` is then
     /// ignored. Without one the model gets a pool of its own.
     pub pool: Option<Arc<rayon::ThreadPool>>,
+    /// Precision of the dense layers (default float32, the reference results).
+    pub dtype: DType,
 }
 
 /// A pool of compute threads (named `oe-compute-N`) for one or several models and their
@@ -61,6 +64,8 @@ pub struct ModelInfo {
     pub prompts: BTreeMap<String, String>,
     /// The prompt used when none is named.
     pub default_prompt_name: Option<String>,
+    /// Precision of the dense layers.
+    pub dtype: DType,
 }
 
 /// An embedding model ready to run.
@@ -84,7 +89,12 @@ impl Model {
             });
         }
         let st = SentenceConfig::load(dir)?;
-        let transformer = models::load_transformer(&st.transformer_dir)?;
+        let pool = match &options.pool {
+            Some(pool) => Arc::clone(pool),
+            None => compute_pool(options.threads)?,
+        };
+        // Packing and quantizing the weights runs on the compute threads too.
+        let transformer = pool.install(|| models::load_transformer_with(&st.transformer_dir, options.dtype))?;
         let max_input_tokens = st
             .max_seq_length
             .unwrap_or(transformer.max_positions)
@@ -115,10 +125,6 @@ impl Model {
             }
             dimension = d.out_features();
         }
-        let pool = match &options.pool {
-            Some(pool) => Arc::clone(pool),
-            None => compute_pool(options.threads)?,
-        };
         let threads = pool.current_num_threads();
         let info = ModelInfo {
             dir: dir.to_owned(),
@@ -131,6 +137,7 @@ impl Model {
             normalize: st.normalize,
             prompts: st.prompts.clone(),
             default_prompt_name: st.default_prompt_name.clone(),
+            dtype: options.dtype,
         };
         Ok(Self {
             info,

@@ -7,16 +7,19 @@
 
 use crate::attention::{attention, HeadLayout, Mask, RelativeBias};
 use crate::batch::PackedBatch;
+use crate::dtype::DType;
 use crate::error::Result;
 use crate::kernels::activation::Activation;
-use crate::kernels::matmul::linear;
+use crate::kernels::bf16::{gemm_bf16, Bf16Isa, Bf16Weight};
+use crate::kernels::int8::{gemm_int8, Int8Isa, Int8Weight};
 use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm};
 use crate::kernels::sgemm::{sgemm, Isa, PackedWeight};
-use crate::kernels::{buffer, par_rows, par_rows_mut};
+use crate::kernels::{buffer, par_rows};
 use crate::rotary::Rotary;
 use crate::weights::{Tensor, Weights};
 
-/// A dense layer `y = x·Wᵀ + b` with `W` of shape `[out × in]`.
+/// A dense layer `y = x·Wᵀ + b` with `W` of shape `[out × in]`, computed in the [`DType`]
+/// it was built with.
 pub struct Linear {
     weight: LinearWeight,
     bias: Option<Tensor>,
@@ -26,34 +29,37 @@ pub struct Linear {
     pub out_features: usize,
 }
 
-/// Weights of a [`Linear`]: packed for our AVX2 SGEMM, or as stored for the portable path.
+/// Weights of a [`Linear`], packed once for the GEMM of its dtype and this CPU.
 enum LinearWeight {
-    Packed(PackedWeight),
-    Plain(Tensor),
+    Float32(PackedWeight),
+    Bfloat16(Bf16Weight),
+    Int8(Int8Weight),
 }
 
 impl Linear {
-    /// Loads `{prefix}.weight` (`[out × in]`) and, when `with_bias`, `{prefix}.bias`.
+    /// Loads `{prefix}.weight` (`[out × in]`) and, when `with_bias`, `{prefix}.bias`, in the
+    /// weights' dtype ([`Weights::dtype`]).
     pub fn load(w: &Weights, prefix: &str, in_features: usize, out_features: usize, with_bias: bool) -> Result<Self> {
-        let weight = w.get(&format!("{prefix}.weight"), &[out_features, in_features])?;
-        let bias = if with_bias {
-            Some(w.get(&format!("{prefix}.bias"), &[out_features])?)
-        } else {
-            None
-        };
-        Ok(Self::new(weight, bias))
+        let (weight, bias) = Self::load_parts(w, prefix, in_features, out_features, with_bias)?;
+        Ok(Self::new(weight, bias, w.dtype()))
     }
 
-    /// Builds a layer from a `[out × in]` weight and optional bias, packing the weight when the
-    /// CPU runs the fast SGEMM.
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+    /// Builds a layer from a `[out × in]` weight and optional bias, packing the weight for
+    /// `dtype` on this CPU. The source's pages are handed back to the OS when it is mapped
+    /// from the file: only the packed copy stays resident.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, dtype: DType) -> Self {
         let (out_features, in_features) = (weight.shape()[0], weight.shape()[1]);
-        let weight = match Isa::detect() {
-            Some(isa) => LinearWeight::Packed(PackedWeight::pack(weight.data(), out_features, in_features, isa)),
-            None => LinearWeight::Plain(weight),
+        let data = weight.data();
+        let packed = match dtype {
+            DType::Float32 => LinearWeight::Float32(PackedWeight::pack(data, out_features, in_features, Isa::detect())),
+            DType::Bfloat16 => {
+                LinearWeight::Bfloat16(Bf16Weight::from_f32(data, out_features, in_features, Bf16Isa::detect()))
+            }
+            DType::Int8 => LinearWeight::Int8(Int8Weight::quantize(data, out_features, in_features, Int8Isa::detect())),
         };
+        weight.release();
         Self {
-            weight,
+            weight: packed,
             bias,
             in_features,
             out_features,
@@ -67,7 +73,7 @@ impl Linear {
     }
 
     /// Stacks layers with the same input width into one (fused Q|K|V): one GEMM instead of three.
-    pub fn concat(parts: Vec<(Tensor, Option<Tensor>)>) -> Self {
+    pub fn concat(parts: Vec<(Tensor, Option<Tensor>)>, dtype: DType) -> Self {
         let in_features = parts.first().map(|p| p.0.shape()[1]).unwrap_or(0);
         let out_features = parts.iter().map(|p| p.0.shape()[0]).sum();
         let mut weight = Vec::with_capacity(in_features * out_features);
@@ -82,9 +88,13 @@ impl Linear {
                 }
             }
         }
+        for (w, _) in parts {
+            w.release();
+        }
         Self::new(
             Tensor::from_vec(weight, vec![out_features, in_features]),
             with_bias.then(|| Tensor::from_vec(bias, vec![out_features])),
+            dtype,
         )
     }
 
@@ -113,15 +123,20 @@ impl Linear {
     /// `out = act(x · Wᵀ + b)`, the activation fused into the GEMM's store where possible.
     pub fn forward_act(&self, x: &[f32], rows: usize, out: &mut [f32], act: Activation, threads: usize) {
         let bias = self.bias.as_ref().map(|b| b.data());
-        let (k, n) = (self.in_features, self.out_features);
+        let n = self.out_features;
         match &self.weight {
-            LinearWeight::Packed(p) => sgemm(x, rows, p, bias, act, out, n, threads),
-            LinearWeight::Plain(w) => {
-                linear(x, rows, k, w.data(), n, bias, out, n, threads);
-                if act != Activation::Identity {
-                    par_rows_mut(&mut out[..rows * n], n, |r| act.apply(r));
-                }
-            }
+            LinearWeight::Float32(w) => sgemm(x, rows, w, bias, act, out, n, threads),
+            LinearWeight::Bfloat16(w) => gemm_bf16(x, rows, w, bias, act, out, n, threads),
+            LinearWeight::Int8(w) => gemm_int8(x, rows, w, bias, act, out, n, threads),
+        }
+    }
+
+    /// The dtype it computes in.
+    pub fn dtype(&self) -> DType {
+        match self.weight {
+            LinearWeight::Float32(_) => DType::Float32,
+            LinearWeight::Bfloat16(_) => DType::Bfloat16,
+            LinearWeight::Int8(_) => DType::Int8,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! f32 tensors whose data is 4-byte aligned in the file are used straight from the mapping (no
 //! copy, so resident memory stays at the file size); f16/bf16 are converted to f32 once.
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
@@ -50,6 +51,26 @@ impl Tensor {
         &self.shape
     }
 
+    /// Drops the tensor and, when it is mapped from the file, tells the OS its pages are not
+    /// needed any more (for weights that were copied into a packed layout): they leave
+    /// resident memory and would be read again from the file if touched. Owned tensors are
+    /// simply freed.
+    pub fn release(self) {
+        if let TensorData::Mapped { map, offset, len } = &self.data {
+            const PAGE: usize = 4096;
+            let base = map.as_ptr() as usize;
+            let start = (base + offset).div_ceil(PAGE) * PAGE - base;
+            let end = (base + offset + len * 4) / PAGE * PAGE - base;
+            if end > start {
+                // SAFETY: the mapping is private and read-only, so dropping its pages loses
+                // nothing: a later read of this range (a neighbouring tensor sharing an edge
+                // page is never cut, whole pages inside this tensor only) refaults from the
+                // file. No reference into the range outlives `self`, which is consumed here.
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
+        }
+    }
+
     /// Row `i` of a 2-D tensor.
     pub fn row(&self, i: usize) -> &[f32] {
         let w = self.shape.last().copied().unwrap_or(0);
@@ -70,6 +91,7 @@ pub struct Weights {
     shards: Vec<(PathBuf, Arc<Mmap>)>,
     entries: HashMap<String, Entry>,
     architecture: String,
+    dtype: DType,
 }
 
 impl Weights {
@@ -151,7 +173,20 @@ impl Weights {
             shards,
             entries,
             architecture: architecture.to_owned(),
+            dtype: DType::Float32,
         })
+    }
+
+    /// The same weights, with dense layers to be built in `dtype` (see [`Self::dtype`]).
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// The dtype the dense layers built from these weights compute in (float32 unless set
+    /// with [`Self::with_dtype`]). Other tensors (norms, embeddings, biases) stay fp32.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     fn path_of(&self, e: Option<&Entry>) -> PathBuf {

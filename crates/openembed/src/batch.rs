@@ -12,7 +12,7 @@ use crate::embed::load_model;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use openembed_engine::budget_batches;
-use openembed_engine::{Model, Truncation};
+use openembed_engine::{DType, Model, Truncation};
 use openembed_server::api::decode_json;
 use openembed_server::error::ApiError;
 use openembed_server::prepare::{prepare, Limits, WindowLayout};
@@ -49,6 +49,9 @@ pub struct BatchArgs {
     /// Compute threads (default: all cores).
     #[arg(long, env = "OPENEMBED_THREADS")]
     threads: Option<usize>,
+    /// Precision of the dense layers: float32 (exact), bfloat16 or int8 (fastest).
+    #[arg(long, env = "OPENEMBED_DTYPE", default_value = "float32")]
+    dtype: DType,
     /// Token budget of one engine batch.
     #[arg(long, default_value_t = 8192)]
     batch_tokens: usize,
@@ -418,7 +421,7 @@ impl Progress {
 
 /// Entry point of `openembed batch`.
 pub fn run(args: &BatchArgs) -> Result<()> {
-    let model = load_model(&args.model.source, args.threads)?;
+    let model = load_model(&args.model.source, args.threads, args.dtype)?;
     let mut names: HashSet<String> = HashSet::from([args.model.name.clone()]);
     for alias in &args.aliases {
         anyhow::ensure!(

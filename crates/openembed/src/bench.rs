@@ -2,7 +2,7 @@
 //! fixed workloads on 1 and on 2 threads; the last line is one JSON object.
 
 use anyhow::{Context, Result};
-use openembed_engine::{LoadOptions, Model, Truncation};
+use openembed_engine::{DType, LoadOptions, Model, Truncation};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -28,6 +28,9 @@ pub struct BenchArgs {
     /// Token budget per batch for the packed mixed-corpus run.
     #[arg(long, default_value_t = 4096)]
     batch_tokens: usize,
+    /// Precision of the dense layers: float32 (exact), bfloat16 or int8 (fastest).
+    #[arg(long, env = "OPENEMBED_DTYPE", default_value = "float32")]
+    dtype: DType,
     /// Thread counts to measure, comma-separated.
     #[arg(long, default_value = "1,2", value_delimiter = ',')]
     threads: Vec<usize>,
@@ -110,16 +113,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             &args.model,
             &LoadOptions {
                 threads: Some(threads),
+                dtype: args.dtype,
                 ..LoadOptions::default()
             },
         )
         .with_context(|| format!("cannot load {}", args.model.display()))?;
         let info = model.info();
+        let resident = resident_mib();
         println!(
-            "== {} ({}), {} threads",
+            "== {} ({}), {} threads, {} on {}, resident after load {}",
             args.model.display(),
             info.architecture,
-            threads
+            threads,
+            args.dtype,
+            openembed_engine::kernels::isa_name(),
+            resident.map_or("unknown".into(), |r| format!("{r:.0} MiB"))
+        );
+        results.push(
+            json!({"threads": threads, "workload": "load", "dtype": args.dtype.as_str(), "resident_mib": resident}),
         );
         let want = |w: &str| args.workloads.iter().any(|x| x == w);
 
@@ -214,7 +225,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     println!(
         "{}",
-        json!({"model": args.model.display().to_string(), "results": results})
+        json!({"model": args.model.display().to_string(), "dtype": args.dtype.as_str(), "kernels": openembed_engine::kernels::isa_name(), "results": results})
     );
     Ok(())
+}
+
+/// This process's resident memory (`VmRSS` of /proc/self/status), in MiB; Linux only.
+fn resident_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

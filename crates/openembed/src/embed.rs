@@ -3,7 +3,7 @@
 
 use crate::output::{OutputFormat, VectorWriter};
 use anyhow::{bail, Context, Result};
-use openembed_engine::{budget_batches, truncate_dimensions, LoadOptions, Model, TokenizedInput, Truncation};
+use openembed_engine::{budget_batches, truncate_dimensions, DType, LoadOptions, Model, TokenizedInput, Truncation};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
@@ -25,6 +25,9 @@ pub struct EmbedArgs {
     /// Compute threads (default: all cores).
     #[arg(long, env = "OPENEMBED_THREADS")]
     threads: Option<usize>,
+    /// Precision of the dense layers: float32 (exact), bfloat16 or int8 (fastest).
+    #[arg(long, env = "OPENEMBED_DTYPE", default_value = "float32")]
+    dtype: DType,
     /// Read texts from this file: `.jsonl` (a JSON string, or an object with "text" or "input",
     /// per line) or anything else as plain text, one a line.
     #[arg(long, short = 'i')]
@@ -72,12 +75,13 @@ fn is_jsonl(path: &Path) -> bool {
 }
 
 /// Loads a model from a folder or hub id.
-pub fn load_model(spec: &str, threads: Option<usize>) -> Result<Model> {
+pub fn load_model(spec: &str, threads: Option<usize>, dtype: DType) -> Result<Model> {
     let dir = openembed_server::hub::resolve(spec).map_err(anyhow::Error::msg)?;
     Model::load(
         &dir,
         &LoadOptions {
             threads,
+            dtype,
             ..LoadOptions::default()
         },
     )
@@ -98,7 +102,7 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     } else {
         read_texts(std::io::stdin().lock(), false, "stdin")?
     };
-    let model = load_model(&args.model, args.threads)?;
+    let model = load_model(&args.model, args.threads, args.dtype)?;
     if let Some(d) = args.dimensions {
         if d == 0 || d > model.info().dimension {
             bail!(

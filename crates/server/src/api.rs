@@ -636,6 +636,8 @@ pub struct ModelObject {
     pub root: String,
     /// Extension: architecture from `config.json`.
     pub architecture: String,
+    /// Extension: precision of the dense layers: `float32`, `bfloat16` or `int8`.
+    pub dtype: String,
     /// Extension: vector length.
     pub dimensions: usize,
     /// Extension: most tokens per input, special tokens included.

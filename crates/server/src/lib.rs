@@ -252,6 +252,7 @@ pub async fn bind(config: &ServerConfig) -> Result<(Arc<AppState>, tokio::net::T
     let options = LoadOptions {
         threads: config.threads,
         pool: Some(pool),
+        dtype: Default::default(),
     };
     let scheduler = config.scheduler;
     let registry = tokio::task::spawn_blocking(move || Registry::load(&specs, &aliases, &options, scheduler))

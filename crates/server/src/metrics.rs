@@ -37,6 +37,8 @@ pub const QUEUE_SECONDS: &str = "openembed_queue_duration_seconds";
 pub const BUDGET_REFUSALS: &str = "openembed_budget_refusals_total";
 /// Bytes of request bodies and decoded inputs held by admitted requests.
 pub const BUDGET_BYTES: &str = "openembed_inflight_bytes";
+/// One series per served model, value 1, labelled with its dtype, architecture and kernels.
+pub const MODEL_INFO: &str = "openembed_model_info";
 
 const SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
@@ -87,6 +89,17 @@ pub fn request(route: &str, method: &str, status: u16, elapsed: Duration) {
     ];
     metrics::counter!(REQUESTS, &labels).increment(1);
     metrics::histogram!(REQUEST_SECONDS, "route" => route.to_string()).record(elapsed.as_secs_f64());
+}
+
+/// Publishes what a served model runs as ([`MODEL_INFO`]).
+pub fn model_info(model: &str, dtype: &str, architecture: &str) {
+    let labels = [
+        ("model", model.to_string()),
+        ("dtype", dtype.to_string()),
+        ("architecture", architecture.to_string()),
+        ("kernels", openembed_engine::kernels::isa_name()),
+    ];
+    metrics::gauge!(MODEL_INFO, &labels).set(1.0);
 }
 
 /// Publishes a model's queue depth.

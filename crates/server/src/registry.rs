@@ -3,7 +3,7 @@
 use crate::hub;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::token_ids::TokenIds;
-use openembed_engine::{LoadOptions, Model};
+use openembed_engine::{DType, LoadOptions, Model};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,6 +17,8 @@ pub struct ModelSpec {
     pub name: String,
     /// What token-id inputs mean for this model (default `cl100k_base`, as at OpenAI).
     pub token_ids: TokenIds,
+    /// Precision of the model's dense layers (default float32).
+    pub dtype: DType,
 }
 
 impl std::str::FromStr for ModelSpec {
@@ -46,6 +48,7 @@ impl std::str::FromStr for ModelSpec {
             source: source.to_string(),
             name,
             token_ids: TokenIds::default(),
+            dtype: DType::default(),
         })
     }
 }
@@ -108,7 +111,12 @@ impl Registry {
         for spec in specs {
             let dir = hub::resolve(&spec.source)?;
             spec.token_ids.warm_up();
-            let model = Model::load(&dir, options).map_err(|e| format!("model '{}': {e}", spec.source))?;
+            let options = LoadOptions {
+                dtype: spec.dtype,
+                ..options.clone()
+            };
+            let model = Model::load(&dir, &options).map_err(|e| format!("model '{}': {e}", spec.source))?;
+            crate::metrics::model_info(&spec.name, spec.dtype.as_str(), &model.info().architecture);
             let model = Arc::new(model);
             let scheduler = Scheduler::start(Arc::clone(&model), &spec.name, scheduler)
                 .map_err(|e| format!("model '{}': cannot start its worker: {e}", spec.name))?;
@@ -129,6 +137,8 @@ impl Registry {
                 architecture = %model.info().architecture,
                 dimensions = model.info().dimension,
                 max_input_tokens = model.info().max_input_tokens,
+                dtype = %spec.dtype,
+                kernels = %openembed_engine::kernels::isa_name(),
                 "model loaded"
             );
             models.push(Arc::new(ServedModel {

@@ -204,6 +204,7 @@ fn model_object(id: &str, served: &crate::registry::ServedModel) -> ModelObject 
         owned_by: "openembed".to_string(),
         root: served.name.clone(),
         architecture: info.architecture.clone(),
+        dtype: info.dtype.to_string(),
         dimensions: info.dimension,
         max_input_tokens: info.max_input_tokens,
         pooling: info

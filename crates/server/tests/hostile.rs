@@ -37,6 +37,7 @@ fn state(keys: &[&str]) -> Arc<AppState> {
         source: model_dir(),
         name: "all-MiniLM-L6-v2".into(),
         token_ids: TokenIds::Native,
+        dtype: Default::default(),
     };
     let registry = Registry::load(
         &[spec],

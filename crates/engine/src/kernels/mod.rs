@@ -5,30 +5,83 @@
 //! has chosen at run time. The binary therefore runs on any x86-64 CPU and is fast on modern ones.
 
 pub mod activation;
+pub mod bf16;
+pub mod int8;
 pub mod math;
-pub mod matmul;
 pub mod norm;
 pub mod sgemm;
 
-/// Environment variable that caps the instruction set the kernels use: `avx2` or `portable`
-/// (anything else: no cap). Read once per process; lets tests and benchmarks run the narrower
-/// kernels on a wider CPU.
+/// Environment variable that caps the instruction set the kernels use: `portable`, `avx2`,
+/// `avx512` (AVX-512F/BW/DQ/VL without VNNI or BF16) or `native` (everything the CPU has, the
+/// default). Read once per process; lets tests and benchmarks run the narrower kernels on a
+/// wider CPU. An unknown value is reported on stderr and treated as `native`.
 pub const ISA_ENV: &str = "OPENEMBED_ISA";
 
-/// The cap from [`ISA_ENV`]: 0 plain Rust, 1 AVX2+FMA, 2 AVX-512.
+/// The cap from [`ISA_ENV`]: 0 plain Rust, 1 AVX2+FMA, 2 AVX-512, 3 AVX-512 with VNNI/BF16.
 fn isa_cap() -> u8 {
     static CAP: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
     *CAP.get_or_init(|| {
-        match std::env::var(ISA_ENV)
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            Ok("portable") => 0,
-            Ok("avx2") => 1,
-            _ => 2,
+        let value = std::env::var(ISA_ENV).unwrap_or_default().to_ascii_lowercase();
+        match value.as_str() {
+            "portable" => 0,
+            "avx2" => 1,
+            "avx512" => 2,
+            "" | "native" => 3,
+            other => {
+                eprintln!("{ISA_ENV}={other} is not one of portable, avx2, avx512, native; using native");
+                3
+            }
         }
     })
+}
+
+/// The widest instruction set the kernels use on this CPU (after [`ISA_ENV`]), for messages
+/// and benchmark reports: e.g. `avx512-vnni-bf16`, `avx2`, `portable`.
+pub fn isa_name() -> String {
+    let mut name = if has_avx512() {
+        "avx512".to_owned()
+    } else if has_avx2_fma() {
+        "avx2".to_owned()
+    } else {
+        return "portable".to_owned();
+    };
+    if has_avx512_vnni() {
+        name.push_str("-vnni");
+    }
+    if has_avx512_bf16() {
+        name.push_str("-bf16");
+    }
+    name
+}
+
+/// True when the CPU has AVX-512 VNNI (`vpdpbusd`) on top of [`has_avx512`] and [`ISA_ENV`]
+/// allows it.
+#[inline]
+pub fn has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| isa_cap() >= 3 && has_avx512() && std::arch::is_x86_feature_detected!("avx512vnni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// True when the CPU has AVX512-BF16 (`vdpbf16ps`) on top of [`has_avx512`] and [`ISA_ENV`]
+/// allows it.
+#[inline]
+pub fn has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| isa_cap() >= 3 && has_avx512() && std::arch::is_x86_feature_detected!("avx512bf16"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// True when the CPU supports AVX2 and FMA and [`ISA_ENV`] allows them (checked once).

@@ -1,11 +1,12 @@
 //! Our SGEMM for dense layers: `Y = X · Wᵀ + b` with `W` packed once at load time.
 //!
 //! Weights are re-laid out into panels of `nr` output columns (`[K × nr]` contiguous, zero
-//! padded), so the micro-kernel streams them with unit stride and never packs at run time. Two
+//! padded), so the micro-kernel streams them with unit stride and never packs at run time. Three
 //! micro-kernels exist: AVX-512 keeps a 14×32 block of `Y` in 28 registers, AVX2+FMA a 6×16
-//! block in twelve; both read `X` in place. `K` is blocked by [`KC`] and `N` by [`NC`] so the
-//! working set stays in L1/L2; threads split the rows (or, for a few rows, the columns) and never
-//! synchronize inside one call. CPUs without AVX2+FMA use the `gemm` crate on the unpacked weights.
+//! block in twelve, and a portable 4×16 one that LLVM vectorizes for any CPU; all read `X` in
+//! place. `K` is blocked by [`KC`] and `N` by [`NC`] so the working set stays in L1/L2; threads
+//! split the rows (or, for a few rows, the columns) and never synchronize inside one call
+//! ([`split_work`], shared with the int8 and bf16 GEMMs).
 
 use super::activation::Activation;
 use super::buffer;
@@ -14,13 +15,15 @@ use rayon::prelude::*;
 /// Depth of one K block.
 const KC: usize = 384;
 /// Columns of one N block.
-const NC: usize = 128;
+pub(crate) const NC: usize = 128;
 /// Rows of one M block (rounded up to whole micro-tiles).
-const MC: usize = 120;
+pub(crate) const MC: usize = 120;
 
 /// The instruction set a packed weight is laid out for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
+    /// Plain Rust: 16-column panels.
+    Portable,
     /// AVX2 + FMA: 16-column panels.
     Avx2,
     /// AVX-512F: 32-column panels.
@@ -28,25 +31,79 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best instruction set this CPU runs, `None` without AVX2+FMA.
-    pub fn detect() -> Option<Isa> {
-        if !super::has_avx2_fma() {
-            return None;
-        }
+    /// The best instruction set this CPU runs (after [`super::ISA_ENV`]).
+    pub fn detect() -> Isa {
         if super::has_avx512() {
-            Some(Isa::Avx512)
+            Isa::Avx512
+        } else if super::has_avx2_fma() {
+            Isa::Avx2
         } else {
-            Some(Isa::Avx2)
+            Isa::Portable
+        }
+    }
+
+    /// True when this CPU runs the kernel (the portable one always).
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            Isa::Avx2 => super::has_avx2_fma(),
+            Isa::Avx512 => super::has_avx512(),
         }
     }
 
     fn nr(self) -> usize {
         match self {
+            Isa::Portable => Portable::NR,
             Isa::Avx2 => Avx2::NR,
             Isa::Avx512 => Avx512::NR,
         }
     }
 }
+
+/// Splits an `m × n` output into blocks `(r0, r1, c0, c1)` for `threads` threads: whole
+/// `mr`-row strips when there are plenty of rows (as even as strips allow, a multiple of the
+/// thread count, up to four per thread while each keeps at least eight strips, so no thread
+/// is left with one task more than another), else `nr`-aligned column ranges.
+pub(crate) fn split_work(
+    m: usize,
+    n: usize,
+    mr: usize,
+    nr: usize,
+    threads: usize,
+) -> Vec<(usize, usize, usize, usize)> {
+    let threads = threads.max(1);
+    if m >= mr * 4 * threads || n <= nr {
+        let strips = m.div_ceil(mr);
+        let parts = threads * (strips / (8 * threads)).clamp(1, 4);
+        let parts = if threads > 1 { parts.min(strips) } else { 1 };
+        (0..parts)
+            .map(|i| (i * strips / parts * mr, ((i + 1) * strips / parts * mr).min(m), 0, n))
+            .filter(|t| t.0 < t.1)
+            .collect()
+    } else {
+        let cols = n.div_ceil(threads).div_ceil(nr) * nr;
+        (0..n).step_by(cols).map(|c| (0, m, c, (c + cols).min(n))).collect()
+    }
+}
+
+/// Runs `task` on every block of `tasks`, in parallel on the current rayon pool when there
+/// are several.
+pub(crate) fn run_tasks<F>(tasks: &[(usize, usize, usize, usize)], task: F)
+where
+    F: Fn(&(usize, usize, usize, usize)) + Sync + Send,
+{
+    if tasks.len() == 1 {
+        task(&tasks[0]);
+    } else {
+        tasks.par_iter().for_each(task);
+    }
+}
+
+/// A raw output pointer that parallel tasks share; each task writes its own block only.
+pub(crate) struct SendPtr<T>(pub *mut T);
+// SAFETY: tasks write disjoint blocks of the output (see `split_work`).
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
 
 /// A weight matrix `[n × k]` (PyTorch layout) re-laid out in column panels.
 pub struct PackedWeight {
@@ -85,11 +142,6 @@ impl PackedWeight {
     }
 }
 
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint blocks of the output (see `sgemm`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
 /// `out[m × n] = act(x[m × k] · Wᵀ + bias)`, rows of `out` `out_stride` apart, on up to
 /// `threads` threads of the current rayon pool. The CPU must support the weight's [`Isa`].
 #[allow(clippy::too_many_arguments)]
@@ -104,6 +156,7 @@ pub fn sgemm(
     threads: usize,
 ) {
     match w.isa {
+        Isa::Portable => run::<Portable>(x, m, w, bias, act, out, out_stride, threads),
         Isa::Avx2 => {
             assert!(super::has_avx2_fma(), "sgemm needs AVX2 and FMA");
             run::<Avx2>(x, m, w, bias, act, out, out_stride, threads)
@@ -135,39 +188,12 @@ fn run<K: MicroKernel>(
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_ptr = &out_ptr;
-    let threads = threads.max(1);
-    // Split rows when there are plenty, else column panels. Row tasks are whole MR-row strips,
-    // as even as strips allow, and a multiple of the thread count (up to four per thread while
-    // each keeps at least eight strips) so no thread is left with one task more than another.
-    let tasks: Vec<(usize, usize, usize, usize)> = if m >= K::MR * 4 * threads || n <= K::NR {
-        let strips = m.div_ceil(K::MR);
-        let parts = threads * (strips / (8 * threads)).clamp(1, 4);
-        let parts = if threads > 1 { parts.min(strips) } else { 1 };
-        (0..parts)
-            .map(|i| {
-                (
-                    i * strips / parts * K::MR,
-                    ((i + 1) * strips / parts * K::MR).min(m),
-                    0,
-                    n,
-                )
-            })
-            .filter(|t| t.0 < t.1)
-            .collect()
-    } else {
-        let cols = n.div_ceil(threads).div_ceil(K::NR) * K::NR;
-        (0..n).step_by(cols).map(|c| (0, m, c, (c + cols).min(n))).collect()
-    };
-    let task = |&(r0, r1, c0, c1): &(usize, usize, usize, usize)| {
+    let tasks = split_work(m, n, K::MR, K::NR, threads);
+    run_tasks(&tasks, |&(r0, r1, c0, c1)| {
         // SAFETY: each task writes rows r0..r1 × columns c0..c1 only; tasks do not overlap and
         // the asserts above bound all of them inside `out`, `x` and the packed weight.
         unsafe { block::<K>(x, k, w, bias, act, out_ptr.0, out_stride, r0, r1, c0, c1) }
-    };
-    if tasks.len() == 1 {
-        task(&tasks[0]);
-    } else {
-        tasks.par_iter().for_each(task);
-    }
+    });
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -407,7 +433,7 @@ impl MicroKernel for Avx512 {
 /// Finishes one output row of a tile held in `tmp[..NR]`: adds the bias (first K block) or the
 /// partial sum already in `dst` (later blocks), applies `act`, stores `cols` values.
 #[inline(always)]
-unsafe fn finish_row<const FMA: bool>(
+pub(crate) unsafe fn finish_row<const FMA: bool>(
     tmp: &mut [f32],
     dst: *mut f32,
     cols: usize,
@@ -451,7 +477,6 @@ unsafe fn avx2_kernel<const R: usize>(t: Tile) {
         ..
     } = t;
     use std::arch::x86_64::*;
-    const NR: usize = Avx2::NR;
     /// Panel rows (k steps) to prefetch ahead.
     const PREFETCH: usize = 32;
     // The first step initializes the accumulators (no zeroed array to set up in memory).
@@ -477,35 +502,52 @@ unsafe fn avx2_kernel<const R: usize>(t: Tile) {
         }
     }
     for (r, row) in acc.iter().enumerate() {
-        let dst = c.add(r * ldc);
-        let (mut lo, mut hi) = (row[0], row[1]);
-        if cols < NR {
-            let mut tmp = [0.0f32; NR];
-            _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
-            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
-            finish_row::<true>(&mut tmp, dst, cols, overwrite, bias, act);
-            continue;
-        }
-        if overwrite {
-            if let Some(bp) = bias {
-                lo = _mm256_add_ps(lo, _mm256_loadu_ps(bp));
-                hi = _mm256_add_ps(hi, _mm256_loadu_ps(bp.add(8)));
-            }
-        } else {
-            lo = _mm256_add_ps(lo, _mm256_loadu_ps(dst));
-            hi = _mm256_add_ps(hi, _mm256_loadu_ps(dst.add(8)));
-        }
-        if act != Activation::Identity {
-            let mut tmp = [0.0f32; NR];
-            _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
-            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
-            act.apply_block::<true>(&mut tmp);
-            lo = _mm256_loadu_ps(tmp.as_ptr());
-            hi = _mm256_loadu_ps(tmp.as_ptr().add(8));
-        }
-        _mm256_storeu_ps(dst, lo);
-        _mm256_storeu_ps(dst.add(8), hi);
+        finish_avx2(row[0], row[1], c.add(r * ldc), cols, overwrite, bias, act);
     }
+}
+
+/// Finishes one 16-column output row held in two AVX registers: adds the bias (when
+/// overwriting) or the partial sum already in `dst`, applies `act`, stores `cols` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) unsafe fn finish_avx2(
+    mut lo: std::arch::x86_64::__m256,
+    mut hi: std::arch::x86_64::__m256,
+    dst: *mut f32,
+    cols: usize,
+    overwrite: bool,
+    bias: Option<*const f32>,
+    act: Activation,
+) {
+    use std::arch::x86_64::*;
+    const NR: usize = 16;
+    if cols < NR {
+        let mut tmp = [0.0f32; NR];
+        _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
+        _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
+        finish_row::<true>(&mut tmp, dst, cols, overwrite, bias, act);
+        return;
+    }
+    if overwrite {
+        if let Some(bp) = bias {
+            lo = _mm256_add_ps(lo, _mm256_loadu_ps(bp));
+            hi = _mm256_add_ps(hi, _mm256_loadu_ps(bp.add(8)));
+        }
+    } else {
+        lo = _mm256_add_ps(lo, _mm256_loadu_ps(dst));
+        hi = _mm256_add_ps(hi, _mm256_loadu_ps(dst.add(8)));
+    }
+    if act != Activation::Identity {
+        let mut tmp = [0.0f32; NR];
+        _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
+        _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
+        act.apply_block::<true>(&mut tmp);
+        lo = _mm256_loadu_ps(tmp.as_ptr());
+        hi = _mm256_loadu_ps(tmp.as_ptr().add(8));
+    }
+    _mm256_storeu_ps(dst, lo);
+    _mm256_storeu_ps(dst.add(8), hi);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -553,7 +595,27 @@ unsafe fn avx512_kernel<const R: usize>(t: Tile) {
             row[1] = _mm512_fmadd_ps(av, b1, row[1]);
         }
     }
-    // Columns past `cols` are masked off: never read (bias, partial sums) nor written.
+    for (r, row) in acc.iter().enumerate() {
+        finish_avx512(row[0], row[1], c.add(r * ldc), cols, overwrite, bias, act);
+    }
+}
+
+/// Finishes one 32-column output row held in two AVX-512 registers: adds the bias (when
+/// overwriting) or the partial sum already in `dst`, applies `act`, stores `cols` values.
+/// Columns past `cols` are masked off: never read (bias, partial sums) nor written.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+#[inline]
+pub(crate) unsafe fn finish_avx512(
+    mut lo: std::arch::x86_64::__m512,
+    mut hi: std::arch::x86_64::__m512,
+    dst: *mut f32,
+    cols: usize,
+    overwrite: bool,
+    bias: Option<*const f32>,
+    act: Activation,
+) {
+    use std::arch::x86_64::*;
     let lanes = |n: usize| {
         if n >= 16 {
             0xFFFF
@@ -562,29 +624,25 @@ unsafe fn avx512_kernel<const R: usize>(t: Tile) {
         }
     };
     let (m_lo, m_hi) = (lanes(cols), lanes(cols.saturating_sub(16)));
-    for (r, row) in acc.iter().enumerate() {
-        let dst = c.add(r * ldc);
-        let (mut lo, mut hi) = (row[0], row[1]);
-        if overwrite {
-            if let Some(bp) = bias {
-                lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m_lo, bp));
-                hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(m_hi, bp.wrapping_add(16)));
-            }
-        } else {
-            lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m_lo, dst));
-            hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(m_hi, dst.wrapping_add(16)));
+    if overwrite {
+        if let Some(bp) = bias {
+            lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m_lo, bp));
+            hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(m_hi, bp.wrapping_add(16)));
         }
-        if act != Activation::Identity {
-            let mut tmp = [0.0f32; 16];
-            for v in [&mut lo, &mut hi] {
-                _mm512_storeu_ps(tmp.as_mut_ptr(), *v);
-                act.apply_block::<true>(&mut tmp);
-                *v = _mm512_loadu_ps(tmp.as_ptr());
-            }
-        }
-        _mm512_mask_storeu_ps(dst, m_lo, lo);
-        _mm512_mask_storeu_ps(dst.wrapping_add(16), m_hi, hi);
+    } else {
+        lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m_lo, dst));
+        hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(m_hi, dst.wrapping_add(16)));
     }
+    if act != Activation::Identity {
+        let mut tmp = [0.0f32; 16];
+        for v in [&mut lo, &mut hi] {
+            _mm512_storeu_ps(tmp.as_mut_ptr(), *v);
+            act.apply_block::<true>(&mut tmp);
+            *v = _mm512_loadu_ps(tmp.as_ptr());
+        }
+    }
+    _mm512_mask_storeu_ps(dst, m_lo, lo);
+    _mm512_mask_storeu_ps(dst.wrapping_add(16), m_hi, hi);
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -603,12 +661,8 @@ mod tests {
 
     #[test]
     fn zero_rows_do_no_work() {
-        for isa in [Isa::Avx2, Isa::Avx512] {
-            let supported = match isa {
-                Isa::Avx2 => super::super::has_avx2_fma(),
-                Isa::Avx512 => super::super::has_avx512(),
-            };
-            if !supported {
+        for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+            if !isa.supported() {
                 continue;
             }
             let w = PackedWeight::pack(&[1.0; 6], 2, 3, isa);
@@ -620,14 +674,11 @@ mod tests {
 
     #[test]
     fn matches_naive_on_odd_shapes() {
-        let mut isas = Vec::new();
-        if super::super::has_avx2_fma() {
-            isas.push(Isa::Avx2);
-        }
-        if super::super::has_avx512() {
-            isas.push(Isa::Avx512);
-        }
-        for isa in isas {
+        for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+            if !isa.supported() {
+                eprintln!("skipped: fp32 {isa:?} kernel (this CPU lacks it)");
+                continue;
+            }
             for &(m, k, n) in &[
                 (1, 1, 1),
                 (7, 5, 3),

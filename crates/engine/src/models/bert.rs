@@ -122,7 +122,7 @@ pub fn post_norm_layer(
         Linear::load_parts(w, &name(names.query), hidden, hidden, true)?,
         Linear::load_parts(w, &name(names.key), hidden, hidden, true)?,
         Linear::load_parts(w, &name(names.value), hidden, hidden, true)?,
-    ]);
+    ], w.dtype());
     Ok(Layer {
         attention: SelfAttention {
             qkv,

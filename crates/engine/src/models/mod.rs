@@ -2,6 +2,7 @@
 //! names into a [`Transformer`]. Adding an architecture = one new file + its name in the list.
 
 use crate::config::ConfigJson;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::transformer::Transformer;
 use crate::weights::Weights;
@@ -60,8 +61,13 @@ pub(crate) fn rope_theta(cfg: &ConfigJson, layer_kind: Option<&str>) -> Result<O
 }
 
 /// Loads the transformer of a folder holding `config.json` and safetensors weights (no
-/// tokenizer needed): the entry point for architecture tests and tools.
+/// tokenizer needed), in float32: the entry point for architecture tests and tools.
 pub fn load_transformer(dir: &Path) -> Result<Transformer> {
+    load_transformer_with(dir, DType::Float32)
+}
+
+/// [`load_transformer`] with the dense layers in `dtype`.
+pub fn load_transformer_with(dir: &Path, dtype: DType) -> Result<Transformer> {
     let cfg = ConfigJson::load(dir)?;
     let model_type = cfg.model_type()?;
     let loader = loader_for(&model_type).ok_or_else(|| {
@@ -71,6 +77,6 @@ pub fn load_transformer(dir: &Path) -> Result<Transformer> {
             supported_model_types().join(", ")
         ))
     })?;
-    let weights = Weights::open(dir, &model_type)?;
+    let weights = Weights::open(dir, &model_type)?.with_dtype(dtype);
     loader(&cfg, &weights)
 }

@@ -84,7 +84,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
             let up = Linear::concat(vec![
                 Linear::load_parts(w, fc11, hidden, inter, w.contains(&format!("{fc11}.bias")))?,
                 Linear::load_parts(w, fc12, hidden, inter, w.contains(&format!("{fc12}.bias")))?,
-            ]);
+            ], w.dtype());
             Ok(Layer {
                 attention: SelfAttention {
                     qkv: Linear::load_opt_bias(w, &p("attn.Wqkv"), hidden, 3 * hidden)?,

@@ -46,11 +46,11 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
                 Linear::load_parts(w, &p("self_attn.q_proj"), hidden, q_width, bias)?,
                 Linear::load_parts(w, &p("self_attn.k_proj"), hidden, kv_width, bias)?,
                 Linear::load_parts(w, &p("self_attn.v_proj"), hidden, kv_width, bias)?,
-            ]);
+            ], w.dtype());
             let up = Linear::concat(vec![
                 Linear::load_parts(w, &p("mlp.gate_proj"), hidden, inter, false)?,
                 Linear::load_parts(w, &p("mlp.up_proj"), hidden, inter, false)?,
-            ]);
+            ], w.dtype());
             Ok(Layer {
                 attention: SelfAttention {
                     qkv,

@@ -1,0 +1,520 @@
+//! bfloat16 dense layers: `Y = act(X · Wᵀ + b)` with `W` stored as bf16 (half the memory of
+//! fp32) and `X` rounded to bf16 per call; every product of two bf16 values is exact in fp32
+//! and accumulates in fp32.
+//!
+//! Weights are packed in column panels of pairs of consecutive `k` values (the operand layout
+//! of AVX512-BF16's `vdpbf16ps`). CPUs without it widen the pairs to fp32 in registers (a
+//! shift or a mask) and use FMA, so every CPU computes the same products. `K` is not blocked;
+//! threads split the output as the fp32 SGEMM does ([`split_work`]).
+
+use super::activation::Activation;
+use super::sgemm::{run_tasks, split_work, SendPtr, MC, NC};
+use rayon::prelude::*;
+
+/// The instruction set a [`Bf16Weight`] is laid out for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Isa {
+    /// Plain Rust, 4×16 tiles.
+    Portable,
+    /// AVX2 + FMA on widened pairs, 4×16 tiles.
+    Avx2,
+    /// AVX-512F FMA on widened pairs, 12×32 tiles.
+    Avx512,
+    /// AVX512-BF16 `vdpbf16ps`, 14×32 tiles.
+    Avx512Bf16,
+}
+
+impl Bf16Isa {
+    /// The best kernel this CPU runs (after [`super::ISA_ENV`]).
+    pub fn detect() -> Self {
+        if super::has_avx512_bf16() {
+            Bf16Isa::Avx512Bf16
+        } else if super::has_avx512() {
+            Bf16Isa::Avx512
+        } else if super::has_avx2_fma() {
+            Bf16Isa::Avx2
+        } else {
+            Bf16Isa::Portable
+        }
+    }
+
+    /// True when this CPU runs the kernel.
+    pub fn supported(self) -> bool {
+        match self {
+            Bf16Isa::Portable => true,
+            Bf16Isa::Avx2 => super::has_avx2_fma(),
+            Bf16Isa::Avx512 => super::has_avx512(),
+            Bf16Isa::Avx512Bf16 => super::has_avx512_bf16(),
+        }
+    }
+
+    fn nr(self) -> usize {
+        match self {
+            Bf16Isa::Portable | Bf16Isa::Avx2 => 16,
+            Bf16Isa::Avx512 | Bf16Isa::Avx512Bf16 => 32,
+        }
+    }
+
+    fn mr(self) -> usize {
+        match self {
+            Bf16Isa::Portable | Bf16Isa::Avx2 => 4,
+            Bf16Isa::Avx512 => 12,
+            Bf16Isa::Avx512Bf16 => 14,
+        }
+    }
+}
+
+/// Rounds an fp32 value to the nearest bf16 (ties to even; NaN stays NaN).
+#[inline(always)]
+pub fn to_bf16(v: f32) -> u16 {
+    let bits = v.to_bits();
+    if v.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let round = 0x7FFF + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
+/// The fp32 value of a bf16.
+#[inline(always)]
+pub fn from_bf16(v: u16) -> f32 {
+    f32::from_bits((v as u32) << 16)
+}
+
+/// A `[n × k]` weight (PyTorch layout) stored as bf16 and packed.
+pub struct Bf16Weight {
+    panels: Vec<u16>,
+    n: usize,
+    k: usize,
+    /// `k` rounded up to even (zero in the padding).
+    kp: usize,
+    isa: Bf16Isa,
+}
+
+impl Bf16Weight {
+    /// Packs a row-major `[n × k]` weight given as bf16 bits for `isa`'s kernel.
+    pub fn pack(w: &[u16], n: usize, k: usize, isa: Bf16Isa) -> Self {
+        Self::pack_with(n, k, isa, |i| w[i])
+    }
+
+    /// Rounds a row-major fp32 `[n × k]` weight to bf16 and packs it.
+    pub fn from_f32(w: &[f32], n: usize, k: usize, isa: Bf16Isa) -> Self {
+        Self::pack_with(n, k, isa, |i| to_bf16(w[i]))
+    }
+
+    fn pack_with(n: usize, k: usize, isa: Bf16Isa, value: impl Fn(usize) -> u16 + Sync) -> Self {
+        let nr = isa.nr();
+        let kp = k.div_ceil(2) * 2;
+        let count = n.div_ceil(nr);
+        let mut panels = vec![0u16; count * kp * nr];
+        panels.par_chunks_mut(kp * nr).enumerate().for_each(|(p, panel)| {
+            for c in 0..nr.min(n - p * nr) {
+                let row = (p * nr + c) * k;
+                for kk in 0..k {
+                    panel[(kk / 2) * nr * 2 + c * 2 + kk % 2] = value(row + kk);
+                }
+            }
+        });
+        Self { panels, n, k, kp, isa }
+    }
+
+    /// Output width.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input width.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The kernel it is packed for.
+    pub fn isa(&self) -> Bf16Isa {
+        self.isa
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        2 * self.panels.len()
+    }
+}
+
+/// Activations rounded to bf16 with row stride `kp`: as bits for `vdpbf16ps`, as fp32 values
+/// for the widening kernels.
+#[derive(Default)]
+struct RoundedRows {
+    bits: Vec<u16>,
+    values: Vec<f32>,
+}
+
+thread_local! {
+    static ROWS: std::cell::Cell<RoundedRows> = std::cell::Cell::new(RoundedRows::default());
+}
+
+super::simd_dispatch! {
+    /// Rounds one row to bf16 bits, zero padding the tail.
+    fn round_row_bits(x: &[f32], out: &mut [u16]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = to_bf16(v);
+        }
+        out[x.len()..].iter_mut().for_each(|o| *o = 0);
+    }
+}
+
+super::simd_dispatch! {
+    /// Rounds one row to bf16 values kept as fp32, zero padding the tail.
+    fn round_row_values(x: &[f32], out: &mut [f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = from_bf16(to_bf16(v));
+        }
+        out[x.len()..].iter_mut().for_each(|o| *o = 0.0);
+    }
+}
+
+/// Rows per parallel rounding task.
+const ROUND_ROWS: usize = 16;
+
+/// One micro-kernel call: rows `..rows` × columns `..cols` of one panel over the whole depth.
+#[derive(Clone, Copy)]
+struct BTile {
+    rows: usize,
+    /// `kp / 2`.
+    pairs: usize,
+    /// Row `r` starts at `a + r·kp` elements (u16 bits or f32 values).
+    a: *const u8,
+    kp: usize,
+    b: *const u16,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    bias: Option<*const f32>,
+    act: Activation,
+}
+
+/// `out[m × n] = act(x[m × k] · Wᵀ + bias)` with `W` and `x` in bf16, rows of `out`
+/// `out_stride` apart, on up to `threads` threads of the current rayon pool.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16(
+    x: &[f32],
+    m: usize,
+    w: &Bf16Weight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    out: &mut [f32],
+    out_stride: usize,
+    threads: usize,
+) {
+    let (n, k, kp) = (w.n, w.k, w.kp);
+    assert!(x.len() >= m * k && out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n));
+    assert!(bias.is_none_or(|b| b.len() >= n));
+    assert!(w.isa.supported(), "bf16 kernel {:?} not supported by this CPU", w.isa);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let mut rows = ROWS.with(|cell| cell.take());
+    let as_bits = w.isa == Bf16Isa::Avx512Bf16;
+    let x = &x[..m * k];
+    let (a_base, elem) = if as_bits {
+        rows.bits.resize(m * kp, 0);
+        rows.bits
+            .par_chunks_mut(ROUND_ROWS * kp)
+            .zip(x.par_chunks(ROUND_ROWS * k))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
+                    round_row_bits(x, o);
+                }
+            });
+        (rows.bits.as_ptr() as *const u8, 2)
+    } else {
+        rows.values.resize(m * kp, 0.0);
+        rows.values
+            .par_chunks_mut(ROUND_ROWS * kp)
+            .zip(x.par_chunks(ROUND_ROWS * k))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
+                    round_row_values(x, o);
+                }
+            });
+        (rows.values.as_ptr() as *const u8, 4)
+    };
+    let a_base = SendPtr(a_base as *mut u8);
+    let a_base = &a_base;
+    let (nr, mr) = (w.isa.nr(), w.isa.mr());
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = &out_ptr;
+    let tasks = split_work(m, n, mr, nr, threads);
+    run_tasks(&tasks, |&(r0, r1, c0, c1)| {
+        let mcb = MC.div_ceil(mr) * mr;
+        let ncb = NC.div_ceil(nr) * nr;
+        for n0 in (c0..c1).step_by(ncb) {
+            for m0 in (r0..r1).step_by(mcb) {
+                let m1 = (m0 + mcb).min(r1);
+                for c in (n0..(n0 + ncb).min(c1)).step_by(nr) {
+                    for r in (m0..m1).step_by(mr) {
+                        // SAFETY: rows r..r+rows and columns c..c+cols lie inside this task's
+                        // block (tasks are disjoint) and inside every buffer checked above.
+                        unsafe {
+                            let t = BTile {
+                                rows: mr.min(m1 - r),
+                                pairs: kp / 2,
+                                a: a_base.0.add(r * kp * elem),
+                                kp,
+                                b: w.panels.as_ptr().add((c / nr) * kp * nr),
+                                c: out_ptr.0.add(r * out_stride + c),
+                                ldc: out_stride,
+                                cols: nr.min(n - c),
+                                bias: bias.map(|b| b.as_ptr().add(c)),
+                                act,
+                            };
+                            match w.isa {
+                                Bf16Isa::Portable => portable_tile(t),
+                                Bf16Isa::Avx2 => avx2_tile(t),
+                                Bf16Isa::Avx512 => avx512_tile(t),
+                                Bf16Isa::Avx512Bf16 => dpbf16_tile(t),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    ROWS.with(|cell| cell.replace(rows));
+}
+
+unsafe fn portable_tile(t: BTile) {
+    const NR: usize = 16;
+    let a = t.a as *const f32;
+    let mut acc = [[0.0f32; NR]; 4];
+    for p in 0..t.pairs {
+        let panel = std::slice::from_raw_parts(t.b.add(p * NR * 2), NR * 2);
+        for (r, row) in acc.iter_mut().enumerate().take(t.rows) {
+            let (a0, a1) = (*a.add(r * t.kp + 2 * p), *a.add(r * t.kp + 2 * p + 1));
+            for (j, o) in row.iter_mut().enumerate() {
+                *o += a0 * from_bf16(panel[2 * j]) + a1 * from_bf16(panel[2 * j + 1]);
+            }
+        }
+    }
+    for (r, row) in acc.iter_mut().enumerate().take(t.rows) {
+        super::sgemm::finish_row::<false>(row, t.c.add(r * t.ldc), t.cols, true, t.bias, t.act);
+    }
+}
+
+macro_rules! rows_dispatch {
+    ($rows:expr, $f:ident, [$($r:literal),*], $t:expr) => {
+        match $rows {
+            $($r => $f::<$r>($t),)*
+            _ => $f::<1>($t),
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn avx2_tile(t: BTile) {
+    rows_dispatch!(t.rows, avx2_kernel, [4, 3, 2], t)
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn avx512_tile(t: BTile) {
+    rows_dispatch!(t.rows, avx512_kernel, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], t)
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn dpbf16_tile(t: BTile) {
+    rows_dispatch!(t.rows, dpbf16_kernel, [14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], t)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn avx2_tile(_: BTile) {
+    unreachable!("x86-64 only")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn avx512_tile(_: BTile) {
+    unreachable!("x86-64 only")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn dpbf16_tile(_: BTile) {
+    unreachable!("x86-64 only")
+}
+
+/// AVX2: each 32-bit lane holds a column's (even, odd) pair; `<< 16` and `& 0xFFFF0000` widen
+/// them to fp32 for two FMAs. The sum per lane is `even + odd` products, as `vdpbf16ps` does.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_kernel<const R: usize>(t: BTile) {
+    use std::arch::x86_64::*;
+    const NR: usize = 16;
+    let a = t.a as *const f32;
+    let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for p in 0..t.pairs {
+        let bp = t.b.add(p * NR * 2);
+        let l0 = _mm256_loadu_si256(bp as *const __m256i);
+        let l1 = _mm256_loadu_si256(bp.add(16) as *const __m256i);
+        let (e0, o0) = (
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(l0)),
+            _mm256_castsi256_ps(_mm256_and_si256(l0, high)),
+        );
+        let (e1, o1) = (
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(l1)),
+            _mm256_castsi256_ps(_mm256_and_si256(l1, high)),
+        );
+        for (r, row) in acc.iter_mut().enumerate() {
+            let a0 = _mm256_broadcast_ss(&*a.add(r * t.kp + 2 * p));
+            let a1 = _mm256_broadcast_ss(&*a.add(r * t.kp + 2 * p + 1));
+            row[0] = _mm256_fmadd_ps(a1, o0, _mm256_fmadd_ps(a0, e0, row[0]));
+            row[1] = _mm256_fmadd_ps(a1, o1, _mm256_fmadd_ps(a0, e1, row[1]));
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        super::sgemm::finish_avx2(row[0], row[1], t.c.add(r * t.ldc), t.cols, true, t.bias, t.act);
+    }
+}
+
+/// AVX-512F without BF16: the AVX2 scheme on 16-lane registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn avx512_kernel<const R: usize>(t: BTile) {
+    use std::arch::x86_64::*;
+    const NR: usize = 32;
+    let a = t.a as *const f32;
+    let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for p in 0..t.pairs {
+        let bp = t.b.add(p * NR * 2);
+        let l0 = _mm512_loadu_si512(bp as *const __m512i);
+        let l1 = _mm512_loadu_si512(bp.add(32) as *const __m512i);
+        let (e0, o0) = (
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(l0)),
+            _mm512_castsi512_ps(_mm512_and_si512(l0, high)),
+        );
+        let (e1, o1) = (
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(l1)),
+            _mm512_castsi512_ps(_mm512_and_si512(l1, high)),
+        );
+        for (r, row) in acc.iter_mut().enumerate() {
+            let a0 = _mm512_set1_ps(*a.add(r * t.kp + 2 * p));
+            let a1 = _mm512_set1_ps(*a.add(r * t.kp + 2 * p + 1));
+            row[0] = _mm512_fmadd_ps(a1, o0, _mm512_fmadd_ps(a0, e0, row[0]));
+            row[1] = _mm512_fmadd_ps(a1, o1, _mm512_fmadd_ps(a0, e1, row[1]));
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        super::sgemm::finish_avx512(row[0], row[1], t.c.add(r * t.ldc), t.cols, true, t.bias, t.act);
+    }
+}
+
+/// AVX512-BF16: one `vdpbf16ps` per 16 columns and pair of `k`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")]
+unsafe fn dpbf16_kernel<const R: usize>(t: BTile) {
+    use std::arch::x86_64::*;
+    const NR: usize = 32;
+    /// Pairs to prefetch ahead (2 KiB of panel).
+    const PREFETCH: usize = 16;
+    let a = t.a as *const u16;
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for p in 0..t.pairs {
+        let bp = t.b.add(p * NR * 2);
+        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp as *const __m512i));
+        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(32) as *const __m512i));
+        _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PREFETCH * NR * 2) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PREFETCH * NR * 2 + 32) as *const i8);
+        for (r, row) in acc.iter_mut().enumerate() {
+            let pair = (a.add(r * t.kp + 2 * p) as *const i32).read_unaligned();
+            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+            row[0] = _mm512_dpbf16_ps(row[0], av, b0);
+            row[1] = _mm512_dpbf16_ps(row[1], av, b1);
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        super::sgemm::finish_avx512(row[0], row[1], t.c.add(r * t.ldc), t.cols, true, t.bias, t.act);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3F80);
+        // 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷: ties go to the even mantissa (1.0).
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3F80);
+        assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3F82);
+        assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+    }
+
+    #[test]
+    fn every_kernel_matches_exact_products_on_odd_shapes() {
+        for isa in [Bf16Isa::Portable, Bf16Isa::Avx2, Bf16Isa::Avx512, Bf16Isa::Avx512Bf16] {
+            if !isa.supported() {
+                eprintln!("skipped: bf16 {isa:?} kernel (this CPU lacks it)");
+                continue;
+            }
+            for &(m, k, n) in &[
+                (1, 1, 1),
+                (7, 5, 3),
+                (13, 401, 37),
+                (50, 800, 130),
+                (15, 64, 33),
+                (100, 33, 17),
+                (29, 1536, 48),
+            ] {
+                let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0) - 0.7).collect();
+                let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0).collect();
+                let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
+                let packed = Bf16Weight::from_f32(&w, n, k, isa);
+                let stride = n + 3;
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let mut out = vec![7.0f32; m * stride];
+                    pool.install(|| {
+                        gemm_bf16(
+                            &x,
+                            m,
+                            &packed,
+                            Some(&b),
+                            Activation::Identity,
+                            &mut out,
+                            stride,
+                            threads,
+                        )
+                    });
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want: f64 = b[j] as f64
+                                + (0..k)
+                                    .map(|t| {
+                                        from_bf16(to_bf16(x[i * k + t])) as f64
+                                            * from_bf16(to_bf16(w[j * k + t])) as f64
+                                    })
+                                    .sum::<f64>();
+                            let scale: f64 = (0..k).map(|t| (x[i * k + t] as f64 * w[j * k + t] as f64).abs()).sum();
+                            let got = out[i * stride + j] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + scale),
+                                "{isa:?} {m}x{k}x{n} [{i},{j}]: {got} vs {want}"
+                            );
+                        }
+                        for j in n..stride {
+                            assert_eq!(out[i * stride + j], 7.0, "padding column written");
+                        }
+                    }
+                    let mut gelu = vec![0.0f32; m * stride];
+                    pool.install(|| gemm_bf16(&x, m, &packed, Some(&b), Activation::Gelu, &mut gelu, stride, threads));
+                    for i in 0..m {
+                        let mut expect: Vec<f32> = (0..n).map(|j| out[i * stride + j]).collect();
+                        Activation::Gelu.apply(&mut expect);
+                        for j in 0..n {
+                            assert!((gelu[i * stride + j] - expect[j]).abs() < 1e-5, "fused activation");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
