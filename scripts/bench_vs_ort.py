@@ -1,25 +1,28 @@
 #!/usr/bin/env python3
-"""Engine benchmark beside the yardstick: runs ONNX Runtime (../shared/bench/engine_ort.py, fp32)
-and `openembed bench` alternately, several rounds, on the same inputs, and prints medians and
-ratios. This machine is noisy, so only ratios measured in the same run mean anything.
+"""Engine benchmark beside the yardstick: ONNX Runtime (../shared/bench/engine_ort.py) in fp32 and
+dynamic int8, and `openembed bench` in each --dtype, alternately, several rounds, on the same
+texts, at the all-MiniLM-L6-v2 shape or the BERT-base shape. Prints medians and every dtype's
+ratio to ORT fp32 and ORT int8. These machines are noisy: only ratios from one run mean anything.
 
 Both engines get the very same texts: the sample engine_ort.py itself would draw (--limit texts,
-random.Random(--seed).sample, its defaults 5000 and 0; --limit 0 = the whole corpus) is written
-to target/bench/ and handed to both whole. (engine_ort.py samples at random while `openembed
-bench --limit` takes the first texts, so passing --limit to each would compare different texts,
-and ONNX Runtime's padding depends on which.)
+random.Random(--seed).sample) is written to target/bench/ and handed to both whole, in sorted
+batches of 32 (ORT pads each batch to its longest text; we pack without padding).
 
-usage: scripts/bench_vs_ort.py [--rounds 3] [--limit 5000] [--seed 0] [--threads 2]
-(run `make bench`, which prepares the ONNX model and builds the release binary first)
+--shape bert-base builds target/bench/bert-base (random weights at bge-base / e5-base shape,
+../shared/bench/make_random_bert.py) and its fp32 and int8 ONNX (make_onnx.py) on first use.
+
+usage: scripts/bench_vs_ort.py [--shape minilm|bert-base] [--dtype float32,bfloat16,int8]
+                               [--rounds 3] [--limit 5000] [--seed 0] [--threads 2]
+(run `make bench`, which prepares the venv and ONNX model and builds the release binary first)
 """
 import argparse, json, os, random, statistics, subprocess, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "..", "shared", "bench")
-PY = os.path.join(ROOT, "target", "bench", "venv", "bin", "python")
-ONNX = os.path.join(ROOT, "target", "bench", "onnx-model")
+BENCH = os.path.join(ROOT, "target", "bench")
+PY = os.path.join(BENCH, "venv", "bin", "python")
 BIN = os.path.join(ROOT, "target", "release", "openembed")
-MODEL = os.path.join(ROOT, "models", "all-MiniLM-L6-v2")
+MINILM = os.path.join(ROOT, "models", "all-MiniLM-L6-v2")
 
 
 def last_json(cmd):
@@ -27,48 +30,63 @@ def last_json(cmd):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def folders(shape):
+    """(our model folder, ONNX folder) for a shape, building the BERT-base pair when missing."""
+    if shape == "minilm":
+        return MINILM, os.path.join(BENCH, "onnx-model")
+    model, onnx = os.path.join(BENCH, "bert-base"), os.path.join(BENCH, "bert-base-onnx")
+    if not os.path.exists(os.path.join(model, "model.safetensors")):
+        subprocess.run([PY, os.path.join(SHARED, "make_random_bert.py"), MINILM, model], check=True)
+    if not os.path.isdir(onnx):
+        subprocess.run([PY, os.path.join(SHARED, "make_onnx.py"), model, onnx], check=True)
+    return model, onnx
+
+
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--shape", choices=["minilm", "bert-base"], default="minilm")
+    p.add_argument("--dtype", default="float32,bfloat16,int8", help="our dtypes, comma-separated")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--limit", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
+    model, onnx = folders(a.shape)
     corpus = os.path.join(SHARED, "corpus", "mixed.jsonl")
-    long = os.path.join(SHARED, "corpus", "long.jsonl")
-    # The sample engine_ort.py draws (same loader semantics: one JSON string per line).
     with open(corpus, encoding="utf-8") as f:
         texts = [json.loads(line) for line in f if line.strip()]
     texts = [t if isinstance(t, str) else (t.get("text") or t.get("input")) for t in texts]
     if a.limit and a.limit < len(texts):
         texts = random.Random(a.seed).sample(texts, a.limit)
-    mixed = os.path.join(ROOT, "target", "bench", f"mixed-sample-{len(texts)}-seed{a.seed}.jsonl")
+    mixed = os.path.join(BENCH, f"mixed-sample-{len(texts)}-seed{a.seed}.jsonl")
     with open(mixed, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(t) + "\n" for t in texts)
-    n = str(len(texts))
-    rows = {"ort_mixed": [], "ours_mixed": [], "ours_packed": [], "ort_32x128": [], "ours_32x128": []}
+    dtypes = [d.strip() for d in a.dtype.split(",") if d.strip()]
+    rows = {"ort fp32": [], "ort int8": [], **{f"ours {d}": [] for d in dtypes}}
+    resident = {}
     for r in range(a.rounds):
-        ort = last_json([PY, os.path.join(SHARED, "engine_ort.py"), "--model-dir", ONNX, "--corpus", mixed,
-                         "--batch", "32", "--threads", str(a.threads), "--variants", "fp32", "--limit", "0"])
-        rows["ort_mixed"].append(ort["results"]["fp32"]["tokens_per_s"])
-        ours = last_json([BIN, "bench", "--model", MODEL, "--corpus", mixed, "--long-corpus", long, "--limit", n,
-                          "--threads", str(a.threads), "--workloads", "corpus,packed,full"])
-        for res in ours["results"]:
-            key = {"corpus sorted batches": "ours_mixed", "corpus token-budget batches": "ours_packed", "32x128": "ours_32x128"}[res["workload"]]
-            rows[key].append(res["tokens_per_s"])
-        ort = last_json([PY, os.path.join(SHARED, "engine_ort.py"), "--model-dir", ONNX, "--corpus", long, "--max-length", "128",
-                         "--batch", "32", "--threads", str(a.threads), "--variants", "fp32", "--limit", "320"])
-        rows["ort_32x128"].append(ort["results"]["fp32"]["tokens_per_s"])
+        ort = last_json([PY, os.path.join(SHARED, "engine_ort.py"), "--model-dir", onnx, "--corpus", mixed,
+                         "--batch", "32", "--threads", str(a.threads), "--variants", "fp32,int8", "--limit", "0"])
+        for v in ("fp32", "int8"):
+            rows[f"ort {v}"].append(ort["results"][v]["tokens_per_s"])
+        for d in dtypes:
+            ours = last_json([BIN, "bench", "--model", model, "--corpus", mixed, "--limit", str(len(texts)),
+                              "--threads", str(a.threads), "--workloads", "corpus", "--dtype", d])
+            for res in ours["results"]:
+                if res["workload"] == "corpus sorted batches":
+                    rows[f"ours {d}"].append(res["tokens_per_s"])
+                if res["workload"] == "load":
+                    resident[d] = res["resident_mib"]
+            kernels = ours.get("kernels", "?")
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rows.items()), flush=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
-    ratios = {
-        "mixed_sorted32_vs_ort": med["ours_mixed"] / med["ort_mixed"],
-        "mixed_packed_vs_ort": med["ours_packed"] / med["ort_mixed"],
-        "32x128_vs_ort": med["ours_32x128"] / med["ort_32x128"],
-    }
+    ratios = {f"{d} vs ort {v}": med[f"ours {d}"] / med[f"ort {v}"] for d in dtypes for v in ("fp32", "int8")}
+    print(f"shape {a.shape}, {len(texts)} texts, {a.threads} threads, our kernels {kernels}")
     print("medians (tokens/s): " + ", ".join(f"{k} {v:.0f}" for k, v in med.items()))
     print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
-    print(json.dumps({"threads": a.threads, "texts": len(texts), "seed": a.seed, "rounds": a.rounds, "medians": med, "ratios": ratios}))
+    print("resident after load (MiB): " + ", ".join(f"{d} {v:.0f}" for d, v in resident.items()))
+    print(json.dumps({"shape": a.shape, "threads": a.threads, "texts": len(texts), "seed": a.seed, "rounds": a.rounds,
+                      "kernels": kernels, "medians": med, "ratios": ratios, "resident_mib": resident}))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::kernels::activation::Activation;
 use crate::kernels::bf16::{gemm_bf16, Bf16Isa, Bf16Weight};
 use crate::kernels::int8::{gemm_int8, Int8Isa, Int8Weight};
-use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm};
+use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm, rms_norm_in_place};
 use crate::kernels::sgemm::{sgemm, Isa, PackedWeight};
 use crate::kernels::{buffer, par_rows};
 use crate::rotary::Rotary;
@@ -204,17 +204,11 @@ impl Norm {
                 for row in 0..h.len() / width {
                     let r = row * width..(row + 1) * width;
                     h[r.clone()].iter_mut().zip(&x[r.clone()]).for_each(|(a, b)| *a += b);
-                    rms_norm_in_place(&mut h[r], weight.data(), *eps);
+                    rms_norm_in_place(&mut h[r], width, weight.data(), *eps);
                 }
             }),
         }
     }
-}
-
-fn rms_norm_in_place(row: &mut [f32], gamma: &[f32], eps: f32) {
-    let ss: f32 = crate::kernels::math::dot(row, row);
-    let inv = 1.0 / (ss / row.len() as f32 + eps).sqrt();
-    row.iter_mut().zip(gamma).for_each(|(v, g)| *v = *v * inv * g);
 }
 
 /// Where each block's normalization sits.
@@ -286,7 +280,7 @@ impl SelfAttention {
                 for (heads, is_q) in [(q, true), (k, false)] {
                     for head in heads.chunks_exact_mut(hd) {
                         if let Some((qw, kw, eps)) = norms {
-                            rms_norm_in_place(head, if is_q { qw } else { kw }, eps);
+                            rms_norm_in_place(head, hd, if is_q { qw } else { kw }, eps);
                         }
                         if let Some(r) = &self.rotary {
                             r.rotate(head, p);

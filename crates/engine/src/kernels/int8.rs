@@ -191,23 +191,73 @@ thread_local! {
     static ROWS: std::cell::Cell<QuantizedRows> = std::cell::Cell::new(QuantizedRows::default());
 }
 
-super::simd_dispatch! {
-    /// Quantizes one row to `0..=255` over `[min(x, 0), max(x, 0)]`; returns (scale, zero point).
-    fn quantize_row(x: &[f32], out: &mut [u8]) -> (f32, i32) {
-        let (lo, hi) = x.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        if hi <= lo {
-            out.iter_mut().for_each(|o| *o = 0);
-            return (0.0, 0);
-        }
-        let scale = (hi - lo) / 255.0;
-        let inv = 1.0 / scale;
-        let zp = (-lo * inv).round().clamp(0.0, 255.0);
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = (v * inv + zp + 0.5).clamp(0.0, 255.0) as u8;
-        }
-        out[x.len()..].iter_mut().for_each(|o| *o = 0);
-        (scale, zp as i32)
+/// Quantizes one row to `0..=255` over `[min(x, 0), max(x, 0)]` (codes past `x.len()` are
+/// zero); returns (scale, zero point). Rounds to nearest, ties to even.
+fn quantize_row(x: &[f32], out: &mut [u8]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx512() {
+        // SAFETY: the CPU has AVX-512F/BW.
+        return unsafe { quantize_row_avx512(x, out) };
     }
+    let (lo, hi) = x.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let Some((inv, zp)) = row_scale(lo, hi) else {
+        out.fill(0);
+        return (0.0, 0);
+    };
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v * inv + zp).round_ties_even().clamp(0.0, 255.0) as u8;
+    }
+    out[x.len()..].fill(0);
+    (1.0 / inv, zp as i32)
+}
+
+/// (1 / scale, zero point) for a row spanning `[lo, hi]` (lo ≤ 0 ≤ hi); `None` when all zero.
+#[inline(always)]
+fn row_scale(lo: f32, hi: f32) -> Option<(f32, f32)> {
+    if hi <= lo || hi.is_nan() || lo.is_nan() {
+        return None;
+    }
+    let inv = 255.0 / (hi - lo);
+    Some((inv, (-lo * inv).round_ties_even().clamp(0.0, 255.0)))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    assert!(out.len() >= n);
+    let mask = |i: usize| -> __mmask16 {
+        let left = n - i;
+        if left >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << left) - 1) as __mmask16
+        }
+    };
+    let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for i in (0..n).step_by(16) {
+        let v = _mm512_maskz_loadu_ps(mask(i), x.as_ptr().add(i));
+        lo = _mm512_min_ps(lo, v);
+        hi = _mm512_max_ps(hi, v);
+    }
+    let Some((inv, zp)) = row_scale(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi)) else {
+        out.fill(0);
+        return (0.0, 0);
+    };
+    let (vinv, vzp) = (_mm512_set1_ps(inv), _mm512_set1_ps(zp));
+    let zero = _mm512_setzero_si512();
+    for i in (0..n).step_by(16) {
+        let m = mask(i);
+        let v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x.as_ptr().add(i)), vinv, vzp);
+        let q = _mm512_max_epi32(
+            _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
+            zero,
+        );
+        _mm_mask_storeu_epi8(out.as_mut_ptr().add(i) as *mut i8, m, _mm512_cvtusepi32_epi8(q));
+    }
+    out[n..].fill(0);
+    (1.0 / inv, zp as i32)
 }
 
 impl QuantizedRows {
@@ -357,17 +407,7 @@ pub fn gemm_int8(
         out[..(m - 1) * out_stride + n]
             .par_chunks_mut(out_stride)
             .zip(x[..m * k].par_chunks(k))
-            .for_each(|(o, x)| {
-                let o = &mut o[..n];
-                match bias {
-                    Some(b) => o.copy_from_slice(&b[..n]),
-                    None => o.fill(0.0),
-                }
-                for (&c, col) in outliers.iter().zip(columns.chunks_exact(n)) {
-                    let v = x[c];
-                    o.iter_mut().zip(col).for_each(|(o, w)| *o += v * w);
-                }
-            });
+            .for_each(|(o, x)| outlier_row(&mut o[..n], x, outliers, &columns, bias));
     }
     let bias = if overwrite { bias } else { None };
     let tasks = split_work(m, n, mr, nr, threads);
@@ -412,6 +452,21 @@ pub fn gemm_int8(
         }
     });
     ROWS.with(|cell| cell.replace(rows));
+}
+
+super::simd_dispatch! {
+    /// `o = bias + Σ x[c] · column(c)` over the outlier channels `c`.
+    fn outlier_row(o: &mut [f32], x: &[f32], outliers: &[usize], columns: &[f32], bias: Option<&[f32]>) {
+        let n = o.len();
+        match bias {
+            Some(b) => o.copy_from_slice(&b[..n]),
+            None => o.fill(0.0),
+        }
+        for (&c, col) in outliers.iter().zip(columns.chunks_exact(n)) {
+            let v = x[c];
+            o.iter_mut().zip(col).for_each(|(o, &w)| *o = super::math::madd::<FMA>(v, w, *o));
+        }
+    }
 }
 
 /// The fp32 value of one accumulated dot product.

@@ -25,16 +25,23 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// `out[r] = RMSNorm(x[r])` for every row: `x / sqrt(mean(x^2) + eps) * gamma`.
-    pub fn rms_norm(x: &[f32], out: &mut [f32], width: usize, gamma: &[f32], eps: f32) {
-        for (xr, or) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-            let ss = super::math::dot(xr, xr);
+    /// RMSNorm in place on every `width`-wide row: `x / sqrt(mean(x^2) + eps) * gamma`. The
+    /// one RMSNorm of the engine (hidden states, and Qwen3's per-head q/k norm).
+    pub fn rms_norm_in_place(rows: &mut [f32], width: usize, gamma: &[f32], eps: f32) {
+        for row in rows.chunks_exact_mut(width) {
+            let ss = super::math::dot(row, row);
             let inv = 1.0 / (ss / width as f32 + eps).sqrt();
-            for ((o, &v), &g) in or.iter_mut().zip(xr).zip(gamma) {
-                *o = v * inv * g;
+            for (v, &g) in row.iter_mut().zip(gamma) {
+                *v = *v * inv * g;
             }
         }
     }
+}
+
+/// `out[r] = RMSNorm(x[r])` for every row (see [`rms_norm_in_place`]).
+pub fn rms_norm(x: &[f32], out: &mut [f32], width: usize, gamma: &[f32], eps: f32) {
+    out.copy_from_slice(&x[..out.len()]);
+    rms_norm_in_place(out, width, gamma, eps);
 }
 
 #[inline(always)]

@@ -368,42 +368,6 @@ pub(crate) struct Avx512;
 /// Plain Rust (4×16) for CPUs without AVX2; LLVM vectorizes it for the baseline target.
 pub(crate) struct Portable;
 
-impl MicroKernel for Portable {
-    const NR: usize = 16;
-    const MR: usize = 4;
-    unsafe fn tile(t: Tile) {
-        const NR: usize = Portable::NR;
-        let Tile {
-            rows,
-            kc,
-            a,
-            ars,
-            acs,
-            b,
-            brs,
-            c,
-            ldc,
-            cols,
-            overwrite,
-            bias,
-            act,
-        } = t;
-        let mut acc = [[0.0f32; NR]; Portable::MR];
-        for p in 0..kc {
-            let panel = std::slice::from_raw_parts(b.add(p * brs), NR);
-            for (r, row) in acc.iter_mut().enumerate().take(rows) {
-                let av = *a.add(r * ars + p * acs);
-                for (o, &w) in row.iter_mut().zip(panel) {
-                    *o += av * w;
-                }
-            }
-        }
-        for (r, row) in acc.iter_mut().enumerate().take(rows) {
-            finish_row::<false>(row, c.add(r * ldc), cols, overwrite, bias, act);
-        }
-    }
-}
-
 macro_rules! dispatch_rows {
     ($rows:expr, $f:ident, [$($r:literal),*], $args:tt) => {
         match $rows {
@@ -412,6 +376,33 @@ macro_rules! dispatch_rows {
         }
     };
     (@call $f:ident, $r:literal, ($($a:expr),*)) => { $f::<$r>($($a),*) };
+}
+
+impl MicroKernel for Portable {
+    const NR: usize = 16;
+    const MR: usize = 4;
+    unsafe fn tile(t: Tile) {
+        dispatch_rows!(t.rows, portable_kernel, [4, 3, 2], (t))
+    }
+}
+
+/// Fixed-size rows and columns, so LLVM keeps the accumulators in registers and vectorizes
+/// for the baseline target.
+unsafe fn portable_kernel<const R: usize>(t: Tile) {
+    const NR: usize = Portable::NR;
+    let mut acc = [[0.0f32; NR]; R];
+    for p in 0..t.kc {
+        let panel = &*(t.b.add(p * t.brs) as *const [f32; NR]);
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = *t.a.add(r * t.ars + p * t.acs);
+            for (o, &w) in row.iter_mut().zip(panel) {
+                *o += av * w;
+            }
+        }
+    }
+    for (r, row) in acc.iter_mut().enumerate() {
+        finish_row::<false>(row, t.c.add(r * t.ldc), t.cols, t.overwrite, t.bias, t.act);
+    }
 }
 
 impl MicroKernel for Avx2 {
