@@ -8,7 +8,7 @@
 //! threads split the output as the fp32 SGEMM does ([`split_work`]).
 
 use super::activation::Activation;
-use super::sgemm::{run_tasks, split_work, SendPtr, MC, NC};
+use super::sgemm::{for_each_tile, run_tasks, split_work, SendPtr};
 use rayon::prelude::*;
 
 /// The instruction set a [`Bf16Weight`] is laid out for.
@@ -243,40 +243,31 @@ pub fn gemm_bf16(
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_ptr = &out_ptr;
     let tasks = split_work(m, n, mr, nr, threads);
-    run_tasks(&tasks, |&(r0, r1, c0, c1)| {
-        let mcb = MC.div_ceil(mr) * mr;
-        let ncb = NC.div_ceil(nr) * nr;
-        for n0 in (c0..c1).step_by(ncb) {
-            for m0 in (r0..r1).step_by(mcb) {
-                let m1 = (m0 + mcb).min(r1);
-                for c in (n0..(n0 + ncb).min(c1)).step_by(nr) {
-                    for r in (m0..m1).step_by(mr) {
-                        // SAFETY: rows r..r+rows and columns c..c+cols lie inside this task's
-                        // block (tasks are disjoint) and inside every buffer checked above.
-                        unsafe {
-                            let t = BTile {
-                                rows: mr.min(m1 - r),
-                                pairs: kp / 2,
-                                a: a_base.0.add(r * kp * elem),
-                                kp,
-                                b: w.panels.as_ptr().add((c / nr) * kp * nr),
-                                c: out_ptr.0.add(r * out_stride + c),
-                                ldc: out_stride,
-                                cols: nr.min(n - c),
-                                bias: bias.map(|b| b.as_ptr().add(c)),
-                                act,
-                            };
-                            match w.isa {
-                                Bf16Isa::Portable => portable_tile(t),
-                                Bf16Isa::Avx2 => avx2_tile(t),
-                                Bf16Isa::Avx512 => avx512_tile(t),
-                                Bf16Isa::Avx512Bf16 => dpbf16_tile(t),
-                            }
-                        }
-                    }
+    run_tasks(&tasks, |&block| {
+        for_each_tile(block, mr, nr, |r, rows, c| {
+            // SAFETY: rows r..r+rows and columns c..c+cols lie inside this task's
+            // block (tasks are disjoint) and inside every buffer checked above.
+            unsafe {
+                let t = BTile {
+                    rows,
+                    pairs: kp / 2,
+                    a: a_base.0.add(r * kp * elem),
+                    kp,
+                    b: w.panels.as_ptr().add((c / nr) * kp * nr),
+                    c: out_ptr.0.add(r * out_stride + c),
+                    ldc: out_stride,
+                    cols: nr.min(n - c),
+                    bias: bias.map(|b| b.as_ptr().add(c)),
+                    act,
+                };
+                match w.isa {
+                    Bf16Isa::Portable => portable_tile(t),
+                    Bf16Isa::Avx2 => avx2_tile(t),
+                    Bf16Isa::Avx512 => avx512_tile(t),
+                    Bf16Isa::Avx512Bf16 => dpbf16_tile(t),
                 }
             }
-        }
+        });
     });
     ROWS.with(|cell| cell.replace(rows));
 }
@@ -299,28 +290,19 @@ unsafe fn portable_tile(t: BTile) {
     }
 }
 
-macro_rules! rows_dispatch {
-    ($rows:expr, $f:ident, [$($r:literal),*], $t:expr) => {
-        match $rows {
-            $($r => $f::<$r>($t),)*
-            _ => $f::<1>($t),
-        }
-    };
-}
-
 #[cfg(target_arch = "x86_64")]
 unsafe fn avx2_tile(t: BTile) {
-    rows_dispatch!(t.rows, avx2_kernel, [4, 3, 2], t)
+    super::rows_dispatch!(t.rows, avx2_kernel, [4, 3, 2], t)
 }
 
 #[cfg(target_arch = "x86_64")]
 unsafe fn avx512_tile(t: BTile) {
-    rows_dispatch!(t.rows, avx512_kernel, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], t)
+    super::rows_dispatch!(t.rows, avx512_kernel, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], t)
 }
 
 #[cfg(target_arch = "x86_64")]
 unsafe fn dpbf16_tile(t: BTile) {
-    rows_dispatch!(t.rows, dpbf16_kernel, [14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], t)
+    super::rows_dispatch!(t.rows, dpbf16_kernel, [14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], t)
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -20,7 +20,7 @@
 //! fp32 SGEMM does ([`split_work`]).
 
 use super::activation::Activation;
-use super::sgemm::{run_tasks, split_work, SendPtr, MC, NC};
+use super::sgemm::{for_each_tile, run_tasks, split_work, SendPtr};
 use rayon::prelude::*;
 
 /// The instruction set an [`Int8Weight`] is laid out for.
@@ -411,45 +411,36 @@ pub fn gemm_int8(
     }
     let bias = if overwrite { bias } else { None };
     let tasks = split_work(m, n, mr, nr, threads);
-    run_tasks(&tasks, |&(r0, r1, c0, c1)| {
-        let mcb = MC.div_ceil(mr) * mr;
-        let ncb = NC.div_ceil(nr) * nr;
-        for n0 in (c0..c1).step_by(ncb) {
-            for m0 in (r0..r1).step_by(mcb) {
-                let m1 = (m0 + mcb).min(r1);
-                for c in (n0..(n0 + ncb).min(c1)).step_by(nr) {
-                    for r in (m0..m1).step_by(mr) {
-                        // SAFETY: rows r..r+rows and columns c..c+cols lie inside this task's
-                        // block (tasks are disjoint) and inside every buffer checked above; the
-                        // panel holds kp·nr codes and nr scales/sums.
-                        unsafe {
-                            let t = QTile {
-                                rows: mr.min(m1 - r),
-                                groups: kp / 4,
-                                a: a_base.0.add(r * kp * elem),
-                                kp,
-                                b: w.panels.as_ptr().add((c / nr) * kp * nr),
-                                c: out_ptr.0.add(r * out_stride + c),
-                                ldc: out_stride,
-                                cols: nr.min(n - c),
-                                row_scale: scales.as_ptr().add(r),
-                                row_zp: zps.as_ptr().add(r),
-                                col_scale: w.scales.as_ptr().add(c),
-                                col_sum: w.sums.as_ptr().add(c),
-                                overwrite,
-                                bias: bias.map(|b| b.as_ptr().add(c)),
-                                act,
-                            };
-                            match w.isa {
-                                Int8Isa::Portable => portable_tile(t),
-                                Int8Isa::Avx2 => avx2_tile(t),
-                                Int8Isa::Avx512Vnni => vnni_tile(t),
-                            }
-                        }
-                    }
+    run_tasks(&tasks, |&block| {
+        for_each_tile(block, mr, nr, |r, rows, c| {
+            // SAFETY: rows r..r+rows and columns c..c+cols lie inside this task's
+            // block (tasks are disjoint) and inside every buffer checked above; the
+            // panel holds kp·nr codes and nr scales/sums.
+            unsafe {
+                let t = QTile {
+                    rows,
+                    groups: kp / 4,
+                    a: a_base.0.add(r * kp * elem),
+                    kp,
+                    b: w.panels.as_ptr().add((c / nr) * kp * nr),
+                    c: out_ptr.0.add(r * out_stride + c),
+                    ldc: out_stride,
+                    cols: nr.min(n - c),
+                    row_scale: scales.as_ptr().add(r),
+                    row_zp: zps.as_ptr().add(r),
+                    col_scale: w.scales.as_ptr().add(c),
+                    col_sum: w.sums.as_ptr().add(c),
+                    overwrite,
+                    bias: bias.map(|b| b.as_ptr().add(c)),
+                    act,
+                };
+                match w.isa {
+                    Int8Isa::Portable => portable_tile(t),
+                    Int8Isa::Avx2 => avx2_tile(t),
+                    Int8Isa::Avx512Vnni => vnni_tile(t),
                 }
             }
-        }
+        });
     });
     ROWS.with(|cell| cell.replace(rows));
 }
@@ -499,23 +490,14 @@ unsafe fn portable_tile(t: QTile) {
     }
 }
 
-macro_rules! rows_dispatch {
-    ($rows:expr, $f:ident, [$($r:literal),*], $t:expr) => {
-        match $rows {
-            $($r => $f::<$r>($t),)*
-            _ => $f::<1>($t),
-        }
-    };
-}
-
 #[cfg(target_arch = "x86_64")]
 unsafe fn avx2_tile(t: QTile) {
-    rows_dispatch!(t.rows, avx2_kernel, [6, 5, 4, 3, 2], t)
+    super::rows_dispatch!(t.rows, avx2_kernel, [6, 5, 4, 3, 2], t)
 }
 
 #[cfg(target_arch = "x86_64")]
 unsafe fn vnni_tile(t: QTile) {
-    rows_dispatch!(t.rows, vnni_kernel, [14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], t)
+    super::rows_dispatch!(t.rows, vnni_kernel, [14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], t)
 }
 
 #[cfg(not(target_arch = "x86_64"))]

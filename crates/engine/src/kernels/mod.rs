@@ -153,6 +153,19 @@ macro_rules! simd_dispatch {
 }
 pub(crate) use simd_dispatch;
 
+/// Calls `$f::<R>($t)` with the const row count `R` equal to `$rows` (one of the listed
+/// literals, else 1): micro-kernels keep their rows as a const so accumulators stay in
+/// registers.
+macro_rules! rows_dispatch {
+    ($rows:expr, $f:ident, [$($r:literal),*], $t:expr) => {
+        match $rows {
+            $($r => $f::<$r>($t),)*
+            _ => $f::<1>($t),
+        }
+    };
+}
+pub(crate) use rows_dispatch;
+
 /// The first `len` elements of a reusable scratch buffer, growing it when short. Growth leaves
 /// half again as much headroom, so batches that grow a little at a time (length-sorted input)
 /// do not reallocate and zero-fill on every call.

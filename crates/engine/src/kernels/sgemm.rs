@@ -99,6 +99,29 @@ where
     }
 }
 
+/// Calls `tile(r, rows, c)` for every micro-tile (`rows ≤ mr` rows from `r`, an `nr`-column
+/// panel from `c`) of the block `r0..r1 × c0..c1`, panel-stationary within [`MC`] × [`NC`]
+/// blocks: the order the int8 and bf16 GEMMs use (the fp32 one also blocks `K`).
+pub(crate) fn for_each_tile(
+    (r0, r1, c0, c1): (usize, usize, usize, usize),
+    mr: usize,
+    nr: usize,
+    mut tile: impl FnMut(usize, usize, usize),
+) {
+    let mcb = MC.div_ceil(mr) * mr;
+    let ncb = NC.div_ceil(nr) * nr;
+    for n0 in (c0..c1).step_by(ncb) {
+        for m0 in (r0..r1).step_by(mcb) {
+            let m1 = (m0 + mcb).min(r1);
+            for c in (n0..(n0 + ncb).min(c1)).step_by(nr) {
+                for r in (m0..m1).step_by(mr) {
+                    tile(r, mr.min(m1 - r), c);
+                }
+            }
+        }
+    }
+}
+
 /// A raw output pointer that parallel tasks share; each task writes its own block only.
 pub(crate) struct SendPtr<T>(pub *mut T);
 // SAFETY: tasks write disjoint blocks of the output (see `split_work`).
