@@ -285,20 +285,26 @@ fn whole_word_tokens(enc: &tokenizers::Encoding, side: Side) -> Option<usize> {
 mod window_tests {
     use super::*;
 
-    fn tokenizer() -> Option<TextTokenizer> {
+    /// The default model's folder, or `None` after printing that the test is skipped.
+    fn default_model_dir() -> Option<std::path::PathBuf> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
-        dir.join("tokenizer.json")
-            .exists()
-            .then(|| TextTokenizer::load(&dir, 16).unwrap())
+        if dir.join("tokenizer.json").exists() {
+            Some(dir)
+        } else {
+            eprintln!("skipped: the default model is missing (make model)");
+            None
+        }
+    }
+
+    fn tokenizer() -> Option<TextTokenizer> {
+        default_model_dir().map(|dir| TextTokenizer::load(&dir, 16).unwrap())
     }
 
     #[test]
     fn long_texts_are_read_only_as_far_as_needed_with_the_same_ids() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
-        if !dir.join("tokenizer.json").exists() {
-            eprintln!("skipped: the default model is missing (make model)");
+        let Some(dir) = default_model_dir() else {
             return;
-        }
+        };
         let t = TextTokenizer::load(&dir, 32).unwrap();
         let words = ["alpha", "unbelievably", "x", "Zürich", "東京", "co-operation", "9.5%"];
         let text: String = (0..5000).map(|i| words[i % words.len()]).collect::<Vec<_>>().join(" ");
@@ -335,11 +341,9 @@ mod window_tests {
 
     #[test]
     fn lowercasing_covers_the_prompt_too() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
-        if !dir.join("tokenizer.json").exists() {
-            eprintln!("skipped: the default model is missing (make model)");
+        let Some(dir) = default_model_dir() else {
             return;
-        }
+        };
         let t = TextTokenizer::load_with(&dir, 256, true).unwrap();
         assert_eq!(t.full_text(Some("Query: "), "ÀB Σ"), "query: àb σ");
     }
@@ -347,7 +351,6 @@ mod window_tests {
     #[test]
     fn windows_cover_the_text_with_overlap() {
         let Some(t) = tokenizer() else {
-            eprintln!("skipped: the default model is missing (make model)");
             return;
         };
         let text = (0..40).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");

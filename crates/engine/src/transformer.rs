@@ -130,15 +130,6 @@ impl Linear {
             LinearWeight::Int8(w) => gemm_int8(x, rows, w, bias, act, out, n, threads),
         }
     }
-
-    /// The dtype it computes in.
-    pub fn dtype(&self) -> DType {
-        match self.weight {
-            LinearWeight::Float32(_) => DType::Float32,
-            LinearWeight::Bfloat16(_) => DType::Bfloat16,
-            LinearWeight::Int8(_) => DType::Int8,
-        }
-    }
 }
 
 /// A normalization layer.

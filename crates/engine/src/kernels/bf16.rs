@@ -92,17 +92,8 @@ pub struct Bf16Weight {
 }
 
 impl Bf16Weight {
-    /// Packs a row-major `[n × k]` weight given as bf16 bits for `isa`'s kernel.
-    pub fn pack(w: &[u16], n: usize, k: usize, isa: Bf16Isa) -> Self {
-        Self::pack_with(n, k, isa, |i| w[i])
-    }
-
     /// Rounds a row-major fp32 `[n × k]` weight to bf16 and packs it.
     pub fn from_f32(w: &[f32], n: usize, k: usize, isa: Bf16Isa) -> Self {
-        Self::pack_with(n, k, isa, |i| to_bf16(w[i]))
-    }
-
-    fn pack_with(n: usize, k: usize, isa: Bf16Isa, value: impl Fn(usize) -> u16 + Sync) -> Self {
         let nr = isa.nr();
         let kp = k.div_ceil(2) * 2;
         let count = n.div_ceil(nr);
@@ -111,31 +102,11 @@ impl Bf16Weight {
             for c in 0..nr.min(n - p * nr) {
                 let row = (p * nr + c) * k;
                 for kk in 0..k {
-                    panel[(kk / 2) * nr * 2 + c * 2 + kk % 2] = value(row + kk);
+                    panel[(kk / 2) * nr * 2 + c * 2 + kk % 2] = to_bf16(w[row + kk]);
                 }
             }
         });
         Self { panels, n, k, kp, isa }
-    }
-
-    /// Output width.
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
-    /// Input width.
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
-    /// The kernel it is packed for.
-    pub fn isa(&self) -> Bf16Isa {
-        self.isa
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        2 * self.panels.len()
     }
 }
 
@@ -178,8 +149,6 @@ const ROUND_ROWS: usize = 16;
 #[derive(Clone, Copy)]
 struct BTile {
     rows: usize,
-    /// `kp / 2`.
-    pairs: usize,
     /// Row `r` starts at `a + r·kp` elements (u16 bits or f32 values).
     a: *const u8,
     kp: usize,
@@ -250,7 +219,6 @@ pub fn gemm_bf16(
             unsafe {
                 let t = BTile {
                     rows,
-                    pairs: kp / 2,
                     a: a_base.0.add(r * kp * elem),
                     kp,
                     b: w.panels.as_ptr().add((c / nr) * kp * nr),
@@ -262,9 +230,18 @@ pub fn gemm_bf16(
                 };
                 match w.isa {
                     Bf16Isa::Portable => portable_tile(t),
-                    Bf16Isa::Avx2 => avx2_tile(t),
-                    Bf16Isa::Avx512 => avx512_tile(t),
-                    Bf16Isa::Avx512Bf16 => dpbf16_tile(t),
+                    #[cfg(target_arch = "x86_64")]
+                    Bf16Isa::Avx2 => super::rows_dispatch!(t.rows, avx2_kernel, [4, 3, 2], t),
+                    #[cfg(target_arch = "x86_64")]
+                    Bf16Isa::Avx512 => {
+                        super::rows_dispatch!(t.rows, avx512_kernel, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], t)
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    Bf16Isa::Avx512Bf16 => {
+                        super::rows_dispatch!(t.rows, dpbf16_kernel, [14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], t)
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    _ => unreachable!("only the portable kernel is chosen off x86-64"),
                 }
             }
         });
@@ -276,7 +253,7 @@ unsafe fn portable_tile(t: BTile) {
     const NR: usize = 16;
     let a = t.a as *const f32;
     let mut acc = [[0.0f32; NR]; 4];
-    for p in 0..t.pairs {
+    for p in 0..t.kp / 2 {
         let panel = std::slice::from_raw_parts(t.b.add(p * NR * 2), NR * 2);
         for (r, row) in acc.iter_mut().enumerate().take(t.rows) {
             let (a0, a1) = (*a.add(r * t.kp + 2 * p), *a.add(r * t.kp + 2 * p + 1));
@@ -290,36 +267,6 @@ unsafe fn portable_tile(t: BTile) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-unsafe fn avx2_tile(t: BTile) {
-    super::rows_dispatch!(t.rows, avx2_kernel, [4, 3, 2], t)
-}
-
-#[cfg(target_arch = "x86_64")]
-unsafe fn avx512_tile(t: BTile) {
-    super::rows_dispatch!(t.rows, avx512_kernel, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], t)
-}
-
-#[cfg(target_arch = "x86_64")]
-unsafe fn dpbf16_tile(t: BTile) {
-    super::rows_dispatch!(t.rows, dpbf16_kernel, [14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], t)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn avx2_tile(_: BTile) {
-    unreachable!("x86-64 only")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn avx512_tile(_: BTile) {
-    unreachable!("x86-64 only")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn dpbf16_tile(_: BTile) {
-    unreachable!("x86-64 only")
-}
-
 /// AVX2: each 32-bit lane holds a column's (even, odd) pair; `<< 16` and `& 0xFFFF0000` widen
 /// them to fp32 for two FMAs. The sum per lane is `even + odd` products, as `vdpbf16ps` does.
 #[cfg(target_arch = "x86_64")]
@@ -330,7 +277,7 @@ unsafe fn avx2_kernel<const R: usize>(t: BTile) {
     let a = t.a as *const f32;
     let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    for p in 0..t.pairs {
+    for p in 0..t.kp / 2 {
         let bp = t.b.add(p * NR * 2);
         let l0 = _mm256_loadu_si256(bp as *const __m256i);
         let l1 = _mm256_loadu_si256(bp.add(16) as *const __m256i);
@@ -363,7 +310,7 @@ unsafe fn avx512_kernel<const R: usize>(t: BTile) {
     let a = t.a as *const f32;
     let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for p in 0..t.pairs {
+    for p in 0..t.kp / 2 {
         let bp = t.b.add(p * NR * 2);
         let l0 = _mm512_loadu_si512(bp as *const __m512i);
         let l1 = _mm512_loadu_si512(bp.add(32) as *const __m512i);
@@ -397,7 +344,7 @@ unsafe fn dpbf16_kernel<const R: usize>(t: BTile) {
     const PREFETCH: usize = 16;
     let a = t.a as *const u16;
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for p in 0..t.pairs {
+    for p in 0..t.kp / 2 {
         let bp = t.b.add(p * NR * 2);
         let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp as *const __m512i));
         let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(32) as *const __m512i));

@@ -133,21 +133,6 @@ impl Int8Weight {
         }
     }
 
-    /// Output width.
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
-    /// Input width.
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
-    /// The kernel it is packed for.
-    pub fn isa(&self) -> Int8Isa {
-        self.isa
-    }
-
     /// Column `c` of the weight (input channel `c`) dequantized: `n` values into `out`.
     fn dequantized_column(&self, c: usize, out: &mut [f32]) {
         let (nr, g) = (self.isa.nr(), self.isa.group());
@@ -156,11 +141,6 @@ impl Int8Weight {
             let q = self.panels[p * self.kp * nr + (c / g) * nr * g + col * g + c % g];
             *o = q as f32 * self.scales[j];
         }
-    }
-
-    /// Bytes held (panels, scales and sums).
-    pub fn bytes(&self) -> usize {
-        self.panels.len() + 8 * self.scales.len()
     }
 }
 
@@ -340,8 +320,6 @@ impl QuantizedRows {
 #[derive(Clone, Copy)]
 struct QTile {
     rows: usize,
-    /// `kp / 4`: groups of four `k` values.
-    groups: usize,
     /// Row `r`'s codes start at `a + r·kp` (u8, or u16 for AVX2).
     a: *const u8,
     kp: usize,
@@ -419,7 +397,6 @@ pub fn gemm_int8(
             unsafe {
                 let t = QTile {
                     rows,
-                    groups: kp / 4,
                     a: a_base.0.add(r * kp * elem),
                     kp,
                     b: w.panels.as_ptr().add((c / nr) * kp * nr),
@@ -436,8 +413,14 @@ pub fn gemm_int8(
                 };
                 match w.isa {
                     Int8Isa::Portable => portable_tile(t),
-                    Int8Isa::Avx2 => avx2_tile(t),
-                    Int8Isa::Avx512Vnni => vnni_tile(t),
+                    #[cfg(target_arch = "x86_64")]
+                    Int8Isa::Avx2 => super::rows_dispatch!(t.rows, avx2_kernel, [6, 5, 4, 3, 2], t),
+                    #[cfg(target_arch = "x86_64")]
+                    Int8Isa::Avx512Vnni => {
+                        super::rows_dispatch!(t.rows, vnni_kernel, [14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], t)
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    _ => unreachable!("only the portable kernel is chosen off x86-64"),
                 }
             }
         });
@@ -471,7 +454,7 @@ unsafe fn portable_tile(t: QTile) {
     const NR: usize = 16;
     const MR: usize = 4;
     let mut acc = [[0i32; NR]; MR];
-    for g in 0..t.groups {
+    for g in 0..t.kp / 4 {
         let panel = std::slice::from_raw_parts(t.b.add(g * NR * 4), NR * 4);
         for (r, row) in acc.iter_mut().enumerate().take(t.rows) {
             let a = std::slice::from_raw_parts(t.a.add(r * t.kp + g * 4), 4);
@@ -490,26 +473,6 @@ unsafe fn portable_tile(t: QTile) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-unsafe fn avx2_tile(t: QTile) {
-    super::rows_dispatch!(t.rows, avx2_kernel, [6, 5, 4, 3, 2], t)
-}
-
-#[cfg(target_arch = "x86_64")]
-unsafe fn vnni_tile(t: QTile) {
-    super::rows_dispatch!(t.rows, vnni_kernel, [14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], t)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn avx2_tile(_: QTile) {
-    unreachable!("the AVX2 int8 kernel is only chosen on x86-64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn vnni_tile(_: QTile) {
-    unreachable!("the VNNI int8 kernel is only chosen on x86-64")
-}
-
 /// AVX2: weights sign-extended to i16 pairs, activations as u16 pairs, `vpmaddwd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -519,7 +482,7 @@ unsafe fn avx2_kernel<const R: usize>(t: QTile) {
     let a = t.a as *const u16;
     let mut acc = [[_mm256_setzero_si256(); 2]; R];
     // Pairs of k: 16 columns × 2 bytes per pair.
-    for p in 0..t.groups * 2 {
+    for p in 0..t.kp / 2 {
         let bp = t.b.add(p * NR * 2);
         let b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bp as *const __m128i));
         let b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bp.add(16) as *const __m128i));
@@ -558,7 +521,7 @@ unsafe fn vnni_kernel<const R: usize>(t: QTile) {
     /// Groups to prefetch ahead (2 KiB of panel).
     const PREFETCH: usize = 16;
     let mut acc = [[_mm512_setzero_si512(); 2]; R];
-    for g in 0..t.groups {
+    for g in 0..t.kp / 4 {
         let bp = t.b.add(g * NR * 4);
         let b0 = _mm512_loadu_si512(bp as *const __m512i);
         let b1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
