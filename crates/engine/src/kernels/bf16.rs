@@ -8,6 +8,7 @@
 //! threads split the output as the fp32 SGEMM does ([`split_work`]).
 
 use super::activation::Activation;
+use super::buffer;
 use super::sgemm::{for_each_tile, run_tasks, split_work, SendPtr};
 use rayon::prelude::*;
 
@@ -184,8 +185,7 @@ pub fn gemm_bf16(
     let as_bits = w.isa == Bf16Isa::Avx512Bf16;
     let x = &x[..m * k];
     let (a_base, elem) = if as_bits {
-        rows.bits.resize(m * kp, 0);
-        rows.bits
+        buffer(&mut rows.bits, m * kp)
             .par_chunks_mut(ROUND_ROWS * kp)
             .zip(x.par_chunks(ROUND_ROWS * k))
             .for_each(|(o, x)| {
@@ -195,8 +195,7 @@ pub fn gemm_bf16(
             });
         (rows.bits.as_ptr() as *const u8, 2)
     } else {
-        rows.values.resize(m * kp, 0.0);
-        rows.values
+        buffer(&mut rows.values, m * kp)
             .par_chunks_mut(ROUND_ROWS * kp)
             .zip(x.par_chunks(ROUND_ROWS * k))
             .for_each(|(o, x)| {

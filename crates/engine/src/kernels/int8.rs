@@ -20,6 +20,7 @@
 //! fp32 SGEMM does ([`split_work`]).
 
 use super::activation::Activation;
+use super::buffer;
 use super::sgemm::{for_each_tile, run_tasks, split_work, SendPtr};
 use rayon::prelude::*;
 
@@ -280,14 +281,12 @@ impl QuantizedRows {
     fn fill(&mut self, x: &[f32], m: usize, k: usize, kp: usize, wide: bool) {
         const ROWS: usize = 16;
         self.find_outliers(x, m, k);
-        self.codes.resize(m * kp, 0);
-        self.scales.resize(m, 0.0);
-        self.zero_points.resize(m, 0);
         let outliers = &self.outliers;
-        self.codes
+        let codes = buffer(&mut self.codes, m * kp);
+        codes
             .par_chunks_mut(ROWS * kp)
-            .zip(self.scales.par_chunks_mut(ROWS))
-            .zip(self.zero_points.par_chunks_mut(ROWS))
+            .zip(buffer(&mut self.scales, m).par_chunks_mut(ROWS))
+            .zip(buffer(&mut self.zero_points, m).par_chunks_mut(ROWS))
             .zip(x[..m * k].par_chunks(ROWS * k))
             .for_each(|(((codes, scales), zps), x)| {
                 let mut masked = Vec::new();
@@ -307,10 +306,9 @@ impl QuantizedRows {
                 }
             });
         if wide {
-            self.wide.resize(m * kp, 0);
-            self.wide
+            buffer(&mut self.wide, m * kp)
                 .par_chunks_mut(ROWS * kp)
-                .zip(self.codes.par_chunks(ROWS * kp))
+                .zip(self.codes[..m * kp].par_chunks(ROWS * kp))
                 .for_each(|(w, c)| w.iter_mut().zip(c).for_each(|(w, &c)| *w = c as u16));
         }
     }

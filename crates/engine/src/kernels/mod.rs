@@ -169,9 +169,9 @@ pub(crate) use rows_dispatch;
 /// The first `len` elements of a reusable scratch buffer, growing it when short. Growth leaves
 /// half again as much headroom, so batches that grow a little at a time (length-sorted input)
 /// do not reallocate and zero-fill on every call.
-pub fn buffer(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub fn buffer<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     if buf.len() < len {
-        buf.resize(len + len / 2, 0.0);
+        buf.resize(len + len / 2, T::default());
     }
     &mut buf[..len]
 }
