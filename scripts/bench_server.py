@@ -7,7 +7,7 @@
   C. one 16-token input, concurrency 1 -> p50 latency (target <= 5 ms)
 
 Prints each result and a summary; the last line is JSON. Needs target/release/openembed and
-target/bench/venv (make bench prepares both). Usage: scripts/bench_server.py [--duration S] [--rounds N]
+target/bench/venv (make bench prepares both). Usage: scripts/bench_server.py [--duration S] [--rounds N] [--dtype D]
 """
 import argparse
 import json
@@ -34,10 +34,10 @@ def last_json(text):
     raise RuntimeError("no JSON line in output:\n" + text[-2000:])
 
 
-def engine_tokens_per_s(limit):
+def engine_tokens_per_s(limit, dtype):
     out = subprocess.run(
         [BIN, "bench", "--model", MODEL, "--corpus", CORPUS, "--limit", str(limit), "--threads", "2",
-         "--workloads", "corpus", "--batch", "32"],
+         "--workloads", "corpus", "--batch", "32", "--dtype", dtype],
         check=True, capture_output=True, text=True, cwd=ROOT).stdout
     results = last_json(out)["results"]
     return max(r["tokens_per_s"] for r in results if "tokens_per_s" in r)
@@ -68,6 +68,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--limit", type=int, default=5000, help="corpus texts for the engine benchmark")
     ap.add_argument("--server-arg", action="append", default=[], help="extra flag for openembed serve")
+    ap.add_argument("--dtype", default="float32", help="precision for both the engine and the server")
     args = ap.parse_args()
 
     short = os.path.join(ROOT, "target/bench/short16.jsonl")
@@ -77,8 +78,8 @@ def main():
 
     rows = {"engine": [], "A": [], "B": [], "C": []}
     for r in range(args.rounds):
-        rows["engine"].append(engine_tokens_per_s(args.limit))
-        proc, url = start_server(args.server_arg)
+        rows["engine"].append(engine_tokens_per_s(args.limit, args.dtype))
+        proc, url = start_server(["--dtype", args.dtype, *args.server_arg])
         try:
             a = loadgen(url, CORPUS, 32, 4, args.duration)
             b = loadgen(url, CORPUS, 1, 16, args.duration)
@@ -99,6 +100,7 @@ def main():
 
     engine = statistics.median(rows["engine"])
     summary = {
+        "dtype": args.dtype,
         "engine_tokens_per_s": engine,
         "A_batch32_c4_tokens_per_s": med("prompt_tokens_per_s", "A"),
         "B_batch1_c16_tokens_per_s": med("prompt_tokens_per_s", "B"),
