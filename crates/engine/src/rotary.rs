@@ -21,12 +21,23 @@ impl Rotary {
     /// RoPE over the first `fraction` of `head_dim` with base `theta`, tabulated for
     /// `max_positions` positions (at most 8,192).
     pub fn new(head_dim: usize, fraction: f64, theta: f64, interleaved: bool, max_positions: usize) -> Self {
+        Self::from_inv_freq(Self::inv_freq(head_dim, fraction, theta), interleaved, max_positions)
+    }
+
+    /// The frequencies `1 / theta^(2i/d)` over the first `fraction` of `head_dim` (rounded down
+    /// to an even width), computed in f32 as transformers does; scaled variants adjust them
+    /// before [`Self::from_inv_freq`].
+    pub fn inv_freq(head_dim: usize, fraction: f64, theta: f64) -> Vec<f32> {
         let rot_dim = (((head_dim as f64) * fraction).round() as usize).min(head_dim) & !1;
-        let half = rot_dim / 2;
-        // As transformers computes it, in f32: 1 / theta^(2i/d).
-        let inv_freq: Vec<f32> = (0..half)
+        (0..rot_dim / 2)
             .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / rot_dim as f32))
-            .collect();
+            .collect()
+    }
+
+    /// RoPE with the given frequencies (one per rotated pair), tabulated for `max_positions`
+    /// positions (at most 8,192).
+    pub fn from_inv_freq(inv_freq: Vec<f32>, interleaved: bool, max_positions: usize) -> Self {
+        let half = inv_freq.len();
         let positions = max_positions.clamp(1, TABLE_POSITIONS);
         let mut cos = Vec::with_capacity(positions * half);
         let mut sin = Vec::with_capacity(positions * half);
@@ -38,7 +49,7 @@ impl Rotary {
             }
         }
         Self {
-            rot_dim,
+            rot_dim: 2 * half,
             interleaved,
             inv_freq,
             cos,

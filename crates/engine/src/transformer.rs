@@ -185,6 +185,20 @@ impl Norm {
         }
     }
 
+    /// `x = norm(x)` row by row.
+    pub fn apply_in_place(&self, x: &mut [f32], width: usize) {
+        use rayon::prelude::*;
+        match self {
+            Norm::Layer { weight, bias, eps } => x.par_chunks_mut(width).for_each(|row| {
+                let input = row.to_vec();
+                layer_norm(&input, row, width, weight.data(), bias, *eps)
+            }),
+            Norm::Rms { weight, eps } => x
+                .par_chunks_mut(width)
+                .for_each(|row| rms_norm_in_place(row, width, weight.data(), *eps)),
+        }
+    }
+
     /// `hidden = norm(x + hidden)` row by row (post-norm residual).
     pub fn apply_residual(&self, x: &[f32], hidden: &mut [f32], width: usize) {
         match self {
@@ -314,6 +328,17 @@ pub struct Layer {
     pub mlp: Mlp,
     /// Norm around the MLP.
     pub mlp_norm: Norm,
+    /// Norms of the attention and MLP outputs before their residual add in pre-norm layers
+    /// (Gemma's "sandwich" norms).
+    pub post_norms: Option<PostNorms>,
+}
+
+/// Norms applied to a pre-norm block's output before it is added to the residual stream.
+pub struct PostNorms {
+    /// After attention.
+    pub attention: Norm,
+    /// After the MLP.
+    pub mlp: Norm,
 }
 
 /// Token embeddings: word (+ absolute position) (+ token type 0), then an optional norm.
@@ -326,8 +351,36 @@ pub struct Embeddings {
     pub position_offset: usize,
     /// Row 0 of the token-type table, added to every token.
     pub token_type: Option<Vec<f32>>,
+    /// Factor on the word embedding (Gemma: √hidden).
+    pub scale: Option<f32>,
     /// Norm after the sum.
     pub norm: Option<Norm>,
+}
+
+/// An additive attention bias by relative position, shared by all layers.
+pub enum PositionBias {
+    /// MPNet's learned table over T5-style buckets.
+    Bucketed(BucketedPositionBias),
+    /// Symmetric ALiBi (JinaBERT): `-slope[h] · |key - query|`.
+    Alibi(Vec<f32>),
+}
+
+impl PositionBias {
+    fn table_for(&self, span: usize, heads: usize, out: &mut RelativeBias) {
+        match self {
+            PositionBias::Bucketed(b) => b.table_for(span, heads, out),
+            PositionBias::Alibi(slopes) => {
+                let width = 2 * span - 1;
+                out.span = span;
+                out.values.clear();
+                for h in 0..heads {
+                    let slope = slopes.get(h).copied().unwrap_or(0.0);
+                    out.values
+                        .extend((0..width).map(|r| -slope * (r as isize - (span as isize - 1)).unsigned_abs() as f32));
+                }
+            }
+        }
+    }
 }
 
 /// MPNet-style bucketed relative position bias shared by all layers.
@@ -391,8 +444,8 @@ pub struct Transformer {
     pub placement: NormPlacement,
     /// Final norm (pre-norm models).
     pub final_norm: Option<Norm>,
-    /// Relative position bias (MPNet).
-    pub position_bias: Option<BucketedPositionBias>,
+    /// Relative position bias (MPNet, JinaBERT).
+    pub position_bias: Option<PositionBias>,
 }
 
 /// Reusable buffers for a forward pass; they grow to the largest batch seen and are kept.
@@ -448,6 +501,9 @@ impl Transformer {
             for (p, tok) in r.clone().enumerate() {
                 let row = &mut out[tok * h..(tok + 1) * h];
                 row.copy_from_slice(e.word.row(batch.ids()[tok] as usize));
+                if let Some(f) = e.scale {
+                    row.iter_mut().for_each(|v| *v *= f);
+                }
                 if let Some(pos) = &e.position {
                     for (a, b) in row.iter_mut().zip(pos.row(p + e.position_offset)) {
                         *a += b;
@@ -487,6 +543,9 @@ impl Transformer {
         attention(qkv, ctx, batch.offsets(), att.layout, att.mask, s.bias.as_ref());
         let proj = buffer(&mut s.projected, t * h);
         att.out.forward(ctx, t, proj, threads);
+        if let Some(post) = &layer.post_norms {
+            post.attention.apply_in_place(proj, h);
+        }
         self.residual(layer.attention_norm.as_ref(), proj, &mut s.hidden[..t * h], pre);
 
         // Feed-forward block.
@@ -515,6 +574,9 @@ impl Transformer {
         };
         let proj = buffer(&mut s.projected, t * h);
         mlp.down.forward(&s.intermediate[..t * inter_width], t, proj, threads);
+        if let Some(post) = &layer.post_norms {
+            post.mlp.apply_in_place(proj, h);
+        }
         self.residual(Some(&layer.mlp_norm), proj, &mut s.hidden[..t * h], pre);
     }
 

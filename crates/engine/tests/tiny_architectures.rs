@@ -70,3 +70,18 @@ fn empty_sequences_in_a_packed_batch() {
         model.forward(&batch, &mut Scratch::default(), 2);
     }
 }
+
+#[test]
+fn gte_new_en() {
+    check_architecture("gte_new_en");
+}
+
+#[test]
+fn gte_new_multilingual() {
+    check_architecture("gte_new_multilingual");
+}
+
+#[test]
+fn jina_bert_v2() {
+    check_architecture("jina_bert_v2");
+}

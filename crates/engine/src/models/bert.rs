@@ -4,7 +4,7 @@ use crate::attention::{HeadLayout, Mask};
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
-use crate::transformer::{Embeddings, Layer, Linear, Mlp, Norm, NormPlacement, SelfAttention, Transformer};
+use crate::transformer::{Embeddings, GateOrder, Layer, Linear, Mlp, Norm, NormPlacement, SelfAttention, Transformer};
 use crate::weights::Weights;
 
 /// `model_type` values handled here.
@@ -45,6 +45,7 @@ pub fn load_with_position_offset(cfg: &ConfigJson, w: &Weights, position_offset:
         position: Some(w.get("embeddings.position_embeddings.weight", &[max_pos, hidden])?),
         position_offset,
         token_type,
+        scale: None,
         norm: Some(Norm::layer(w, "embeddings.LayerNorm", hidden, eps)?),
     };
     let names = PostNormNames {
@@ -59,7 +60,7 @@ pub fn load_with_position_offset(cfg: &ConfigJson, w: &Weights, position_offset:
         mlp_norm: "output.LayerNorm",
     };
     let stack = (0..layers)
-        .map(|i| post_norm_layer(w, &names, i, hidden, inter, eps, activation, layout))
+        .map(|i| post_norm_layer(w, &names, i, hidden, inter, eps, activation, layout, None))
         .collect::<Result<Vec<_>>>()?;
     Ok(Transformer {
         architecture: cfg.model_type()?,
@@ -104,7 +105,8 @@ pub struct PostNormNames {
     pub mlp_norm: &'static str,
 }
 
-/// Loads layer `i` of a post-norm encoder with biases everywhere, fusing q|k|v.
+/// Loads layer `i` of a post-norm encoder with biases everywhere (the MLP input's is optional),
+/// fusing q|k|v; `gated` MLPs have a `2 × inter` input projection.
 #[allow(clippy::too_many_arguments)]
 pub fn post_norm_layer(
     w: &Weights,
@@ -115,6 +117,7 @@ pub fn post_norm_layer(
     eps: f64,
     activation: Activation,
     layout: HeadLayout,
+    gated: Option<GateOrder>,
 ) -> Result<Layer> {
     let p = format!("{}.{i}", names.layer_prefix);
     let name = |suffix: &str| format!("{p}.{suffix}");
@@ -134,11 +137,12 @@ pub fn post_norm_layer(
         },
         attention_norm: Some(Norm::layer(w, &name(names.attention_norm), hidden, eps)?),
         mlp: Mlp {
-            up: Linear::load(w, &name(names.up), hidden, inter, true)?,
+            up: Linear::load_opt_bias(w, &name(names.up), hidden, if gated.is_some() { 2 * inter } else { inter })?,
             down: Linear::load(w, &name(names.down), inter, hidden, true)?,
             activation,
-            gated: None,
+            gated,
         },
         mlp_norm: Norm::layer(w, &name(names.mlp_norm), hidden, eps)?,
+        post_norms: None,
     })
 }

@@ -31,6 +31,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
         position: Some(w.get("embeddings.position_embeddings.weight", &[max_pos, hidden])?),
         position_offset: 0,
         token_type: None,
+        scale: None,
         norm: Some(Norm::layer(w, "embeddings.LayerNorm", hidden, eps)?),
     };
     let names = PostNormNames {
@@ -45,7 +46,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
         mlp_norm: "output_layer_norm",
     };
     let stack = (0..layers)
-        .map(|i| post_norm_layer(w, &names, i, hidden, inter, eps, activation, layout))
+        .map(|i| post_norm_layer(w, &names, i, hidden, inter, eps, activation, layout, None))
         .collect::<Result<Vec<_>>>()?;
     Ok(Transformer {
         architecture: "distilbert".into(),

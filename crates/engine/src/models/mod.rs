@@ -32,7 +32,7 @@ macro_rules! architectures {
     };
 }
 
-architectures!(bert, distilbert, roberta, mpnet, nomic_bert, modernbert, qwen3);
+architectures!(bert, distilbert, roberta, mpnet, nomic_bert, modernbert, qwen3, gte, jina_bert);
 
 /// The rotary base: `rope_parameters.rope_theta` (transformers 5; under `layer_kind` when the
 /// parameters are per layer kind, as in ModernBERT), else `rope_theta`. Scaled RoPE variants
@@ -60,6 +60,32 @@ pub(crate) fn rope_theta(cfg: &ConfigJson, layer_kind: Option<&str>) -> Result<O
         .or_else(|| cfg.f64_opt(&["rope_theta"])))
 }
 
+/// The architecture family of a folder: its `model_type`, refined where a family reuses another
+/// one's `model_type` (JinaBERT v2 says `bert` with ALiBi positions; jina-embeddings-v3 says
+/// `xlm-roberta` with the `XLMRobertaLoRA` class). Sequence-classification folders are
+/// rerankers, refused here so that they are never served as embedding models.
+pub fn family_of(cfg: &ConfigJson) -> Result<String> {
+    let model_type = cfg.model_type()?;
+    let classes: Vec<&str> = cfg
+        .value
+        .get("architectures")
+        .and_then(|a| a.as_array())
+        .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
+        .unwrap_or_default();
+    if let Some(class) = classes.iter().find(|c| c.ends_with("ForSequenceClassification")) {
+        return Err(Error::Unsupported(format!(
+            "{}: `{class}` is a reranker (cross-encoder) checkpoint, not an embedding model",
+            cfg.path.display()
+        )));
+    }
+    let alibi = cfg.str_opt(&["position_embedding_type"]) == Some("alibi");
+    Ok(match model_type.as_str() {
+        "bert" if alibi || classes.iter().any(|c| c.starts_with("JinaBert")) => "jina_bert".into(),
+        "xlm-roberta" if classes.contains(&"XLMRobertaLoRA") => "jina_v3".into(),
+        _ => model_type,
+    })
+}
+
 /// Loads the transformer of a folder holding `config.json` and safetensors weights (no
 /// tokenizer needed), in float32: the entry point for architecture tests and tools.
 pub fn load_transformer(dir: &Path) -> Result<Transformer> {
@@ -69,7 +95,7 @@ pub fn load_transformer(dir: &Path) -> Result<Transformer> {
 /// [`load_transformer`] with the dense layers in `dtype`.
 pub fn load_transformer_with(dir: &Path, dtype: DType) -> Result<Transformer> {
     let cfg = ConfigJson::load(dir)?;
-    let model_type = cfg.model_type()?;
+    let model_type = family_of(&cfg)?;
     let loader = loader_for(&model_type).ok_or_else(|| {
         Error::Unsupported(format!(
             "{}: model_type `{model_type}` (supported: {})",

@@ -69,6 +69,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
                     gated: Some(GateOrder::GateFirst),
                 },
                 mlp_norm: Norm::layer(w, &p("mlp_norm"), hidden, eps)?,
+                post_norms: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -82,6 +83,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
             position: None,
             position_offset: 0,
             token_type: None,
+            scale: None,
             norm: Some(Norm::layer(w, "embeddings.norm", hidden, eps)?),
         },
         layers: stack,

@@ -5,7 +5,7 @@ use super::bert::{post_norm_layer, PostNormNames};
 use crate::config::ConfigJson;
 use crate::error::Result;
 use crate::kernels::activation::Activation;
-use crate::transformer::{BucketedPositionBias, Embeddings, Norm, NormPlacement, Transformer};
+use crate::transformer::{BucketedPositionBias, PositionBias, Embeddings, Norm, NormPlacement, Transformer};
 use crate::weights::Weights;
 
 /// `model_type` values handled here.
@@ -31,6 +31,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
         position: Some(w.get("embeddings.position_embeddings.weight", &[max_pos, hidden])?),
         position_offset: pad + 1,
         token_type: None,
+        scale: None,
         norm: Some(Norm::layer(w, "embeddings.LayerNorm", hidden, eps)?),
     };
     let names = PostNormNames {
@@ -45,7 +46,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
         mlp_norm: "output.LayerNorm",
     };
     let stack = (0..layers)
-        .map(|i| post_norm_layer(w, &names, i, hidden, inter, eps, activation, layout))
+        .map(|i| post_norm_layer(w, &names, i, hidden, inter, eps, activation, layout, None))
         .collect::<Result<Vec<_>>>()?;
     Ok(Transformer {
         architecture: "mpnet".into(),
@@ -56,10 +57,10 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
         layers: stack,
         placement: NormPlacement::Post,
         final_norm: None,
-        position_bias: Some(BucketedPositionBias {
+        position_bias: Some(PositionBias::Bucketed(BucketedPositionBias {
             table: w.get("encoder.relative_attention_bias.weight", &[buckets, heads])?,
             buckets,
             max_distance: 128,
-        }),
+        })),
     })
 }

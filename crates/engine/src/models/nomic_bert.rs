@@ -103,6 +103,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
                     gated: Some(GateOrder::UpFirst),
                 },
                 mlp_norm: Norm::layer(w, &p("norm2"), hidden, eps)?,
+                post_norms: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -116,6 +117,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
             position: None,
             position_offset: 0,
             token_type,
+            scale: None,
             norm: Some(Norm::layer(w, "emb_ln", hidden, eps)?),
         },
         layers: stack,

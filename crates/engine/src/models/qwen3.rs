@@ -68,6 +68,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
                     gated: Some(GateOrder::GateFirst),
                 },
                 mlp_norm: Norm::rms(w, &p("post_attention_layernorm"), hidden, eps)?,
+                post_norms: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -81,6 +82,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
             position: None,
             position_offset: 0,
             token_type: None,
+            scale: None,
             norm: None,
         },
         layers: stack,
