@@ -1,5 +1,5 @@
 # openembed — the two set-up commands are `make run` and `make test` (see README.md).
-.PHONY: run test model fetch-mpnet bench bench-engine lint
+.PHONY: run test model fetch-mpnet fetch-embeddinggemma bench bench-engine lint
 
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 
@@ -24,6 +24,10 @@ lint:
 ## Optional: all-mpnet-base-v2 (438 MB) for the MPNet reference test.
 fetch-mpnet:
 	scripts/fetch-mpnet.sh
+
+## Optional: EmbeddingGemma-300m (1.2 GB, Gemma Terms of Use) for its reference test and benchmark.
+fetch-embeddinggemma:
+	scripts/fetch-embeddinggemma.sh
 
 ## Engine benchmark beside ONNX Runtime (prepares ../shared/bench's venv and ONNX model once).
 bench: model

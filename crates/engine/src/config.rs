@@ -17,6 +17,9 @@ pub struct SentenceConfig {
     pub max_seq_length: Option<usize>,
     /// Pooling modes, concatenated in sentence-transformers order.
     pub pooling: Vec<Pooling>,
+    /// Folder of a sentence-transformers `StaticEmbedding` module (a static model: no
+    /// transformer, see [`crate::static_embedding`]).
+    pub static_dir: Option<PathBuf>,
     /// Folders of `Dense` modules applied after pooling, in order.
     pub dense_dirs: Vec<PathBuf>,
     /// Whether a `Normalize` module ends the pipeline.
@@ -46,6 +49,7 @@ impl SentenceConfig {
             transformer_dir: dir.to_owned(),
             max_seq_length: None,
             pooling: vec![Pooling::Mean],
+            static_dir: None,
             dense_dirs: Vec::new(),
             normalize: false,
             do_lower_case: false,
@@ -65,12 +69,16 @@ impl SentenceConfig {
                 let short = kind.rsplit('.').next().unwrap_or(kind);
                 match short {
                     "Transformer" => cfg.transformer_dir = sub,
+                    "StaticEmbedding" => {
+                        cfg.transformer_dir = sub.clone();
+                        cfg.static_dir = Some(sub);
+                    }
                     "Pooling" => cfg.pooling = Pooling::from_config_dir(&sub)?,
                     "Dense" => cfg.dense_dirs.push(sub),
                     "Normalize" => cfg.normalize = true,
                     other => {
                         return Err(Error::Unsupported(format!(
-                            "{}: module type `{other}` (supported: Transformer, Pooling, Dense, Normalize)",
+                            "{}: module type `{other}` (supported: Transformer, StaticEmbedding, Pooling, Dense, Normalize)",
                             modules_path.display()
                         )))
                     }

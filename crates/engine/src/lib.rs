@@ -23,6 +23,7 @@ pub mod model;
 pub mod models;
 pub mod pooling;
 pub mod rotary;
+pub mod static_embedding;
 pub mod tokenize;
 pub mod transformer;
 pub mod weights;

@@ -6,6 +6,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::models;
 use crate::pooling::{normalize, Dense, Pooling};
+use crate::static_embedding::{Model2VecConfig, StaticEmbedding, StaticFormat};
 use crate::tokenize::{TextTokenizer, TokenizedInput, Truncation};
 use crate::transformer::{Scratch, Transformer};
 use std::collections::BTreeMap;
@@ -68,11 +69,23 @@ pub struct ModelInfo {
     pub dtype: DType,
 }
 
+/// What turns token ids into per-token vectors.
+enum Encoder {
+    /// A transformer stack, run on packed batches.
+    Transformer(Box<Transformer>),
+    /// A static table, averaged per input (the pooling is its own).
+    Static(StaticEmbedding),
+}
+
+/// Token limit of static models without one: sentence-transformers' `StaticEmbedding` embeds
+/// every token (the request size limits still apply).
+const STATIC_TOKEN_LIMIT: usize = 1 << 20;
+
 /// An embedding model ready to run.
 pub struct Model {
     info: ModelInfo,
     tokenizer: TextTokenizer,
-    transformer: Transformer,
+    encoder: Encoder,
     dense: Vec<Dense>,
     threads: usize,
     pool: Arc<rayon::ThreadPool>,
@@ -88,25 +101,60 @@ impl Model {
                 expected: "a model folder".into(),
             });
         }
-        let st = SentenceConfig::load(dir)?;
+        let mut st = SentenceConfig::load(dir)?;
         let pool = match &options.pool {
             Some(pool) => Arc::clone(pool),
             None => compute_pool(options.threads)?,
         };
-        // Packing and quantizing the weights runs on the compute threads too.
-        let transformer = pool.install(|| models::load_transformer_with(&st.transformer_dir, options.dtype))?;
-        let max_input_tokens = st
-            .max_seq_length
-            .unwrap_or(transformer.max_positions)
-            .min(transformer.max_positions);
-        let tokenizer = TextTokenizer::load_with(&st.transformer_dir, max_input_tokens, st.do_lower_case)?;
-        if let Some(max_id) = tokenizer.max_id().filter(|&id| id as usize >= transformer.vocab_size) {
+        let model2vec = Model2VecConfig::load(st.static_dir.as_deref().unwrap_or(dir))?;
+        let (encoder, tokenizer, max_input_tokens) = match (&st.static_dir, model2vec) {
+            (_, Some(m2v)) => {
+                // model2vec's own semantics, whatever modules.json says.
+                let sdir = st.static_dir.clone().unwrap_or_else(|| dir.to_owned());
+                let limit = m2v.max_length.unwrap_or(STATIC_TOKEN_LIMIT);
+                let tokenizer = TextTokenizer::load_with(&sdir, limit, st.do_lower_case)?.without_special_tokens();
+                let chars = m2v.max_length.map(|n| n.saturating_mul(tokenizer.median_token_chars()));
+                let tokenizer = tokenizer.with_char_limit(chars);
+                let table = StaticEmbedding::load(&sdir, StaticFormat::Model2Vec, tokenizer.unknown_id())?;
+                st.normalize = m2v.normalize;
+                st.pooling = vec![Pooling::Mean];
+                (Encoder::Static(table), tokenizer, limit)
+            }
+            (Some(sdir), None) => {
+                let limit = st.max_seq_length.unwrap_or(STATIC_TOKEN_LIMIT);
+                let tokenizer = TextTokenizer::load_with(sdir, limit, st.do_lower_case)?.without_special_tokens();
+                let table = StaticEmbedding::load(sdir, StaticFormat::SentenceTransformers, None)?;
+                st.pooling = vec![Pooling::Mean];
+                (Encoder::Static(table), tokenizer, limit)
+            }
+            (None, None) => {
+                // Packing and quantizing the weights runs on the compute threads too.
+                let transformer = pool.install(|| models::load_transformer_with(&st.transformer_dir, options.dtype))?;
+                let limit = st
+                    .max_seq_length
+                    .unwrap_or(transformer.max_positions)
+                    .min(transformer.max_positions);
+                let tokenizer = TextTokenizer::load_with(&st.transformer_dir, limit, st.do_lower_case)?;
+                (Encoder::Transformer(Box::new(transformer)), tokenizer, limit)
+            }
+        };
+        let (architecture, hidden_size, vocab_size) = match &encoder {
+            Encoder::Transformer(t) => (t.architecture.clone(), t.hidden, t.vocab_size),
+            Encoder::Static(s) => (
+                match s.format() {
+                    StaticFormat::SentenceTransformers => "static_embedding".to_owned(),
+                    StaticFormat::Model2Vec => "model2vec".to_owned(),
+                },
+                s.dimension(),
+                s.vocab_size(),
+            ),
+        };
+        if let Some(max_id) = tokenizer.max_id().filter(|&id| id as usize >= vocab_size) {
             return Err(Error::InvalidFile {
                 path: st.transformer_dir.join("tokenizer.json"),
                 message: format!(
-                    "the tokenizer can emit token id {max_id}, but the model's embedding table has only {} rows \
-                     (ids 0..{}); this tokenizer does not belong to these weights",
-                    transformer.vocab_size, transformer.vocab_size
+                    "the tokenizer can emit token id {max_id}, but the model's embedding table has only {vocab_size} rows \
+                     (ids 0..{vocab_size}); this tokenizer does not belong to these weights"
                 ),
             });
         }
@@ -115,7 +163,7 @@ impl Model {
             .iter()
             .map(|d| Dense::load(d))
             .collect::<Result<Vec<_>>>()?;
-        let mut dimension = transformer.hidden * st.pooling.len();
+        let mut dimension = hidden_size * st.pooling.len();
         for d in &dense {
             if d.in_features() != dimension {
                 return Err(Error::Unsupported(format!(
@@ -128,11 +176,11 @@ impl Model {
         let threads = pool.current_num_threads();
         let info = ModelInfo {
             dir: dir.to_owned(),
-            architecture: transformer.architecture.clone(),
-            hidden_size: transformer.hidden,
+            architecture,
+            hidden_size,
             dimension,
             max_input_tokens,
-            vocab_size: transformer.vocab_size,
+            vocab_size,
             pooling: st.pooling.clone(),
             normalize: st.normalize,
             prompts: st.prompts.clone(),
@@ -142,7 +190,7 @@ impl Model {
         Ok(Self {
             info,
             tokenizer,
-            transformer,
+            encoder,
             dense,
             threads,
             pool,
@@ -205,7 +253,7 @@ impl Model {
 
     fn validate(&self, inputs: &[&[u32]]) -> Result<()> {
         for (index, ids) in inputs.iter().enumerate() {
-            if ids.is_empty() {
+            if ids.is_empty() && matches!(self.encoder, Encoder::Transformer(_)) {
                 return Err(Error::EmptyInput { index });
             }
             if ids.len() > self.info.max_input_tokens {
@@ -231,22 +279,28 @@ impl Model {
         Ok(())
     }
 
-    /// Runs the transformer on inputs packed into one batch and hands the hidden states
+    /// Runs the encoder on inputs packed into one batch and hands the per-token vectors
     /// (`tokens × hidden`, sequences end to end) to `f`.
     fn with_hidden<R>(&self, inputs: &[&[u32]], f: impl FnOnce(&PackedBatch, &[f32]) -> R) -> Result<R> {
         self.validate(inputs)?;
         let batch = PackedBatch::new(inputs);
-        let mut scratch = self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let scratch_ref: &mut Scratch = &mut scratch;
-        self.pool
-            .install(|| self.transformer.forward(&batch, scratch_ref, self.threads));
-        let hidden = &scratch.hidden[..batch.total_tokens() * self.transformer.hidden];
-        Ok(f(&batch, hidden))
+        match &self.encoder {
+            Encoder::Transformer(transformer) => {
+                let mut scratch = self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let scratch_ref: &mut Scratch = &mut scratch;
+                self.pool
+                    .install(|| transformer.forward(&batch, scratch_ref, self.threads));
+                let hidden = &scratch.hidden[..batch.total_tokens() * transformer.hidden];
+                Ok(f(&batch, hidden))
+            }
+            Encoder::Static(table) => Ok(f(&batch, &table.token_vectors(batch.ids()))),
+        }
     }
 
-    /// The last hidden state of every input (`tokens × hidden_size` each).
+    /// The last hidden state of every input (`tokens × hidden_size` each); for a static model,
+    /// its token vectors.
     pub fn hidden_states(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
-        let h = self.transformer.hidden;
+        let h = self.info.hidden_size;
         self.with_hidden(inputs, |batch, hidden| {
             (0..batch.len())
                 .map(|i| {
@@ -257,13 +311,24 @@ impl Model {
         })
     }
 
-    /// Embeds token-id inputs in one packed forward pass: pooled, Dense, normalized as the
-    /// model's sentence-transformers pipeline says.
-    pub fn embed_ids(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
-        let h = self.transformer.hidden;
+    /// Pooled rows (`inputs × hidden·modes`) before any Dense module.
+    fn pooled(&self, inputs: &[&[u32]]) -> Result<Vec<f32>> {
+        let h = self.info.hidden_size;
+        if let Encoder::Static(table) = &self.encoder {
+            self.validate(inputs)?;
+            let mut pooled = vec![0.0f32; inputs.len() * h];
+            self.pool.install(|| {
+                use rayon::prelude::*;
+                pooled
+                    .par_chunks_mut(h)
+                    .zip(inputs.par_iter())
+                    .for_each(|(out, ids)| table.mean(ids, out));
+            });
+            return Ok(pooled);
+        }
         let modes = &self.info.pooling;
         let width = h * modes.len();
-        let mut pooled = self.with_hidden(inputs, |batch, hidden| {
+        self.with_hidden(inputs, |batch, hidden| {
             let mut pooled = vec![0.0f32; batch.len() * width];
             for (i, out) in pooled.chunks_exact_mut(width).enumerate() {
                 let r = batch.range(i);
@@ -272,8 +337,14 @@ impl Model {
                 }
             }
             pooled
-        })?;
-        let mut dim = width;
+        })
+    }
+
+    /// Embeds token-id inputs in one packed forward pass: pooled, Dense, normalized as the
+    /// model's sentence-transformers pipeline says.
+    pub fn embed_ids(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let mut pooled = self.pooled(inputs)?;
+        let mut dim = self.info.hidden_size * self.info.pooling.len();
         for d in &self.dense {
             pooled = d.forward(&pooled, inputs.len());
             dim = d.out_features();

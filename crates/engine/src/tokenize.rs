@@ -52,6 +52,8 @@ pub struct TextTokenizer {
     vocab_size: usize,
     max_id: Option<u32>,
     lowercase: bool,
+    add_special_tokens: bool,
+    char_limit: Option<usize>,
 }
 
 /// Bytes of text read per token of the limit at first when truncating; the window grows 4×
@@ -99,7 +101,19 @@ impl TextTokenizer {
         // Computed once: tokenizers builds the whole vocabulary map to count it.
         let vocab = inner.get_vocab(true);
         let vocab_size = vocab.len();
-        let max_id = vocab.values().copied().max();
+        // Special added tokens (e.g. Gemma's `<image_soft_token>`) may lie past the embedding
+        // table: they only appear when a text spells them out, and that input is refused then.
+        let max_id = inner
+            .get_vocab(false)
+            .into_values()
+            .chain(
+                inner
+                    .get_added_tokens_decoder()
+                    .into_iter()
+                    .filter(|(_, t)| !t.special)
+                    .map(|(id, _)| id),
+            )
+            .max();
         Ok(Self {
             inner,
             limit,
@@ -107,7 +121,48 @@ impl TextTokenizer {
             vocab_size,
             max_id,
             lowercase,
+            add_special_tokens: true,
+            char_limit: None,
         })
+    }
+
+    /// The same tokenizer without the post-processor's special tokens (static models).
+    pub fn without_special_tokens(mut self) -> Self {
+        self.add_special_tokens = false;
+        self.special_tokens = 0;
+        self
+    }
+
+    /// Cuts every text (prompt included) to its first `chars` characters before tokenizing, as
+    /// model2vec's `encode` does (`max_length × median token length`).
+    pub fn with_char_limit(mut self, chars: Option<usize>) -> Self {
+        self.char_limit = chars;
+        self
+    }
+
+    /// The id of the tokenizer model's unknown token, if it has one.
+    pub fn unknown_id(&self) -> Option<u32> {
+        let model = serde_json::to_value(self.inner.get_model()).ok()?;
+        match model.get("unk_token").and_then(|t| t.as_str()) {
+            Some(token) => self.inner.token_to_id(token),
+            None => model.get("unk_id").and_then(|i| i.as_u64()).map(|i| i as u32),
+        }
+    }
+
+    /// The median length in characters of the vocabulary's tokens (ordered by id), rounded
+    /// down as model2vec computes it.
+    pub fn median_token_chars(&self) -> usize {
+        let mut lengths: Vec<usize> = self.inner.get_vocab(true).keys().map(|t| t.chars().count()).collect();
+        if lengths.is_empty() {
+            return 0;
+        }
+        lengths.sort_unstable();
+        let n = lengths.len();
+        if n % 2 == 1 {
+            lengths[n / 2]
+        } else {
+            (lengths[n / 2 - 1] + lengths[n / 2]) / 2
+        }
     }
 
     /// The model limit in tokens, special tokens included.
@@ -120,7 +175,8 @@ impl TextTokenizer {
         self.vocab_size
     }
 
-    /// The largest id the tokenizer can emit (vocabulary and added tokens).
+    /// The largest id the tokenizer emits for ordinary text (vocabulary and non-special added
+    /// tokens).
     pub fn max_id(&self) -> Option<u32> {
         self.max_id
     }
@@ -136,10 +192,17 @@ impl TextTokenizer {
             Some(p) if !p.is_empty() => format!("{p}{text}").into(),
             _ => text.into(),
         };
-        if self.lowercase {
+        let joined = if self.lowercase {
             joined.to_lowercase().into()
         } else {
             joined
+        };
+        match self.char_limit {
+            Some(limit) => match joined.char_indices().nth(limit) {
+                Some((cut, _)) => joined[..cut].to_owned().into(),
+                None => joined,
+            },
+            None => joined,
         }
     }
 
@@ -204,7 +267,7 @@ impl TextTokenizer {
         }
         let enc = self
             .inner
-            .post_process(enc, None, true)
+            .post_process(enc, None, self.add_special_tokens)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(TokenizedInput {
             ids: enc.get_ids().to_vec(),
@@ -233,7 +296,7 @@ impl TextTokenizer {
                 }
                 let enc = self
                     .inner
-                    .post_process(enc, None, true)
+                    .post_process(enc, None, self.add_special_tokens)
                     .map_err(|e| Error::Tokenizer(e.to_string()))?;
                 let mut windows = vec![enc.get_ids().to_vec()];
                 windows.extend(enc.get_overflowing().iter().map(|o| o.get_ids().to_vec()));

@@ -226,6 +226,49 @@ impl Weights {
         }
     }
 
+    /// Loads integer tensor `name` (I64, I32, U32 …) of exactly `shape` as non-negative `u32`s.
+    pub fn get_ints(&self, name: &str, shape: &[usize]) -> Result<Vec<u32>> {
+        let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
+            path: self.path_of(None),
+            name: name.to_owned(),
+            architecture: self.architecture.clone(),
+        })?;
+        let bad = |expected: String| Error::BadTensor {
+            path: self.path_of(Some(e)),
+            name: name.to_owned(),
+            expected,
+            found: format!("{:?} of shape {:?}", e.dtype, e.shape),
+        };
+        if e.shape != shape {
+            return Err(bad(format!("shape {shape:?}")));
+        }
+        let bytes = &self.shards[e.shard].1[e.start..e.end];
+        let width = match e.dtype {
+            Dtype::I64 | Dtype::U64 => 8,
+            Dtype::I32 | Dtype::U32 => 4,
+            Dtype::I16 | Dtype::U16 => 2,
+            _ => return Err(bad("an integer dtype".into())),
+        };
+        let numel: usize = shape.iter().product();
+        if bytes.len() != numel * width {
+            return Err(bad("data matching the shape".into()));
+        }
+        bytes
+            .chunks_exact(width)
+            .map(|b| {
+                let mut le = [0u8; 8];
+                le[..width].copy_from_slice(b);
+                let signed = matches!(e.dtype, Dtype::I64 | Dtype::I32 | Dtype::I16);
+                let v = if signed && b[width - 1] & 0x80 != 0 {
+                    -1
+                } else {
+                    i64::from_le_bytes(le)
+                };
+                u32::try_from(v).map_err(|_| bad("values in 0..2^32".into()))
+            })
+            .collect()
+    }
+
     /// The shape of tensor `name`, if present.
     pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
         self.entries.get(name).map(|e| e.shape.as_slice())

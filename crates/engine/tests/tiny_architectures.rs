@@ -85,3 +85,8 @@ fn gte_new_multilingual() {
 fn jina_bert_v2() {
     check_architecture("jina_bert_v2");
 }
+
+#[test]
+fn gemma3_embedding() {
+    check_architecture("gemma3_embedding");
+}
