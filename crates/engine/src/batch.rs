@@ -7,6 +7,8 @@ use std::ops::Range;
 pub struct PackedBatch {
     ids: Vec<u32>,
     offsets: Vec<usize>,
+    /// Task adapter of each sequence (jina-embeddings-v3); empty when no sequence has one.
+    tasks: Vec<Option<usize>>,
 }
 
 impl PackedBatch {
@@ -20,7 +22,42 @@ impl PackedBatch {
             ids.extend_from_slice(s.as_ref());
             offsets.push(ids.len());
         }
-        Self { ids, offsets }
+        Self {
+            ids,
+            offsets,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Sets the task adapter of every sequence (`None` = the base weights); `tasks` has one
+    /// entry per sequence.
+    pub fn with_tasks(mut self, tasks: &[Option<usize>]) -> Self {
+        assert_eq!(tasks.len(), self.len(), "one task per sequence");
+        self.tasks = if tasks.iter().any(Option::is_some) {
+            tasks.to_vec()
+        } else {
+            Vec::new()
+        };
+        self
+    }
+
+    /// The task adapter of sequence `i`.
+    pub fn task(&self, i: usize) -> Option<usize> {
+        self.tasks.get(i).copied().flatten()
+    }
+
+    /// Token ranges that share one task adapter, in order, for sequences that have one.
+    pub fn task_spans(&self) -> Vec<(Range<usize>, usize)> {
+        let mut spans: Vec<(Range<usize>, usize)> = Vec::new();
+        for i in 0..self.tasks.len() {
+            let Some(task) = self.task(i) else { continue };
+            let r = self.range(i);
+            match spans.last_mut() {
+                Some((last, t)) if *t == task && last.end == r.start => last.end = r.end,
+                _ => spans.push((r, task)),
+            }
+        }
+        spans
     }
 
     /// All token ids.

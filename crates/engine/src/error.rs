@@ -82,6 +82,14 @@ pub enum Error {
         /// The vocabulary size.
         vocab_size: usize,
     },
+    /// A task adapter the model does not have (or any task, for a model without tasks).
+    #[error("{}", unknown_task_message(task, known))]
+    UnknownTask {
+        /// The task asked for.
+        task: String,
+        /// The model's tasks.
+        known: Vec<String>,
+    },
     /// An input has no tokens at all.
     #[error("input {index} is empty: at least one token is required")]
     EmptyInput {
@@ -114,8 +122,17 @@ impl Error {
             Error::InputTooLong { .. }
                 | Error::TokenIdOutOfRange { .. }
                 | Error::EmptyInput { .. }
+                | Error::UnknownTask { .. }
                 | Error::BadDimensions { .. }
                 | Error::Tokenizer(_)
         )
+    }
+}
+
+fn unknown_task_message(task: &str, known: &[String]) -> String {
+    if known.is_empty() {
+        format!("task `{task}` was given, but this model has no task adapters")
+    } else {
+        format!("unknown task `{task}`; this model's tasks are: {}", known.join(", "))
     }
 }

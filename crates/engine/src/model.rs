@@ -67,6 +67,11 @@ pub struct ModelInfo {
     pub default_prompt_name: Option<String>,
     /// Precision of the dense layers.
     pub dtype: DType,
+    /// Task adapters the model has (jina-embeddings-v3 `lora_adaptations`), in adapter order;
+    /// empty for models without tasks.
+    pub tasks: Vec<String>,
+    /// Text put in front of an input for each task (`task_instructions`).
+    pub task_instructions: BTreeMap<String, String>,
 }
 
 /// What turns token ids into per-token vectors.
@@ -173,6 +178,26 @@ impl Model {
             }
             dimension = d.out_features();
         }
+        let (tasks, task_instructions) = match &encoder {
+            Encoder::Transformer(t) if t.architecture == "jina_v3" => {
+                let cfg = crate::config::ConfigJson::load(&st.transformer_dir)?;
+                let instructions = cfg
+                    .value
+                    .get("task_instructions")
+                    .and_then(|v| v.as_object())
+                    .map(|o| {
+                        o.iter()
+                            .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !dir.join("modules.json").exists() {
+                    st.normalize = true; // the original `encode` normalizes by default
+                }
+                (models::task_names(&cfg), instructions)
+            }
+            _ => (Vec::new(), BTreeMap::new()),
+        };
         let threads = pool.current_num_threads();
         let info = ModelInfo {
             dir: dir.to_owned(),
@@ -186,6 +211,8 @@ impl Model {
             prompts: st.prompts.clone(),
             default_prompt_name: st.default_prompt_name.clone(),
             dtype: options.dtype,
+            tasks,
+            task_instructions,
         };
         Ok(Self {
             info,
@@ -281,9 +308,30 @@ impl Model {
 
     /// Runs the encoder on inputs packed into one batch and hands the per-token vectors
     /// (`tokens × hidden`, sequences end to end) to `f`.
-    fn with_hidden<R>(&self, inputs: &[&[u32]], f: impl FnOnce(&PackedBatch, &[f32]) -> R) -> Result<R> {
+    fn with_hidden<R>(
+        &self,
+        inputs: &[&[u32]],
+        tasks: Option<&[Option<usize>]>,
+        f: impl FnOnce(&PackedBatch, &[f32]) -> R,
+    ) -> Result<R> {
         self.validate(inputs)?;
-        let batch = PackedBatch::new(inputs);
+        let mut batch = PackedBatch::new(inputs);
+        if let Some(tasks) = tasks {
+            if tasks.len() != inputs.len() {
+                return Err(Error::Unsupported(format!(
+                    "{} task entries for {} inputs",
+                    tasks.len(),
+                    inputs.len()
+                )));
+            }
+            if let Some(&bad) = tasks.iter().flatten().find(|&&t| t >= self.info.tasks.len()) {
+                return Err(Error::UnknownTask {
+                    task: bad.to_string(),
+                    known: self.info.tasks.clone(),
+                });
+            }
+            batch = batch.with_tasks(tasks);
+        }
         match &self.encoder {
             Encoder::Transformer(transformer) => {
                 let mut scratch = self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -301,7 +349,7 @@ impl Model {
     /// its token vectors.
     pub fn hidden_states(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         let h = self.info.hidden_size;
-        self.with_hidden(inputs, |batch, hidden| {
+        self.with_hidden(inputs, None, |batch, hidden| {
             (0..batch.len())
                 .map(|i| {
                     let r = batch.range(i);
@@ -312,7 +360,7 @@ impl Model {
     }
 
     /// Pooled rows (`inputs × hidden·modes`) before any Dense module.
-    fn pooled(&self, inputs: &[&[u32]]) -> Result<Vec<f32>> {
+    fn pooled(&self, inputs: &[&[u32]], tasks: Option<&[Option<usize>]>) -> Result<Vec<f32>> {
         let h = self.info.hidden_size;
         if let Encoder::Static(table) = &self.encoder {
             self.validate(inputs)?;
@@ -328,7 +376,7 @@ impl Model {
         }
         let modes = &self.info.pooling;
         let width = h * modes.len();
-        self.with_hidden(inputs, |batch, hidden| {
+        self.with_hidden(inputs, tasks, |batch, hidden| {
             let mut pooled = vec![0.0f32; batch.len() * width];
             for (i, out) in pooled.chunks_exact_mut(width).enumerate() {
                 let r = batch.range(i);
@@ -343,7 +391,25 @@ impl Model {
     /// Embeds token-id inputs in one packed forward pass: pooled, Dense, normalized as the
     /// model's sentence-transformers pipeline says.
     pub fn embed_ids(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
-        let mut pooled = self.pooled(inputs)?;
+        self.embed_ids_with_tasks(inputs, None)
+    }
+
+    /// The index of a task adapter by name; `Error::UnknownTask` lists the model's tasks.
+    pub fn task_index(&self, task: &str) -> Result<usize> {
+        self.info
+            .tasks
+            .iter()
+            .position(|t| t == task)
+            .ok_or_else(|| Error::UnknownTask {
+                task: task.to_owned(),
+                known: self.info.tasks.clone(),
+            })
+    }
+
+    /// [`Self::embed_ids`] with a task adapter per input (`None` = the base weights), mixed
+    /// freely inside the one packed batch. `tasks` indexes [`ModelInfo::tasks`].
+    pub fn embed_ids_with_tasks(&self, inputs: &[&[u32]], tasks: Option<&[Option<usize>]>) -> Result<Vec<Vec<f32>>> {
+        let mut pooled = self.pooled(inputs, tasks)?;
         let mut dim = self.info.hidden_size * self.info.pooling.len();
         for d in &self.dense {
             pooled = d.forward(&pooled, inputs.len());

@@ -23,6 +23,7 @@ use crate::weights::{Tensor, Weights};
 pub struct Linear {
     weight: LinearWeight,
     bias: Option<Tensor>,
+    lora: Option<Box<LoraAdapters>>,
     /// Input width.
     pub in_features: usize,
     /// Output width.
@@ -61,8 +62,39 @@ impl Linear {
         Self {
             weight: packed,
             bias,
+            lora: None,
             in_features,
             out_features,
+        }
+    }
+
+    /// The same layer with low-rank task adapters (see [`LoraAdapters`]).
+    pub fn with_lora(mut self, lora: LoraAdapters) -> Self {
+        self.lora = Some(Box::new(lora));
+        self
+    }
+
+    /// `out = act(x · W_tᵀ + b)` for the rows of a packed batch, `W_t` being the weight with
+    /// the task adapter of each row's sequence added (the plain weight for sequences without
+    /// one).
+    pub fn forward_batch(&self, x: &[f32], batch: &PackedBatch, out: &mut [f32], act: Activation, threads: usize) {
+        let rows = batch.total_tokens();
+        let spans = match &self.lora {
+            Some(_) => batch.task_spans(),
+            None => Vec::new(),
+        };
+        match (&self.lora, spans.is_empty()) {
+            (Some(lora), false) => {
+                self.forward_act(x, rows, out, Activation::Identity, threads);
+                lora.add(x, &spans, out, self.in_features, self.out_features, threads);
+                if act != Activation::Identity {
+                    use rayon::prelude::*;
+                    out[..rows * self.out_features]
+                        .par_chunks_mut(self.out_features * 64)
+                        .for_each(|c| act.apply(c));
+                }
+            }
+            _ => self.forward_act(x, rows, out, act, threads),
         }
     }
 
@@ -128,6 +160,66 @@ impl Linear {
             LinearWeight::Float32(w) => sgemm(x, rows, w, bias, act, out, n, threads),
             LinearWeight::Bfloat16(w) => gemm_bf16(x, rows, w, bias, act, out, n, threads),
             LinearWeight::Int8(w) => gemm_int8(x, rows, w, bias, act, out, n, threads),
+        }
+    }
+}
+
+/// Low-rank task adapters of a dense layer (LoRA, jina-embeddings-v3): for task `t` the
+/// weight is `W + scale · B_t·A_t`, applied as `x·A_tᵀ` (rank wide) then `·(scale·B_t)ᵀ`
+/// added to the output, only on the rows whose sequence asks for task `t`.
+pub struct LoraAdapters {
+    /// Per task, `A_t` (`[rank × in]`).
+    down: Vec<Linear>,
+    /// Per task, `scale · B_t` (`[out × rank]`).
+    up: Vec<Linear>,
+}
+
+impl LoraAdapters {
+    /// Builds adapters from per-task `A_t` (`[rank × in]`) and `B_t` (`[out × rank]`) with
+    /// the factor `alpha / rank`; they stay in float32 (they are small).
+    pub fn new(a: Vec<Tensor>, b: Vec<Tensor>, scale: f32) -> Self {
+        let down = a.into_iter().map(|a| Linear::new(a, None, DType::Float32)).collect();
+        let up = b
+            .into_iter()
+            .map(|b| {
+                let shape = b.shape().to_vec();
+                let scaled = b.data().iter().map(|v| v * scale).collect();
+                Linear::new(Tensor::from_vec(scaled, shape), None, DType::Float32)
+            })
+            .collect();
+        Self { down, up }
+    }
+
+    /// Number of tasks.
+    pub fn tasks(&self) -> usize {
+        self.down.len()
+    }
+
+    fn add(
+        &self,
+        x: &[f32],
+        spans: &[(std::ops::Range<usize>, usize)],
+        out: &mut [f32],
+        inf: usize,
+        outf: usize,
+        threads: usize,
+    ) {
+        let mut low = Vec::new();
+        let mut delta = Vec::new();
+        for (rows, task) in spans {
+            let (Some(down), Some(up)) = (self.down.get(*task), self.up.get(*task)) else {
+                continue; // tasks are checked against the model before a batch is built
+            };
+            let n = rows.len();
+            let rank = down.out_features;
+            low.resize(n * rank, 0.0);
+            delta.resize(n * outf, 0.0);
+            down.forward(&x[rows.start * inf..rows.end * inf], n, &mut low, threads);
+            up.forward(&low, n, &mut delta, threads);
+            out[rows.start * outf..rows.end * outf]
+                .iter_mut()
+                .zip(&delta)
+                .for_each(|(o, d)| *o += d);
         }
     }
 }
@@ -353,6 +445,8 @@ pub struct Embeddings {
     pub token_type: Option<Vec<f32>>,
     /// Factor on the word embedding (Gemma: √hidden).
     pub scale: Option<f32>,
+    /// Task adapters of the word and token-type tables (jina-embeddings-v3).
+    pub lora: Option<EmbeddingLora>,
     /// Norm after the sum.
     pub norm: Option<Norm>,
 }
@@ -379,6 +473,34 @@ impl PositionBias {
                         .extend((0..width).map(|r| -slope * (r as isize - (span as isize - 1)).unsigned_abs() as f32));
                 }
             }
+        }
+    }
+}
+
+/// Low-rank task adapters of an embedding table: for task `t`, token `id` gets
+/// `A_t[id] · (scale · B_t)` added, and every token the task's token-type row delta.
+pub struct EmbeddingLora {
+    /// Per task, `A_t` (`[vocab × rank]`).
+    pub a: Vec<Tensor>,
+    /// Per task, `scale · B_t` (`[rank × hidden]`).
+    pub b: Vec<Vec<f32>>,
+    /// Per task, the change of token-type row 0 (`[hidden]`), if the model has token types.
+    pub token_type: Vec<Vec<f32>>,
+}
+
+impl EmbeddingLora {
+    fn add(&self, task: usize, id: usize, row: &mut [f32]) {
+        let (Some(a), Some(b)) = (self.a.get(task), self.b.get(task)) else {
+            return;
+        };
+        let h = row.len();
+        for (r, &coef) in a.row(id).iter().enumerate() {
+            row.iter_mut()
+                .zip(&b[r * h..(r + 1) * h])
+                .for_each(|(o, v)| *o += coef * v);
+        }
+        if let Some(tt) = self.token_type.get(task) {
+            row.iter_mut().zip(tt).for_each(|(o, v)| *o += v);
         }
     }
 }
@@ -514,6 +636,9 @@ impl Transformer {
                         *a += b;
                     }
                 }
+                if let (Some(lora), Some(task)) = (&e.lora, batch.task(s)) {
+                    lora.add(task, batch.ids()[tok] as usize, row);
+                }
             }
         }
         if let Some(norm) = &e.norm {
@@ -537,12 +662,12 @@ impl Transformer {
             _ => &s.hidden[..t * h],
         };
         let qkv = buffer(&mut s.qkv, t * att.layout.qkv_width());
-        att.qkv.forward(input, t, qkv, threads);
+        att.qkv.forward_batch(input, batch, qkv, Activation::Identity, threads);
         att.position_qk(qkv, batch);
         let ctx = buffer(&mut s.context, t * att.layout.out_width());
         attention(qkv, ctx, batch.offsets(), att.layout, att.mask, s.bias.as_ref());
         let proj = buffer(&mut s.projected, t * h);
-        att.out.forward(ctx, t, proj, threads);
+        att.out.forward_batch(ctx, batch, proj, Activation::Identity, threads);
         if let Some(post) = &layer.post_norms {
             post.attention.apply_in_place(proj, h);
         }
@@ -561,11 +686,11 @@ impl Transformer {
         let up = buffer(&mut s.intermediate, t * mlp.up.out_features);
         let inter_width = match mlp.gated {
             None => {
-                mlp.up.forward_act(input, t, up, mlp.activation, threads);
+                mlp.up.forward_batch(input, batch, up, mlp.activation, threads);
                 mlp.up.out_features
             }
             Some(order) => {
-                mlp.up.forward(input, t, up, threads);
+                mlp.up.forward_batch(input, batch, up, Activation::Identity, threads);
                 let half = mlp.up.out_features / 2;
                 let gate = buffer(&mut s.gate, t * half);
                 split_gated(up, gate, half, order, mlp.activation);
@@ -573,7 +698,13 @@ impl Transformer {
             }
         };
         let proj = buffer(&mut s.projected, t * h);
-        mlp.down.forward(&s.intermediate[..t * inter_width], t, proj, threads);
+        mlp.down.forward_batch(
+            &s.intermediate[..t * inter_width],
+            batch,
+            proj,
+            Activation::Identity,
+            threads,
+        );
         if let Some(post) = &layer.post_norms {
             post.mlp.apply_in_place(proj, h);
         }

@@ -216,3 +216,82 @@ fn jina_bert_v2_encode_from_text() {
         &column(cases, "embedding"),
     );
 }
+
+/// jina-embeddings-v3: per task (and without one) the hidden states, mean and `encode` of the
+/// original code, each text alone, all tasks mixed in one packed batch, and from text with the
+/// task instruction in front.
+#[test]
+fn jina_v3_tasks_alone_mixed_and_from_text() {
+    use openembed_engine::models::load_transformer;
+    use openembed_engine::transformer::Scratch;
+    use openembed_engine::{PackedBatch, Pooling};
+    let dir = tiny("jina_v3");
+    let r = reference(&dir);
+    let transformer = load_transformer(&dir).unwrap();
+    let model = Model::load(&dir, &LoadOptions::default()).unwrap();
+    assert_eq!(
+        model.info().tasks,
+        ["retrieval.query", "retrieval.passage", "text-matching"]
+    );
+    let h = transformer.hidden;
+    let by_task = r["task_cases"].as_object().unwrap();
+    // (task index, ids, hidden rows, mean) of every case of every task.
+    let mut all = Vec::new();
+    for (name, cases) in by_task {
+        let task = (name != "none").then(|| model.task_index(name).unwrap());
+        for case in cases.as_array().unwrap() {
+            let input = ids(&case["input_ids"]);
+            let want: Vec<f32> = case["last_hidden_state"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(floats)
+                .collect();
+            let batch = PackedBatch::new(&[input.as_slice()]).with_tasks(&[task]);
+            let mut scratch = Scratch::default();
+            transformer.forward(&batch, &mut scratch, 2);
+            let got = &scratch.hidden[..input.len() * h];
+            let diff = max_abs_diff(got, &want);
+            assert!(
+                diff <= 1e-4,
+                "{name} {:?}: hidden states differ by {diff}",
+                case["text"]
+            );
+            let mut mean = vec![0.0; h];
+            Pooling::Mean.pool(got, h, &mut mean);
+            assert!(max_abs_diff(&mean, &floats(&case["mean"])) <= 1e-4);
+            all.push((task, input, want));
+        }
+        // From text: the task instruction in front, mean + L2 like the original `encode`.
+        let cases = cases.as_array().unwrap();
+        let texts = texts_of(cases);
+        let instruction = task.map(|t| model.info().task_instructions[&model.info().tasks[t]].clone());
+        let toks = model
+            .tokenize(&texts, instruction.as_deref(), Truncation::None)
+            .unwrap();
+        let inputs: Vec<&[u32]> = toks.iter().map(|t| t.ids.as_slice()).collect();
+        let got = model
+            .embed_ids_with_tasks(&inputs, Some(&vec![task; inputs.len()]))
+            .unwrap();
+        for ((case, tok), got) in cases.iter().zip(&toks).zip(&got) {
+            assert_eq!(tok.ids, ids(&case["input_ids"]), "{name} ids");
+            let diff = max_abs_diff(got, &floats(&case["encode"]));
+            assert!(diff <= 1e-4, "{name} {:?}: encode differs by {diff}", case["text"]);
+        }
+    }
+    // Every case of every task in one packed batch, interleaved: the same rows.
+    let order: Vec<usize> = (0..all.len()).map(|i| (i * 7) % all.len()).collect();
+    let seqs: Vec<&[u32]> = order.iter().map(|&i| all[i].1.as_slice()).collect();
+    let tasks: Vec<Option<usize>> = order.iter().map(|&i| all[i].0).collect();
+    let batch = PackedBatch::new(&seqs).with_tasks(&tasks);
+    let mut scratch = Scratch::default();
+    transformer.forward(&batch, &mut scratch, 2);
+    for (slot, &i) in order.iter().enumerate() {
+        let rr = batch.range(slot);
+        let diff = max_abs_diff(&scratch.hidden[rr.start * h..rr.end * h], &all[i].2);
+        assert!(diff <= 1e-4, "mixed batch moved case {i} by {diff}");
+    }
+    // A task the model does not have is refused by name.
+    let err = model.task_index("classification").unwrap_err().to_string();
+    assert!(err.contains("retrieval.query"), "{err}");
+}

@@ -46,6 +46,7 @@ pub fn load_with_position_offset(cfg: &ConfigJson, w: &Weights, position_offset:
         position_offset,
         token_type,
         scale: None,
+        lora: None,
         norm: Some(Norm::layer(w, "embeddings.LayerNorm", hidden, eps)?),
     };
     let names = PostNormNames {

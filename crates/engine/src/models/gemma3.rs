@@ -150,6 +150,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
             token_type: None,
             // As transformers computes it: √hidden rounded to the weights' dtype (f32).
             scale: Some((hidden as f32).sqrt()),
+            lora: None,
             norm: None,
         },
         layers: stack,

@@ -91,6 +91,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
             position_offset: 0,
             token_type,
             scale: None,
+            lora: None,
             norm: Some(Norm::layer(w, "embeddings.LayerNorm", hidden, eps)?),
         },
         layers: stack,

@@ -32,7 +32,9 @@ macro_rules! architectures {
     };
 }
 
-architectures!(bert, distilbert, roberta, mpnet, nomic_bert, modernbert, qwen3, gte, jina_bert, gemma3);
+architectures!(bert, distilbert, roberta, mpnet, nomic_bert, modernbert, qwen3, gte, jina_bert, gemma3, jina_v3);
+
+pub use jina_v3::task_names;
 
 /// The rotary base: `rope_parameters.rope_theta` (transformers 5; under `layer_kind` when the
 /// parameters are per layer kind, as in ModernBERT), else `rope_theta`. Scaled RoPE variants

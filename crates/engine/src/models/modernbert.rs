@@ -84,6 +84,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
             position_offset: 0,
             token_type: None,
             scale: None,
+            lora: None,
             norm: Some(Norm::layer(w, "embeddings.norm", hidden, eps)?),
         },
         layers: stack,

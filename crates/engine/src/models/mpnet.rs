@@ -32,6 +32,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
         position_offset: pad + 1,
         token_type: None,
         scale: None,
+        lora: None,
         norm: Some(Norm::layer(w, "embeddings.LayerNorm", hidden, eps)?),
     };
     let names = PostNormNames {

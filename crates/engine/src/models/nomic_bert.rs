@@ -118,6 +118,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
             position_offset: 0,
             token_type,
             scale: None,
+            lora: None,
             norm: Some(Norm::layer(w, "emb_ln", hidden, eps)?),
         },
         layers: stack,

@@ -83,6 +83,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
             position_offset: 0,
             token_type: None,
             scale: None,
+            lora: None,
             norm: None,
         },
         layers: stack,
