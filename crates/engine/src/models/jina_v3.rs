@@ -40,6 +40,9 @@ fn task_slices(w: &Weights, name: &str, tasks: usize, rows: usize, cols: usize) 
     ))
 }
 
+/// Per-task `A_t` (`[rows × rank]`) and `scale · B_t` (`[rank × hidden]`) of a table.
+type TableAdapters = (Vec<Tensor>, Vec<Vec<f32>>);
+
 /// LoRA adapter shapes shared by every module of the model.
 #[derive(Clone, Copy)]
 struct LoraShape {
@@ -101,7 +104,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
         None => None,
     };
     // Embedding adapters are stored the other way round: A is [rows × rank], B [rank × hidden].
-    let emb_lora = |prefix: &str, rows: usize| -> Result<Option<(Vec<Tensor>, Vec<Vec<f32>>)>> {
+    let emb_lora = |prefix: &str, rows: usize| -> Result<Option<TableAdapters>> {
         let a = task_slices(w, &format!("{prefix}.parametrizations.weight.0.lora_A"), tasks, rows, rank)?;
         let b = task_slices(w, &format!("{prefix}.parametrizations.weight.0.lora_B"), tasks, rank, hidden)?;
         Ok(a.zip(b).map(|(a, b)| {
