@@ -72,6 +72,9 @@ pub struct ModelInfo {
     pub tasks: Vec<String>,
     /// Text put in front of an input for each task (`task_instructions`).
     pub task_instructions: BTreeMap<String, String>,
+    /// Vector lengths the model was trained for (`matryoshka_dimensions` in `config.json`),
+    /// empty when it does not say.
+    pub matryoshka_dimensions: Vec<usize>,
 }
 
 /// What turns token ids into per-token vectors.
@@ -85,6 +88,33 @@ enum Encoder {
 /// Token limit of static models without one: sentence-transformers' `StaticEmbedding` embeds
 /// every token (the request size limits still apply).
 const STATIC_TOKEN_LIMIT: usize = 1 << 20;
+
+/// `matryoshka_dimensions` from `dir/config.json`, if it lists them.
+fn matryoshka_dimensions(dir: &Path) -> Vec<usize> {
+    let Ok(cfg) = crate::config::ConfigJson::load(dir) else {
+        return Vec::new();
+    };
+    cfg.value
+        .get("matryoshka_dimensions")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|d| d.as_u64().map(|d| d as usize)).collect())
+        .unwrap_or_default()
+}
+
+impl ModelInfo {
+    /// The text put in front of an input: task `task`'s instruction (jina-embeddings-v3's
+    /// `task_instructions`), then `prompt`.
+    pub fn prefix(&self, task: Option<usize>, prompt: Option<&str>) -> Option<String> {
+        let instruction = task
+            .and_then(|t| self.tasks.get(t))
+            .and_then(|name| self.task_instructions.get(name))
+            .filter(|i| !i.is_empty());
+        match (instruction, prompt) {
+            (Some(i), p) => Some(format!("{i}{}", p.unwrap_or_default())),
+            (None, p) => p.map(str::to_owned),
+        }
+    }
+}
 
 /// An embedding model ready to run.
 pub struct Model {
@@ -213,6 +243,7 @@ impl Model {
             dtype: options.dtype,
             tasks,
             task_instructions,
+            matryoshka_dimensions: matryoshka_dimensions(&st.transformer_dir),
         };
         Ok(Self {
             info,

@@ -55,6 +55,10 @@ pub struct BatchArgs {
     /// Token budget of one engine batch.
     #[arg(long, default_value_t = 8192)]
     batch_tokens: usize,
+    /// Task adapter for request bodies that name no `task` (models with tasks, such as
+    /// jina-embeddings-v3). Default: no adapter.
+    #[arg(long, env = "OPENEMBED_DEFAULT_TASK")]
+    default_task: Option<String>,
     /// What integer inputs mean: cl100k_base (tiktoken ids, as at OpenAI), o200k_base or native.
     #[arg(long, default_value = "cl100k_base")]
     token_ids: TokenIds,
@@ -138,6 +142,7 @@ struct Runner<'a> {
     token_ids: TokenIds,
     names: HashSet<String>,
     defaults: Defaults,
+    default_task: Option<String>,
     limits: Limits,
     seen: HashSet<String>,
 }
@@ -205,7 +210,12 @@ impl Runner<'_> {
         if !self.names.contains(&request.model) {
             return Err(ApiError::model_not_found(&request.model));
         }
-        let plan = plan(&request, self.model.info(), &self.defaults)?;
+        let plan = plan(
+            &request,
+            self.model.info(),
+            &self.defaults,
+            self.default_task.as_deref(),
+        )?;
         let prepared = prepare(
             self.model,
             request.inputs(),
@@ -236,12 +246,17 @@ impl Runner<'_> {
             })
             .collect();
         let lengths: Vec<usize> = inputs.iter().map(|(_, _, ids)| ids.len()).collect();
+        let task_of = |l: usize| match &lines[l] {
+            Line::Pending { plan, .. } => plan.task,
+            Line::Done(_) => None,
+        };
         // Lines whose inputs the engine failed on, with the reason.
         let mut failed: HashMap<usize, String> = HashMap::new();
         for range in budget_batches(&lengths, batch_tokens) {
             let part = &inputs[range];
             let ids: Vec<&[u32]> = part.iter().map(|x| x.2).collect();
-            let out = match embed_guarded(self.model, &ids) {
+            let tasks: Vec<Option<usize>> = part.iter().map(|x| task_of(x.0)).collect();
+            let out = match embed_guarded(self.model, &ids, &tasks) {
                 Ok(out) => out,
                 Err(e) if part.iter().all(|x| x.0 == part[0].0) => {
                     failed.insert(part[0].0, e);
@@ -255,7 +270,7 @@ impl Runner<'_> {
                     for l in owners {
                         let own: Vec<&(usize, usize, &[u32])> = part.iter().filter(|x| x.0 == l).collect();
                         let ids: Vec<&[u32]> = own.iter().map(|x| x.2).collect();
-                        match embed_guarded(self.model, &ids) {
+                        match embed_guarded(self.model, &ids, &vec![task_of(l); ids.len()]) {
                             Ok(out) => {
                                 for ((l, i, _), v) in own.into_iter().zip(out) {
                                     vectors[*l][*i] = Some(v);
@@ -315,11 +330,13 @@ struct BatchLine<'a> {
     body: Option<&'a RawValue>,
 }
 
-/// Embeds a batch, turning an engine error or panic into its message.
-fn embed_guarded(model: &Model, ids: &[&[u32]]) -> std::result::Result<Vec<Vec<f32>>, String> {
+/// Embeds a batch (each input with its task adapter), turning an engine error or panic into
+/// its message.
+fn embed_guarded(model: &Model, ids: &[&[u32]], tasks: &[Option<usize>]) -> std::result::Result<Vec<Vec<f32>>, String> {
     let run = || {
         openembed_server::fault::maybe_panic(ids);
-        model.embed_ids(ids)
+        let tasks = tasks.iter().any(Option::is_some).then_some(tasks);
+        model.embed_ids_with_tasks(ids, tasks)
     };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
         Ok(Ok(out)) => Ok(out),
@@ -422,6 +439,9 @@ impl Progress {
 /// Entry point of `openembed batch`.
 pub fn run(args: &BatchArgs) -> Result<()> {
     let model = load_model(&args.model.source, args.threads, args.dtype)?;
+    if let Some(task) = &args.default_task {
+        model.task_index(task).with_context(|| "--default-task")?;
+    }
     let mut names: HashSet<String> = HashSet::from([args.model.name.clone()]);
     for alias in &args.aliases {
         anyhow::ensure!(
@@ -457,6 +477,7 @@ pub fn run(args: &BatchArgs) -> Result<()> {
             truncation_side: Truncation::End,
             ..Defaults::default()
         },
+        default_task: args.default_task.clone(),
         limits: Limits {
             max_request_tokens: args.max_request_tokens,
             max_body_bytes: usize::MAX,

@@ -22,6 +22,10 @@ pub struct EmbedArgs {
     /// Truncate over-long inputs to the model limit instead of failing.
     #[arg(long)]
     truncate: bool,
+    /// Task adapter of models that have them (jina-embeddings-v3: retrieval.query,
+    /// retrieval.passage, text-matching, …); its instruction goes in front of every text.
+    #[arg(long)]
+    task: Option<String>,
     /// Compute threads (default: all cores).
     #[arg(long, env = "OPENEMBED_THREADS")]
     threads: Option<usize>,
@@ -122,9 +126,10 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     let prompt = info
         .default_prompt_name
         .as_ref()
-        .and_then(|name| info.prompts.get(name))
-        .map(String::as_str);
-    let tokenized = model.tokenize(&refs, prompt, truncation)?;
+        .and_then(|name| info.prompts.get(name));
+    let task = args.task.as_deref().map(|t| model.task_index(t)).transpose()?;
+    let prompt = info.prefix(task, prompt.map(String::as_str));
+    let tokenized = model.tokenize(&refs, prompt.as_deref(), truncation)?;
     if let Some((index, t)) = tokenized
         .iter()
         .enumerate()
@@ -147,7 +152,7 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     for range in budget_batches(&lengths, BATCH_TOKENS) {
         let start = range.start;
         let ids: Vec<&[u32]> = tokenized[range].iter().map(|t| t.ids.as_slice()).collect();
-        let vectors = model.embed_ids(&ids)?;
+        let vectors = model.embed_ids_with_tasks(&ids, task.map(|t| vec![Some(t); ids.len()]).as_deref())?;
         for (i, v) in vectors.into_iter().enumerate() {
             let v = match args.dimensions {
                 Some(d) => truncate_dimensions(&v, d, model.info().normalize)?,

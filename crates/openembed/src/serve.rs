@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// DTYPE for every model, or MODEL=DTYPE for one. Repeatable (env: comma-separated).
     #[arg(long = "dtype", env = "OPENEMBED_DTYPE", value_delimiter = ',')]
     dtypes: Vec<String>,
+    /// Task adapter for requests that name no `task`, on models that have tasks
+    /// (jina-embeddings-v3: retrieval.query, retrieval.passage, text-matching, …). TASK for every
+    /// model, or MODEL=TASK for one. Repeatable (env: comma-separated). Default: no adapter.
+    #[arg(long = "default-task", env = "OPENEMBED_DEFAULT_TASK", value_delimiter = ',')]
+    default_tasks: Vec<String>,
     /// An accepted API key (Authorization: Bearer KEY). Repeatable. Keys in OPENEMBED_API_KEYS
     /// (comma-separated) and in --api-key-file are accepted too. With no key the server is open.
     #[arg(long = "api-key")]
@@ -149,6 +154,7 @@ fn default_model() -> ModelSpec {
         name: "all-MiniLM-L6-v2".into(),
         token_ids: TokenIds::default(),
         dtype: Default::default(),
+        default_task: None,
     }
 }
 
@@ -160,7 +166,7 @@ fn per_model<T>(
     set: impl Fn(&mut ModelSpec, T),
 ) -> Result<()>
 where
-    T: std::str::FromStr + Copy,
+    T: std::str::FromStr + Clone,
     T::Err: std::fmt::Display,
 {
     for setting in settings {
@@ -171,7 +177,7 @@ where
         let value: T = value.parse().map_err(|e| anyhow!("{flag} {e}"))?;
         let mut matched = false;
         for m in models.iter_mut().filter(|m| target.is_none_or(|t| t == m.name)) {
-            set(m, value);
+            set(m, value.clone());
             matched = true;
         }
         if !matched {
@@ -205,6 +211,9 @@ impl ServeArgs {
         };
         per_model(&mut models, &self.token_ids, "--token-ids", |m, v| m.token_ids = v)?;
         per_model(&mut models, &self.dtypes, "--dtype", |m, v| m.dtype = v)?;
+        per_model(&mut models, &self.default_tasks, "--default-task", |m, v: String| {
+            m.default_task = Some(v)
+        })?;
         Ok(models)
     }
 

@@ -94,6 +94,10 @@ pub struct EmbeddingsRequest {
     pub truncate: Option<bool>,
     /// Extension: a prompt name from the model's sentence-transformers config (e.g. `query`).
     pub prompt_name: Option<String>,
+    /// Extension: the task adapter of models that have them (jina-embeddings-v3:
+    /// `retrieval.query`, `retrieval.passage`, `text-matching`, …); its instruction is put in
+    /// front of every text.
+    pub task: Option<String>,
 }
 
 impl EmbeddingsRequest {
@@ -152,6 +156,7 @@ const FIELDS: &[&str] = &[
     "user",
     "truncate",
     "prompt_name",
+    "task",
 ];
 
 /// Compound values of the small fields larger than this are not parsed (only their type matters).
@@ -310,6 +315,11 @@ impl RawBody {
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(ApiError::invalid_field("prompt_name")),
         };
+        let task = match obj.get("task") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(ApiError::invalid_field("task")),
+        };
         Ok(EmbeddingsRequest {
             model,
             input: Inputs(input),
@@ -318,6 +328,7 @@ impl RawBody {
             user,
             truncate,
             prompt_name,
+            task,
         })
     }
 }
@@ -648,6 +659,13 @@ pub struct ModelObject {
     pub normalized: bool,
     /// Extension: prompt names usable as `prompt_name`.
     pub prompts: Vec<String>,
+    /// Extension: task adapters usable as `task` (empty for models without tasks).
+    pub tasks: Vec<String>,
+    /// Extension: the task used when a request names none (`--default-task`).
+    pub default_task: Option<String>,
+    /// Extension: vector lengths the model was trained to be cut to (`dimensions`), when its
+    /// config lists them (Matryoshka); any length up to `dimensions` is accepted.
+    pub matryoshka_dimensions: Vec<usize>,
     /// Extension: what token-id inputs mean: `cl100k_base` or `o200k_base` (tiktoken ids, as
     /// at OpenAI) or `native` (the model's own vocabulary).
     pub token_ids: String,

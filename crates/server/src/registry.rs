@@ -19,6 +19,8 @@ pub struct ModelSpec {
     pub token_ids: TokenIds,
     /// Precision of the model's dense layers (default float32).
     pub dtype: DType,
+    /// Task adapter for requests that name none (models with tasks, e.g. jina-embeddings-v3).
+    pub default_task: Option<String>,
 }
 
 impl std::str::FromStr for ModelSpec {
@@ -49,6 +51,7 @@ impl std::str::FromStr for ModelSpec {
             name,
             token_ids: TokenIds::default(),
             dtype: DType::default(),
+            default_task: None,
         })
     }
 }
@@ -90,6 +93,8 @@ pub struct ServedModel {
     pub created: u64,
     /// What token-id inputs mean.
     pub token_ids: TokenIds,
+    /// Task for requests that name none (`--default-task`).
+    pub default_task: Option<String>,
 }
 
 /// All served models, found by name or alias.
@@ -116,6 +121,11 @@ impl Registry {
                 ..options.clone()
             };
             let model = Model::load(&dir, &options).map_err(|e| format!("model '{}': {e}", spec.source))?;
+            if let Some(task) = &spec.default_task {
+                model
+                    .task_index(task)
+                    .map_err(|e| format!("--default-task for model '{}': {e}", spec.name))?;
+            }
             crate::metrics::model_info(&spec.name, spec.dtype.as_str(), &model.info().architecture);
             let model = Arc::new(model);
             let scheduler = Scheduler::start(Arc::clone(&model), &spec.name, scheduler)
@@ -148,6 +158,7 @@ impl Registry {
                 scheduler,
                 created,
                 token_ids: spec.token_ids,
+                default_task: spec.default_task.clone(),
             }));
         }
         for alias in aliases {

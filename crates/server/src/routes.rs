@@ -146,7 +146,12 @@ pub async fn embeddings(
         .get(&request.model)
         .cloned()
         .ok_or_else(|| ApiError::model_not_found(&request.model))?;
-    let plan = plan(&request, served.model.info(), &state.defaults)?;
+    let plan = plan(
+        &request,
+        served.model.info(),
+        &state.defaults,
+        served.default_task.as_deref(),
+    )?;
     served.scheduler.check_room()?;
     let model = Arc::clone(&served.model);
     let limits = state.limits;
@@ -170,7 +175,7 @@ pub async fn embeddings(
     let n_inputs = prepared.layout.inputs();
     reservation.resize(prepared.tokens * 4 + response_bytes(n_inputs, served.model.info().dimension))?;
     let layout = prepared.layout;
-    let output = served.scheduler.submit(prepared.ids)?.wait().await?;
+    let output = served.scheduler.submit(prepared.ids, plan.task)?.wait().await?;
     let (queue_time, inference_time) = (output.queue_time, output.inference_time);
     let name = model_name.clone();
     let body = blocking("Building the response", move || {
@@ -215,6 +220,9 @@ fn model_object(id: &str, served: &crate::registry::ServedModel) -> ModelObject 
             .join("+"),
         normalized: info.normalize,
         prompts: info.prompts.keys().cloned().collect(),
+        tasks: info.tasks.clone(),
+        default_task: served.default_task.clone(),
+        matryoshka_dimensions: info.matryoshka_dimensions.clone(),
         token_ids: served.token_ids.name().to_string(),
     }
 }

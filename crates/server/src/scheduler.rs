@@ -53,6 +53,8 @@ type JobResult = Result<JobOutput, ApiError>;
 /// One admitted request.
 struct Job {
     admitted: Instant,
+    /// Task adapter of every input (jina-embeddings-v3), `None` for the base weights.
+    task: Option<usize>,
     /// Whether some of its inputs still wait in the queue.
     queued: AtomicBool,
     cancelled: AtomicBool,
@@ -68,9 +70,10 @@ struct JobState {
 }
 
 impl Job {
-    fn new(inputs: usize, reply: oneshot::Sender<JobResult>) -> Self {
+    fn new(inputs: usize, task: Option<usize>, reply: oneshot::Sender<JobResult>) -> Self {
         Self {
             admitted: Instant::now(),
+            task,
             queued: AtomicBool::new(true),
             cancelled: AtomicBool::new(false),
             state: Mutex::new(JobState {
@@ -269,10 +272,12 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Admits a request's token ids (all or nothing) or refuses it with 429 when the queue is full.
-    pub fn submit(&self, inputs: Vec<Vec<u32>>) -> Result<Ticket, ApiError> {
+    /// Admits a request's token ids (all or nothing), run with task adapter `task` (models with
+    /// tasks; requests with different tasks share batches), or refuses it with 429 when the
+    /// queue is full.
+    pub fn submit(&self, inputs: Vec<Vec<u32>>, task: Option<usize>) -> Result<Ticket, ApiError> {
         let (tx, rx) = oneshot::channel();
-        let job = Arc::new(Job::new(inputs.len(), tx));
+        let job = Arc::new(Job::new(inputs.len(), task, tx));
         let pending = pending_of(&job, inputs);
         {
             let mut queue = self.shared.lock();
@@ -446,7 +451,9 @@ fn run_engine(shared: &Shared, entries: &[Entry]) -> Result<Vec<Vec<f32>>, Failu
     let tokens: usize = ids.iter().map(|i| i.len()).sum();
     let result = catch_unwind(AssertUnwindSafe(|| {
         crate::fault::maybe_panic(&ids);
-        shared.model.embed_ids(&ids)
+        let tasks: Vec<Option<usize>> = entries.iter().map(|e| e.job.task).collect();
+        let tasks = tasks.iter().any(Option::is_some).then_some(tasks.as_slice());
+        shared.model.embed_ids_with_tasks(&ids, tasks)
     }));
     let elapsed = start.elapsed();
     let jobs = distinct_jobs(entries);
@@ -550,7 +557,7 @@ mod tests {
 
     fn job(n: usize) -> Arc<Job> {
         let (tx, _rx) = oneshot::channel();
-        Arc::new(Job::new(n, tx))
+        Arc::new(Job::new(n, None, tx))
     }
 
     fn push(q: &mut Queue, lens: &[usize]) -> Arc<Job> {

@@ -9,8 +9,10 @@ use openembed_engine::{truncate_dimensions, ModelInfo, Truncation};
 /// How to run one validated request on its model.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Prompt text put in front of every text input.
+    /// Prompt text put in front of every text input (a task's instruction first).
     pub prompt: Option<String>,
+    /// Task adapter (index into the model's tasks).
+    pub task: Option<usize>,
     /// Truncation of over-long inputs.
     pub truncation: Truncation,
     /// Cut vectors to this many dimensions.
@@ -37,8 +39,14 @@ pub struct Defaults {
     pub long_input_windows: Option<usize>,
 }
 
-/// Checks `dimensions` and `prompt_name` against the model and settles truncation.
-pub fn plan(request: &EmbeddingsRequest, info: &ModelInfo, defaults: &Defaults) -> Result<Plan, ApiError> {
+/// Checks `dimensions`, `prompt_name` and `task` against the model and settles truncation;
+/// `default_task` applies when the request names no task.
+pub fn plan(
+    request: &EmbeddingsRequest,
+    info: &ModelInfo,
+    defaults: &Defaults,
+    default_task: Option<&str>,
+) -> Result<Plan, ApiError> {
     if let Some(d) = request.dimensions {
         if d > info.dimension {
             return Err(ApiError::invalid(
@@ -68,6 +76,28 @@ pub fn plan(request: &EmbeddingsRequest, info: &ModelInfo, defaults: &Defaults) 
         (None, Some(name)) => info.prompts.get(name).cloned(),
         (None, None) => None,
     };
+    let task = match request.task.as_deref().or(default_task) {
+        None => None,
+        Some(name) => match info.tasks.iter().position(|t| t == name) {
+            Some(index) => Some(index),
+            None if info.tasks.is_empty() => {
+                return Err(ApiError::invalid(
+                    format!("Invalid value for 'task' = {name}. This model has no task adapters; leave 'task' out."),
+                    Some("task"),
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    format!(
+                        "Invalid value for 'task' = {name}. This model's tasks are: {:?}.",
+                        info.tasks
+                    ),
+                    Some("task"),
+                ))
+            }
+        },
+    };
+    let prompt = info.prefix(task, prompt.as_deref());
     let truncation = if request.truncate.unwrap_or(defaults.auto_truncate) {
         defaults.truncation_side
     } else {
@@ -75,6 +105,7 @@ pub fn plan(request: &EmbeddingsRequest, info: &ModelInfo, defaults: &Defaults) 
     };
     Ok(Plan {
         prompt,
+        task,
         truncation,
         dimensions: request.dimensions,
         renormalize: info.normalize,

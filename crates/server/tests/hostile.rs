@@ -38,6 +38,7 @@ fn state(keys: &[&str]) -> Arc<AppState> {
         name: "all-MiniLM-L6-v2".into(),
         token_ids: TokenIds::Native,
         dtype: Default::default(),
+        default_task: None,
     };
     let registry = Registry::load(
         &[spec],
