@@ -88,45 +88,55 @@ fn fetch(id: &str) -> Result<PathBuf, String> {
             .get(file)
             .map_err(|e| format!("model '{id}': cannot get {file} from the hub: {e}{where_}"))
     };
-    let mut config = None;
-    for file in REQUIRED {
-        let path = required(file)?;
-        config.get_or_insert(path);
+    // A sentence-transformers static model keeps its table and tokenizer in a module folder
+    // (`0_StaticEmbedding/`) and has no transformer files at the root.
+    let modules = source.get("modules.json").ok();
+    let listed = match &modules {
+        Some(path) => module_files(path)?,
+        None => Vec::new(),
+    };
+    let static_in_subfolder = listed.iter().any(ModuleFiles::is_static_in_subfolder);
+    let mut root_file = modules.clone();
+    if !static_in_subfolder {
+        for file in REQUIRED {
+            let path = required(file)?;
+            root_file.get_or_insert(path);
+        }
     }
     for file in OPTIONAL {
         let _ = source.get(file);
     }
-    // Weights: one file, or an index and its shards.
-    if source.get("model.safetensors").is_err() {
+    if !static_in_subfolder && source.get("model.safetensors").is_err() {
         let index = required("model.safetensors.index.json")?;
         for shard in shard_names(&index)? {
             required(&shard)?;
         }
     }
-    // Every module modules.json names, with the files it loads: a missing one fails here,
-    // naming the file, instead of silently changing the pipeline.
-    if let Ok(modules) = source.get("modules.json") {
-        for module in module_files(&modules)? {
-            match module {
-                ModuleFiles::Config(dir) => {
-                    required(&format!("{dir}/config.json"))?;
+    for module in listed {
+        match module {
+            ModuleFiles::Config(dir) => {
+                required(&format!("{dir}/config.json"))?;
+            }
+            ModuleFiles::Dense(dir) => {
+                required(&format!("{dir}/config.json"))?;
+                if source.get(&format!("{dir}/model.safetensors")).is_err() {
+                    required(&format!("{dir}/pytorch_model.bin"))?;
                 }
-                ModuleFiles::Dense(dir) => {
-                    required(&format!("{dir}/config.json"))?;
-                    if source.get(&format!("{dir}/model.safetensors")).is_err() {
-                        required(&format!("{dir}/pytorch_model.bin"))?;
-                    }
+            }
+            ModuleFiles::Transformer(dir) => {
+                for file in REQUIRED {
+                    required(&format!("{dir}/{file}"))?;
                 }
-                ModuleFiles::Transformer(dir) => {
-                    for file in REQUIRED {
-                        required(&format!("{dir}/{file}"))?;
-                    }
-                    let _ = source.get(&format!("{dir}/sentence_bert_config.json"));
-                }
+                let _ = source.get(&format!("{dir}/sentence_bert_config.json"));
+            }
+            ModuleFiles::Static(dir) if dir.is_empty() || dir == "." => {}
+            ModuleFiles::Static(dir) => {
+                required(&format!("{dir}/model.safetensors"))?;
+                required(&format!("{dir}/tokenizer.json"))?;
             }
         }
     }
-    config
+    root_file
         .as_deref()
         .and_then(Path::parent)
         .map(Path::to_path_buf)
@@ -155,6 +165,15 @@ enum ModuleFiles {
     Config(String),
     /// A Dense module: config and weights.
     Dense(String),
+    /// A `StaticEmbedding` module (its folder may be the root).
+    Static(String),
+}
+
+impl ModuleFiles {
+    /// A static model whose table is not at the repository root.
+    fn is_static_in_subfolder(&self) -> bool {
+        matches!(self, ModuleFiles::Static(dir) if !dir.is_empty() && dir != ".")
+    }
 }
 
 /// The files each module of `modules.json` loads (Normalize loads none).
@@ -176,6 +195,7 @@ fn module_files(modules: &Path) -> Result<Vec<ModuleFiles>, String> {
             "Transformer" => out.push(ModuleFiles::Transformer(dir)),
             "Pooling" => out.push(ModuleFiles::Config(dir)),
             "Dense" => out.push(ModuleFiles::Dense(dir)),
+            "StaticEmbedding" => out.push(ModuleFiles::Static(dir)),
             _ => {}
         }
     }
@@ -212,6 +232,17 @@ mod tests {
                 ModuleFiles::Config("1_Pooling".into()),
                 ModuleFiles::Dense("2_Dense".into())
             ]
+        );
+        // A static model (sentence-transformers' static-retrieval-mrl layout).
+        std::fs::write(
+            &path,
+            r#"[{"idx":0,"path":"0_StaticEmbedding","type":"sentence_transformers.models.StaticEmbedding"},
+                {"idx":1,"path":"1_Normalize","type":"sentence_transformers.models.Normalize"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            module_files(&path).unwrap(),
+            vec![ModuleFiles::Static("0_StaticEmbedding".into())]
         );
         std::fs::remove_dir_all(dir).unwrap();
     }
