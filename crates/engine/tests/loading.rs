@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use openembed_engine::models::load_transformer;
 use openembed_engine::transformer::Scratch;
-use openembed_engine::{Error, LoadOptions, Model, PackedBatch};
+use openembed_engine::{Error, LoadOptions, Model, PackedBatch, Truncation};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
@@ -295,17 +295,33 @@ fn tokenizer_json() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(minilm_dir().join("tokenizer.json")).unwrap()).unwrap()
 }
 
+/// A tokenizer whose ordinary tokens reach past the embedding table does not belong to the
+/// weights: refused at load. A special added token past it (Gemma's `<image_soft_token>`) only
+/// appears when a text spells it out: the model loads and that input alone is refused.
 #[test]
 fn a_tokenizer_that_can_emit_ids_past_the_embedding_table_is_refused() {
-    let mut tok = tokenizer_json();
-    tok["added_tokens"].as_array_mut().unwrap().push(serde_json::json!({
-        "id": 30522, "content": "[EXTRA]", "single_word": false, "lstrip": false, "rstrip": false,
-        "normalized": false, "special": true
-    }));
-    let dir = minilm_copy("extra-token", &[("tokenizer.json", tok.to_string())]);
-    let err = Model::load(&dir, &LoadOptions::default()).err().expect("refused");
-    let msg = err.to_string();
-    assert!(msg.contains("30522") && msg.contains("tokenizer"), "{msg}");
+    for special in [false, true] {
+        let mut tok = tokenizer_json();
+        tok["added_tokens"].as_array_mut().unwrap().push(serde_json::json!({
+            "id": 30522, "content": "[EXTRA]", "single_word": false, "lstrip": false, "rstrip": false,
+            "normalized": false, "special": special
+        }));
+        let dir = minilm_copy(
+            &format!("extra-token-{special}"),
+            &[("tokenizer.json", tok.to_string())],
+        );
+        if !special {
+            let err = Model::load(&dir, &LoadOptions::default()).err().expect("refused");
+            let msg = err.to_string();
+            assert!(msg.contains("30522") && msg.contains("tokenizer"), "{msg}");
+            continue;
+        }
+        let model = Model::load(&dir, &LoadOptions::default()).unwrap();
+        assert_eq!(model.embed_texts(&["plain text"], Truncation::None).unwrap().len(), 1);
+        let err = model.embed_texts(&["a [EXTRA] token"], Truncation::None).unwrap_err();
+        assert!(matches!(err, Error::TokenIdOutOfRange { id: 30522, .. }), "{err}");
+        assert!(err.is_input_error());
+    }
 }
 
 #[test]
