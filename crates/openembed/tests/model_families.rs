@@ -213,3 +213,46 @@ fn a_default_task_the_model_lacks_stops_the_server_at_start() {
         "{stderr}"
     );
 }
+
+/// The real EmbeddingGemma-300m through the server when `make fetch-embeddinggemma` has fetched
+/// it: every reference line plain and with each prompt, cosine ≥ 0.99999, and `usage` equal to
+/// the reference token counts.
+#[test]
+fn embeddinggemma_300m_through_the_server_when_present() {
+    let dir = root().join("models/embeddinggemma-300m");
+    if !dir.join("model.safetensors").exists() {
+        eprintln!(
+            "skipped: {} not present (run `make fetch-embeddinggemma`)",
+            dir.display()
+        );
+        return;
+    }
+    let spec = format!("{}=embeddinggemma", dir.display());
+    let server = Server::start(&["--model", &spec]);
+    let reference =
+        std::fs::read_to_string(root().join("../shared/fixtures/reference/embeddinggemma-300m.jsonl")).unwrap();
+    let lines: Vec<Value> = reference
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let texts: Vec<&str> = lines.iter().map(|l| l["text"].as_str().unwrap()).collect();
+    for (prompt, key, ids) in [
+        (None, "embedding", "input_ids"),
+        (Some("query"), "embedding_query", "query_input_ids"),
+        (Some("document"), "embedding_document", "document_input_ids"),
+    ] {
+        let mut body = json!({"model": "embeddinggemma", "input": texts});
+        if let Some(p) = prompt {
+            body["prompt_name"] = json!(p);
+        }
+        let (status, _, out) = embed(&server, body);
+        assert_eq!(status, 200, "{out}");
+        let want_tokens: usize = lines.iter().map(|l| l[ids].as_array().unwrap().len()).sum();
+        assert_eq!(out["usage"]["prompt_tokens"], json!(want_tokens), "{prompt:?}");
+        for (got, line) in vectors(&out).iter().zip(&lines) {
+            let cos = cosine(got, &floats(&line[key]));
+            assert!(cos >= 0.99999, "{prompt:?} {:?}: cosine {cos}", line["text"]);
+        }
+    }
+}
