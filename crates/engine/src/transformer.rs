@@ -477,6 +477,17 @@ impl PositionBias {
     }
 }
 
+impl Embeddings {
+    /// Row 0 of the token-type table `name` (`[types × hidden]`), when the weights have one:
+    /// every token is type 0 for an embedding model.
+    pub fn first_token_type(w: &Weights, name: &str, hidden: usize) -> Result<Option<Vec<f32>>> {
+        match w.shape_of(name).and_then(|s| s.first().copied()) {
+            Some(rows) => Ok(Some(w.get(name, &[rows, hidden])?.row(0).to_vec())),
+            None => Ok(None),
+        }
+    }
+}
+
 /// Low-rank task adapters of an embedding table: for task `t`, token `id` gets
 /// `A_t[id] · (scale · B_t)` added, and every token the task's token-type row delta.
 pub struct EmbeddingLora {

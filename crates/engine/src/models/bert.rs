@@ -33,13 +33,7 @@ pub fn load_with_position_offset(cfg: &ConfigJson, w: &Weights, position_offset:
         }
     }
     let layout = head_layout(cfg, hidden, heads)?;
-    let token_type = match w.shape_of("embeddings.token_type_embeddings.weight") {
-        Some(shape) => {
-            let t = w.get("embeddings.token_type_embeddings.weight", &[shape.first().copied().unwrap_or(0), hidden])?;
-            Some(t.row(0).to_vec())
-        }
-        None => None,
-    };
+    let token_type = Embeddings::first_token_type(w, "embeddings.token_type_embeddings.weight", hidden)?;
     let embeddings = Embeddings {
         word: w.get("embeddings.word_embeddings.weight", &[vocab, hidden])?,
         position: Some(w.get("embeddings.position_embeddings.weight", &[max_pos, hidden])?),

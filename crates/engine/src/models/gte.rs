@@ -98,10 +98,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
             )))
         }
     };
-    let token_type = match cfg.usize_opt(&["type_vocab_size"]).unwrap_or(0) {
-        0 => None,
-        rows => Some(w.get("embeddings.token_type_embeddings.weight", &[rows, hidden])?.row(0).to_vec()),
-    };
+    let token_type = Embeddings::first_token_type(w, "embeddings.token_type_embeddings.weight", hidden)?;
     let pack_qkv = cfg.bool_opt(&["pack_qkv"]).unwrap_or(true);
     let stack = (0..layers)
         .map(|i| {

@@ -59,13 +59,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
         return Err(Error::Unsupported(format!("{}: JinaBERT alibi_scaling = {scaling}", cfg.path.display())));
     }
     let layout = head_layout(cfg, hidden, heads)?;
-    let token_type = match w.shape_of("embeddings.token_type_embeddings.weight") {
-        Some(shape) => {
-            let rows = shape.first().copied().unwrap_or(0);
-            Some(w.get("embeddings.token_type_embeddings.weight", &[rows, hidden])?.row(0).to_vec())
-        }
-        None => None,
-    };
+    let token_type = Embeddings::first_token_type(w, "embeddings.token_type_embeddings.weight", hidden)?;
     let names = PostNormNames {
         layer_prefix: "encoder.layer",
         query: "attention.self.query",

@@ -69,13 +69,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
     let activation = Activation::from_name(act_name)
         .ok_or_else(|| cfg.invalid(&format!("unsupported activation `{act_name}`")))?;
     let layout = super::bert::head_layout(cfg, hidden, heads)?;
-    let token_type = match w.shape_of("embeddings.token_type_embeddings.weight") {
-        Some(shape) => {
-            let rows = shape.first().copied().unwrap_or(0);
-            Some(w.get("embeddings.token_type_embeddings.weight", &[rows, hidden])?.row(0).to_vec())
-        }
-        None => None,
-    };
+    let token_type = Embeddings::first_token_type(w, "embeddings.token_type_embeddings.weight", hidden)?;
     let stack = (0..layers)
         .map(|i| {
             let p = |s: &str| format!("encoder.layers.{i}.{s}");
