@@ -9,6 +9,8 @@ pub struct PackedBatch {
     offsets: Vec<usize>,
     /// Task adapter of each sequence (jina-embeddings-v3); empty when no sequence has one.
     tasks: Vec<Option<usize>>,
+    /// Token type of each token (cross-encoder pairs); empty when all are 0.
+    token_types: Vec<u8>,
 }
 
 impl PackedBatch {
@@ -26,7 +28,24 @@ impl PackedBatch {
             ids,
             offsets,
             tasks: Vec::new(),
+            token_types: Vec::new(),
         }
+    }
+
+    /// Sets the token type of every token (one entry per token).
+    pub fn with_token_types(mut self, types: Vec<u8>) -> Self {
+        assert_eq!(types.len(), self.ids.len(), "one type per token");
+        self.token_types = if types.iter().any(|&t| t != 0) {
+            types
+        } else {
+            Vec::new()
+        };
+        self
+    }
+
+    /// The token type of token `i` of the batch (0 unless set).
+    pub fn token_type(&self, i: usize) -> u8 {
+        self.token_types.get(i).copied().unwrap_or(0)
     }
 
     /// Sets the task adapter of every sequence (`None` = the base weights); `tasks` has one

@@ -6,6 +6,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::models;
 use crate::pooling::{normalize, Dense, Pooling};
+use crate::rerank::{RerankHead, RerankKind, ScoreActivation, YesNoTemplate};
 use crate::static_embedding::{Model2VecConfig, StaticEmbedding, StaticFormat};
 use crate::tokenize::{TextTokenizer, TokenizedInput, Truncation};
 use crate::transformer::{Scratch, Transformer};
@@ -75,6 +76,20 @@ pub struct ModelInfo {
     /// Vector lengths the model was trained for (`matryoshka_dimensions` in `config.json`),
     /// empty when it does not say.
     pub matryoshka_dimensions: Vec<usize>,
+    /// Set for rerankers: the model scores (query, document) pairs instead of embedding texts;
+    /// its output per input is one raw logit.
+    pub rerank: Option<RerankInfo>,
+}
+
+/// What a reranker is and how its logits become scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RerankInfo {
+    /// Cross-encoder or yes/no causal LM.
+    pub kind: RerankKind,
+    /// Applied to the logit to give the score (`raw_scores` skips it).
+    pub activation: ScoreActivation,
+    /// The prompt of a yes/no reranker.
+    pub template: Option<YesNoTemplate>,
 }
 
 /// What turns token ids into per-token vectors.
@@ -116,11 +131,24 @@ impl ModelInfo {
     }
 }
 
+/// The parts of a reranker beside its transformer.
+struct RerankParts {
+    head: RerankHead,
+    segment_boundary: Option<u32>,
+    template_ids: Option<(Vec<u32>, Vec<u32>)>,
+}
+
+/// Most tokens of a yes/no reranker's prompt (Qwen3-Reranker's card uses 8,192).
+const YES_NO_TOKEN_LIMIT: usize = 8192;
+
 /// An embedding model ready to run.
 pub struct Model {
     info: ModelInfo,
     tokenizer: TextTokenizer,
     encoder: Encoder,
+    /// Reranker head, with the token after which a pair's second segment starts (type 1) and
+    /// a yes/no reranker's template ids (prefix, suffix).
+    rerank: Option<RerankParts>,
     dense: Vec<Dense>,
     threads: usize,
     pool: Arc<rayon::ThreadPool>,
@@ -165,10 +193,14 @@ impl Model {
             (None, None) => {
                 // Packing and quantizing the weights runs on the compute threads too.
                 let transformer = pool.install(|| models::load_transformer_with(&st.transformer_dir, options.dtype))?;
-                let limit = st
+                let mut limit = st
                     .max_seq_length
                     .unwrap_or(transformer.max_positions)
                     .min(transformer.max_positions);
+                let cfg = crate::config::ConfigJson::load(&st.transformer_dir)?;
+                if RerankKind::detect(&st.transformer_dir, &cfg) == Some(RerankKind::YesNo) {
+                    limit = limit.min(YES_NO_TOKEN_LIMIT);
+                }
                 let tokenizer = TextTokenizer::load_with(&st.transformer_dir, limit, st.do_lower_case)?;
                 (Encoder::Transformer(Box::new(transformer)), tokenizer, limit)
             }
@@ -228,6 +260,15 @@ impl Model {
             }
             _ => (Vec::new(), BTreeMap::new()),
         };
+        let (rerank, rerank_info) = match &encoder {
+            Encoder::Transformer(t) => Self::load_rerank(&st.transformer_dir, t, &tokenizer)?,
+            Encoder::Static(_) => (None, None),
+        };
+        if rerank.is_some() {
+            // A reranker's output is its logit: no pooling, Dense heads or normalization.
+            dimension = 1;
+            st.normalize = false;
+        }
         let threads = pool.current_num_threads();
         let info = ModelInfo {
             dir: dir.to_owned(),
@@ -244,16 +285,150 @@ impl Model {
             tasks,
             task_instructions,
             matryoshka_dimensions: matryoshka_dimensions(&st.transformer_dir),
+            rerank: rerank_info,
         };
         Ok(Self {
             info,
             tokenizer,
             encoder,
+            rerank,
             dense,
             threads,
             pool,
             scratch: Mutex::new(Scratch::default()),
         })
+    }
+
+    /// The reranker parts of a folder that holds a reranker (see [`RerankKind::detect`]).
+    fn load_rerank(
+        dir: &Path,
+        transformer: &Transformer,
+        tokenizer: &TextTokenizer,
+    ) -> Result<(Option<RerankParts>, Option<RerankInfo>)> {
+        let cfg = crate::config::ConfigJson::load(dir)?;
+        let Some(kind) = RerankKind::detect(dir, &cfg) else {
+            return Ok((None, None));
+        };
+        let family = models::family_of(&cfg)?;
+        let weights = crate::weights::Weights::open(dir, &family)?;
+        let h = transformer.hidden;
+        let (parts, activation, template) = match kind {
+            RerankKind::CrossEncoder => {
+                let (head, activation) = RerankHead::cross_encoder(&cfg, &weights, &family, h)?;
+                let parts = RerankParts {
+                    head,
+                    segment_boundary: transformer
+                        .embeddings
+                        .token_type
+                        .as_ref()
+                        .filter(|t| t.len() >= 2 * h)
+                        .and_then(|_| tokenizer.segment_boundary()),
+                    template_ids: None,
+                };
+                (parts, activation, None)
+            }
+            RerankKind::YesNo => {
+                let template = YesNoTemplate::load(dir)?;
+                let id = |token: &str| {
+                    tokenizer.token_id(token).ok_or_else(|| Error::InvalidFile {
+                        path: dir.join("tokenizer.json"),
+                        message: format!(
+                            "the reranker's answer token `{token}` is not in the vocabulary (set yes_token / \
+                             no_token in {})",
+                            YesNoTemplate::FILE
+                        ),
+                    })
+                };
+                let head = RerankHead::yes_no(
+                    &weights,
+                    transformer.vocab_size,
+                    h,
+                    id(&template.yes_token)?,
+                    id(&template.no_token)?,
+                )?;
+                let ids = (tokenizer.ids_of(&template.prefix)?, tokenizer.ids_of(&template.suffix)?);
+                let parts = RerankParts {
+                    head,
+                    segment_boundary: None,
+                    template_ids: Some(ids),
+                };
+                (parts, ScoreActivation::Sigmoid, Some(template))
+            }
+        };
+        Ok((
+            Some(parts),
+            Some(RerankInfo {
+                kind,
+                activation,
+                template,
+            }),
+        ))
+    }
+
+    /// Tokenizes (query, document) pairs for a reranker: the tokenizer's pair template for a
+    /// cross-encoder (the document cut first when over the limit), the prompt template for a
+    /// yes/no reranker (`instruction` replaces its default). Refused for embedding models.
+    pub fn tokenize_pairs(
+        &self,
+        query: &str,
+        documents: &[&str],
+        instruction: Option<&str>,
+        truncation: Truncation,
+    ) -> Result<Vec<TokenizedInput>> {
+        let Some(parts) = &self.rerank else {
+            return Err(Error::Unsupported("this model embeds texts; it does not rerank".into()));
+        };
+        let template = self.info.rerank.as_ref().and_then(|r| r.template.as_ref());
+        self.pool.install(|| {
+            use rayon::prelude::*;
+            documents
+                .par_iter()
+                .map(|doc| match (template, &parts.template_ids) {
+                    (Some(template), Some((prefix, suffix))) => {
+                        let body = self.tokenizer.ids_of(&template.body(instruction, query, doc))?;
+                        let fixed = prefix.len() + suffix.len();
+                        let untruncated_tokens = fixed + body.len();
+                        let limit = self.info.max_input_tokens;
+                        let over_limit = untruncated_tokens > limit;
+                        let keep = if over_limit && truncation != Truncation::None {
+                            limit.saturating_sub(fixed)
+                        } else {
+                            body.len()
+                        };
+                        let mut ids = prefix.clone();
+                        ids.extend_from_slice(&body[..keep.min(body.len())]);
+                        ids.extend_from_slice(suffix);
+                        Ok(TokenizedInput {
+                            ids,
+                            untruncated_tokens,
+                            over_limit,
+                            counted_all: true,
+                        })
+                    }
+                    _ => self.tokenizer.tokenize_pair(query, doc, truncation),
+                })
+                .collect()
+        })
+    }
+
+    /// Scores tokenized pairs of a reranker in one packed batch: the activated score, or the raw
+    /// logit with `raw`.
+    pub fn score_ids(&self, inputs: &[&[u32]], raw: bool) -> Result<Vec<f32>> {
+        let Some(info) = &self.info.rerank else {
+            return Err(Error::Unsupported("this model embeds texts; it does not rerank".into()));
+        };
+        let logits = self.embed_ids(inputs)?;
+        Ok(logits
+            .iter()
+            .map(|l| {
+                let x = l.first().copied().unwrap_or(0.0);
+                if raw {
+                    x
+                } else {
+                    info.activation.apply(x)
+                }
+            })
+            .collect())
     }
 
     /// Facts about the model.
@@ -363,6 +538,15 @@ impl Model {
             }
             batch = batch.with_tasks(tasks);
         }
+        if let Some(boundary) = self.rerank.as_ref().and_then(|r| r.segment_boundary) {
+            // A pair's second segment (after the template's first separator) is token type 1.
+            let mut types = Vec::with_capacity(batch.total_tokens());
+            for ids in inputs {
+                let cut = ids.iter().position(|&t| t == boundary).map_or(ids.len(), |p| p + 1);
+                types.extend((0..ids.len()).map(|i| u8::from(i >= cut)));
+            }
+            batch = batch.with_token_types(types);
+        }
         match &self.encoder {
             Encoder::Transformer(transformer) => {
                 let mut scratch = self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -390,9 +574,19 @@ impl Model {
         })
     }
 
-    /// Pooled rows (`inputs × hidden·modes`) before any Dense module.
+    /// Pooled rows (`inputs × hidden·modes`) before any Dense module; a reranker's logits.
     fn pooled(&self, inputs: &[&[u32]], tasks: Option<&[Option<usize>]>) -> Result<Vec<f32>> {
         let h = self.info.hidden_size;
+        if let Some(parts) = &self.rerank {
+            return self.with_hidden(inputs, tasks, |batch, hidden| {
+                (0..batch.len())
+                    .map(|i| {
+                        let r = batch.range(i);
+                        parts.head.logit(&hidden[r.start * h..r.end * h], h)
+                    })
+                    .collect()
+            });
+        }
         if let Encoder::Static(table) = &self.encoder {
             self.validate(inputs)?;
             let mut pooled = vec![0.0f32; inputs.len() * h];
@@ -439,9 +633,14 @@ impl Model {
 
     /// [`Self::embed_ids`] with a task adapter per input (`None` = the base weights), mixed
     /// freely inside the one packed batch. `tasks` indexes [`ModelInfo::tasks`].
+    /// For a reranker each output is the pair's raw logit (one element).
     pub fn embed_ids_with_tasks(&self, inputs: &[&[u32]], tasks: Option<&[Option<usize>]>) -> Result<Vec<Vec<f32>>> {
         let mut pooled = self.pooled(inputs, tasks)?;
-        let mut dim = self.info.hidden_size * self.info.pooling.len();
+        let mut dim = if self.rerank.is_some() {
+            1
+        } else {
+            self.info.hidden_size * self.info.pooling.len()
+        };
         for d in &self.dense {
             pooled = d.forward(&pooled, inputs.len());
             dim = d.out_features();

@@ -140,6 +140,59 @@ impl TextTokenizer {
         self
     }
 
+    /// The id of `token` in the vocabulary (added tokens included).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Ids of `text` without special tokens or any limit (template parts).
+    pub fn ids_of(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.encode_whole(text)?.get_ids().to_vec())
+    }
+
+    /// The token after which the second segment of a pair starts, when the pair template gives
+    /// the second segment its own token type (BERT's `[CLS] A [SEP] B [SEP]`: the first
+    /// `[SEP]`); `None` when every token is type 0 (RoBERTa's template).
+    pub fn segment_boundary(&self) -> Option<u32> {
+        let empty = tokenizers::Encoding::default();
+        let pair = self.inner.post_process(empty.clone(), Some(empty), true).ok()?;
+        let types = pair.get_type_ids();
+        let last_first = types.iter().rposition(|&t| t == 0)?;
+        types.iter().any(|&t| t != 0).then(|| pair.get_ids()[last_first])
+    }
+
+    /// Tokenizes a (query, document) pair with the tokenizer's pair template. Over the limit,
+    /// the document is cut first (then the query), when `truncation` allows; otherwise the
+    /// input is returned whole with `over_limit` set.
+    pub fn tokenize_pair(&self, query: &str, doc: &str, truncation: Truncation) -> Result<TokenizedInput> {
+        let mut q = self.encode_whole(&self.full_text(None, query))?;
+        let mut d = self.encode_whole(&self.full_text(None, doc))?;
+        let special = self
+            .inner
+            .get_post_processor()
+            .map(|p| p.added_tokens(true))
+            .unwrap_or(0);
+        let untruncated_tokens = q.len() + d.len() + special;
+        let over_limit = untruncated_tokens > self.limit;
+        if over_limit && truncation != Truncation::None {
+            let room = self.limit.saturating_sub(special);
+            d.truncate(room.saturating_sub(q.len()), 0, TruncationDirection::Right);
+            if q.len() + d.len() > room {
+                q.truncate(room.saturating_sub(d.len()), 0, TruncationDirection::Right);
+            }
+        }
+        let enc = self
+            .inner
+            .post_process(q, Some(d), true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(TokenizedInput {
+            ids: enc.get_ids().to_vec(),
+            untruncated_tokens,
+            over_limit,
+            counted_all: true,
+        })
+    }
+
     /// The id of the tokenizer model's unknown token, if it has one.
     pub fn unknown_id(&self) -> Option<u32> {
         let model = serde_json::to_value(self.inner.get_model()).ok()?;

@@ -441,7 +441,8 @@ pub struct Embeddings {
     pub position: Option<Tensor>,
     /// First position id (RoBERTa family: `pad_token_id + 1`).
     pub position_offset: usize,
-    /// Row 0 of the token-type table, added to every token.
+    /// The token-type table (`types × hidden`, flattened): row 0 is added to every token
+    /// unless the batch gives types (the second segment of a cross-encoder pair).
     pub token_type: Option<Vec<f32>>,
     /// Factor on the word embedding (Gemma: √hidden).
     pub scale: Option<f32>,
@@ -478,11 +479,10 @@ impl PositionBias {
 }
 
 impl Embeddings {
-    /// Row 0 of the token-type table `name` (`[types × hidden]`), when the weights have one:
-    /// every token is type 0 for an embedding model.
-    pub fn first_token_type(w: &Weights, name: &str, hidden: usize) -> Result<Option<Vec<f32>>> {
+    /// The token-type table `name` (`[types × hidden]`, flattened), when the weights have one.
+    pub fn token_type_table(w: &Weights, name: &str, hidden: usize) -> Result<Option<Vec<f32>>> {
         match w.shape_of(name).and_then(|s| s.first().copied()) {
-            Some(rows) => Ok(Some(w.get(name, &[rows, hidden])?.row(0).to_vec())),
+            Some(rows) => Ok(Some(w.get(name, &[rows, hidden])?.data().to_vec())),
             None => Ok(None),
         }
     }
@@ -643,7 +643,9 @@ impl Transformer {
                     }
                 }
                 if let Some(tt) = &e.token_type {
-                    for (a, b) in row.iter_mut().zip(tt) {
+                    let t = batch.token_type(tok) as usize;
+                    let start = if (t + 1) * h <= tt.len() { t * h } else { 0 };
+                    for (a, b) in row.iter_mut().zip(&tt[start..start + h]) {
                         *a += b;
                     }
                 }

@@ -33,7 +33,7 @@ pub fn load_with_position_offset(cfg: &ConfigJson, w: &Weights, position_offset:
         }
     }
     let layout = head_layout(cfg, hidden, heads)?;
-    let token_type = Embeddings::first_token_type(w, "embeddings.token_type_embeddings.weight", hidden)?;
+    let token_type = Embeddings::token_type_table(w, "embeddings.token_type_embeddings.weight", hidden)?;
     let embeddings = Embeddings {
         word: w.get("embeddings.word_embeddings.weight", &[vocab, hidden])?,
         position: Some(w.get("embeddings.position_embeddings.weight", &[max_pos, hidden])?),

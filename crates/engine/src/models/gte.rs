@@ -98,7 +98,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
             )))
         }
     };
-    let token_type = Embeddings::first_token_type(w, "embeddings.token_type_embeddings.weight", hidden)?;
+    let token_type = Embeddings::token_type_table(w, "embeddings.token_type_embeddings.weight", hidden)?;
     let pack_qkv = cfg.bool_opt(&["pack_qkv"]).unwrap_or(true);
     let stack = (0..layers)
         .map(|i| {

@@ -59,7 +59,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
         return Err(Error::Unsupported(format!("{}: JinaBERT alibi_scaling = {scaling}", cfg.path.display())));
     }
     let layout = head_layout(cfg, hidden, heads)?;
-    let token_type = Embeddings::first_token_type(w, "embeddings.token_type_embeddings.weight", hidden)?;
+    let token_type = Embeddings::token_type_table(w, "embeddings.token_type_embeddings.weight", hidden)?;
     let names = PostNormNames {
         layer_prefix: "encoder.layer",
         query: "attention.self.query",

@@ -169,7 +169,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
             word,
             position: None,
             position_offset: 0,
-            token_type: token_type.map(|t| t.row(0).to_vec()),
+            token_type: token_type.map(|t| t.data().to_vec()),
             scale: None,
             lora: lora_embeddings,
             norm: Some(Norm::layer(w, "emb_ln", hidden, eps)?),

@@ -64,8 +64,8 @@ pub(crate) fn rope_theta(cfg: &ConfigJson, layer_kind: Option<&str>) -> Result<O
 
 /// The architecture family of a folder: its `model_type`, refined where a family reuses another
 /// one's `model_type` (JinaBERT v2 says `bert` with ALiBi positions; jina-embeddings-v3 says
-/// `xlm-roberta` with the `XLMRobertaLoRA` class). Sequence-classification folders are
-/// rerankers, refused here so that they are never served as embedding models.
+/// `xlm-roberta` with the `XLMRobertaLoRA` class). For a reranker folder this is its encoder's
+/// family (see [`crate::rerank`]).
 pub fn family_of(cfg: &ConfigJson) -> Result<String> {
     let model_type = cfg.model_type()?;
     let classes: Vec<&str> = cfg
@@ -74,12 +74,6 @@ pub fn family_of(cfg: &ConfigJson) -> Result<String> {
         .and_then(|a| a.as_array())
         .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
         .unwrap_or_default();
-    if let Some(class) = classes.iter().find(|c| c.ends_with("ForSequenceClassification")) {
-        return Err(Error::Unsupported(format!(
-            "{}: `{class}` is a reranker (cross-encoder) checkpoint, not an embedding model",
-            cfg.path.display()
-        )));
-    }
     let alibi = cfg.str_opt(&["position_embedding_type"]) == Some("alibi");
     Ok(match model_type.as_str() {
         "bert" if alibi || classes.iter().any(|c| c.starts_with("JinaBert")) => "jina_bert".into(),

@@ -69,7 +69,7 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
     let activation = Activation::from_name(act_name)
         .ok_or_else(|| cfg.invalid(&format!("unsupported activation `{act_name}`")))?;
     let layout = super::bert::head_layout(cfg, hidden, heads)?;
-    let token_type = Embeddings::first_token_type(w, "embeddings.token_type_embeddings.weight", hidden)?;
+    let token_type = Embeddings::token_type_table(w, "embeddings.token_type_embeddings.weight", hidden)?;
     let stack = (0..layers)
         .map(|i| {
             let p = |s: &str| format!("encoder.layers.{i}.{s}");

@@ -1,0 +1,289 @@
+//! Rerankers: a query–document pair in, one relevance score out.
+//!
+//! Two kinds, both running on the shared transformer:
+//! - cross-encoders (`*ForSequenceClassification` folders: BERT, XLM-RoBERTa, ModernBERT), whose
+//!   classification head turns the pair's hidden states into a logit;
+//! - Qwen3-Reranker (a `Qwen3ForCausalLM` folder without sentence-transformers files), whose
+//!   score is `softmax([no, yes])[yes]` of the language-model logits at the last position of the
+//!   model card's prompt. Only the two rows of the output embedding are kept.
+//!
+//! The engine returns raw logits; [`ScoreActivation`] says what `CrossEncoder.predict` applies.
+
+use crate::config::{read_json, ConfigJson};
+use crate::error::{Error, Result};
+use crate::kernels::activation::Activation;
+use crate::pooling::Pooling;
+use crate::transformer::{Linear, Norm};
+use crate::weights::Weights;
+use std::path::Path;
+
+/// The function applied to a reranker's logit to give its score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreActivation {
+    /// `1 / (1 + e^-x)`: sentence-transformers' default for one label.
+    Sigmoid,
+    /// The logit itself.
+    Identity,
+}
+
+impl ScoreActivation {
+    /// Applies the activation.
+    pub fn apply(self, logit: f32) -> f32 {
+        match self {
+            Self::Sigmoid => 1.0 / (1.0 + (-logit).exp()),
+            Self::Identity => logit,
+        }
+    }
+
+    /// What `config.json` names (`sentence_transformers.activation_fn` or the legacy
+    /// `sbert_ce_default_activation_function`), Sigmoid when it names none.
+    fn from_config(cfg: &ConfigJson) -> Result<Self> {
+        let named = cfg
+            .value
+            .get("sentence_transformers")
+            .and_then(|v| v.get("activation_fn"))
+            .and_then(|v| v.as_str())
+            .or(cfg.str_opt(&["sbert_ce_default_activation_function"]));
+        match named.map(|n| n.rsplit('.').next().unwrap_or(n)) {
+            None | Some("Sigmoid") => Ok(Self::Sigmoid),
+            Some("Identity") => Ok(Self::Identity),
+            Some(other) => Err(Error::Unsupported(format!(
+                "{}: reranker activation `{other}` (openembed applies Sigmoid or Identity)",
+                cfg.path.display()
+            ))),
+        }
+    }
+}
+
+/// The prompt of a yes/no reranker (Qwen3-Reranker's model card by default, or
+/// `rerank_template.json` in the model folder).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct YesNoTemplate {
+    /// Text before the body (system turn, user turn opening).
+    pub prefix: String,
+    /// Body with `{instruction}`, `{query}` and `{doc}`.
+    pub format: String,
+    /// Text after the body (assistant turn opening).
+    pub suffix: String,
+    /// Instruction used when a request gives none.
+    pub instruction: String,
+    /// The token whose logit means "relevant".
+    pub yes_token: String,
+    /// The token whose logit means "not relevant".
+    pub no_token: String,
+}
+
+impl Default for YesNoTemplate {
+    fn default() -> Self {
+        Self {
+            prefix: "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and \
+                     the Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n\
+                     <|im_start|>user\n"
+                .into(),
+            format: "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}".into(),
+            suffix: "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n".into(),
+            instruction: "Given a web search query, retrieve relevant passages that answer the query".into(),
+            yes_token: "yes".into(),
+            no_token: "no".into(),
+        }
+    }
+}
+
+impl YesNoTemplate {
+    /// File in a model folder that overrides the defaults.
+    pub const FILE: &'static str = "rerank_template.json";
+
+    /// The folder's template file, else the model card's defaults.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(Self::FILE);
+        if !path.exists() {
+            return Ok(Self::default());
+        }
+        serde_json::from_value(read_json(&path)?).map_err(|e| Error::InvalidFile {
+            path,
+            message: format!("expected prefix, format, suffix, instruction, yes_token, no_token: {e}"),
+        })
+    }
+
+    /// The body for one pair.
+    pub fn body(&self, instruction: Option<&str>, query: &str, doc: &str) -> String {
+        self.format
+            .replace("{instruction}", instruction.unwrap_or(&self.instruction))
+            .replace("{query}", query)
+            .replace("{doc}", doc)
+    }
+}
+
+/// Which kind of reranker a folder holds, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RerankKind {
+    /// A `*ForSequenceClassification` cross-encoder.
+    CrossEncoder,
+    /// A causal LM scored by its yes/no logits (Qwen3-Reranker).
+    YesNo,
+}
+
+impl RerankKind {
+    /// Detects a reranker folder: a sequence-classification class, or a `Qwen3ForCausalLM`
+    /// without sentence-transformers files (Qwen3-Embedding ships them; Qwen3-Reranker does not).
+    pub fn detect(dir: &Path, cfg: &ConfigJson) -> Option<Self> {
+        let classes = cfg.value.get("architectures").and_then(|a| a.as_array())?;
+        let has = |f: &dyn Fn(&str) -> bool| classes.iter().filter_map(|c| c.as_str()).any(f);
+        if has(&|c| c.ends_with("ForSequenceClassification")) {
+            Some(Self::CrossEncoder)
+        } else if has(&|c| c == "Qwen3ForCausalLM") && !dir.join("modules.json").exists() {
+            Some(Self::YesNo)
+        } else {
+            None
+        }
+    }
+}
+
+/// The head that turns a pair's hidden states into a logit.
+pub enum RerankHead {
+    /// BERT (`pooler.dense` + `classifier`) and XLM-RoBERTa (`classifier.dense` +
+    /// `classifier.out_proj`): `out(tanh(dense(h[0])))`.
+    FirstTokenTanh {
+        /// Dense layer on the first token.
+        dense: Linear,
+        /// Projection to the label.
+        out: Linear,
+    },
+    /// ModernBERT: `classifier(norm(act(dense(pool(h)))))`, pooled by `classifier_pooling`.
+    ModernBert {
+        /// `cls` or `mean`.
+        pooling: Pooling,
+        /// `head.dense`.
+        dense: Linear,
+        /// `classifier_activation`.
+        activation: Activation,
+        /// `head.norm`.
+        norm: Norm,
+        /// `classifier`.
+        out: Linear,
+    },
+    /// Causal LM: `yes·h[last] - no·h[last]`, softmax over the pair = sigmoid of that.
+    YesNo {
+        /// Output-embedding row of the yes token.
+        yes: Vec<f32>,
+        /// Output-embedding row of the no token.
+        no: Vec<f32>,
+    },
+}
+
+impl RerankHead {
+    /// Loads the classification head of a cross-encoder and its activation.
+    pub fn cross_encoder(
+        cfg: &ConfigJson,
+        w: &Weights,
+        family: &str,
+        hidden: usize,
+    ) -> Result<(Self, ScoreActivation)> {
+        let labels = cfg
+            .value
+            .get("id2label")
+            .and_then(|m| m.as_object())
+            .map(|m| m.len())
+            .or(cfg.usize_opt(&["num_labels"]))
+            .unwrap_or(1);
+        if labels != 1 {
+            return Err(Error::Unsupported(format!(
+                "{}: a reranker with {labels} labels (openembed scores one-label cross-encoders)",
+                cfg.path.display()
+            )));
+        }
+        let head = match family {
+            "bert" => Self::FirstTokenTanh {
+                dense: Linear::load(w, "pooler.dense", hidden, hidden, true)?,
+                out: Linear::load(w, "classifier", hidden, 1, true)?,
+            },
+            "xlm-roberta" | "roberta" | "camembert" => Self::FirstTokenTanh {
+                dense: Linear::load(w, "classifier.dense", hidden, hidden, true)?,
+                out: Linear::load(w, "classifier.out_proj", hidden, 1, true)?,
+            },
+            "modernbert" => {
+                let pooling = match cfg.str_opt(&["classifier_pooling"]).unwrap_or("cls") {
+                    "cls" => Pooling::Cls,
+                    "mean" => Pooling::Mean,
+                    other => {
+                        return Err(Error::Unsupported(format!(
+                            "{}: classifier_pooling `{other}`",
+                            cfg.path.display()
+                        )))
+                    }
+                };
+                let act = cfg.str_opt(&["classifier_activation"]).unwrap_or("gelu");
+                Self::ModernBert {
+                    pooling,
+                    dense: Linear::load_opt_bias(w, "head.dense", hidden, hidden)?,
+                    activation: Activation::from_name(act)
+                        .ok_or_else(|| cfg.invalid(&format!("unsupported classifier_activation `{act}`")))?,
+                    norm: Norm::layer(w, "head.norm", hidden, cfg.f64_opt(&["norm_eps"]).unwrap_or(1e-5))?,
+                    out: Linear::load_opt_bias(w, "classifier", hidden, 1)?,
+                }
+            }
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "{}: a `{other}` sequence-classification reranker (openembed serves BERT, XLM-RoBERTa and \
+                     ModernBERT cross-encoders)",
+                    cfg.path.display()
+                )))
+            }
+        };
+        Ok((head, ScoreActivation::from_config(cfg)?))
+    }
+
+    /// The yes/no head of a causal LM: rows of `lm_head.weight`, or of the word embeddings
+    /// when they are tied.
+    pub fn yes_no(w: &Weights, vocab: usize, hidden: usize, yes: u32, no: u32) -> Result<Self> {
+        let table = if w.contains("lm_head.weight") {
+            "lm_head.weight"
+        } else {
+            "embed_tokens.weight"
+        };
+        let t = w.get(table, &[vocab, hidden])?;
+        Ok(Self::YesNo {
+            yes: t.row(yes as usize).to_vec(),
+            no: t.row(no as usize).to_vec(),
+        })
+    }
+
+    /// The logit of one pair from its hidden states (`tokens × hidden`).
+    pub fn logit(&self, hidden_states: &[f32], hidden: usize) -> f32 {
+        let tokens = hidden_states.len() / hidden.max(1);
+        if tokens == 0 {
+            return 0.0;
+        }
+        match self {
+            Self::FirstTokenTanh { dense, out } => {
+                let mut x = vec![0.0f32; hidden];
+                dense.forward_act(&hidden_states[..hidden], 1, &mut x, Activation::Tanh, 1);
+                let mut y = [0.0f32];
+                out.forward(&x, 1, &mut y, 1);
+                y[0]
+            }
+            Self::ModernBert {
+                pooling,
+                dense,
+                activation,
+                norm,
+                out,
+            } => {
+                let mut pooled = vec![0.0f32; hidden];
+                pooling.pool(hidden_states, hidden, &mut pooled);
+                let mut x = vec![0.0f32; hidden];
+                dense.forward_act(&pooled, 1, &mut x, *activation, 1);
+                let mut normed = vec![0.0f32; hidden];
+                norm.apply(&x, &mut normed, hidden);
+                let mut y = [0.0f32];
+                out.forward(&normed, 1, &mut y, 1);
+                y[0]
+            }
+            Self::YesNo { yes, no } => {
+                let last = &hidden_states[(tokens - 1) * hidden..tokens * hidden];
+                let dot = |w: &[f32]| last.iter().zip(w).map(|(a, b)| a * b).sum::<f32>();
+                dot(yes) - dot(no)
+            }
+        }
+    }
+}
