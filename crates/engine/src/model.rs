@@ -367,13 +367,15 @@ impl Model {
 
     /// Tokenizes (query, document) pairs for a reranker: the tokenizer's pair template for a
     /// cross-encoder (the document cut first when over the limit), the prompt template for a
-    /// yes/no reranker (`instruction` replaces its default). Refused for embedding models.
+    /// yes/no reranker (`instruction` replaces its default). `max_doc_tokens` caps each
+    /// document of a cross-encoder pair. Refused for embedding models.
     pub fn tokenize_pairs(
         &self,
         query: &str,
         documents: &[&str],
         instruction: Option<&str>,
         truncation: Truncation,
+        max_doc_tokens: Option<usize>,
     ) -> Result<Vec<TokenizedInput>> {
         let Some(parts) = &self.rerank else {
             return Err(Error::Unsupported("this model embeds texts; it does not rerank".into()));
@@ -405,7 +407,7 @@ impl Model {
                             counted_all: true,
                         })
                     }
-                    _ => self.tokenizer.tokenize_pair(query, doc, truncation),
+                    _ => self.tokenizer.tokenize_pair(query, doc, truncation, max_doc_tokens),
                 })
                 .collect()
         })

@@ -164,9 +164,19 @@ impl TextTokenizer {
     /// Tokenizes a (query, document) pair with the tokenizer's pair template. Over the limit,
     /// the document is cut first (then the query), when `truncation` allows; otherwise the
     /// input is returned whole with `over_limit` set.
-    pub fn tokenize_pair(&self, query: &str, doc: &str, truncation: Truncation) -> Result<TokenizedInput> {
+    /// `max_doc_tokens` cuts the document first in any case.
+    pub fn tokenize_pair(
+        &self,
+        query: &str,
+        doc: &str,
+        truncation: Truncation,
+        max_doc_tokens: Option<usize>,
+    ) -> Result<TokenizedInput> {
         let mut q = self.encode_whole(&self.full_text(None, query))?;
         let mut d = self.encode_whole(&self.full_text(None, doc))?;
+        if let Some(cap) = max_doc_tokens.filter(|&cap| d.len() > cap) {
+            d.truncate(cap, 0, TruncationDirection::Right);
+        }
         let special = self
             .inner
             .get_post_processor()

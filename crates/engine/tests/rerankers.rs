@@ -44,7 +44,10 @@ fn check(dir: &Path, label: &str) {
     let mut all = Vec::new();
     for case in cases {
         let (q, d) = (case["query"].as_str().unwrap(), case["document"].as_str().unwrap());
-        let tok = model.tokenize_pairs(q, &[d], None, Truncation::None).unwrap().remove(0);
+        let tok = model
+            .tokenize_pairs(q, &[d], None, Truncation::None, None)
+            .unwrap()
+            .remove(0);
         assert_eq!(tok.ids, ids(&case["input_ids"]), "{label}: pair ids");
         let raw = model.score_ids(&[tok.ids.as_slice()], true).unwrap()[0];
         let score = model.score_ids(&[tok.ids.as_slice()], false).unwrap()[0];
@@ -115,12 +118,12 @@ fn over_long_pairs_cut_the_document_first() {
         .collect::<Vec<_>>()
         .join(" ");
     let whole = model
-        .tokenize_pairs("t7 t8", &[&doc], None, Truncation::None)
+        .tokenize_pairs("t7 t8", &[&doc], None, Truncation::None, None)
         .unwrap()
         .remove(0);
     assert!(whole.over_limit && whole.ids.len() > limit);
     let cut = model
-        .tokenize_pairs("t7 t8", &[&doc], None, Truncation::End)
+        .tokenize_pairs("t7 t8", &[&doc], None, Truncation::End, None)
         .unwrap()
         .remove(0);
     assert_eq!(cut.ids.len(), limit);
@@ -131,7 +134,9 @@ fn over_long_pairs_cut_the_document_first() {
         &LoadOptions::default(),
     )
     .unwrap();
-    assert!(embedder.tokenize_pairs("q", &["d"], None, Truncation::None).is_err());
+    assert!(embedder
+        .tokenize_pairs("q", &["d"], None, Truncation::None, None)
+        .is_err());
 }
 
 /// A configured Identity activation gives raw logits as scores (sentence-transformers' two
@@ -167,6 +172,7 @@ fn config_activation_identity() {
                     &[case["document"].as_str().unwrap()],
                     None,
                     Truncation::None,
+                    None,
                 )
                 .unwrap()
                 .remove(0);

@@ -659,6 +659,9 @@ pub struct ModelObject {
     pub normalized: bool,
     /// Extension: prompt names usable as `prompt_name`.
     pub prompts: Vec<String>,
+    /// Extension: what the model serves: `embeddings` (POST /v1/embeddings) or `rerank`
+    /// (POST /v1/rerank, /v2/rerank, /rerank).
+    pub serves: &'static str,
     /// Extension: task adapters usable as `task` (empty for models without tasks).
     pub tasks: Vec<String>,
     /// Extension: the task used when a request names none (`--default-task`).

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod prepare;
 pub mod registry;
+pub mod rerank;
 pub mod routes;
 pub mod scheduler;
 pub mod service;
@@ -80,6 +81,9 @@ const REQUEST_ID: &str = "x-request-id";
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/embeddings"),
     ("POST", "/embeddings"),
+    ("POST", "/v1/rerank"),
+    ("POST", "/v2/rerank"),
+    ("POST", "/rerank"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model}"),
     ("GET", "/health"),
@@ -92,6 +96,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 fn handler(path: &str) -> MethodRouter<Arc<AppState>> {
     match path {
         "/v1/embeddings" | "/embeddings" => post(routes::embeddings),
+        "/v1/rerank" | "/v2/rerank" => post(routes::rerank),
+        "/rerank" => post(routes::tei_rerank),
         "/v1/models" => get(routes::list_models),
         "/v1/models/{model}" => get(routes::get_model),
         "/health" => get(routes::health),

@@ -33,6 +33,8 @@ impl Modify for BearerAuth {
     ),
     paths(
         routes::embeddings,
+        routes::rerank,
+        routes::tei_rerank,
         routes::list_models,
         routes::get_model,
         routes::health,
@@ -51,7 +53,15 @@ impl Modify for BearerAuth {
         ErrorBody,
         ErrorDetail,
         ModelObject,
-        ModelList
+        ModelList,
+        crate::rerank::RerankRequest,
+        crate::rerank::RerankDocument,
+        crate::rerank::RerankResponse,
+        crate::rerank::RerankResult,
+        crate::rerank::ResultDocument,
+        crate::rerank::RerankUsage,
+        crate::rerank::TeiRerankRequest,
+        crate::rerank::TeiRerankResult
     )),
     modifiers(&BearerAuth)
 )]

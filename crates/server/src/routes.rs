@@ -4,6 +4,10 @@ use crate::api::{decode_json, is_json, unsupported_media_type, EmbeddingsRespons
 use crate::budget::Reservation;
 use crate::error::ApiError;
 use crate::prepare::prepare;
+use crate::rerank::{
+    rank, RerankJob, RerankRequest, RerankResponse, RerankResult, RerankUsage, ResultDocument, TeiRerankRequest,
+    TeiRerankResult,
+};
 use crate::service::{plan, respond};
 use crate::state::{AppState, InFlight};
 use crate::RequestId;
@@ -13,6 +17,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use http_body_util::BodyExt;
+use openembed_engine::Truncation;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -96,6 +101,192 @@ async fn refuse<T>(error: ApiError, body: &mut Body) -> Result<T, ApiError> {
     Err(error)
 }
 
+/// A JSON request body read under the in-flight budget (415 unless JSON), with its reservation.
+async fn json_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(Vec<u8>, Reservation), ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if !is_json(content_type) {
+        return Err(unsupported_media_type());
+    }
+    let mut reservation = state.budget.reservation();
+    let body = read_body(body, headers, &state.limits, &mut reservation).await?;
+    Ok((body, reservation))
+}
+
+/// The served reranker a rerank request names (or the only one): 404 for an unknown name,
+/// 400 for an embedding model.
+fn reranker(state: &AppState, model: Option<&str>) -> Result<(String, Arc<crate::registry::ServedModel>), ApiError> {
+    let name = match model {
+        Some(name) => name.to_string(),
+        None => {
+            let rerankers: Vec<&str> = state
+                .registry
+                .names()
+                .filter(|(_, m)| m.model.info().rerank.is_some())
+                .map(|(n, _)| n)
+                .collect();
+            match rerankers.as_slice() {
+                [one] => one.to_string(),
+                [] => return Err(ApiError::invalid("No reranker is served.", Some("model"))),
+                many => {
+                    return Err(ApiError::invalid(
+                        format!(
+                            "Several rerankers are served ({}); name one in 'model'.",
+                            many.join(", ")
+                        ),
+                        Some("model"),
+                    ))
+                }
+            }
+        }
+    };
+    let served = state
+        .registry
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| ApiError::model_not_found(&name))?;
+    if served.model.info().rerank.is_none() {
+        return Err(ApiError::invalid(
+            format!("The model '{name}' is an embedding model, not a reranker; use POST /v1/embeddings."),
+            Some("model"),
+        ));
+    }
+    Ok((name, served))
+}
+
+/// Decodes a JSON body into `T`: 400 naming where it is wrong.
+fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("Invalid request body: {e}."), None))
+}
+
+/// Tokenizes a rerank job, runs its pairs through the model's scheduler and ranks them.
+async fn run_rerank(
+    state: &AppState,
+    served: &Arc<crate::registry::ServedModel>,
+    job: RerankJob,
+    raw: bool,
+    reservation: &mut Reservation,
+) -> Result<(Vec<(usize, f32)>, usize, RerankJob), ApiError> {
+    served.scheduler.check_room()?;
+    let model = Arc::clone(&served.model);
+    let max_tokens = state.limits.max_request_tokens;
+    let (ids, tokens, job) = blocking("Tokenization", move || {
+        let (ids, tokens) = job.tokenize(&model, max_tokens)?;
+        Ok((ids, tokens, job))
+    })
+    .await?;
+    reservation.resize(tokens * 4 + job.documents.iter().map(String::len).sum::<usize>())?;
+    let output = served.scheduler.submit(ids, None)?.wait().await?;
+    Ok((rank(&served.model, &output.vectors, raw), tokens, job))
+}
+
+/// Ranks documents by relevance to a query (Cohere v1/v2, Jina and vLLM shape).
+#[utoipa::path(
+    post,
+    path = "/v1/rerank",
+    request_body(content = RerankRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Results, best first", body = RerankResponse),
+        (status = 400, description = "Invalid request, or not a reranker", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn rerank(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<RerankResponse>, ApiError> {
+    let _in_flight = InFlight::enter(&state)?;
+    let (body, mut reservation) = json_body(&state, &headers, body).await?;
+    let request: RerankRequest = decode_body(&body)?;
+    drop(body);
+    let (name, served) = reranker(&state, request.model.as_deref())?;
+    if request.top_n == Some(0) {
+        return Err(ApiError::invalid("'top_n' must be at least 1.", Some("top_n")));
+    }
+    let documents = request.documents.iter().map(|d| d.text().to_string()).collect();
+    // Cohere cuts long documents rather than refusing them.
+    let job = RerankJob::new(
+        request.query,
+        documents,
+        request.instruction,
+        Truncation::End,
+        request.max_tokens_per_doc,
+    )?;
+    let raw = request.raw_scores.unwrap_or(false);
+    let (ranked, tokens, mut job) = run_rerank(&state, &served, job, raw, &mut reservation).await?;
+    let keep = request.top_n.unwrap_or(ranked.len()).min(ranked.len());
+    let with_docs = request.return_documents.unwrap_or(false);
+    let results = ranked[..keep]
+        .iter()
+        .map(|&(index, relevance_score)| RerankResult {
+            index,
+            relevance_score,
+            document: with_docs.then(|| ResultDocument {
+                text: std::mem::take(&mut job.documents[index]),
+            }),
+        })
+        .collect();
+    Ok(Json(RerankResponse {
+        id: format!("rerank-{}", uuid::Uuid::new_v4().simple()),
+        model: name,
+        results,
+        meta: json!({"api_version": {"version": "2"}, "billed_units": {"search_units": 1},
+                     "tokens": {"input_tokens": tokens, "output_tokens": 0}}),
+        usage: RerankUsage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    }))
+}
+
+/// Ranks texts by relevance to a query (Text Embeddings Inference's shape).
+#[utoipa::path(
+    post,
+    path = "/rerank",
+    request_body(content = TeiRerankRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Results, best first", body = [TeiRerankResult]),
+        (status = 400, description = "Invalid request, or not a reranker", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn tei_rerank(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<TeiRerankResult>>, ApiError> {
+    let _in_flight = InFlight::enter(&state)?;
+    let (body, mut reservation) = json_body(&state, &headers, body).await?;
+    let request: TeiRerankRequest = decode_body(&body)?;
+    drop(body);
+    let (_, served) = reranker(&state, request.model.as_deref())?;
+    let truncation = if request.truncate.unwrap_or(state.defaults.auto_truncate) {
+        Truncation::End
+    } else {
+        Truncation::None
+    };
+    let job = RerankJob::new(request.query, request.texts, request.instruction, truncation, None)?;
+    let raw = request.raw_scores.unwrap_or(false);
+    let (ranked, _, mut job) = run_rerank(&state, &served, job, raw, &mut reservation).await?;
+    let with_text = request.return_text.unwrap_or(false);
+    Ok(Json(
+        ranked
+            .into_iter()
+            .map(|(index, score)| TeiRerankResult {
+                index,
+                score,
+                text: with_text.then(|| std::mem::take(&mut job.documents[index])),
+            })
+            .collect(),
+    ))
+}
+
 /// Runs CPU work (decoding, tokenization, serialization) off the async workers.
 async fn blocking<T: Send + 'static>(
     what: &str,
@@ -132,12 +323,7 @@ pub async fn embeddings(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let _in_flight = InFlight::enter(&state)?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    if !is_json(content_type) {
-        return Err(unsupported_media_type());
-    }
-    let mut reservation = state.budget.reservation();
-    let body = read_body(body, &headers, &state.limits, &mut reservation).await?;
+    let (body, mut reservation) = json_body(&state, &headers, body).await?;
     reservation.resize(decoding_bytes(body.len()))?;
     let request = blocking("Decoding", move || decode_json(&body)).await?;
     reservation.resize(request.heap_bytes())?;
@@ -220,6 +406,7 @@ fn model_object(id: &str, served: &crate::registry::ServedModel) -> ModelObject 
             .join("+"),
         normalized: info.normalize,
         prompts: info.prompts.keys().cloned().collect(),
+        serves: if info.rerank.is_some() { "rerank" } else { "embeddings" },
         tasks: info.tasks.clone(),
         default_task: served.default_task.clone(),
         matryoshka_dimensions: info.matryoshka_dimensions.clone(),

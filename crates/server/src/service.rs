@@ -47,6 +47,15 @@ pub fn plan(
     defaults: &Defaults,
     default_task: Option<&str>,
 ) -> Result<Plan, ApiError> {
+    if info.rerank.is_some() {
+        return Err(ApiError::invalid(
+            format!(
+                "The model '{}' is a reranker, not an embedding model; use POST /v1/rerank.",
+                request.model
+            ),
+            Some("model"),
+        ));
+    }
     if let Some(d) = request.dimensions {
         if d > info.dimension {
             return Err(ApiError::invalid(

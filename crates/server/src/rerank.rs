@@ -1,0 +1,238 @@
+//! Reranking over HTTP: Cohere's `/v1/rerank` and `/v2/rerank` (also Jina's and vLLM's shape)
+//! and TEI's `/rerank`. Pairs go through the same scheduler as embedding inputs; the engine
+//! returns one logit per pair, turned into the model's score here.
+
+use crate::error::ApiError;
+use openembed_engine::{Model, Truncation};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Most documents in one rerank request.
+pub const MAX_DOCUMENTS: usize = 1000;
+
+/// A document: a string, or an object with `text` (Cohere v1 / Jina).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum RerankDocument {
+    /// Plain text.
+    Text(String),
+    /// `{"text": …}` (other fields are ignored).
+    Object {
+        /// The text.
+        text: String,
+    },
+}
+
+impl RerankDocument {
+    /// The document's text.
+    pub fn text(&self) -> &str {
+        match self {
+            Self::Text(t) | Self::Object { text: t } => t,
+        }
+    }
+}
+
+/// `POST /v1/rerank`, `/v2/rerank`: Cohere's request (Jina and vLLM send the same).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RerankRequest {
+    /// A served reranker; may be left out when exactly one is served.
+    pub model: Option<String>,
+    /// The query.
+    pub query: String,
+    /// The candidates, 1 to 1,000.
+    pub documents: Vec<RerankDocument>,
+    /// Return only the best `top_n` results (default: all).
+    pub top_n: Option<usize>,
+    /// Include each result's document text.
+    pub return_documents: Option<bool>,
+    /// Cut each document to this many tokens first (cross-encoders; default: the model limit).
+    pub max_tokens_per_doc: Option<usize>,
+    /// Extension: the instruction of an instruction-following reranker (Qwen3-Reranker).
+    pub instruction: Option<String>,
+    /// Extension: logits instead of scores.
+    pub raw_scores: Option<bool>,
+}
+
+/// A document's text in a result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResultDocument {
+    /// The text.
+    pub text: String,
+}
+
+/// One ranked document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RerankResult {
+    /// Position of the document in the request.
+    pub index: usize,
+    /// The model's score (higher is more relevant).
+    pub relevance_score: f32,
+    /// The document, with `return_documents`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<ResultDocument>,
+}
+
+/// Token counts of a rerank request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RerankUsage {
+    /// Tokens of every pair fed to the model.
+    pub prompt_tokens: usize,
+    /// Same as `prompt_tokens`.
+    pub total_tokens: usize,
+}
+
+/// The response: results sorted by score, best first (ties keep request order).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RerankResponse {
+    /// Response id.
+    pub id: String,
+    /// The model, as the client named it.
+    pub model: String,
+    /// Ranked documents.
+    pub results: Vec<RerankResult>,
+    /// Cohere's metadata: API version, billed units, tokens.
+    pub meta: serde_json::Value,
+    /// Jina / vLLM usage.
+    pub usage: RerankUsage,
+}
+
+/// `POST /rerank`: TEI's request.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TeiRerankRequest {
+    /// Extension: a served reranker (TEI serves one; default: the only reranker).
+    pub model: Option<String>,
+    /// The query.
+    pub query: String,
+    /// The candidates.
+    pub texts: Vec<String>,
+    /// Logits instead of scores.
+    pub raw_scores: Option<bool>,
+    /// Include each text.
+    pub return_text: Option<bool>,
+    /// Cut over-long pairs instead of refusing them (default: the server's --auto-truncate).
+    pub truncate: Option<bool>,
+    /// Extension: the instruction of an instruction-following reranker.
+    pub instruction: Option<String>,
+}
+
+/// One TEI result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TeiRerankResult {
+    /// Position of the text in the request.
+    pub index: usize,
+    /// Score (or logit with `raw_scores`).
+    pub score: f32,
+    /// The text, with `return_text`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// A validated rerank request, ready to tokenize.
+pub struct RerankJob {
+    /// The query.
+    pub query: String,
+    /// Document texts.
+    pub documents: Vec<String>,
+    /// Instruction override.
+    pub instruction: Option<String>,
+    /// Truncation of over-long pairs.
+    pub truncation: Truncation,
+    /// Per-document token cap.
+    pub max_tokens_per_doc: Option<usize>,
+}
+
+impl RerankJob {
+    /// Checks the common rules: a query, 1…1,000 documents.
+    pub fn new(
+        query: String,
+        documents: Vec<String>,
+        instruction: Option<String>,
+        truncation: Truncation,
+        max_tokens_per_doc: Option<usize>,
+    ) -> Result<Self, ApiError> {
+        if query.is_empty() {
+            return Err(ApiError::invalid("'query' must not be empty.", Some("query")));
+        }
+        if documents.is_empty() {
+            return Err(ApiError::invalid(
+                "'documents' must hold at least one document.",
+                Some("documents"),
+            ));
+        }
+        if documents.len() > MAX_DOCUMENTS {
+            return Err(ApiError::invalid(
+                format!(
+                    "'documents' holds {} documents; at most {MAX_DOCUMENTS} are allowed.",
+                    documents.len()
+                ),
+                Some("documents"),
+            ));
+        }
+        if max_tokens_per_doc == Some(0) {
+            return Err(ApiError::invalid(
+                "'max_tokens_per_doc' must be at least 1.",
+                Some("max_tokens_per_doc"),
+            ));
+        }
+        Ok(Self {
+            query,
+            documents,
+            instruction,
+            truncation,
+            max_tokens_per_doc,
+        })
+    }
+
+    /// Tokenizes the pairs: their ids and the total token count, refusing over-long pairs when
+    /// truncation is off and requests over `max_tokens`.
+    pub fn tokenize(&self, model: &Model, max_tokens: usize) -> Result<(Vec<Vec<u32>>, usize), ApiError> {
+        let docs: Vec<&str> = self.documents.iter().map(String::as_str).collect();
+        let toks = model
+            .tokenize_pairs(
+                &self.query,
+                &docs,
+                self.instruction.as_deref(),
+                self.truncation,
+                self.max_tokens_per_doc,
+            )
+            .map_err(|e| ApiError::invalid(e.to_string(), None))?;
+        if let Some((i, t)) = toks.iter().enumerate().find(|(_, t)| t.over_limit && !t.truncated()) {
+            return Err(ApiError::invalid(
+                format!(
+                    "Document {i} with the query is {} tokens, more than the model's limit of {}; send \
+                     \"truncate\": true (or start the server with --auto-truncate) to cut the document.",
+                    t.untruncated_tokens,
+                    model.info().max_input_tokens
+                ),
+                Some("documents"),
+            ));
+        }
+        let total: usize = toks.iter().map(|t| t.tokens()).sum();
+        if total > max_tokens {
+            return Err(ApiError::invalid(
+                format!("This request has {total} tokens; at most {max_tokens} are allowed per request."),
+                Some("documents"),
+            ));
+        }
+        Ok((toks.into_iter().map(|t| t.ids).collect(), total))
+    }
+}
+
+/// Scores from the engine's logits, ranked best first (stable: ties keep request order).
+pub fn rank(model: &Model, logits: &[Vec<f32>], raw: bool) -> Vec<(usize, f32)> {
+    let activation = model.info().rerank.as_ref().map(|r| r.activation);
+    let mut ranked: Vec<(usize, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let x = l.first().copied().unwrap_or(0.0);
+            let score = match (raw, activation) {
+                (false, Some(a)) => a.apply(x),
+                _ => x,
+            };
+            (i, score)
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ranked
+}
