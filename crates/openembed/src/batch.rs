@@ -439,6 +439,11 @@ impl Progress {
 /// Entry point of `openembed batch`.
 pub fn run(args: &BatchArgs) -> Result<()> {
     let model = load_model(&args.model.source, args.threads, args.dtype)?;
+    anyhow::ensure!(
+        model.info().rerank.is_none(),
+        "{} is a reranker; `openembed batch` runs embeddings requests",
+        args.model.source
+    );
     if let Some(task) = &args.default_task {
         model.task_index(task).with_context(|| "--default-task")?;
     }

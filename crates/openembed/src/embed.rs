@@ -107,6 +107,12 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         read_texts(std::io::stdin().lock(), false, "stdin")?
     };
     let model = load_model(&args.model, args.threads, args.dtype)?;
+    if model.info().rerank.is_some() {
+        bail!(
+            "{} is a reranker, not an embedding model (use `openembed rerank`)",
+            args.model
+        );
+    }
     if let Some(d) = args.dimensions {
         if d == 0 || d > model.info().dimension {
             bail!(

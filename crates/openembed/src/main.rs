@@ -6,6 +6,7 @@ mod bench_arch;
 mod embed;
 mod models;
 mod output;
+mod rerank;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run an OpenAI Batch API input file (POST /v1/embeddings lines) offline.
     Batch(batch::BatchArgs),
+    /// Score documents against a query with a reranker; prints them best first, as JSON lines.
+    Rerank(rerank::RerankArgs),
     /// List the models the server would find (local folder and hub cache).
     Models(models::ModelsArgs),
 }
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Embed(args) => embed::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Batch(args) => batch::run(&args),
+        Command::Rerank(args) => rerank::run(&args),
         Command::Models(args) => models::run(&args),
     };
     match result {

@@ -355,3 +355,52 @@ fn every_subcommand_has_help() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
     }
 }
+
+#[test]
+fn rerank_prints_documents_best_first_with_the_reference_scores() {
+    let fixture = common::root().join("../shared/fixtures/tiny/rerank_bert");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap()).unwrap();
+    let cases = reference["pair_cases"].as_array().unwrap();
+    let query = cases[0]["query"].as_str().unwrap();
+    let same: Vec<&serde_json::Value> = cases.iter().filter(|c| c["query"] == cases[0]["query"]).collect();
+    let mut cmd = bin();
+    cmd.args(["rerank", "--model", fixture.to_str().unwrap(), "--query", query]);
+    for c in &same {
+        cmd.arg(c["document"].as_str().unwrap());
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), same.len());
+    let mut last = f64::INFINITY;
+    for line in &lines {
+        let i = line["index"].as_u64().unwrap() as usize;
+        let score = line["score"].as_f64().unwrap();
+        assert!(score <= last);
+        last = score;
+        assert!((score - same[i]["predict_default"].as_f64().unwrap()).abs() <= 1e-5);
+        assert_eq!(line["document"], same[i]["document"]);
+    }
+    // An embedding model is not a reranker, and a reranker does not embed.
+    let out = bin()
+        .args([
+            "rerank",
+            "--model",
+            common::model_dir().to_str().unwrap(),
+            "-q",
+            "q",
+            "d",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not a reranker"));
+    let out = bin()
+        .args(["embed", "--model", fixture.to_str().unwrap(), "hello"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is a reranker"));
+}
