@@ -42,7 +42,8 @@ pub struct BenchArgs {
     fixtures: PathBuf,
     /// Only these workloads (comma-separated: full, corpus, packed, single, and the opt-in
     /// `architectures`: tiny fixtures for correctness, then random-weight models at realistic
-    /// sizes of BERT-base, NomicBERT, ModernBERT and Qwen3 for tokens/s).
+    /// sizes of every family for tokens/s, and `rerank`: 10 queries × 100 corpus documents
+    /// through a reranker, in token-budget batches). A reranker runs only `rerank`.
     #[arg(long, default_value = "full,corpus,packed,single", value_delimiter = ',')]
     workloads: Vec<String>,
 }
@@ -55,6 +56,42 @@ fn read_corpus(path: &PathBuf, limit: usize) -> Result<Vec<String>> {
         texts.truncate(limit);
     }
     Ok(texts)
+}
+
+/// The rerank pairs of the benchmarks: the 10 shortest of texts 100…199 as queries, each against
+/// texts 0…99 as documents (the same pairs `scripts/bench_rerank.py` sends to the server).
+pub fn rerank_pairs(texts: &[String]) -> Vec<(String, Vec<String>)> {
+    let docs: Vec<String> = texts.iter().take(100).cloned().collect();
+    let mut candidates: Vec<&String> = texts.iter().skip(100).take(100).collect();
+    candidates.sort_by_key(|t| (t.len(), t.as_str()));
+    candidates
+        .into_iter()
+        .take(10)
+        .map(|q| (q.clone(), docs.clone()))
+        .collect()
+}
+
+/// Scores every rerank pair in token-budget batches: (pairs, tokens, seconds of the engine).
+fn rerank_workload(model: &Model, texts: &[String], batch_tokens: usize) -> Result<(usize, usize, f64)> {
+    let mut ids: Vec<Vec<u32>> = Vec::new();
+    for (query, docs) in rerank_pairs(texts) {
+        let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
+        ids.extend(
+            model
+                .tokenize_pairs(&query, &refs, None, Truncation::End, None)?
+                .into_iter()
+                .map(|t| t.ids),
+        );
+    }
+    ids.sort_by_key(Vec::len);
+    let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
+    let batches: Vec<Vec<&[u32]>> = openembed_engine::budget_batches(&lengths, batch_tokens)
+        .into_iter()
+        .map(|r| ids[r].iter().map(Vec::as_slice).collect())
+        .collect();
+    run_batches(model, &batches[..batches.len().min(2)])?;
+    let (secs, _) = run_batches(model, &batches)?;
+    Ok((ids.len(), lengths.iter().sum(), secs))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -133,6 +170,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             json!({"threads": threads, "workload": "load", "dtype": args.dtype.as_str(), "resident_mib": resident}),
         );
         let want = |w: &str| args.workloads.iter().any(|x| x == w);
+        if info.rerank.is_some() || want("rerank") {
+            let (pairs, tokens, secs) = rerank_workload(&model, &texts, args.batch_tokens)?;
+            println!(
+                "rerank, {pairs} pairs (10 queries x 100 documents), token-budget batches of <= {}: {:.0} pairs/s, \
+                 {:.0} tokens/s",
+                args.batch_tokens,
+                pairs as f64 / secs,
+                tokens as f64 / secs
+            );
+            results.push(
+                json!({"threads": threads, "workload": "rerank", "pairs_per_s": (pairs as f64 / secs).round(),
+                                "tokens_per_s": (tokens as f64 / secs).round()}),
+            );
+            continue;
+        }
 
         if want("full") {
             let inputs = fixed_length_inputs(&model, &docs, 128.min(info.max_input_tokens), 32)?;
