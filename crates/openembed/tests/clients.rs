@@ -59,7 +59,13 @@ fn official_node_client() {
 
 #[test]
 fn schemathesis_finds_no_5xx_and_no_schema_violation() {
-    let server = Server::start(&["--auto-truncate"]);
+    // The default model and a reranker, so the rerank routes are in the document and fuzzed too.
+    let reranker = format!(
+        "{}=rerank-bert",
+        root().join("../shared/fixtures/tiny/rerank_bert").display()
+    );
+    let default = format!("{}=all-MiniLM-L6-v2", common::model_dir().display());
+    let server = Server::start(&["--auto-truncate", "--model", &default, "--model", &reranker]);
     let st = root().join("target/clients/venv/bin/schemathesis");
     run_client(
         st.to_str().unwrap(),

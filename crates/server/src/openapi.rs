@@ -67,15 +67,27 @@ impl Modify for BearerAuth {
 )]
 struct ApiDoc;
 
-/// The OpenAPI document as JSON, made exact for the served models: `model` lists their names,
-/// token ids are bounded by the smallest vocabulary, `dimensions` by the smallest dimension,
-/// `prompt_name` lists the prompts every model has.
+/// The OpenAPI document as JSON, made exact for the served models: `model` lists the names of
+/// the embedding models (and of the rerankers on the rerank routes, which are left out when none
+/// is served), token ids are bounded by the smallest vocabulary, `dimensions` by the smallest
+/// dimension, `prompt_name` and `task` list what every embedding model has.
 pub fn document(registry: &Registry) -> Result<String, String> {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).map_err(|e| e.to_string())?;
-    let names: Vec<&str> = registry.names().map(|(name, _)| name).collect();
-    let infos: Vec<&openembed_engine::ModelInfo> = registry.models().iter().map(|m| m.model.info()).collect();
-    let max_id = registry
-        .models()
+    let is_reranker = |m: &crate::registry::ServedModel| m.model.info().rerank.is_some();
+    let names: Vec<&str> = registry
+        .names()
+        .filter(|(_, m)| !is_reranker(m))
+        .map(|(name, _)| name)
+        .collect();
+    let rerankers: Vec<&str> = registry
+        .names()
+        .filter(|(_, m)| is_reranker(m))
+        .map(|(name, _)| name)
+        .collect();
+    let embedders: Vec<&std::sync::Arc<crate::registry::ServedModel>> =
+        registry.models().iter().filter(|m| !is_reranker(m)).collect();
+    let infos: Vec<&openembed_engine::ModelInfo> = embedders.iter().map(|m| m.model.info()).collect();
+    let max_id = embedders
         .iter()
         .map(|m| {
             m.token_ids
@@ -100,5 +112,33 @@ pub fn document(registry: &Registry) -> Result<String, String> {
     props["model"]["enum"] = json!(names);
     props["dimensions"]["maximum"] = json!(max_dims);
     props["prompt_name"]["enum"] = prompts.into_iter().map(|p| json!(p)).chain([Value::Null]).collect();
+    let mut tasks: Vec<&String> = infos.first().map(|i| i.tasks.iter().collect()).unwrap_or_default();
+    tasks.retain(|t| infos.iter().all(|i| i.tasks.contains(t)));
+    props["task"]["enum"] = tasks.into_iter().map(|t| json!(t)).chain([Value::Null]).collect();
+    if rerankers.is_empty() {
+        if let Some(paths) = doc["paths"].as_object_mut() {
+            for path in ["/v1/rerank", "/v2/rerank", "/rerank"] {
+                paths.remove(path);
+            }
+        }
+    } else {
+        let max = crate::rerank::MAX_DOCUMENTS;
+        for (schema, list) in [("RerankRequest", "documents"), ("TeiRerankRequest", "texts")] {
+            let s = &mut doc["components"]["schemas"][schema];
+            s["properties"]["model"]["enum"] = rerankers.iter().map(|r| json!(r)).chain([Value::Null]).collect();
+            s["properties"]["query"]["minLength"] = json!(1);
+            s["properties"][list]["minItems"] = json!(1);
+            s["properties"][list]["maxItems"] = json!(max);
+            if rerankers.len() > 1 {
+                // Without a model name the request is ambiguous.
+                if let Some(required) = s["required"].as_array_mut() {
+                    required.push(json!("model"));
+                }
+            }
+        }
+        let props = &mut doc["components"]["schemas"]["RerankRequest"]["properties"];
+        props["top_n"]["minimum"] = json!(1);
+        props["max_tokens_per_doc"]["minimum"] = json!(1);
+    }
     serde_json::to_string(&doc).map_err(|e| e.to_string())
 }

@@ -189,7 +189,11 @@ async fn run_rerank(
         (status = 400, description = "Invalid request, or not a reranker", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
+        (status = 500, description = "Internal failure", body = ErrorBody),
+        (status = 503, description = "Shutting down; see Retry-After", body = ErrorBody),
     ),
     security((), ("bearer" = []))
 )]
@@ -252,7 +256,11 @@ pub async fn rerank(
         (status = 400, description = "Invalid request, or not a reranker", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
+        (status = 500, description = "Internal failure", body = ErrorBody),
+        (status = 503, description = "Shutting down; see Retry-After", body = ErrorBody),
     ),
     security((), ("bearer" = []))
 )]
