@@ -11,10 +11,12 @@ model:
 run: model
 	cargo run --release -p openembed -- serve --model $(MODEL_DIR)=all-MiniLM-L6-v2
 
-## The whole test suite (fetches the default model and the official OpenAI clients first).
+## The whole test suite (fetches the default model and the official clients first): Rust, then
+## the Python package (built with maturin into target/python/venv) and its pytest suite.
 test: model
 	scripts/setup-clients.sh
-	cargo test --workspace
+	cargo test --workspace --no-fail-fast
+	scripts/test-python.sh
 
 ## Formatting and lints as CI runs them.
 lint:

@@ -1,0 +1,132 @@
+"""openembed.Model against sentence-transformers' reference vectors and the encode contract."""
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import openembed
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHARED = os.path.join(ROOT, "..", "shared")
+MINILM = os.path.join(ROOT, "models", "all-MiniLM-L6-v2")
+GEMMA_TINY = os.path.join(SHARED, "fixtures", "tiny", "gemma3_embedding")
+
+
+def reference():
+    with open(os.path.join(SHARED, "fixtures", "reference", "all-MiniLM-L6-v2.jsonl")) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    return lines[0], lines[1:]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return openembed.Model(MINILM, threads=2)
+
+
+def cosines(a, b):
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def test_every_reference_line_as_a_batch_and_alone(model):
+    header, cases = reference()
+    assert model.dimension == header["dimension"]
+    assert model.max_seq_length == header["max_seq_length"]
+    texts = [c["text"] for c in cases]
+    want = np.array([c["embedding"] for c in cases])
+    batch = model.encode(texts, batch_size=8)
+    assert batch.shape == (len(texts), model.dimension) and batch.dtype == np.float32
+    assert batch.flags["C_CONTIGUOUS"]
+    assert cosines(batch, want).min() >= 0.99999
+    alone = np.stack([model.encode(t) for t in texts])
+    assert cosines(alone, want).min() >= 0.99999
+    assert model.tokenize(texts[0]) == [cases[0]["input_ids"]]
+
+
+def test_shapes_normalization_and_truncate_dim(model):
+    one = model.encode("hello world")
+    assert one.shape == (model.dimension,) and one.dtype == np.float32
+    listed = model.encode(["hello world"], convert_to_numpy=False)
+    assert isinstance(listed, list) and np.allclose(listed[0], one)
+    assert model.encode([]).shape == (0, model.dimension)
+    assert model.normalize and abs(np.linalg.norm(one) - 1) < 1e-5
+    cut = model.encode(["hello world"], truncate_dim=64)
+    assert cut.shape == (1, 64) and np.allclose(cut[0], one[:64])
+    cut_norm = model.encode(["hello world"], truncate_dim=64, normalize_embeddings=True)
+    assert abs(np.linalg.norm(cut_norm[0]) - 1) < 1e-5
+    assert model.pooling == ["mean"] and model.dtype == "float32"
+
+
+def test_prompts_on_a_model_that_has_them():
+    r = json.load(open(os.path.join(GEMMA_TINY, "reference.json")))
+    m = openembed.Model(GEMMA_TINY, threads=1)
+    assert set(m.prompts) == {"query", "document"}
+    cases = r["text_cases"]
+    texts = [c["text"] for c in cases]
+    for name, key in [(None, "st_embedding"), ("query", "st_embedding_query"), ("document", "st_embedding_document")]:
+        got = m.encode(texts, prompt_name=name)
+        assert np.abs(got - np.array([c[key] for c in cases])).max() <= 1e-4, name
+    same = m.encode(texts, prompt=m.prompts["query"])
+    assert np.allclose(same, m.encode(texts, prompt_name="query"))
+
+
+def test_errors_are_python_exceptions(model):
+    with pytest.raises(FileNotFoundError):
+        openembed.Model(os.path.join(ROOT, "models", "no-such-model"))
+    with pytest.raises(ValueError):
+        openembed.Model(MINILM, dtype="float13")
+    with pytest.raises(ValueError):
+        model.encode(["x"], batch_size=0)
+    with pytest.raises(ValueError):
+        model.encode(["x"], prompt_name="query")
+    with pytest.raises(ValueError):
+        model.encode([1, 2])
+    with pytest.raises(ValueError):
+        model.encode(["x"], truncate_dim=10_000)
+    with pytest.raises(ValueError, match="task"):
+        model.encode(["x"], task="retrieval.query")
+
+
+def test_threads_share_one_model_and_the_gil_is_released(model):
+    _, cases = reference()
+    texts = [c["text"] for c in cases] * 4
+    want = model.encode(texts)
+    results = [None, None]
+
+    def work(i):
+        results[i] = model.encode(texts)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        assert np.array_equal(r, want)
+
+    # A thread that only counts keeps counting while encode runs in another.
+    counts = []
+    done = threading.Event()
+
+    def count():
+        n = 0
+        while not done.is_set():
+            n += 1
+            if n % 1000 == 0:
+                counts.append(time.perf_counter())
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    time.sleep(0.05)
+    start = time.perf_counter()
+    model.encode(texts * 4)
+    end = time.perf_counter()
+    done.set()
+    counter.join()
+    during = [t for t in counts if start <= t <= end]
+    assert len(during) >= 10, f"the counter advanced {len(during)} times during encode"
