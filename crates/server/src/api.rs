@@ -112,9 +112,17 @@ impl EmbeddingsRequest {
     }
 }
 
-const MALFORMED_JSON: &str = "We could not parse the JSON body of your request. (HINT: This likely means you aren't \
-using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you \
-have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)";
+/// OpenAI's first sentences (clients match on them), then where the JSON broke instead of
+/// OpenAI's help-center pointer.
+fn malformed_json(e: &serde_json::Error) -> String {
+    format!(
+        "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP \
+         library correctly. The API expects a JSON payload, but what was sent was not valid JSON: {e}. Check \
+         the body near line {}, column {}.)",
+        e.line(),
+        e.column()
+    )
+}
 
 /// Whether a `Content-Type` value is JSON (`application/json`, `application/*+json`).
 pub fn is_json(content_type: Option<&str>) -> bool {
@@ -144,7 +152,7 @@ pub fn decode_json(body: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let raw = RawBody::deserialize(&mut de)
         .and_then(|raw| de.end().map(|()| raw))
-        .map_err(|_| ApiError::invalid(MALFORMED_JSON, None))?;
+        .map_err(|e| ApiError::invalid(malformed_json(&e), None))?;
     raw.validate()
 }
 
@@ -801,10 +809,14 @@ mod tests {
             e.message,
             "Invalid value for 'dimensions' = [1,2]. Must be an integer greater than or equal to 1."
         );
-        assert!(decode_json(br#"{"model": "m", "input": ["a", 1, {"x": [}]}"#)
+        let malformed = decode_json(br#"{"model": "m", "input": ["a", 1, {"x": [}]}"#)
             .unwrap_err()
-            .message
-            .starts_with("We could not parse the JSON body"));
+            .message;
+        assert!(malformed.starts_with("We could not parse the JSON body"), "{malformed}");
+        assert!(
+            malformed.contains("line 1, column") && !malformed.contains("help.openai.com"),
+            "{malformed}"
+        );
         assert_eq!(decode_json(b"[1, 2]").unwrap_err().status, 400);
     }
 
