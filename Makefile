@@ -16,6 +16,7 @@ run: model
 test: model
 	scripts/setup-clients.sh
 	cargo test --workspace --no-fail-fast
+	scripts/test-optional-models.sh
 	scripts/test-python.sh
 
 ## Formatting and lints as CI runs them.

@@ -82,12 +82,14 @@ fn all_minilm_l6_v2_int8_and_bf16_stay_close_to_sentence_transformers() {
 }
 
 #[test]
+#[ignore = "needs models/all-mpnet-base-v2 (make fetch-mpnet); make test runs it when the model is present"]
 fn all_mpnet_base_v2_int8_and_bf16_stay_close_when_present() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-mpnet-base-v2");
-    if !dir.join("model.safetensors").exists() {
-        eprintln!("skipped: {} not present (run `make fetch-mpnet`)", dir.display());
-        return;
-    }
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "{} not present (run `make fetch-mpnet`)",
+        dir.display()
+    );
     check_fidelity(&dir, &shared_dir().join("fixtures/reference/all-mpnet-base-v2.jsonl"));
 }
 
