@@ -208,7 +208,9 @@ impl Runner<'_> {
     fn prepare(&self, body: &[u8]) -> Result<(String, Plan, openembed_server::prepare::Prepared), ApiError> {
         let request = decode_json(body)?;
         if !self.names.contains(&request.model) {
-            return Err(ApiError::model_not_found(&request.model));
+            let mut names: Vec<&str> = self.names.iter().map(String::as_str).collect();
+            names.sort_unstable();
+            return Err(ApiError::model_not_found(&request.model, names));
         }
         let plan = plan(
             &request,

@@ -171,6 +171,72 @@ fn expect_error(server: &Server, body: Value, status: u16, param: Option<&str>) 
     resp
 }
 
+/// Each malformed `input` gets OpenAI's first sentence and then names the element at fault;
+/// the over-long error says how to truncate; the 404 lists the served names and aliases; no
+/// message sends a self-hosted user to OpenAI's help pages.
+#[test]
+fn error_messages_say_what_is_wrong_and_what_to_do() {
+    let server = Server::start(&["--alias", "text-embedding-3-small=all-MiniLM-L6-v2"]);
+    let m = "all-MiniLM-L6-v2";
+    let mut messages = Vec::new();
+    for (input, names) in [
+        (json!(42), "It is a number"),
+        (
+            json!(["a", 1]),
+            "input[1] is the number 1, but input[0] made this an array of strings",
+        ),
+        (json!([[]]), "input[0] is an empty array"),
+        (json!([[1, "a"]]), "input[0][1] is a string"),
+        (
+            json!([[1], 2]),
+            "input[1] is the number 2, but input[0] made this an array of arrays of token ids",
+        ),
+        (json!([1, 2.5]), "input[1] is 2.5, not a token id"),
+        (json!(["a", null]), "input[1] is null"),
+        (json!([true]), "input[0] is a boolean"),
+        (json!({"text": "a"}), "It is an object"),
+        (json!(["ok", ""]), "input[1] is an empty string"),
+    ] {
+        let body = expect_error(&server, json!({"model": m, "input": input}), 400, Some("input"));
+        let message = body["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.starts_with("'$.input' is invalid."), "{input} -> {message}");
+        assert!(message.contains(names), "{input} -> {message}");
+        messages.push(message);
+    }
+    let long = "word ".repeat(600);
+    let body = expect_error(&server, json!({"model": m, "input": long}), 400, Some("input"));
+    let message = body["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.starts_with("This model's maximum context length is 256 tokens")
+            && message.contains("\"truncate\": true")
+            && message.contains("--auto-truncate"),
+        "{message}"
+    );
+    messages.push(message);
+    let (status, _, body) = embed(&server, json!({"model": "gpt-x", "input": "a"}));
+    assert_eq!(status, 404);
+    let message = body["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("Served here: all-MiniLM-L6-v2, text-embedding-3-small"),
+        "{message}"
+    );
+    messages.push(message);
+    for field in ["model", "user", "truncate", "prompt_name", "task"] {
+        let mut body = json!({"model": m, "input": "a"});
+        body[field] = json!([1]);
+        let resp = expect_error(&server, body, 400, Some(field));
+        let message = resp["error"]["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.starts_with(&format!("'$.{field}' is invalid. It must be ")),
+            "{message}"
+        );
+        messages.push(message);
+    }
+    for message in &messages {
+        assert!(!message.contains("openai.com"), "{message}");
+    }
+}
+
 #[test]
 fn invalid_requests_get_openai_errors() {
     let server = Server::start(&["--max-request-tokens", "7000"]);
@@ -237,9 +303,12 @@ fn invalid_requests_get_openai_errors() {
     assert_eq!(status, 404);
     let error = assert_error(&body);
     assert_eq!(error["code"], "model_not_found");
-    assert_eq!(
-        error["message"],
-        "The model 'nope' does not exist or you do not have access to it."
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("The model 'nope' does not exist or you do not have access to it.")
+            && message.contains("Served here: all-MiniLM-L6-v2")
+            && message.contains("--alias"),
+        "{message}"
     );
 
     let c = client();

@@ -262,7 +262,7 @@ impl RawBody {
     fn validate(self) -> Result<EmbeddingsRequest, ApiError> {
         if !self.is_object {
             return Err(ApiError::invalid(
-                "'$' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference.",
+                "'$' is invalid. The body must be a JSON object such as {\"model\": \"NAME\", \"input\": \"text\"}.",
                 None,
             ));
         }
@@ -278,7 +278,12 @@ impl RawBody {
             Some(Value::String(_)) | None | Some(Value::Null) => {
                 return Err(ApiError::invalid("you must provide a model parameter", None))
             }
-            Some(_) => return Err(ApiError::invalid_field("model")),
+            Some(_) => {
+                return Err(ApiError::invalid_field(
+                    "model",
+                    "a string naming a served model (GET /v1/models lists them)",
+                ))
+            }
         };
         let input = match self.input {
             None => return Err(missing_input()),
@@ -311,22 +316,32 @@ impl RawBody {
         let user = match obj.get("user") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(ApiError::invalid_field("user")),
+            Some(_) => return Err(ApiError::invalid_field("user", "a string")),
         };
         let truncate = match obj.get("truncate") {
             None | Some(Value::Null) => None,
             Some(Value::Bool(b)) => Some(*b),
-            Some(_) => return Err(ApiError::invalid_field("truncate")),
+            Some(_) => return Err(ApiError::invalid_field("truncate", "true or false")),
         };
         let prompt_name = match obj.get("prompt_name") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(ApiError::invalid_field("prompt_name")),
+            Some(_) => {
+                return Err(ApiError::invalid_field(
+                    "prompt_name",
+                    "a string naming one of the model's prompts",
+                ))
+            }
         };
         let task = match obj.get("task") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(ApiError::invalid_field("task")),
+            Some(_) => {
+                return Err(ApiError::invalid_field(
+                    "task",
+                    "a string naming one of the model's tasks",
+                ))
+            }
         };
         Ok(EmbeddingsRequest {
             model,
@@ -363,12 +378,22 @@ fn missing_input() -> ApiError {
     ApiError::invalid("Missing required parameter: 'input'.", Some("input"))
 }
 
-fn bad_input() -> ApiError {
-    ApiError::invalid_field("input")
+/// What `input` may be, said after every shape error.
+const INPUT_SHAPES: &str = "input must be a string, an array of strings, an array of integer token ids, \
+                            or an array of arrays of integer token ids";
+
+/// `'$.input' is invalid.` (OpenAI's first sentence, which clients match on) and what is wrong.
+fn bad_input(detail: impl fmt::Display) -> ApiError {
+    ApiError::invalid(format!("'$.input' is invalid. {detail}."), Some("input"))
 }
 
-fn empty_string() -> ApiError {
-    ApiError::invalid("'$.input' is invalid: input strings must not be empty.", Some("input"))
+fn empty_string(index: Option<usize>) -> ApiError {
+    match index {
+        Some(i) => bad_input(format_args!(
+            "input[{i}] is an empty string: input strings must not be empty"
+        )),
+        None => bad_input("It is an empty string: input strings must not be empty"),
+    }
 }
 
 /// Decodes `input` as it streams by. Shape errors are returned as values (the rest of the value
@@ -393,6 +418,30 @@ enum Shape {
     TokenLists,
 }
 
+impl Shape {
+    fn of(element: &Element) -> Option<Shape> {
+        match element {
+            Element::Text(_) => Some(Shape::Texts),
+            Element::Number(_) => Some(Shape::Tokens),
+            Element::Ids(_) => Some(Shape::TokenLists),
+            Element::Other(_) => None,
+        }
+    }
+
+    fn plural(self) -> &'static str {
+        match self {
+            Shape::Texts => "strings",
+            Shape::Tokens => "token ids",
+            Shape::TokenLists => "arrays of token ids",
+        }
+    }
+}
+
+/// `input` that is not a string or an array.
+fn not_an_input(kind: &str) -> ApiError {
+    bad_input(format_args!("It is {kind}; {INPUT_SHAPES}"))
+}
+
 impl<'de> Visitor<'de> for InputVisitor {
     type Value = Result<Vec<Input>, ApiError>;
 
@@ -402,7 +451,7 @@ impl<'de> Visitor<'de> for InputVisitor {
 
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
         Ok(if s.is_empty() {
-            Err(empty_string())
+            Err(empty_string(None))
         } else {
             Ok(vec![Input::Text(s.to_owned())])
         })
@@ -410,7 +459,7 @@ impl<'de> Visitor<'de> for InputVisitor {
 
     fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
         Ok(if s.is_empty() {
-            Err(empty_string())
+            Err(empty_string(None))
         } else {
             Ok(vec![Input::Text(s)])
         })
@@ -421,21 +470,21 @@ impl<'de> Visitor<'de> for InputVisitor {
     }
 
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Err(bad_input()))
+        Ok(Err(not_an_input("a boolean")))
     }
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Err(bad_input()))
+        Ok(Err(not_an_input("a number")))
     }
     fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Err(bad_input()))
+        Ok(Err(not_an_input("a number")))
     }
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Err(bad_input()))
+        Ok(Err(not_an_input("a number")))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Err(bad_input()))
+        Ok(Err(not_an_input("an object")))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
@@ -456,22 +505,44 @@ impl<'de> Visitor<'de> for InputVisitor {
             let Some(element) = seq.next_element_seed(ElementSeed)? else {
                 break;
             };
+            let index = items;
             items += 1;
-            let expected = *shape.get_or_insert(match &element {
-                Element::Text(_) => Shape::Texts,
-                Element::Number(_) => Shape::Tokens,
-                Element::Ids(_) => Shape::TokenLists,
-                Element::Other => {
-                    error = Some(bad_input());
-                    continue;
-                }
-            });
+            let Some(expected) = shape.or_else(|| Shape::of(&element)) else {
+                error = Some(bad_input(format_args!(
+                    "input[{index}] is {}; {INPUT_SHAPES}",
+                    element.kind()
+                )));
+                continue;
+            };
+            shape = Some(expected);
             match (expected, element) {
-                (Shape::Texts, Element::Text(s)) if s.is_empty() => error = Some(empty_string()),
+                (Shape::Texts, Element::Text(s)) if s.is_empty() => error = Some(empty_string(Some(index))),
                 (Shape::Texts, Element::Text(s)) => inputs.push(Input::Text(s)),
-                (Shape::Tokens, Element::Number(Some(id))) => ids.push(id),
-                (Shape::TokenLists, Element::Ids(Some(list))) if !list.is_empty() => inputs.push(Input::Tokens(list)),
-                _ => error = Some(bad_input()),
+                (Shape::Tokens, Element::Number(Ok(id))) => ids.push(id),
+                (Shape::Tokens, Element::Number(Err(n))) => {
+                    error = Some(bad_input(format_args!(
+                        "input[{index}] is {n}, not a token id: token ids are integers"
+                    )))
+                }
+                (Shape::TokenLists, Element::Ids(Ok(list))) if list.is_empty() => {
+                    error = Some(bad_input(format_args!(
+                        "input[{index}] is an empty array: an input of token ids needs at least one id"
+                    )))
+                }
+                (Shape::TokenLists, Element::Ids(Ok(list))) => inputs.push(Input::Tokens(list)),
+                (Shape::TokenLists, Element::Ids(Err((at, kind)))) => {
+                    error = Some(bad_input(format_args!(
+                        "input[{index}][{at}] is {kind}: arrays of token ids hold only integers"
+                    )))
+                }
+                (expected, other) => {
+                    error = Some(bad_input(format_args!(
+                        "input[{index}] is {}, but input[0] made this an array of {}: one request holds only \
+                         strings, only token ids, or only arrays of token ids",
+                        other.kind(),
+                        expected.plural()
+                    )))
+                }
             }
         }
         if items == 0 {
@@ -499,11 +570,27 @@ impl<'de> Visitor<'de> for InputVisitor {
 /// One element of an `input` array.
 enum Element {
     Text(String),
-    /// A number: `Some` when it is an integer.
-    Number(Option<i64>),
-    /// An array: `Some` when every element is an integer.
-    Ids(Option<Vec<i64>>),
-    Other,
+    /// A number: `Ok` when it is an integer, else the number as written.
+    Number(Result<i64, String>),
+    /// An array: `Ok` when every element is an integer, else the first other element's index
+    /// and kind.
+    Ids(Result<Vec<i64>, (usize, String)>),
+    /// Anything else, by kind (`a boolean`, `null`, `an object`).
+    Other(&'static str),
+}
+
+impl Element {
+    /// The element's kind in words, for messages.
+    fn kind(&self) -> String {
+        match self {
+            Element::Text(s) if s.is_empty() => "an empty string".into(),
+            Element::Text(_) => "a string".into(),
+            Element::Number(Ok(n)) => format!("the number {n}"),
+            Element::Number(Err(n)) => format!("the number {n}"),
+            Element::Ids(_) => "an array".into(),
+            Element::Other(kind) => (*kind).into(),
+        }
+    }
 }
 
 struct ElementSeed;
@@ -532,47 +619,51 @@ impl<'de> Visitor<'de> for ElementVisitor {
         Ok(Element::Text(s))
     }
     fn visit_i64<E: de::Error>(self, n: i64) -> Result<Element, E> {
-        Ok(Element::Number(Some(n)))
+        Ok(Element::Number(Ok(n)))
     }
     fn visit_u64<E: de::Error>(self, n: u64) -> Result<Element, E> {
-        Ok(Element::Number(i64::try_from(n).ok()))
+        Ok(Element::Number(i64::try_from(n).map_err(|_| n.to_string())))
     }
     fn visit_f64<E: de::Error>(self, f: f64) -> Result<Element, E> {
-        Ok(Element::Number(float_integer(f)))
+        Ok(Element::Number(float_integer(f).ok_or_else(|| f.to_string())))
     }
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Element, E> {
-        Ok(Element::Other)
+        Ok(Element::Other("a boolean"))
     }
     fn visit_unit<E: de::Error>(self) -> Result<Element, E> {
-        Ok(Element::Other)
+        Ok(Element::Other("null"))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Element, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Element::Other)
+        Ok(Element::Other("an object"))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Element, A::Error> {
-        let mut ids = Some(Vec::new());
+        let mut ids = Ok(Vec::new());
+        let mut at = 0usize;
         while let Some(element) = seq.next_element_seed(IdSeed)? {
             match (&mut ids, element) {
-                (Some(list), Some(id)) => list.push(id),
-                _ => ids = None,
+                (Ok(list), Ok(id)) => list.push(id),
+                (Ok(_), Err(kind)) => ids = Err((at, kind)),
+                _ => {}
             }
+            at += 1;
         }
         Ok(Element::Ids(ids))
     }
 }
 
-/// One token id inside a nested array: `Some` when it is an integer (anything else is skipped).
+/// One token id inside a nested array: the id, or the kind of what stood there instead (the
+/// rest of a nested value is skipped).
 struct IdSeed;
 
 impl<'de> DeserializeSeed<'de> for IdSeed {
-    type Value = Option<i64>;
+    type Value = Result<i64, String>;
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<i64>, D::Error> {
-        match ElementSeed.deserialize(deserializer)? {
-            Element::Number(n) => Ok(n),
-            _ => Ok(None),
-        }
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        Ok(match ElementSeed.deserialize(deserializer)? {
+            Element::Number(Ok(n)) => Ok(n),
+            other => Err(other.kind()),
+        })
     }
 }
 

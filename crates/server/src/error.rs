@@ -49,12 +49,10 @@ impl ApiError {
         }
     }
 
-    /// The generic "'$.field' is invalid" message OpenAI uses for shape errors.
-    pub fn invalid_field(field: &str) -> Self {
-        Self::invalid(
-            format!("'$.{field}' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."),
-            Some(field),
-        )
+    /// OpenAI's "'$.field' is invalid." for a field of the wrong type, followed by what it must
+    /// be (instead of OpenAI's pointer to its own API reference).
+    pub fn invalid_field(field: &str, expected: &str) -> Self {
+        Self::invalid(format!("'$.{field}' is invalid. It must be {expected}."), Some(field))
     }
 
     /// A request-level error with another status.
@@ -65,14 +63,23 @@ impl ApiError {
         }
     }
 
-    /// 404 for an unknown model.
-    pub fn model_not_found(model: &str) -> Self {
+    /// 404 for an unknown model: OpenAI's sentence, then the names this server answers to.
+    pub fn model_not_found<'a>(model: &str, served: impl IntoIterator<Item = &'a str>) -> Self {
+        let served: Vec<&str> = served.into_iter().collect();
+        let listed = if served.is_empty() {
+            "No model is served.".to_string()
+        } else {
+            format!(
+                "Served here: {} (more names can be given with --alias NAME=MODEL).",
+                served.join(", ")
+            )
+        };
         Self {
             status: StatusCode::NOT_FOUND,
             code: Some("model_not_found"),
             param: Some("model".into()),
             ..Self::invalid(
-                format!("The model '{model}' does not exist or you do not have access to it."),
+                format!("The model '{model}' does not exist or you do not have access to it. {listed}"),
                 None,
             )
         }

@@ -5,6 +5,7 @@ use crate::api::Input;
 use crate::error::ApiError;
 use crate::token_ids::TokenIds;
 use openembed_engine::{Model, Truncation};
+use std::fmt;
 
 /// Request limits (server flags).
 #[derive(Debug, Clone, Copy)]
@@ -82,7 +83,9 @@ fn too_long(limit: usize, tokens: usize, counted_all: bool) -> ApiError {
     ApiError::invalid(
         format!(
             "This model's maximum context length is {limit} tokens, however you requested {tokens} tokens \
-             ({tokens} in your prompt; 0 for the completion). Please reduce your prompt; or completion length."
+             ({tokens} in your prompt; 0 for the completion). Please reduce your prompt; or completion length. \
+             To cut over-long inputs at the limit instead, send \"truncate\": true (or start openembed with \
+             --auto-truncate)."
         ),
         Some("input"),
     )
@@ -91,14 +94,11 @@ fn too_long(limit: usize, tokens: usize, counted_all: bool) -> ApiError {
 /// Texts tokenized at a time.
 const TOKENIZE_CHUNK: usize = 64;
 
-/// The error for a request over `--max-request-tokens`.
-fn too_many_tokens(requested: String, limits: &Limits) -> ApiError {
+/// The error for a request over `--max-request-tokens` (`max`), about the field `param`.
+pub(crate) fn too_many_tokens(requested: impl fmt::Display, max: usize, param: &str) -> ApiError {
     ApiError::invalid(
-        format!(
-            "Requested {requested} tokens, max {} tokens per request",
-            limits.max_request_tokens
-        ),
-        Some("input"),
+        format!("Requested {requested} tokens, max {max} tokens per request"),
+        Some(param),
     )
     .code("max_tokens_per_request")
 }
@@ -167,8 +167,9 @@ pub fn prepare(
             }
             if running > limits.max_request_tokens {
                 return Err(too_many_tokens(
-                    format!("more than {}", limits.max_request_tokens),
-                    limits,
+                    format_args!("more than {}", limits.max_request_tokens),
+                    limits.max_request_tokens,
+                    "input",
                 ));
             }
         }
@@ -217,7 +218,7 @@ pub fn prepare(
     }
     let tokens: usize = ids.iter().map(Vec::len).sum();
     if tokens > limits.max_request_tokens {
-        return Err(too_many_tokens(tokens.to_string(), limits));
+        return Err(too_many_tokens(tokens, limits.max_request_tokens, "input"));
     }
     let layout = WindowLayout {
         per_input,

@@ -1,5 +1,6 @@
 //! The served models: each loaded once, with its scheduler, under a name and any aliases.
 
+use crate::error::ApiError;
 use crate::hub;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::token_ids::TokenIds;
@@ -178,6 +179,12 @@ impl Registry {
     /// The model served under `name` (a model name or an alias).
     pub fn get(&self, name: &str) -> Option<&Arc<ServedModel>> {
         self.names.get(name).map(|&i| &self.models[i])
+    }
+
+    /// The model served under `name`, or the 404 that lists every served name.
+    pub fn find(&self, name: &str) -> Result<&Arc<ServedModel>, ApiError> {
+        self.get(name)
+            .ok_or_else(|| ApiError::model_not_found(name, self.names.keys().map(String::as_str)))
     }
 
     /// Every name clients may use (models and aliases), with its model, sorted by name.

@@ -224,10 +224,7 @@ impl RerankJob {
         }
         let total: usize = toks.iter().map(|t| t.tokens()).sum();
         if total > max_tokens {
-            return Err(ApiError::invalid(
-                format!("This request has {total} tokens; at most {max_tokens} are allowed per request."),
-                Some("documents"),
-            ));
+            return Err(crate::prepare::too_many_tokens(total, max_tokens, "documents"));
         }
         Ok((toks.into_iter().map(|t| t.ids).collect(), total))
     }

@@ -139,11 +139,7 @@ fn reranker(state: &AppState, model: Option<&str>) -> Result<(String, Arc<crate:
             }
         }
     };
-    let served = state
-        .registry
-        .get(&name)
-        .cloned()
-        .ok_or_else(|| ApiError::model_not_found(&name))?;
+    let served = state.registry.find(&name)?.clone();
     if served.model.info().rerank.is_none() {
         return Err(ApiError::invalid(
             format!("The model '{name}' is an embedding model, not a reranker; use POST /v1/embeddings."),
@@ -335,11 +331,7 @@ pub async fn embeddings(
     reservation.resize(decoding_bytes(body.len()))?;
     let request = blocking("Decoding", move || decode_json(&body)).await?;
     reservation.resize(request.heap_bytes())?;
-    let served = state
-        .registry
-        .get(&request.model)
-        .cloned()
-        .ok_or_else(|| ApiError::model_not_found(&request.model))?;
+    let served = state.registry.find(&request.model)?.clone();
     let plan = plan(
         &request,
         served.model.info(),
@@ -444,7 +436,7 @@ pub async fn get_model(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<ModelObject>, ApiError> {
-    let served = state.registry.get(&id).ok_or_else(|| ApiError::model_not_found(&id))?;
+    let served = state.registry.find(&id)?;
     Ok(Json(model_object(&id, served)))
 }
 
