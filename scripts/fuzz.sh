@@ -9,7 +9,7 @@ seconds="${1:-600}"
 shift || true
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(decode_request tokenize)
-scripts/fetch-model.sh >/dev/null
+make -s model >/dev/null
 # cargo-fuzz needs nightly flags (-Z sanitizer, sancov); RUSTC_BOOTSTRAP lets stable accept them.
 export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do

@@ -6,11 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ran=0
 if [ -f models/all-mpnet-base-v2/model.safetensors ]; then
-  cargo test --workspace -- --ignored mpnet
+  cargo test --release --workspace -- --ignored mpnet
   ran=1
 fi
 if [ -f models/embeddinggemma-300m/model.safetensors ]; then
-  cargo test --workspace -- --ignored embeddinggemma
+  cargo test --release --workspace -- --ignored embeddinggemma
   ran=1
 fi
 if [ "$ran" = 0 ]; then

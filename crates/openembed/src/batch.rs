@@ -36,13 +36,10 @@ pub struct BatchArgs {
     /// Output file (JSON lines); an existing one is resumed.
     #[arg(long, short = 'o')]
     output: PathBuf,
-    /// Model: a folder or hub id, optionally SPEC=NAME (the name request bodies use).
-    #[arg(
-        long,
-        env = "OPENEMBED_MODEL",
-        default_value = "models/all-MiniLM-L6-v2=all-MiniLM-L6-v2"
-    )]
-    model: ModelSpec,
+    /// Model: a folder or hub id, optionally SPEC=NAME (the name request bodies use)
+    /// [default: all-MiniLM-L6-v2 from ./models (or a folder above) or OPENEMBED_HOME/models].
+    #[arg(long, env = "OPENEMBED_MODEL")]
+    model: Option<ModelSpec>,
     /// Another name request bodies may use for the model, NAME=MODEL. Repeatable.
     #[arg(long = "alias")]
     aliases: Vec<Alias>,
@@ -440,22 +437,26 @@ impl Progress {
 
 /// Entry point of `openembed batch`.
 pub fn run(args: &BatchArgs) -> Result<()> {
-    let model = load_model(&args.model.source, args.threads, args.dtype)?;
+    let spec = match &args.model {
+        Some(spec) => spec.clone(),
+        None => ModelSpec::named(crate::home::default_model_dir()?, crate::home::DEFAULT_MODEL),
+    };
+    let model = load_model(Some(&spec.source), args.threads, args.dtype)?;
     anyhow::ensure!(
         model.info().rerank.is_none(),
         "{} is a reranker; `openembed batch` runs embeddings requests",
-        args.model.source
+        spec.source
     );
     if let Some(task) = &args.default_task {
         model.task_index(task).with_context(|| "--default-task")?;
     }
-    let mut names: HashSet<String> = HashSet::from([args.model.name.clone()]);
+    let mut names: HashSet<String> = HashSet::from([spec.name.clone()]);
     for alias in &args.aliases {
         anyhow::ensure!(
-            alias.target == args.model.name,
+            alias.target == spec.name,
             "alias '{}' must point to '{}'",
             alias.name,
-            args.model.name
+            spec.name
         );
         names.insert(alias.name.clone());
     }

@@ -4,6 +4,8 @@ mod batch;
 mod bench;
 mod bench_arch;
 mod embed;
+mod fetch;
+mod home;
 mod models;
 mod output;
 mod rerank;
@@ -38,9 +40,24 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Score documents against a query with a reranker; prints them best first, as JSON lines.
     Rerank(rerank::RerankArgs),
-    /// List the models the server would find (local folder and hub cache).
+    /// List the models the server would find (local folders, the openembed home, the hub cache).
     Models(models::ModelsArgs),
+    /// Install the default model into the openembed home, or download a hub model into the
+    /// hub cache.
+    Fetch(fetch::FetchArgs),
 }
+
+/// A command used the wrong way (exit status 2, as for clap's own usage errors).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -51,12 +68,13 @@ fn main() -> ExitCode {
         Command::Batch(args) => batch::run(&args),
         Command::Rerank(args) => rerank::run(&args),
         Command::Models(args) => models::run(&args),
+        Command::Fetch(args) => fetch::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(if e.downcast_ref::<UsageError>().is_some() { 2 } else { 1 })
         }
     }
 }

@@ -1,6 +1,6 @@
-//! `openembed models`: the models the server would find — folders under the local models
-//! directory and models in the Hugging Face hub cache — with their architecture, dimensions,
-//! input limit and pooling.
+//! `openembed models`: the models the server would find — folders under `./models` (or the
+//! nearest `models/` above), under the openembed home's `models/`, and in the Hugging Face hub
+//! cache — with their architecture, dimensions, input limit and pooling.
 
 use anyhow::Result;
 use openembed_engine::{LoadOptions, Model};
@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 /// Options of `openembed models`.
 #[derive(clap::Args)]
 pub struct ModelsArgs {
-    /// Local folder holding model folders.
-    #[arg(long, default_value = "models")]
-    dir: PathBuf,
+    /// A folder holding model folders [default: ./models (or the nearest models/ above) and
+    /// OPENEMBED_HOME/models].
+    #[arg(long)]
+    dir: Option<PathBuf>,
     /// Print one JSON object per model instead of a table.
     #[arg(long)]
     json: bool,
@@ -79,16 +80,31 @@ fn hub_models() -> Vec<Found> {
 
 /// Entry point of `openembed models`.
 pub fn run(args: &ModelsArgs) -> Result<()> {
-    let found: Vec<(&str, Found)> = local_models(&args.dir)
-        .into_iter()
+    let dirs = match &args.dir {
+        Some(dir) => vec![dir.clone()],
+        None => crate::home::model_dirs(),
+    };
+    let found: Vec<(&str, Found)> = dirs
+        .iter()
+        .flat_map(|d| local_models(d))
         .map(|f| ("local", f))
         .chain(hub_models().into_iter().map(|f| ("hub cache", f)))
         .collect();
     if found.is_empty() && !args.json {
-        println!(
-            "no models in {} or in the hub cache {}",
-            args.dir.display(),
+        let mut places: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        if args.dir.is_none() {
+            places.push(format!(
+                "{} (the openembed home)",
+                crate::home::home().join("models").display()
+            ));
+        }
+        places.push(format!(
+            "the hub cache {}",
             openembed_server::hub::cache_dir().display()
+        ));
+        println!(
+            "no models in {}; `openembed fetch` installs the default model",
+            places.join(", ")
         );
         return Ok(());
     }

@@ -1,6 +1,7 @@
-//! Vector output for `openembed embed`: JSON lines, plain text, or a numpy `.npy` float32 matrix
-//! written as it streams (the header's row count is filled in at the end).
+//! Vector output for `openembed embed`: JSON lines, CSV/TSV, plain text, or a numpy `.npy`
+//! float32 matrix written as it streams (the header's row count is filled in at the end).
 
+use crate::UsageError;
 use anyhow::{Context, Result};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -14,16 +15,36 @@ pub enum OutputFormat {
     Text,
     /// numpy format 1.0, float32 little-endian, shape `[n, dim]`.
     Npy,
+    /// A header row (`index`, `tokens`, `e0` … `e{dim-1}`), then one row per input; the
+    /// separator is `,` (CSV) or a tab (TSV).
+    Delimited(u8),
 }
 
 impl OutputFormat {
-    /// The format a file name asks for (`.npy`, `.txt`, else JSON lines).
-    pub fn from_path(path: &Path) -> Self {
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("npy") => Self::Npy,
-            Some("txt") => Self::Text,
-            _ => Self::JsonLines,
-        }
+    /// The format a file name asks for: `.jsonl`/`.ndjson`, `.csv`, `.tsv`, `.txt` or `.npy`;
+    /// any other name is a usage error (exit 2) rather than a file in a format it does not say.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        Ok(
+            match path
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                Some("jsonl" | "ndjson") => Self::JsonLines,
+                Some("npy") => Self::Npy,
+                Some("txt") => Self::Text,
+                Some("csv") => Self::Delimited(b','),
+                Some("tsv") => Self::Delimited(b'\t'),
+                _ => {
+                    return Err(UsageError(format!(
+                        "cannot tell the output format of {}: name the file .jsonl, .csv, .tsv, .txt or .npy",
+                        path.display()
+                    ))
+                    .into())
+                }
+            },
+        )
     }
 }
 
@@ -89,6 +110,14 @@ impl VectorWriter {
             }
             sink.write_all(&npy_header(0, dim))?;
         }
+        if let OutputFormat::Delimited(sep) = format {
+            let sep = sep as char;
+            let mut header = format!("index{sep}tokens");
+            for i in 0..dim {
+                header.push_str(&format!("{sep}e{i}"));
+            }
+            writeln!(sink, "{header}")?;
+        }
         Ok(Self {
             sink,
             format,
@@ -108,6 +137,15 @@ impl VectorWriter {
             OutputFormat::Text => {
                 let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
                 writeln!(self.sink, "{}", parts.join(" "))?;
+            }
+            OutputFormat::Delimited(sep) => {
+                let sep = sep as char;
+                let mut row = format!("{index}{sep}{tokens}");
+                for x in v {
+                    row.push(sep);
+                    row.push_str(&x.to_string());
+                }
+                writeln!(self.sink, "{row}")?;
             }
             OutputFormat::Npy => {
                 for x in v {
@@ -156,8 +194,15 @@ mod tests {
 
     #[test]
     fn formats_follow_the_extension() {
-        assert_eq!(OutputFormat::from_path(Path::new("a.npy")), OutputFormat::Npy);
-        assert_eq!(OutputFormat::from_path(Path::new("a.txt")), OutputFormat::Text);
-        assert_eq!(OutputFormat::from_path(Path::new("a.jsonl")), OutputFormat::JsonLines);
+        let format = |name: &str| OutputFormat::from_path(Path::new(name)).ok();
+        assert_eq!(format("a.npy"), Some(OutputFormat::Npy));
+        assert_eq!(format("a.txt"), Some(OutputFormat::Text));
+        assert_eq!(format("a.jsonl"), Some(OutputFormat::JsonLines));
+        assert_eq!(format("a.CSV"), Some(OutputFormat::Delimited(b',')));
+        assert_eq!(format("a.tsv"), Some(OutputFormat::Delimited(b'\t')));
+        for refused in ["a.json", "a.parquet", "vectors"] {
+            let error = OutputFormat::from_path(Path::new(refused)).unwrap_err();
+            assert!(error.downcast_ref::<UsageError>().is_some(), "{refused}");
+        }
     }
 }

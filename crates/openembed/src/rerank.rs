@@ -1,7 +1,7 @@
 //! `openembed rerank`: score documents against a query with a reranker and print them best
 //! first, one JSON line each (`index`, `score`, `document`).
 
-use crate::embed::{load_model, read_texts};
+use crate::embed::{load_model, read_texts, stdin_hint};
 use anyhow::{bail, Context, Result};
 use openembed_engine::{budget_batches, DType, Truncation};
 use std::path::PathBuf;
@@ -50,12 +50,13 @@ pub fn run(args: &RerankArgs) -> Result<()> {
         let jsonl = path.extension().is_some_and(|e| e == "jsonl" || e == "json");
         read_texts(std::io::BufReader::new(file), jsonl, &path.display().to_string())?
     } else {
+        stdin_hint("documents");
         read_texts(std::io::stdin().lock(), false, "stdin")?
     };
     if documents.is_empty() {
         bail!("no documents to rerank: give them as arguments, with --input, or on stdin");
     }
-    let model = load_model(&args.model, args.threads, args.dtype)?;
+    let model = load_model(Some(&args.model), args.threads, args.dtype)?;
     if model.info().rerank.is_none() {
         bail!(
             "{} is an embedding model, not a reranker (use `openembed embed`)",

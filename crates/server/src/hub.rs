@@ -30,17 +30,65 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// Turns SPEC into a local folder: an existing directory as is, otherwise a hub id fetched into
-/// (or found in) the hub cache.
+/// (or found in) the hub cache. SPEC is taken for a local path, reported missing and never sent
+/// to the hub, when it cannot be a hub id (`./x`, `/x`, `~/x`, more than one `/`, a backslash)
+/// or when its first part is a folder that exists here (`models/x` beside a `models/` folder).
 pub fn resolve(spec: &str) -> Result<PathBuf, String> {
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
-    let looks_like_path = spec.starts_with('.') || spec.starts_with('/') || spec.starts_with('~');
-    if looks_like_path || spec.split('/').count() > 2 || spec.is_empty() {
-        return Err(format!("model '{spec}': no such directory"));
+    if spec.is_empty() {
+        return Err("model '': an empty model name".into());
     }
-    fetch(spec)
+    let looks_like_path = spec.starts_with('.')
+        || spec.starts_with('/')
+        || spec.starts_with('~')
+        || spec.contains('\\')
+        || spec.split('/').count() > 2
+        || spec.split_once('/').is_some_and(|(first, _)| Path::new(first).is_dir());
+    if looks_like_path {
+        let cwd = std::env::current_dir()
+            .map(|d| format!(" (relative to {})", d.display()))
+            .unwrap_or_default();
+        let what = if path.exists() {
+            "is not a folder"
+        } else {
+            "no such folder"
+        };
+        let relative = if path.is_relative() { cwd } else { String::new() };
+        return Err(format!("model '{spec}': {what}{relative}"));
+    }
+    fetch(spec).map_err(|e| {
+        let cwd = std::env::current_dir()
+            .map(|d| format!(" in {}", d.display()))
+            .unwrap_or_default();
+        match e.strip_prefix(&format!("model '{spec}': ")) {
+            Some(rest) => format!("model '{spec}': no such folder{cwd}, and as a Hugging Face hub id: {rest}"),
+            None => e,
+        }
+    })
+}
+
+/// Says plainly why a hub file could not be had: the hub is unreachable (offline), the model or
+/// file does not exist there, or access is refused; otherwise the client's own words.
+fn hub_failure(error: &str) -> String {
+    let lower = error.to_ascii_lowercase();
+    if ["dns", "connection", "connect", "timed out", "network", "resolve"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        format!(
+            "the Hugging Face hub cannot be reached (offline? set HF_ENDPOINT for a mirror, or \
+             HF_HUB_OFFLINE=1 to use only the local cache): {error}"
+        )
+    } else if lower.contains("404") || lower.contains("not found") {
+        "not found on the Hugging Face hub (check the id, or give a local folder)".into()
+    } else if lower.contains("401") || lower.contains("403") {
+        format!("the hub refused access (a gated or private model needs HF_TOKEN): {error}")
+    } else {
+        error.to_string()
+    }
 }
 
 /// A source of repository files: the cache alone, or the hub API (which fills the cache).
@@ -60,7 +108,7 @@ struct Online(hf_hub::api::sync::ApiRepo);
 
 impl FileSource for Online {
     fn get(&self, file: &str) -> Result<PathBuf, String> {
-        self.0.get(file).map_err(|e| e.to_string())
+        self.0.get(file).map_err(|e| hub_failure(&e.to_string()))
     }
 }
 
@@ -210,7 +258,12 @@ mod tests {
     fn local_directories_resolve_to_themselves() {
         let dir = std::env::temp_dir();
         assert_eq!(resolve(dir.to_str().unwrap()).unwrap(), dir);
-        assert!(resolve("./no/such/dir").unwrap_err().contains("no such directory"));
+        assert!(resolve("./no/such/dir").unwrap_err().contains("no such folder"));
+        assert!(resolve("a/b/c").unwrap_err().contains("no such folder"));
+        // A first part that is a folder here (tests run in the crate folder, which has src/)
+        // makes it a path, not a hub id.
+        let missing = resolve("src/openembed-no-such-model");
+        assert!(missing.unwrap_err().contains("no such folder"));
     }
 
     #[test]

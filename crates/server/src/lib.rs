@@ -243,13 +243,29 @@ async fn observe(mut request: Request, next: Next) -> Response {
         }
     }
     metrics::request(route, method.as_str(), status.as_u16(), elapsed);
-    tracing::debug!(request_id = %id, %method, route, status = status.as_u16(), ms = elapsed.as_secs_f64() * 1e3, "request");
+    tracing::debug!(request_id = %id, %method, route, status = status.as_u16(), ms = log_ms(elapsed), "request");
     response
 }
 
-/// Loads the models and binds the listener; returns the state and the bound listener.
+/// Milliseconds for log lines, rounded to 0.01 ms (no float noise such as 0.053007000000000006).
+pub fn log_ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+/// Binds the listener (first, so a busy port fails before any model loads), then loads the
+/// models; returns the state and the bound listener.
 pub async fn bind(config: &ServerConfig) -> Result<(Arc<AppState>, tokio::net::TcpListener), String> {
     let _ = metrics::handle();
+    // The port first: a busy port fails at once, not after the models have loaded.
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (another program has this port: choose one with --port or OPENEMBED_PORT, e.g. `make run PORT=9000`)"
+        } else {
+            ""
+        };
+        format!("cannot listen on {addr}: {e}{hint}")
+    })?;
     let keys = ApiKeys::new(config.api_keys.clone());
     let specs = config.models.clone();
     let aliases = config.aliases.clone();
@@ -275,10 +291,6 @@ pub async fn bind(config: &ServerConfig) -> Result<(Arc<AppState>, tokio::net::T
         }
     }
     let state = Arc::new(AppState::new(registry, config.limits, config.defaults.clone(), keys));
-    let addr = format!("{}:{}", config.host, config.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     Ok((state, listener))
 }
 

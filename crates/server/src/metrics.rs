@@ -59,7 +59,10 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_REQUESTS.into()), SIZE_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_TOKENS.into()), TOKEN_BUCKETS));
             match builder.and_then(|b| b.install_recorder()) {
-                Ok(handle) => Some(handle),
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
                 Err(error) => {
                     tracing::warn!(%error, "metrics recorder not installed");
                     None
@@ -67,6 +70,54 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
+}
+
+/// Gives every family its `# HELP` line (the exporter writes `# TYPE` itself).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(REQUESTS, "HTTP requests answered, by route, method and status.");
+    describe_histogram!(
+        REQUEST_SECONDS,
+        Unit::Seconds,
+        "Time to answer an HTTP request, by route."
+    );
+    describe_gauge!(QUEUE_REQUESTS, "Requests waiting in a model's queue.");
+    describe_gauge!(QUEUE_TOKENS, "Tokens waiting in a model's queue.");
+    describe_histogram!(BATCH_INPUTS, "Inputs per engine batch.");
+    describe_histogram!(BATCH_TOKENS, "Tokens per engine batch.");
+    describe_histogram!(
+        BATCH_REQUESTS,
+        "Distinct requests per engine batch (more than one: requests batched together)."
+    );
+    describe_histogram!(INFERENCE_SECONDS, Unit::Seconds, "Engine time per batch.");
+    describe_counter!(TOKENS, "Tokens embedded (or scored), by model.");
+    describe_counter!(INPUTS, "Inputs embedded (or scored), by model.");
+    describe_counter!(
+        ENGINE_PANICS,
+        "Engine batches that panicked (their requests got a 500)."
+    );
+    describe_counter!(
+        BATCH_RETRIES,
+        "Failed batches of several requests that were run again one request at a time."
+    );
+    describe_histogram!(
+        QUEUE_SECONDS,
+        Unit::Seconds,
+        "Time a request waited in its model's queue before its first batch started."
+    );
+    describe_counter!(
+        BUDGET_REFUSALS,
+        "Requests refused (429) because the in-flight memory budget was full."
+    );
+    describe_gauge!(
+        BUDGET_BYTES,
+        Unit::Bytes,
+        "Bytes of request bodies and decoded inputs held by admitted requests."
+    );
+    describe_gauge!(
+        MODEL_INFO,
+        "One series per served model (value 1), labelled with its dtype, architecture and kernels."
+    );
 }
 
 /// The Prometheus text exposition of every metric.

@@ -24,6 +24,19 @@ pub struct ModelSpec {
     pub default_task: Option<String>,
 }
 
+impl ModelSpec {
+    /// The model in folder `dir`, served as `name`, with default settings.
+    pub fn named(dir: impl AsRef<std::path::Path>, name: &str) -> Self {
+        Self {
+            source: dir.as_ref().to_string_lossy().into_owned(),
+            name: name.to_string(),
+            token_ids: TokenIds::default(),
+            dtype: DType::default(),
+            default_task: None,
+        }
+    }
+}
+
 impl std::str::FromStr for ModelSpec {
     type Err = String;
 

@@ -374,9 +374,9 @@ pub async fn embeddings(
         model = %model_name,
         inputs = n_inputs,
         tokens,
-        queue_ms = queue_time.as_secs_f64() * 1e3,
-        inference_ms = inference_time.as_secs_f64() * 1e3,
-        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        queue_ms = crate::log_ms(queue_time),
+        inference_ms = crate::log_ms(inference_time),
+        total_ms = crate::log_ms(started.elapsed()),
         "embeddings"
     );
     Ok((

@@ -26,7 +26,7 @@ fn model_dir() -> String {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
     assert!(
         dir.join("model.safetensors").exists(),
-        "run scripts/fetch-model.sh (or make test) first"
+        "run `make model` (or `make test`) first"
     );
     dir.to_string_lossy().into_owned()
 }

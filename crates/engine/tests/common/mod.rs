@@ -11,12 +11,12 @@ pub fn shared_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
 }
 
-/// Folder of the default model, fetched by `scripts/fetch-model.sh` (run by `make test`).
+/// Folder of the default model, fetched by `make model` (run by `make test`).
 pub fn minilm_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
     assert!(
         dir.join("model.safetensors").exists(),
-        "the default model is missing: run `scripts/fetch-model.sh` (or `make test`, which does) first"
+        "the default model is missing: run `make model` (or `make test`, which does) first"
     );
     dir
 }

@@ -17,7 +17,7 @@ pub fn model_dir() -> PathBuf {
     let dir = root().join("models/all-MiniLM-L6-v2");
     assert!(
         dir.join("model.safetensors").exists(),
-        "run scripts/fetch-model.sh (or make test) first"
+        "run `make model` (or `make test`) first"
     );
     dir
 }
