@@ -62,9 +62,15 @@ pub struct ServeArgs {
     /// model, or MODEL=TASK for one. Repeatable (env: comma-separated). Default: no adapter.
     #[arg(long = "default-task", env = "OPENEMBED_DEFAULT_TASK", value_delimiter = ',')]
     default_tasks: Vec<String>,
-    /// An accepted API key (Authorization: Bearer KEY). Repeatable. Keys in OPENEMBED_API_KEYS
-    /// (comma-separated) and in --api-key-file are accepted too. With no key the server is open.
-    #[arg(long = "api-key")]
+    /// An accepted API key (Authorization: Bearer KEY). Repeatable (env: comma-separated; keys
+    /// given as flags replace the variable's). Keys in --api-key-file count too. With no key the
+    /// server is open.
+    #[arg(
+        long = "api-key",
+        env = "OPENEMBED_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     api_keys: Vec<String>,
     /// A file of API keys, one a line.
     #[arg(long, env = "OPENEMBED_API_KEY_FILE")]
@@ -198,10 +204,12 @@ impl ServeArgs {
     }
 
     fn config(&self) -> Result<ServerConfig> {
-        let mut api_keys = self.api_keys.clone();
-        if let Ok(keys) = std::env::var("OPENEMBED_API_KEYS") {
-            api_keys.extend(keys.split(',').map(str::to_owned));
-        }
+        let mut api_keys: Vec<String> = self
+            .api_keys
+            .iter()
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .collect();
         if let Some(path) = &self.api_key_file {
             api_keys.extend(
                 openembed_server::auth::ApiKeys::read_file(path)

@@ -354,6 +354,33 @@ fn every_subcommand_has_help() {
         assert!(out.status.success(), "{sub} --help");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
     }
+    // Every serve flag names its environment variable; key values never show in --help.
+    let out = bin()
+        .args(["serve", "--help"])
+        .env("OPENEMBED_API_KEYS", "sk-secret-in-env")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("[env: OPENEMBED_API_KEYS]"), "{help}");
+    assert!(!help.contains("sk-secret-in-env"));
+    let mut flags: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        if line.starts_with("      --") || line.starts_with("  -") {
+            flags.push((line.trim().to_owned(), String::new()));
+        } else if let Some((_, block)) = flags.last_mut() {
+            block.push_str(line);
+        }
+    }
+    assert!(flags.len() > 20, "{help}");
+    for (flag, block) in flags {
+        if flag.starts_with("-h") || flag.starts_with("-V") {
+            continue;
+        }
+        assert!(
+            block.contains("[env: OPENEMBED_"),
+            "serve {flag} has no environment variable"
+        );
+    }
 }
 
 #[test]

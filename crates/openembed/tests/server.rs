@@ -489,8 +489,9 @@ fn api_keys_protect_every_route_but_health_ready_metrics() {
     std::fs::create_dir_all(&dir).unwrap();
     let key_file = dir.join("keys");
     std::fs::write(&key_file, "# keys\nsk-from-file\n").unwrap();
+    // Keys from the environment (what --api-key reads when not given) and from the file both count.
     let server = Server::start_with_env(
-        &["--api-key", "sk-flag", "--api-key-file", key_file.to_str().unwrap()],
+        &["--api-key-file", key_file.to_str().unwrap()],
         &[("OPENEMBED_API_KEYS", "sk-env-1,sk-env-2")],
     );
     let c = client();
@@ -520,12 +521,12 @@ fn api_keys_protect_every_route_but_health_ready_metrics() {
             .unwrap()
             .starts_with("You didn't provide an API key."));
         assert_eq!(send(Some("sk-wrong")).status(), 401, "{path} with a wrong key");
-        for key in ["sk-flag", "sk-from-file", "sk-env-2"] {
+        for key in ["sk-from-file", "sk-env-1", "sk-env-2"] {
             assert_ne!(send(Some(key)).status(), 401, "{path} with key {key}");
         }
     }
     let (_, logs) = server.wait_exit(Duration::ZERO);
-    for key in ["sk-flag", "sk-from-file", "sk-env-1", "sk-wrong"] {
+    for key in ["sk-from-file", "sk-env-1", "sk-wrong"] {
         assert!(!logs.contains(key), "a key reached the logs");
     }
     std::fs::remove_dir_all(dir).unwrap();
