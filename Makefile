@@ -33,6 +33,7 @@ test: model
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	scripts/check-feature-unification.py
 
 ## Optional: all-mpnet-base-v2 (438 MB) for the MPNet reference test.
 fetch-mpnet:

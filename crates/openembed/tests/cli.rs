@@ -662,3 +662,29 @@ fn embed_writes_csv_refuses_unknown_formats_and_blank_lines() {
     assert!(!dir.join("v.json").exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn serve_checks_the_port_before_loading_models() {
+    // The port is taken and the model does not exist: the port is what is reported, at once.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = bin()
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--model",
+            "./no-such-model",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot listen") && stderr.contains("--port"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no such folder"), "{stderr}");
+}
