@@ -416,21 +416,24 @@ impl Model {
     /// Scores tokenized pairs of a reranker in one packed batch: the activated score, or the raw
     /// logit with `raw`.
     pub fn score_ids(&self, inputs: &[&[u32]], raw: bool) -> Result<Vec<f32>> {
-        let Some(info) = &self.info.rerank else {
+        if self.info.rerank.is_none() {
             return Err(Error::Unsupported("this model embeds texts; it does not rerank".into()));
-        };
+        }
         let logits = self.embed_ids(inputs)?;
-        Ok(logits
+        Ok(self.scores_from_logits(&logits, raw))
+    }
+
+    /// A reranker's scores from its logits (one row per pair): the first logit, through the
+    /// model's score activation unless `raw`. An embedding model's rows pass unchanged.
+    pub fn scores_from_logits(&self, logits: &[Vec<f32>], raw: bool) -> Vec<f32> {
+        let activation = self.info.rerank.as_ref().map(|r| r.activation).filter(|_| !raw);
+        logits
             .iter()
             .map(|l| {
                 let x = l.first().copied().unwrap_or(0.0);
-                if raw {
-                    x
-                } else {
-                    info.activation.apply(x)
-                }
+                activation.map_or(x, |a| a.apply(x))
             })
-            .collect())
+            .collect()
     }
 
     /// Facts about the model.

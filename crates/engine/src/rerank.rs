@@ -287,3 +287,10 @@ impl RerankHead {
         }
     }
 }
+
+/// Positions and scores, best first; equal scores keep their input order (a stable sort).
+pub fn rank_by_score(scores: Vec<f32>) -> Vec<(usize, f32)> {
+    let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ranked
+}

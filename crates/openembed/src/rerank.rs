@@ -71,8 +71,7 @@ pub fn run(args: &RerankArgs) -> Result<()> {
         let ids: Vec<&[u32]> = pairs[range].iter().map(|p| p.ids.as_slice()).collect();
         scores.extend(model.score_ids(&ids, args.raw_scores)?);
     }
-    let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut ranked = openembed_engine::rerank::rank_by_score(scores);
     ranked.truncate(args.top_n.unwrap_or(ranked.len()));
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (index, score) in ranked {

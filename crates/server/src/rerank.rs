@@ -232,19 +232,5 @@ impl RerankJob {
 
 /// Scores from the engine's logits, ranked best first (stable: ties keep request order).
 pub fn rank(model: &Model, logits: &[Vec<f32>], raw: bool) -> Vec<(usize, f32)> {
-    let activation = model.info().rerank.as_ref().map(|r| r.activation);
-    let mut ranked: Vec<(usize, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let x = l.first().copied().unwrap_or(0.0);
-            let score = match (raw, activation) {
-                (false, Some(a)) => a.apply(x),
-                _ => x,
-            };
-            (i, score)
-        })
-        .collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-    ranked
+    openembed_engine::rerank::rank_by_score(model.scores_from_logits(logits, raw))
 }
