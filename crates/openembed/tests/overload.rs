@@ -16,8 +16,17 @@ use std::time::{Duration, Instant};
 /// Resident memory bound for all-MiniLM-L6-v2 under any load (model ~96 MB + queue + buffers).
 const RSS_BOUND_MB: f64 = 400.0;
 
+/// One load test at a time: each measures a server on the machine's two cores, and another
+/// test's server and clients running beside it would be measured too.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn five_times_capacity_gives_only_200_or_429_and_recovers() {
+    let _alone = alone();
     let server = Server::start(&["--max-queued-tokens", "4000"]);
     let addr = server.url.clone();
     let texts: Vec<String> = reference_lines()
@@ -161,6 +170,7 @@ fn read_all(stream: &mut TcpStream, limit: Duration) -> (String, Duration) {
 
 #[test]
 fn trickling_clients_are_cut_off() {
+    let _alone = alone();
     let server = Server::start(&["--header-timeout", "1", "--body-timeout", "1"]);
     let addr = server.url.trim_start_matches("http://").to_string();
 
@@ -225,6 +235,7 @@ fn trickling_clients_are_cut_off() {
 
 #[test]
 fn connections_over_the_limit_get_a_clear_503() {
+    let _alone = alone();
     let server = Server::start(&["--max-connections", "4", "--header-timeout", "30"]);
     let addr = server.url.trim_start_matches("http://").to_string();
     let idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(&addr).unwrap()).collect();
