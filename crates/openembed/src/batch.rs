@@ -439,7 +439,7 @@ impl Progress {
 pub fn run(args: &BatchArgs) -> Result<()> {
     let spec = match &args.model {
         Some(spec) => spec.clone(),
-        None => ModelSpec::named(crate::home::default_model_dir()?, crate::home::DEFAULT_MODEL),
+        None => crate::home::default_model_spec()?,
     };
     let model = load_model(Some(&spec.source), args.threads, args.dtype)?;
     anyhow::ensure!(

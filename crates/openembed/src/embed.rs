@@ -162,7 +162,6 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         (read_texts(std::io::stdin().lock(), false, "stdin")?, "stdin".into())
     };
     let kept = non_blank(&all_texts, args.skip_blank, &source)?;
-    let texts: Vec<&String> = kept.iter().map(|&i| &all_texts[i]).collect();
     let model = load_model(args.model.as_deref(), args.threads, args.dtype)?;
     if model.info().rerank.is_some() {
         bail!(
@@ -183,7 +182,7 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     } else {
         Truncation::None
     };
-    let refs: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
+    let refs: Vec<&str> = kept.iter().map(|&i| all_texts[i].as_str()).collect();
     // The model's default prompt, as the server applies it when a request names none.
     let info = model.info();
     let prompt = info

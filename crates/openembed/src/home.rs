@@ -7,6 +7,7 @@
 //! (where `openembed fetch` puts it).
 
 use anyhow::{bail, Result};
+use openembed_server::registry::ModelSpec;
 use std::path::{Path, PathBuf};
 
 /// The served name of the default model and the name of its folder.
@@ -75,6 +76,11 @@ pub fn default_model_dir() -> Result<PathBuf> {
         looked.join(", "),
         home_dir.display()
     )
+}
+
+/// The default model as a served model: its folder, served as [`DEFAULT_MODEL`].
+pub fn default_model_spec() -> Result<ModelSpec> {
+    Ok(ModelSpec::named(default_model_dir()?, DEFAULT_MODEL))
 }
 
 #[cfg(test)]

@@ -188,10 +188,7 @@ impl ServeArgs {
     /// The models to serve, each with its `--token-ids` and `--dtype` settings.
     fn models_with_token_ids(&self) -> Result<Vec<ModelSpec>> {
         let mut models = if self.models.is_empty() {
-            vec![ModelSpec::named(
-                crate::home::default_model_dir()?,
-                crate::home::DEFAULT_MODEL,
-            )]
+            vec![crate::home::default_model_spec()?]
         } else {
             self.models.clone()
         };

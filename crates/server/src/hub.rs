@@ -47,26 +47,29 @@ pub fn resolve(spec: &str) -> Result<PathBuf, String> {
         || spec.contains('\\')
         || spec.split('/').count() > 2
         || spec.split_once('/').is_some_and(|(first, _)| Path::new(first).is_dir());
+    let here = || {
+        std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|_| "the working folder".into())
+    };
     if looks_like_path {
-        let cwd = std::env::current_dir()
-            .map(|d| format!(" (relative to {})", d.display()))
-            .unwrap_or_default();
         let what = if path.exists() {
             "is not a folder"
         } else {
             "no such folder"
         };
-        let relative = if path.is_relative() { cwd } else { String::new() };
+        let relative = if path.is_relative() {
+            format!(" (relative to {})", here())
+        } else {
+            String::new()
+        };
         return Err(format!("model '{spec}': {what}{relative}"));
     }
-    fetch(spec).map_err(|e| {
-        let cwd = std::env::current_dir()
-            .map(|d| format!(" in {}", d.display()))
-            .unwrap_or_default();
-        match e.strip_prefix(&format!("model '{spec}': ")) {
-            Some(rest) => format!("model '{spec}': no such folder{cwd}, and as a Hugging Face hub id: {rest}"),
-            None => e,
-        }
+    fetch(spec).map_err(|why| {
+        format!(
+            "model '{spec}': no such folder in {}, and as a Hugging Face hub id: {why}",
+            here()
+        )
     })
 }
 
@@ -112,6 +115,8 @@ impl FileSource for Online {
     }
 }
 
+/// Fetches (or finds in the cache) every file the model needs; an error is the reason alone
+/// (`resolve` names the model).
 fn fetch(id: &str) -> Result<PathBuf, String> {
     let cache = Cache::from_env();
     let source: Box<dyn FileSource> = if hub_offline() {
@@ -120,7 +125,7 @@ fn fetch(id: &str) -> Result<PathBuf, String> {
         let api = ApiBuilder::from_cache(cache.clone())
             .with_progress(false)
             .build()
-            .map_err(|e| format!("model '{id}': cannot use the Hugging Face hub: {e}"))?;
+            .map_err(|e| format!("cannot use the Hugging Face hub: {e}"))?;
         Box::new(Online(api.model(id.to_string())))
     };
     let where_ = if hub_offline() {
@@ -134,7 +139,7 @@ fn fetch(id: &str) -> Result<PathBuf, String> {
     let required = |file: &str| {
         source
             .get(file)
-            .map_err(|e| format!("model '{id}': cannot get {file} from the hub: {e}{where_}"))
+            .map_err(|e| format!("cannot get {file} from the hub: {e}{where_}"))
     };
     // A sentence-transformers static model keeps its table and tokenizer in a module folder
     // (`0_StaticEmbedding/`) and has no transformer files at the root.
@@ -188,7 +193,7 @@ fn fetch(id: &str) -> Result<PathBuf, String> {
         .as_deref()
         .and_then(Path::parent)
         .map(Path::to_path_buf)
-        .ok_or_else(|| format!("model '{id}': unexpected hub cache layout"))
+        .ok_or_else(|| "unexpected hub cache layout".to_string())
 }
 
 fn shard_names(index: &Path) -> Result<Vec<String>, String> {
