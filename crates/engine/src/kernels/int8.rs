@@ -14,7 +14,8 @@
 //!   out of the codes and multiplied in fp32 against its dequantized weight column, so the
 //!   few huge channels of transformer activations do not coarsen every row's scale.
 //! - Products accumulate exactly in i32; the epilogue subtracts `zp·Σq_w`, scales by
-//!   `s_x · s_w`, adds the bias and applies the activation before the one store of fp32.
+//!   `s_x · s_w`, adds the outlier channels' fp32 products and the bias and applies the
+//!   activation before the one store of fp32.
 //!
 //! `K` is never blocked (the i32 sums cover the whole depth); threads split the output as the
 //! fp32 SGEMM does ([`split_work`]).
@@ -155,6 +156,10 @@ struct QuantizedRows {
     zero_points: Vec<i32>,
     channel_max: Vec<f32>,
     outliers: Vec<usize>,
+    /// `[m × outliers]`: each row's values in the outlier channels, in fp32.
+    outlier_x: Vec<f32>,
+    /// `[outliers × n]`: the weight's outlier columns, dequantized.
+    outlier_w: Vec<f32>,
 }
 
 /// A channel whose largest magnitude in the batch exceeds this many times the median
@@ -253,9 +258,7 @@ impl QuantizedRows {
             .par_chunks(64 * k)
             .map(|rows| {
                 let mut max = vec![0.0f32; k];
-                for row in rows.chunks_exact(k) {
-                    max.iter_mut().zip(row).for_each(|(m, v)| *m = m.max(v.abs()));
-                }
+                channel_abs_max(rows, &mut max);
                 max
             })
             .reduce_with(|mut a, b| {
@@ -279,26 +282,35 @@ impl QuantizedRows {
         self.outliers.sort_unstable();
     }
 
-    fn fill(&mut self, x: &[f32], m: usize, k: usize, kp: usize, wide: bool) {
+    /// Quantizes `x` for `w`'s kernel: the codes (widened to u16 for AVX2), and the outlier
+    /// channels' values and weight columns for the kernels' epilogue.
+    fn fill(&mut self, x: &[f32], m: usize, w: &Int8Weight) {
         const ROWS: usize = 16;
+        let (k, kp) = (w.k, w.kp);
         self.find_outliers(x, m, k);
         let outliers = &self.outliers;
+        let no = outliers.len();
         let codes = buffer(&mut self.codes, m * kp);
         codes
             .par_chunks_mut(ROWS * kp)
             .zip(buffer(&mut self.scales, m).par_chunks_mut(ROWS))
             .zip(buffer(&mut self.zero_points, m).par_chunks_mut(ROWS))
+            // (One value per row even without outliers, so the chunks line up with the rows'.)
+            .zip(buffer(&mut self.outlier_x, m * no.max(1)).par_chunks_mut(ROWS * no.max(1)))
             .zip(x[..m * k].par_chunks(ROWS * k))
-            .for_each(|(((codes, scales), zps), x)| {
+            .for_each(|((((codes, scales), zps), kept), x)| {
                 let mut masked = Vec::new();
                 for (i, row) in x.chunks_exact(k).enumerate() {
-                    let row = if outliers.is_empty() {
+                    let row = if no == 0 {
                         row
                     } else {
-                        // Outlier channels are computed apart in fp32: zero here.
+                        // Outlier channels are computed apart in fp32: kept aside, zero here.
                         masked.clear();
                         masked.extend_from_slice(row);
-                        outliers.iter().for_each(|&c| masked[c] = 0.0);
+                        for (o, &c) in outliers.iter().enumerate() {
+                            kept[i * no + o] = masked[c];
+                            masked[c] = 0.0;
+                        }
                         &masked[..]
                     };
                     let (s, z) = quantize_row(row, &mut codes[i * kp..(i + 1) * kp]);
@@ -306,6 +318,11 @@ impl QuantizedRows {
                     zps[i] = z;
                 }
             });
+        let columns = buffer(&mut self.outlier_w, no * w.n);
+        for (&c, col) in outliers.iter().zip(columns.chunks_exact_mut(w.n.max(1))) {
+            w.dequantized_column(c, col);
+        }
+        let wide = w.isa == Int8Isa::Avx2;
         if wide {
             buffer(&mut self.wide, m * kp)
                 .par_chunks_mut(ROWS * kp)
@@ -331,10 +348,26 @@ struct QTile {
     row_zp: *const i32,
     col_scale: *const f32,
     col_sum: *const i32,
-    /// Store (adding `bias`) when true, else add to what `c` holds (the outliers' part).
-    overwrite: bool,
+    /// Outlier channels: row `r`'s values at `outlier_x + r·outliers`; outlier `o`'s weight
+    /// for this tile's column `j` at `outlier_w + o·n + j`.
+    outliers: usize,
+    outlier_x: *const f32,
+    outlier_w: *const f32,
+    n: usize,
     bias: Option<*const f32>,
     act: Activation,
+}
+
+impl QTile {
+    /// Row `r`'s outlier channels' product for column `j`.
+    #[inline(always)]
+    unsafe fn outlier_sum(&self, r: usize, j: usize) -> f32 {
+        let mut sum = 0.0;
+        for o in 0..self.outliers {
+            sum += *self.outlier_x.add(r * self.outliers + o) * *self.outlier_w.add(o * self.n + j);
+        }
+        sum
+    }
 }
 
 /// `out[m × n] = act(x[m × k] · Wᵀ + bias)` with `W` in int8, rows of `out` `out_stride` apart,
@@ -358,8 +391,8 @@ pub fn gemm_int8(
         return;
     }
     let mut rows = ROWS.with(|cell| cell.take());
+    rows.fill(x, m, w);
     let wide = w.isa == Int8Isa::Avx2;
-    rows.fill(x, m, k, kp, wide);
     let (nr, mr) = (w.isa.nr(), w.isa.mr());
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_ptr = &out_ptr;
@@ -371,53 +404,33 @@ pub fn gemm_int8(
     let a_base = SendPtr(a_base as *mut u8);
     let a_base = &a_base;
     let elem = if wide { 2 } else { 1 };
-    let (scales, zps) = (&rows.scales, &rows.zero_points);
-    // Outlier channels first, in fp32: each task starts its block with bias + x[:, O] · W[:, O]ᵀ,
-    // and the int8 product is then added to it.
-    let overwrite = rows.outliers.is_empty();
-    let mut columns = vec![0.0f32; rows.outliers.len() * n];
-    for (&c, col) in rows.outliers.iter().zip(columns.chunks_exact_mut(n)) {
-        w.dequantized_column(c, col);
-    }
-    let outliers = &rows.outliers;
-    let tile_bias = if overwrite { bias } else { None };
+    let quant = &rows;
+    let no = quant.outliers.len();
     let tasks = split_work(m, n, mr, nr, threads);
     run_tasks(&tasks, |&block| {
-        let (r0, r1, c0, c1) = block;
-        if !overwrite {
-            for r in r0..r1 {
-                // SAFETY: row r, columns c0..c1 belong to this task's block only (tasks are
-                // disjoint) and lie inside `out` (checked above).
-                let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(r * out_stride + c0), c1 - c0) };
-                outlier_row(
-                    o,
-                    &x[r * k..(r + 1) * k],
-                    outliers,
-                    &columns,
-                    c0,
-                    bias.map(|b| &b[c0..c1]),
-                );
-            }
-        }
-        for_each_tile(block, mr, nr, |r, rows, c| {
+        for_each_tile(block, mr, nr, |r, tile_rows, c| {
             // SAFETY: rows r..r+rows and columns c..c+cols lie inside this task's
             // block (tasks are disjoint) and inside every buffer checked above; the
-            // panel holds kp·nr codes and nr scales/sums.
+            // panel holds kp·nr codes and nr scales/sums; the outlier values hold
+            // `no` per row and the outlier columns `n` per outlier.
             unsafe {
                 let t = QTile {
-                    rows,
+                    rows: tile_rows,
                     a: a_base.0.add(r * kp * elem),
                     kp,
                     b: w.panels.as_ptr().add((c / nr) * kp * nr),
                     c: out_ptr.0.add(r * out_stride + c),
                     ldc: out_stride,
                     cols: nr.min(n - c),
-                    row_scale: scales.as_ptr().add(r),
-                    row_zp: zps.as_ptr().add(r),
+                    row_scale: quant.scales.as_ptr().add(r),
+                    row_zp: quant.zero_points.as_ptr().add(r),
                     col_scale: w.scales.as_ptr().add(c),
                     col_sum: w.sums.as_ptr().add(c),
-                    overwrite,
-                    bias: tile_bias.map(|b| b.as_ptr().add(c)),
+                    outliers: no,
+                    outlier_x: quant.outlier_x.as_ptr().add(r * no),
+                    outlier_w: quant.outlier_w.as_ptr().add(c),
+                    n,
+                    bias: bias.map(|b| b.as_ptr().add(c)),
                     act,
                 };
                 match w.isa {
@@ -438,19 +451,10 @@ pub fn gemm_int8(
 }
 
 super::simd_dispatch! {
-    /// `o = bias + Σ x[c] · column(c)[from..]` over the outlier channels `c`; `columns` holds
-    /// one dequantized weight column of the full output width per outlier, end to end.
-    fn outlier_row(o: &mut [f32], x: &[f32], outliers: &[usize], columns: &[f32], from: usize, bias: Option<&[f32]>) {
-        let width = o.len();
-        match bias {
-            Some(b) => o.copy_from_slice(&b[..width]),
-            None => o.fill(0.0),
-        }
-        let n = columns.len() / outliers.len().max(1);
-        for (&c, col) in outliers.iter().zip(columns.chunks_exact(n.max(1))) {
-            let v = x[c];
-            let col = &col[from..from + width];
-            o.iter_mut().zip(col).for_each(|(o, &w)| *o = super::math::madd::<FMA>(v, w, *o));
+    /// `max[c] = max(max[c], |row[c]|)` over the rows of `x` (rows `max.len()` apart).
+    fn channel_abs_max(x: &[f32], max: &mut [f32]) {
+        for row in x.chunks_exact(max.len().max(1)) {
+            max.iter_mut().zip(row).for_each(|(m, v)| *m = m.max(v.abs()));
         }
     }
 }
@@ -479,9 +483,9 @@ unsafe fn portable_tile(t: QTile) {
     for (r, row) in acc.iter().enumerate().take(t.rows) {
         let mut tmp = [0.0f32; NR];
         for j in 0..t.cols {
-            tmp[j] = dequantize(&t, r, j, row[j]);
+            tmp[j] = dequantize(&t, r, j, row[j]) + t.outlier_sum(r, j);
         }
-        super::sgemm::finish_row::<false>(&mut tmp, t.c.add(r * t.ldc), t.cols, t.overwrite, t.bias, t.act);
+        super::sgemm::finish_row::<false>(&mut tmp, t.c.add(r * t.ldc), t.cols, true, t.bias, t.act);
     }
 }
 
@@ -513,14 +517,24 @@ unsafe fn avx2_kernel<const R: usize>(t: QTile) {
         _mm256_loadu_si256(cs.as_ptr().add(8) as *const __m256i),
     );
     let (sw0, sw1) = (_mm256_loadu_ps(sw.as_ptr()), _mm256_loadu_ps(sw.as_ptr().add(8)));
+    // The outlier columns of this tile, zero past `cols`.
+    let mut ow = [[0.0f32; NR]; MAX_OUTLIERS];
+    for (o, col) in ow.iter_mut().enumerate().take(t.outliers) {
+        std::ptr::copy_nonoverlapping(t.outlier_w.add(o * t.n), col.as_mut_ptr(), t.cols);
+    }
     for (r, row) in acc.iter().enumerate() {
         let zp = _mm256_set1_epi32(*t.row_zp.add(r));
         let sa = _mm256_set1_ps(*t.row_scale.add(r));
         let lo = _mm256_cvtepi32_ps(_mm256_sub_epi32(row[0], _mm256_mullo_epi32(zp, cs0)));
         let hi = _mm256_cvtepi32_ps(_mm256_sub_epi32(row[1], _mm256_mullo_epi32(zp, cs1)));
-        let lo = _mm256_mul_ps(lo, _mm256_mul_ps(sa, sw0));
-        let hi = _mm256_mul_ps(hi, _mm256_mul_ps(sa, sw1));
-        super::sgemm::finish_avx2(lo, hi, t.c.add(r * t.ldc), t.cols, t.overwrite, t.bias, t.act);
+        let mut lo = _mm256_mul_ps(lo, _mm256_mul_ps(sa, sw0));
+        let mut hi = _mm256_mul_ps(hi, _mm256_mul_ps(sa, sw1));
+        for (o, col) in ow.iter().enumerate().take(t.outliers) {
+            let xv = _mm256_set1_ps(*t.outlier_x.add(r * t.outliers + o));
+            lo = _mm256_fmadd_ps(xv, _mm256_loadu_ps(col.as_ptr()), lo);
+            hi = _mm256_fmadd_ps(xv, _mm256_loadu_ps(col.as_ptr().add(8)), hi);
+        }
+        super::sgemm::finish_avx2(lo, hi, t.c.add(r * t.ldc), t.cols, true, t.bias, t.act);
     }
 }
 
@@ -557,14 +571,44 @@ unsafe fn vnni_kernel<const R: usize>(t: QTile) {
     let cs1 = _mm512_maskz_loadu_epi32(m1, t.col_sum.wrapping_add(16));
     let sw0 = _mm512_maskz_loadu_ps(m0, t.col_scale);
     let sw1 = _mm512_maskz_loadu_ps(m1, t.col_scale.wrapping_add(16));
+    // The outlier columns of this tile, zero past `cols`.
+    let mut ow = [[_mm512_setzero_ps(); 2]; MAX_OUTLIERS];
+    for (o, col) in ow.iter_mut().enumerate().take(t.outliers) {
+        let w = t.outlier_w.add(o * t.n);
+        *col = [
+            _mm512_maskz_loadu_ps(m0, w),
+            _mm512_maskz_loadu_ps(m1, w.wrapping_add(16)),
+        ];
+    }
+    let zero = _mm512_setzero_ps();
+    let (bias0, bias1) = match t.bias {
+        Some(b) => (
+            _mm512_maskz_loadu_ps(m0, b),
+            _mm512_maskz_loadu_ps(m1, b.wrapping_add(16)),
+        ),
+        None => (zero, zero),
+    };
     for (r, row) in acc.iter().enumerate() {
         let zp = _mm512_set1_epi32(*t.row_zp.add(r));
         let sa = _mm512_set1_ps(*t.row_scale.add(r));
         let lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(row[0], _mm512_mullo_epi32(zp, cs0)));
         let hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(row[1], _mm512_mullo_epi32(zp, cs1)));
-        let lo = _mm512_mul_ps(lo, _mm512_mul_ps(sa, sw0));
-        let hi = _mm512_mul_ps(hi, _mm512_mul_ps(sa, sw1));
-        super::sgemm::finish_avx512(lo, hi, t.c.add(r * t.ldc), t.cols, t.overwrite, t.bias, t.act);
+        let mut lo = _mm512_fmadd_ps(lo, _mm512_mul_ps(sa, sw0), bias0);
+        let mut hi = _mm512_fmadd_ps(hi, _mm512_mul_ps(sa, sw1), bias1);
+        for (o, col) in ow.iter().enumerate().take(t.outliers) {
+            let xv = _mm512_set1_ps(*t.outlier_x.add(r * t.outliers + o));
+            lo = _mm512_fmadd_ps(xv, col[0], lo);
+            hi = _mm512_fmadd_ps(xv, col[1], hi);
+        }
+        let dst = t.c.add(r * t.ldc);
+        if t.act == Activation::Identity {
+            // Stored here rather than through `finish_avx512`, which is not inlined: most
+            // layers have no activation, and this spares them a call per row.
+            _mm512_mask_storeu_ps(dst, m0, lo);
+            _mm512_mask_storeu_ps(dst.wrapping_add(16), m1, hi);
+        } else {
+            super::sgemm::finish_avx512(lo, hi, dst, t.cols, true, None, t.act);
+        }
     }
 }
 
