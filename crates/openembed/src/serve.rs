@@ -85,7 +85,7 @@ pub struct ServeArgs {
     /// Milliseconds one engine batch should take: a batch's token budget follows the engine's
     /// recent speed, so a request arriving behind a large one waits about this long for the
     /// batch in progress. Larger trades latency for fewer, bigger batches.
-    #[arg(long, env = "OPENEMBED_BATCH_TIME_MS", default_value_t = 50)]
+    #[arg(long, env = "OPENEMBED_BATCH_TIME_MS", default_value_t = 100)]
     batch_time_ms: u64,
     /// Most tokens waiting per model; beyond it requests get 429 with Retry-After.
     #[arg(long, env = "OPENEMBED_MAX_QUEUED_TOKENS", default_value_t = 500_000)]
