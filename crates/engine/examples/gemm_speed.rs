@@ -64,7 +64,7 @@ fn main() {
             let s = best_secs(|| pool.install(|| gemm_bf16(&x, m, &packed, Some(&b), act, &mut out, n, threads)));
             line += &format!(" bf16-{isa:?} {:.0}", gop / s);
         }
-        for isa in [Int8Isa::Avx2, Int8Isa::Avx512Vnni] {
+        for isa in [Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni] {
             if !isa.supported() {
                 continue;
             }

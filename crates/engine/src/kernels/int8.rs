@@ -32,6 +32,9 @@ pub enum Int8Isa {
     Portable,
     /// AVX2 `vpmaddwd` on sign-extended weights, 6×16 tiles.
     Avx2,
+    /// 256-bit `vpdpbusd`, 6×16 tiles: AVX-VNNI, or the same instruction's AVX512-VL encoding
+    /// on a CPU with AVX-512 VNNI (which is how it is tested there).
+    AvxVnni,
     /// AVX-512 VNNI `vpdpbusd`, 14×32 tiles.
     Avx512Vnni,
 }
@@ -41,6 +44,8 @@ impl Int8Isa {
     pub fn detect() -> Self {
         if super::has_avx512_vnni() {
             Int8Isa::Avx512Vnni
+        } else if super::has_avx_vnni() {
+            Int8Isa::AvxVnni
         } else if super::has_avx2_fma() {
             Int8Isa::Avx2
         } else {
@@ -53,6 +58,7 @@ impl Int8Isa {
         match self {
             Int8Isa::Portable => true,
             Int8Isa::Avx2 => super::has_avx2_fma(),
+            Int8Isa::AvxVnni => super::has_avx_vnni() || super::has_avx512_vnni(),
             Int8Isa::Avx512Vnni => super::has_avx512_vnni(),
         }
     }
@@ -60,7 +66,7 @@ impl Int8Isa {
     /// Output columns per panel.
     fn nr(self) -> usize {
         match self {
-            Int8Isa::Portable | Int8Isa::Avx2 => 16,
+            Int8Isa::Portable | Int8Isa::Avx2 | Int8Isa::AvxVnni => 16,
             Int8Isa::Avx512Vnni => 32,
         }
     }
@@ -69,7 +75,7 @@ impl Int8Isa {
     fn mr(self) -> usize {
         match self {
             Int8Isa::Portable => 4,
-            Int8Isa::Avx2 => 6,
+            Int8Isa::Avx2 | Int8Isa::AvxVnni => 6,
             Int8Isa::Avx512Vnni => 14,
         }
     }
@@ -78,7 +84,7 @@ impl Int8Isa {
     fn group(self) -> usize {
         match self {
             Int8Isa::Avx2 => 2,
-            Int8Isa::Portable | Int8Isa::Avx512Vnni => 4,
+            Int8Isa::Portable | Int8Isa::AvxVnni | Int8Isa::Avx512Vnni => 4,
         }
     }
 }
@@ -438,6 +444,12 @@ pub fn gemm_int8(
                     #[cfg(target_arch = "x86_64")]
                     Int8Isa::Avx2 => super::rows_dispatch!(t.rows, avx2_kernel, [6, 5, 4, 3, 2], t),
                     #[cfg(target_arch = "x86_64")]
+                    Int8Isa::AvxVnni if super::has_avx_vnni() => {
+                        super::rows_dispatch!(t.rows, avx_vnni_kernel, [6, 5, 4, 3, 2], t)
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    Int8Isa::AvxVnni => super::rows_dispatch!(t.rows, avx512vl_vnni_kernel, [6, 5, 4, 3, 2], t),
+                    #[cfg(target_arch = "x86_64")]
                     Int8Isa::Avx512Vnni => {
                         super::rows_dispatch!(t.rows, vnni_kernel, [14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], t)
                     }
@@ -508,6 +520,17 @@ unsafe fn avx2_kernel<const R: usize>(t: QTile) {
             row[1] = _mm256_add_epi32(row[1], _mm256_madd_epi16(av, b1));
         }
     }
+    avx2_epilogue(&t, &acc);
+}
+
+/// Dequantizes a 256-bit kernel's `R × 16` i32 sums (two registers per row), adds the outlier
+/// channels and the bias, applies the activation and stores: the AVX2 and AVX-VNNI kernels'
+/// shared epilogue.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn avx2_epilogue<const R: usize>(t: &QTile, acc: &[[std::arch::x86_64::__m256i; 2]; R]) {
+    use std::arch::x86_64::*;
+    const NR: usize = 16;
     let mut cs = [0i32; NR];
     let mut sw = [0.0f32; NR];
     std::ptr::copy_nonoverlapping(t.col_sum, cs.as_mut_ptr(), t.cols);
@@ -536,6 +559,46 @@ unsafe fn avx2_kernel<const R: usize>(t: QTile) {
         }
         super::sgemm::finish_avx2(lo, hi, t.c.add(r * t.ldc), t.cols, true, t.bias, t.act);
     }
+}
+
+/// 256-bit `vpdpbusd` (AVX-VNNI): four u8 activations against four i8 weights per lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn avx_vnni_kernel<const R: usize>(t: QTile) {
+    vnni256::<R, false>(t)
+}
+
+/// The same kernel with the AVX512-VL encoding of the instruction, for CPUs with AVX-512 VNNI
+/// (the 512-bit kernel is chosen there; this one lets those CPUs test the 256-bit kernel).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn avx512vl_vnni_kernel<const R: usize>(t: QTile) {
+    vnni256::<R, true>(t)
+}
+
+/// Body of the 256-bit VNNI kernels; `EVEX` picks the instruction's encoding.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn vnni256<const R: usize, const EVEX: bool>(t: QTile) {
+    use std::arch::x86_64::*;
+    const NR: usize = 16;
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    for g in 0..t.kp / 4 {
+        let bp = t.b.add(g * NR * 4);
+        let b0 = _mm256_loadu_si256(bp as *const __m256i);
+        let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = _mm256_set1_epi32((t.a.add(r * t.kp + 4 * g) as *const i32).read_unaligned());
+            if EVEX {
+                row[0] = _mm256_dpbusd_epi32(row[0], av, b0);
+                row[1] = _mm256_dpbusd_epi32(row[1], av, b1);
+            } else {
+                row[0] = _mm256_dpbusd_avx_epi32(row[0], av, b0);
+                row[1] = _mm256_dpbusd_avx_epi32(row[1], av, b1);
+            }
+        }
+    }
+    avx2_epilogue(&t, &acc);
 }
 
 /// AVX-512 VNNI: `vpdpbusd` of four u8 activations against four i8 weights per lane.
@@ -638,10 +701,13 @@ mod tests {
 
     #[test]
     fn every_kernel_matches_exact_integer_arithmetic_on_odd_shapes() {
-        for isa in [Int8Isa::Portable, Int8Isa::Avx2, Int8Isa::Avx512Vnni] {
+        for isa in [Int8Isa::Portable, Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni] {
             if !isa.supported() {
                 eprintln!("skipped: int8 {isa:?} kernel (this CPU lacks it)");
                 continue;
+            }
+            if isa == Int8Isa::AvxVnni && !crate::kernels::has_avx_vnni() {
+                eprintln!("int8 AvxVnni kernel runs with the AVX512-VL encoding (this CPU lacks AVX-VNNI)");
             }
             for &(m, k, n) in &[
                 (1, 1, 1),
@@ -709,7 +775,7 @@ mod tests {
         }
         let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos() * 0.05).collect();
         let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
-        for isa in [Int8Isa::Portable, Int8Isa::Avx2, Int8Isa::Avx512Vnni] {
+        for isa in [Int8Isa::Portable, Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni] {
             if !isa.supported() {
                 eprintln!("skipped: int8 {isa:?} kernel (this CPU lacks it)");
                 continue;

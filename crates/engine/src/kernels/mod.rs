@@ -45,6 +45,9 @@ pub fn isa_name() -> String {
     } else {
         return "portable".to_owned();
     };
+    if !has_avx512() && has_avx_vnni() {
+        name.push_str("-avxvnni");
+    }
     if has_avx512_vnni() {
         name.push_str("-vnni");
     }
@@ -77,6 +80,21 @@ pub fn has_avx512_bf16() -> bool {
     {
         static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *HAS.get_or_init(|| isa_cap() >= 3 && has_avx512() && std::arch::is_x86_feature_detected!("avx512bf16"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// True when the CPU has AVX-VNNI (the 256-bit VEX-encoded `vpdpbusd` of Intel's client cores
+/// and later Xeons) on top of [`has_avx2_fma`], and [`ISA_ENV`] allows everything (`native`).
+#[inline]
+pub fn has_avx_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| isa_cap() >= 3 && has_avx2_fma() && std::arch::is_x86_feature_detected!("avxvnni"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
