@@ -80,6 +80,11 @@ impl Int8Isa {
         }
     }
 
+    /// Whether the kernel reads activation codes widened to u16 (AVX2's `vpmaddwd`).
+    fn wide_codes(self) -> bool {
+        self == Int8Isa::Avx2
+    }
+
     /// Consecutive `k` values of one column stored together.
     fn group(self) -> usize {
         match self {
@@ -328,8 +333,7 @@ impl QuantizedRows {
         for (&c, col) in outliers.iter().zip(columns.chunks_exact_mut(w.n.max(1))) {
             w.dequantized_column(c, col);
         }
-        let wide = w.isa == Int8Isa::Avx2;
-        if wide {
+        if w.isa.wide_codes() {
             buffer(&mut self.wide, m * kp)
                 .par_chunks_mut(ROWS * kp)
                 .zip(self.codes[..m * kp].par_chunks(ROWS * kp))
@@ -398,7 +402,9 @@ pub fn gemm_int8(
     }
     let mut rows = ROWS.with(|cell| cell.take());
     rows.fill(x, m, w);
-    let wide = w.isa == Int8Isa::Avx2;
+    let wide = w.isa.wide_codes();
+    // The 256-bit VNNI kernel's encoding, chosen once per call rather than per tile.
+    let vex_vnni = super::has_avx_vnni();
     let (nr, mr) = (w.isa.nr(), w.isa.mr());
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_ptr = &out_ptr;
@@ -444,7 +450,7 @@ pub fn gemm_int8(
                     #[cfg(target_arch = "x86_64")]
                     Int8Isa::Avx2 => super::rows_dispatch!(t.rows, avx2_kernel, [6, 5, 4, 3, 2], t),
                     #[cfg(target_arch = "x86_64")]
-                    Int8Isa::AvxVnni if super::has_avx_vnni() => {
+                    Int8Isa::AvxVnni if vex_vnni => {
                         super::rows_dispatch!(t.rows, avx_vnni_kernel, [6, 5, 4, 3, 2], t)
                     }
                     #[cfg(target_arch = "x86_64")]
