@@ -9,7 +9,6 @@ use crate::kernels::activation::Activation;
 use crate::kernels::buffer;
 use crate::kernels::math::{softmax_in_place, SOFTMAX_LANES};
 use crate::kernels::sgemm::{Avx2, Avx512, Isa, MicroKernel, Portable, Tile};
-use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Which keys a query may attend to.
@@ -108,7 +107,7 @@ fn attention_with<K: MicroKernel>(
     let seqs = offsets.len().saturating_sub(1);
     let out_ptr = OutPtr(out.as_mut_ptr());
     let out_ptr = &out_ptr;
-    (0..seqs * layout.heads).into_par_iter().for_each(|task| {
+    crate::parallel::for_each_index(seqs * layout.heads, |task| {
         let (s, h) = (task / layout.heads, task % layout.heads);
         let (start, end) = (offsets[s], offsets[s + 1]);
         HEAD_SCRATCH.with(|cell| {

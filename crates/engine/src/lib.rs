@@ -21,6 +21,7 @@ pub mod error;
 pub mod kernels;
 pub mod model;
 pub mod models;
+pub mod parallel;
 pub mod pooling;
 pub mod rerank;
 pub mod rotary;

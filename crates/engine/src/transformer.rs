@@ -14,7 +14,7 @@ use crate::kernels::bf16::{gemm_bf16, Bf16Isa, Bf16Weight};
 use crate::kernels::int8::{gemm_int8, Int8Isa, Int8Weight};
 use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm, rms_norm_in_place};
 use crate::kernels::sgemm::{sgemm, Isa, PackedWeight};
-use crate::kernels::{buffer, par_rows};
+use crate::kernels::{buffer, par_rows, par_rows_mut};
 use crate::rotary::Rotary;
 use crate::weights::{Tensor, Weights};
 
@@ -88,10 +88,9 @@ impl Linear {
                 self.forward_act(x, rows, out, Activation::Identity, threads);
                 lora.add(x, &spans, out, self.in_features, self.out_features, threads);
                 if act != Activation::Identity {
-                    use rayon::prelude::*;
-                    out[..rows * self.out_features]
-                        .par_chunks_mut(self.out_features * 64)
-                        .for_each(|c| act.apply(c));
+                    par_rows_mut(&mut out[..rows * self.out_features], self.out_features, |c| {
+                        act.apply(c)
+                    });
                 }
             }
             _ => self.forward_act(x, rows, out, act, threads),
@@ -279,15 +278,18 @@ impl Norm {
 
     /// `x = norm(x)` row by row.
     pub fn apply_in_place(&self, x: &mut [f32], width: usize) {
-        use rayon::prelude::*;
         match self {
-            Norm::Layer { weight, bias, eps } => x.par_chunks_mut(width).for_each(|row| {
-                let input = row.to_vec();
-                layer_norm(&input, row, width, weight.data(), bias, *eps)
+            Norm::Layer { weight, bias, eps } => par_rows_mut(x, width, |rows| {
+                let mut input = vec![0.0; width];
+                for row in rows.chunks_exact_mut(width) {
+                    input.copy_from_slice(row);
+                    layer_norm(&input, row, width, weight.data(), bias, *eps)
+                }
             }),
-            Norm::Rms { weight, eps } => x
-                .par_chunks_mut(width)
-                .for_each(|row| rms_norm_in_place(row, width, weight.data(), *eps)),
+            Norm::Rms { weight, eps } => par_rows_mut(x, width, |rows| {
+                rows.chunks_exact_mut(width)
+                    .for_each(|row| rms_norm_in_place(row, width, weight.data(), *eps))
+            }),
         }
     }
 
@@ -361,19 +363,22 @@ impl SelfAttention {
         if self.rotary.is_none() && self.qk_norm.is_none() {
             return;
         }
-        use rayon::prelude::*;
         let l = self.layout;
         let (hd, width) = (l.head_dim, l.qkv_width());
         let mut positions = Vec::with_capacity(batch.total_tokens());
         for s in 0..batch.len() {
             positions.extend(0..batch.range(s).len());
         }
-        qkv.par_chunks_mut(width)
-            .zip(positions.par_iter())
-            .for_each(|(row, &p)| {
+        const ROWS: usize = 32;
+        let blocks = qkv[..positions.len() * width]
+            .chunks_mut(ROWS * width)
+            .zip(positions.chunks(ROWS))
+            .collect();
+        let norms = self.qk_norm.as_ref().map(|n| (n.q.data(), n.k.data(), n.eps));
+        crate::parallel::for_each(blocks, |(rows, positions): (&mut [f32], &[usize])| {
+            for (row, &p) in rows.chunks_exact_mut(width).zip(positions) {
                 let (q, rest) = row.split_at_mut(l.heads * hd);
                 let k = &mut rest[..l.kv_heads * hd];
-                let norms = self.qk_norm.as_ref().map(|n| (n.q.data(), n.k.data(), n.eps));
                 for (heads, is_q) in [(q, true), (k, false)] {
                     for head in heads.chunks_exact_mut(hd) {
                         if let Some((qw, kw, eps)) = norms {
@@ -384,7 +389,8 @@ impl SelfAttention {
                         }
                     }
                 }
-            });
+            }
+        });
     }
 }
 
@@ -598,8 +604,12 @@ pub struct Scratch {
 impl Transformer {
     /// Runs the stack on a packed batch; the hidden states end in `scratch.hidden[..tokens*hidden]`.
     /// Ids must have been checked against [`Self::vocab_size`] and lengths against
-    /// [`Self::max_positions`].
+    /// [`Self::max_positions`]. Runs as one [`crate::parallel::session`].
     pub fn forward(&self, batch: &PackedBatch, scratch: &mut Scratch, threads: usize) {
+        crate::parallel::session(|| self.forward_in_session(batch, scratch, threads))
+    }
+
+    fn forward_in_session(&self, batch: &PackedBatch, scratch: &mut Scratch, threads: usize) {
         let t = batch.total_tokens();
         let hsz = self.hidden;
         self.embed(

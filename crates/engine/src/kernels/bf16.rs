@@ -10,6 +10,7 @@
 use super::activation::Activation;
 use super::buffer;
 use super::sgemm::{for_each_tile, run_tasks, split_work, SendPtr};
+use crate::parallel;
 use rayon::prelude::*;
 
 /// The instruction set a [`Bf16Weight`] is laid out for.
@@ -185,24 +186,26 @@ pub fn gemm_bf16(
     let as_bits = w.isa == Bf16Isa::Avx512Bf16;
     let x = &x[..m * k];
     let (a_base, elem) = if as_bits {
-        buffer(&mut rows.bits, m * kp)
-            .par_chunks_mut(ROUND_ROWS * kp)
-            .zip(x.par_chunks(ROUND_ROWS * k))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
-                    round_row_bits(x, o);
-                }
-            });
+        let blocks = buffer(&mut rows.bits, m * kp)
+            .chunks_mut(ROUND_ROWS * kp)
+            .zip(x.chunks(ROUND_ROWS * k))
+            .collect();
+        parallel::for_each(blocks, |(o, x): (&mut [u16], &[f32])| {
+            for (o, x) in o.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
+                round_row_bits(x, o);
+            }
+        });
         (rows.bits.as_ptr() as *const u8, 2)
     } else {
-        buffer(&mut rows.values, m * kp)
-            .par_chunks_mut(ROUND_ROWS * kp)
-            .zip(x.par_chunks(ROUND_ROWS * k))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
-                    round_row_values(x, o);
-                }
-            });
+        let blocks = buffer(&mut rows.values, m * kp)
+            .chunks_mut(ROUND_ROWS * kp)
+            .zip(x.chunks(ROUND_ROWS * k))
+            .collect();
+        parallel::for_each(blocks, |(o, x): (&mut [f32], &[f32])| {
+            for (o, x) in o.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
+                round_row_values(x, o);
+            }
+        });
         (rows.values.as_ptr() as *const u8, 4)
     };
     let a_base = SendPtr(a_base as *mut u8);

@@ -23,6 +23,7 @@
 use super::activation::Activation;
 use super::buffer;
 use super::sgemm::{for_each_tile, run_tasks, split_work, SendPtr};
+use crate::parallel;
 use rayon::prelude::*;
 
 /// The instruction set an [`Int8Weight`] is laid out for.
@@ -265,18 +266,16 @@ impl QuantizedRows {
         if k < 32 {
             return;
         }
-        let max = x[..m * k]
-            .par_chunks(64 * k)
-            .map(|rows| {
-                let mut max = vec![0.0f32; k];
-                channel_abs_max(rows, &mut max);
-                max
-            })
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a = a.max(*b));
-                a
-            })
-            .unwrap_or_default();
+        let blocks: Vec<&[f32]> = x[..m * k].chunks(64 * k).collect();
+        let mut maxima = vec![0.0f32; blocks.len() * k];
+        parallel::for_each(maxima.chunks_mut(k).zip(blocks).collect(), |(max, rows)| {
+            channel_abs_max(rows, max)
+        });
+        let mut chunks = maxima.chunks_exact(k);
+        let mut max = chunks.next().map(<[f32]>::to_vec).unwrap_or_default();
+        for other in chunks {
+            max.iter_mut().zip(other).for_each(|(a, b)| *a = a.max(*b));
+        }
         self.channel_max.clear();
         self.channel_max.extend_from_slice(&max);
         let mid = k / 2;
@@ -302,42 +301,46 @@ impl QuantizedRows {
         let outliers = &self.outliers;
         let no = outliers.len();
         let codes = buffer(&mut self.codes, m * kp);
-        codes
-            .par_chunks_mut(ROWS * kp)
-            .zip(buffer(&mut self.scales, m).par_chunks_mut(ROWS))
-            .zip(buffer(&mut self.zero_points, m).par_chunks_mut(ROWS))
+        let blocks: Vec<_> = codes
+            .chunks_mut(ROWS * kp)
+            .zip(buffer(&mut self.scales, m).chunks_mut(ROWS))
+            .zip(buffer(&mut self.zero_points, m).chunks_mut(ROWS))
             // (One value per row even without outliers, so the chunks line up with the rows'.)
-            .zip(buffer(&mut self.outlier_x, m * no.max(1)).par_chunks_mut(ROWS * no.max(1)))
-            .zip(x[..m * k].par_chunks(ROWS * k))
-            .for_each(|((((codes, scales), zps), kept), x)| {
-                let mut masked = Vec::new();
-                for (i, row) in x.chunks_exact(k).enumerate() {
-                    let row = if no == 0 {
-                        row
-                    } else {
-                        // Outlier channels are computed apart in fp32: kept aside, zero here.
-                        masked.clear();
-                        masked.extend_from_slice(row);
-                        for (o, &c) in outliers.iter().enumerate() {
-                            kept[i * no + o] = masked[c];
-                            masked[c] = 0.0;
-                        }
-                        &masked[..]
-                    };
-                    let (s, z) = quantize_row(row, &mut codes[i * kp..(i + 1) * kp]);
-                    scales[i] = s;
-                    zps[i] = z;
-                }
-            });
+            .zip(buffer(&mut self.outlier_x, m * no.max(1)).chunks_mut(ROWS * no.max(1)))
+            .zip(x[..m * k].chunks(ROWS * k))
+            .collect();
+        parallel::for_each(blocks, |((((codes, scales), zps), kept), x)| {
+            let mut masked = Vec::new();
+            for (i, row) in x.chunks_exact(k).enumerate() {
+                let row = if no == 0 {
+                    row
+                } else {
+                    // Outlier channels are computed apart in fp32: kept aside, zero here.
+                    masked.clear();
+                    masked.extend_from_slice(row);
+                    for (o, &c) in outliers.iter().enumerate() {
+                        kept[i * no + o] = masked[c];
+                        masked[c] = 0.0;
+                    }
+                    &masked[..]
+                };
+                let (s, z) = quantize_row(row, &mut codes[i * kp..(i + 1) * kp]);
+                scales[i] = s;
+                zps[i] = z;
+            }
+        });
         let columns = buffer(&mut self.outlier_w, no * w.n);
         for (&c, col) in outliers.iter().zip(columns.chunks_exact_mut(w.n.max(1))) {
             w.dequantized_column(c, col);
         }
         if w.isa.wide_codes() {
-            buffer(&mut self.wide, m * kp)
-                .par_chunks_mut(ROWS * kp)
-                .zip(self.codes[..m * kp].par_chunks(ROWS * kp))
-                .for_each(|(w, c)| w.iter_mut().zip(c).for_each(|(w, &c)| *w = c as u16));
+            let blocks = buffer(&mut self.wide, m * kp)
+                .chunks_mut(ROWS * kp)
+                .zip(self.codes[..m * kp].chunks(ROWS * kp))
+                .collect();
+            parallel::for_each(blocks, |(w, c): (&mut [u16], &[u8])| {
+                w.iter_mut().zip(c).for_each(|(w, &c)| *w = c as u16)
+            });
         }
     }
 }

@@ -200,17 +200,13 @@ pub fn buffer<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
 /// Rows handed to one parallel task by the row-wise helpers.
 const ROWS_PER_TASK: usize = 32;
 
-/// Runs `f(x_rows, out_rows)` over blocks of rows in parallel on the current rayon pool.
+/// Runs `f(x_rows, out_rows)` over blocks of rows in parallel (see [`crate::parallel`]).
 pub fn par_rows(x: &[f32], out: &mut [f32], width: usize, f: impl Fn(&[f32], &mut [f32]) + Sync + Send) {
-    use rayon::prelude::*;
     let block = ROWS_PER_TASK * width.max(1);
-    out.par_chunks_mut(block)
-        .zip(x.par_chunks(block))
-        .for_each(|(o, x)| f(x, o));
+    crate::parallel::for_each(out.chunks_mut(block).zip(x.chunks(block)).collect(), |(o, x)| f(x, o));
 }
 
-/// Runs `f` over blocks of rows of `out` in parallel on the current rayon pool.
+/// Runs `f` over blocks of rows of `out` in parallel (see [`crate::parallel`]).
 pub fn par_rows_mut(out: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
-    use rayon::prelude::*;
-    out.par_chunks_mut(ROWS_PER_TASK * width.max(1)).for_each(f);
+    crate::parallel::for_each(out.chunks_mut(ROWS_PER_TASK * width.max(1)).collect(), f);
 }

@@ -10,7 +10,6 @@
 
 use super::activation::Activation;
 use super::buffer;
-use rayon::prelude::*;
 
 /// Depth of one K block.
 const KC: usize = 384;
@@ -86,17 +85,12 @@ pub(crate) fn split_work(
     }
 }
 
-/// Runs `task` on every block of `tasks`, in parallel on the current rayon pool when there
-/// are several.
+/// Runs `task` on every block of `tasks`, in parallel (see [`crate::parallel`]).
 pub(crate) fn run_tasks<F>(tasks: &[(usize, usize, usize, usize)], task: F)
 where
     F: Fn(&(usize, usize, usize, usize)) + Sync + Send,
 {
-    if tasks.len() == 1 {
-        task(&tasks[0]);
-    } else {
-        tasks.par_iter().for_each(task);
-    }
+    crate::parallel::for_each_index(tasks.len(), |i| task(&tasks[i]));
 }
 
 /// Calls `tile(r, rows, c)` for every micro-tile (`rows ≤ mr` rows from `r`, an `nr`-column
