@@ -80,9 +80,9 @@ pub fn session<R>(f: impl FnOnce() -> R) -> R {
     };
     let team = &team;
     rayon::in_place_scope(|scope| {
-        for _ in 1..threads {
-            scope.spawn(move |_| help(team));
-        }
+        // One helper job per thread, in that thread's own queue: the owner cannot take another
+        // thread's job while it waits inside rayon (its own returns at once).
+        scope.spawn_broadcast(move |_, _| help(team));
         OWNED.with(|c| c.set(team));
         let result = catch_unwind(AssertUnwindSafe(f));
         OWNED.with(|c| c.set(std::ptr::null()));
@@ -94,8 +94,8 @@ pub fn session<R>(f: impl FnOnce() -> R) -> R {
 /// A helper's loop: run the steps the owner publishes until the session closes.
 fn help(team: &Team) {
     let me: *const Team = team;
-    // The owner itself, or a thread already helping this team, picked this task up while
-    // waiting inside rayon: it must not spin here (the owner would never close the session).
+    // The owner runs its own broadcast job while inside rayon (or at the end of the session):
+    // it must not spin here (it would never close the session).
     if OWNED.with(Cell::get) == me || HELPING.with(Cell::get) == me {
         return;
     }
@@ -157,6 +157,10 @@ pub fn for_each_index(n: usize, f: impl Fn(usize) + Sync + Send) {
     };
     team.step.store(&step as *const Step as *mut (), Ordering::SeqCst);
     team.epoch.fetch_add(1, Ordering::SeqCst);
+    // While the helpers start on the step, run one pending rayon job, if any: tokenization of
+    // a request that just arrived must not wait for the whole batch (both threads are busy
+    // with steps nearly all the time, so this is where it gets a thread).
+    rayon::yield_now();
     step.work();
     let mut spins = 0u32;
     while step.done.load(Ordering::Acquire) < n {
