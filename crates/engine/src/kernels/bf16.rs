@@ -124,6 +124,16 @@ thread_local! {
     static ROWS: std::cell::Cell<RoundedRows> = std::cell::Cell::new(RoundedRows::default());
 }
 
+/// Rounds every `k`-wide row of `x` into a `kp`-wide row of `out` with `round`, in parallel.
+fn round_rows<T: Send>(x: &[f32], k: usize, out: &mut [T], kp: usize, round: fn(&[f32], &mut [T])) {
+    let blocks = out.chunks_mut(ROUND_ROWS * kp).zip(x.chunks(ROUND_ROWS * k)).collect();
+    parallel::for_each(blocks, |(o, x): (&mut [T], &[f32])| {
+        for (o, x) in o.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
+            round(x, o);
+        }
+    });
+}
+
 super::simd_dispatch! {
     /// Rounds one row to bf16 bits, zero padding the tail.
     fn round_row_bits(x: &[f32], out: &mut [u16]) {
@@ -186,26 +196,10 @@ pub fn gemm_bf16(
     let as_bits = w.isa == Bf16Isa::Avx512Bf16;
     let x = &x[..m * k];
     let (a_base, elem) = if as_bits {
-        let blocks = buffer(&mut rows.bits, m * kp)
-            .chunks_mut(ROUND_ROWS * kp)
-            .zip(x.chunks(ROUND_ROWS * k))
-            .collect();
-        parallel::for_each(blocks, |(o, x): (&mut [u16], &[f32])| {
-            for (o, x) in o.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
-                round_row_bits(x, o);
-            }
-        });
+        round_rows(x, k, buffer(&mut rows.bits, m * kp), kp, round_row_bits);
         (rows.bits.as_ptr() as *const u8, 2)
     } else {
-        let blocks = buffer(&mut rows.values, m * kp)
-            .chunks_mut(ROUND_ROWS * kp)
-            .zip(x.chunks(ROUND_ROWS * k))
-            .collect();
-        parallel::for_each(blocks, |(o, x): (&mut [f32], &[f32])| {
-            for (o, x) in o.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
-                round_row_values(x, o);
-            }
-        });
+        round_rows(x, k, buffer(&mut rows.values, m * kp), kp, round_row_values);
         (rows.values.as_ptr() as *const u8, 4)
     };
     let a_base = SendPtr(a_base as *mut u8);
