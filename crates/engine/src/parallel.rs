@@ -64,6 +64,17 @@ thread_local! {
 /// Spins before a waiting thread yields its core once (to the OS or to pending rayon work).
 const SPINS_PER_YIELD: u32 = 256;
 
+/// One round of a wait: a CPU spin hint, or every [`SPINS_PER_YIELD`]-th round `false`, when the
+/// caller should give its core away instead.
+fn spin(spins: &mut u32) -> bool {
+    *spins += 1;
+    if spins.is_multiple_of(SPINS_PER_YIELD) {
+        return false;
+    }
+    std::hint::spin_loop();
+    true
+}
+
 /// Runs `f` (a forward pass) with the other threads of the current rayon pool joined as
 /// helpers for its [`for_each_index`] / [`for_each`] steps. Helpers that are busy elsewhere
 /// (another model's batch) simply do not join; the steps then run on fewer threads.
@@ -118,15 +129,10 @@ fn help(team: &Team) {
             team.readers.fetch_sub(1, Ordering::SeqCst);
             continue;
         }
-        spins += 1;
-        if spins.is_multiple_of(SPINS_PER_YIELD) {
-            // Pending rayon work (tokenization of a new request) runs here rather than wait for
-            // the whole batch; with none, give the core to the OS for a moment.
-            if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                std::thread::yield_now();
-            }
-        } else {
-            std::hint::spin_loop();
+        // Pending rayon work (tokenization of a new request) runs here rather than wait for
+        // the whole batch; with none, give the core to the OS for a moment.
+        if !spin(&mut spins) && rayon::yield_now() != Some(rayon::Yield::Executed) {
+            std::thread::yield_now();
         }
     }
     HELPING.with(|c| c.set(outer));
@@ -164,11 +170,8 @@ pub fn for_each_index(n: usize, f: impl Fn(usize) + Sync + Send) {
     step.work();
     let mut spins = 0u32;
     while step.done.load(Ordering::Acquire) < n {
-        spins += 1;
-        if spins.is_multiple_of(SPINS_PER_YIELD) {
+        if !spin(&mut spins) {
             std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
         }
     }
     team.step.store(std::ptr::null_mut(), Ordering::SeqCst);

@@ -14,7 +14,7 @@ use crate::kernels::bf16::{gemm_bf16, Bf16Isa, Bf16Weight};
 use crate::kernels::int8::{gemm_int8, Int8Isa, Int8Weight};
 use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm, rms_norm_in_place};
 use crate::kernels::sgemm::{sgemm, Isa, PackedWeight};
-use crate::kernels::{buffer, par_rows, par_rows_mut};
+use crate::kernels::{buffer, par_rows, par_rows_mut, ROWS_PER_TASK};
 use crate::rotary::Rotary;
 use crate::weights::{Tensor, Weights};
 
@@ -369,10 +369,9 @@ impl SelfAttention {
         for s in 0..batch.len() {
             positions.extend(0..batch.range(s).len());
         }
-        const ROWS: usize = 32;
         let blocks = qkv[..positions.len() * width]
-            .chunks_mut(ROWS * width)
-            .zip(positions.chunks(ROWS))
+            .chunks_mut(ROWS_PER_TASK * width)
+            .zip(positions.chunks(ROWS_PER_TASK))
             .collect();
         let norms = self.qk_norm.as_ref().map(|n| (n.q.data(), n.k.data(), n.eps));
         crate::parallel::for_each(blocks, |(rows, positions): (&mut [f32], &[usize])| {

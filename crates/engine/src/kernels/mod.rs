@@ -198,7 +198,7 @@ pub fn buffer<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
 }
 
 /// Rows handed to one parallel task by the row-wise helpers.
-const ROWS_PER_TASK: usize = 32;
+pub(crate) const ROWS_PER_TASK: usize = 32;
 
 /// Runs `f(x_rows, out_rows)` over blocks of rows in parallel (see [`crate::parallel`]).
 pub fn par_rows(x: &[f32], out: &mut [f32], width: usize, f: impl Fn(&[f32], &mut [f32]) + Sync + Send) {
