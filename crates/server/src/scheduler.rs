@@ -145,6 +145,8 @@ struct Queue {
     /// is weighted by tokens (a tiny batch's fixed cost barely moves it).
     recent_tokens: f64,
     recent_seconds: f64,
+    /// Whether the last batch was shielded (see [`take_batch`]).
+    last_shielded: bool,
 }
 
 impl Queue {
@@ -350,6 +352,11 @@ fn batch_budget(tokens_per_second: f64, config: &SchedulerConfig) -> usize {
 /// equal share of the budget (at least its next input when that still fits), then what is left
 /// of the budget goes to the requests in queue order. Requests served in the first round move
 /// to the back of the queue.
+///
+/// A batch that starts new requests while others are under way is *shielded* (unless the batch
+/// before it was): the requests under way get only their share, so a new small request's first
+/// batch is short instead of being topped up to the full budget with a bulk request's inputs.
+/// Shielded and full batches alternate at worst, so no request starves.
 fn take_batch(queue: &mut Queue, budget: usize) -> Vec<Entry> {
     queue.drop_cancelled();
     let mut batch = Vec::new();
@@ -360,6 +367,12 @@ fn take_batch(queue: &mut Queue, budget: usize) -> Vec<Entry> {
     let mut tokens = 0;
     let mut served = vec![false; queue.pending.len()];
     let (fresh, started): (Vec<usize>, Vec<usize>) = (0..queue.pending.len()).partition(|&i| !queue.pending[i].started);
+    let shielded = !queue.last_shielded && !fresh.is_empty() && !started.is_empty();
+    queue.last_shielded = shielded;
+    let mut fills = vec![true; queue.pending.len()];
+    for &i in &started {
+        fills[i] = !shielded;
+    }
     for i in fresh.into_iter().chain(started) {
         let p = &mut queue.pending[i];
         let room = budget.saturating_sub(tokens);
@@ -367,6 +380,7 @@ fn take_batch(queue: &mut Queue, budget: usize) -> Vec<Entry> {
         // A request gets at least its next input when that still fits (or the batch is empty):
         // a small request is never kept waiting by a long input that would not fit beside it.
         if count == 0
+            && (fills[i] || batch.is_empty())
             && p.inputs
                 .front()
                 .is_some_and(|(_, ids)| batch.is_empty() || ids.len() <= room)
@@ -379,7 +393,7 @@ fn take_batch(queue: &mut Queue, budget: usize) -> Vec<Entry> {
             served[i] = true;
         }
     }
-    for p in queue.pending.iter_mut() {
+    for (p, _) in queue.pending.iter_mut().zip(&fills).filter(|(_, &fills)| fills) {
         let room = budget.saturating_sub(tokens);
         if room == 0 {
             break;
@@ -636,6 +650,29 @@ mod tests {
         assert_eq!(slots(&next, &small), vec![0]);
         assert!(slots(&next, &large).is_empty(), "the long input does not fit beside it");
         assert_eq!(take_batch(&mut q, 256).len(), 1);
+    }
+
+    #[test]
+    fn a_new_small_request_is_not_topped_up_with_bulk_work_and_the_bulk_never_starves() {
+        let mut q = Queue::default();
+        let bulk = push(&mut q, &[256; 20]);
+        assert_eq!(take_batch(&mut q, 470).len(), 1);
+        let small = push(&mut q, &[9]);
+        let next = take_batch(&mut q, 470);
+        assert_eq!(slots(&next, &small), vec![0]);
+        assert!(
+            slots(&next, &bulk).is_empty(),
+            "the bulk's next input is over its share (235): the small request runs without it"
+        );
+        // A small request before every batch: the bulk still runs every other batch.
+        let mut with_bulk = 0;
+        for _ in 0..6 {
+            let small = push(&mut q, &[9]);
+            let b = take_batch(&mut q, 470);
+            assert_eq!(slots(&b, &small), vec![0], "every small request is in the next batch");
+            with_bulk += usize::from(!slots(&b, &bulk).is_empty());
+        }
+        assert_eq!(with_bulk, 3);
     }
 
     #[test]
