@@ -1,18 +1,19 @@
 //! The dynamic batcher: one per served model.
 //!
-//! Requests put their tokenized inputs into a queue bounded by queued tokens (admission is all
-//! or nothing). One engine worker thread takes batches from the queue by a token budget as soon
-//! as it is free. A batch's token budget is what the engine runs in `batch_time` (100 ms by
-//! default) at its recent speed (within 256 and `max_batch_tokens`), so whoever arrives waits little for the batch in
-//! progress. Batches are formed fairly between requests (deficit round-robin by tokens): requests
-//! not started yet, then the others in round-robin order, first get an equal share of the
-//! budget, then any budget left goes to whoever still has inputs. A request's inputs wait
-//! shortest first, so each batch takes inputs of similar length from it. A small request that
-//! arrives while a large one is being served therefore runs in the very next batch, and a lone
-//! request still fills whole batches. Results are put back in input order. A request whose client went away has its
-//! queued inputs removed. A batch that fails (an error or a panic inside the engine) is run
-//! again one request at a time, so only the request whose input caused it fails; the worker goes
-//! on with the next batch.
+//! Requests put their tokenized inputs into a queue bounded by queued tokens (admission is all or
+//! nothing). One engine worker thread takes batches from the queue by a token budget as soon as it
+//! is free. A batch's token budget is what the engine runs in `batch_time` (100 ms by default) at
+//! its recent speed (within 256 and `max_batch_tokens`), so whoever arrives waits little for the
+//! batch in progress. Batches are formed fairly between requests (deficit round-robin by tokens):
+//! requests not started yet, then the others in round-robin order, first get an equal share of the
+//! budget, then any budget left goes to whoever still has inputs. A request's inputs wait shortest
+//! first, so each batch takes inputs of similar length from it. A batch that starts new requests
+//! while others are under way gives the latter only their share (it is "shielded", see
+//! `take_batch`). A small request that arrives while a large one is being served therefore runs in
+//! the very next batch, a short one, and a lone request still fills whole batches. Results are put
+//! back in input order. A request whose client went away has its queued inputs removed. A batch
+//! that fails (an error or a panic inside the engine) is run again one request at a time, so only
+//! the request whose input caused it fails; the worker goes on with the next batch.
 
 use crate::error::ApiError;
 use crate::metrics;
@@ -334,10 +335,10 @@ fn pending_of(job: &Arc<Job>, inputs: Vec<Vec<u32>>) -> Pending {
 }
 
 /// Fewest tokens a batch is given (throughput is flat from here up; measured 256..8,192). A
-/// query arriving behind a bulk request waits for the batch in progress and then shares its own
-/// batch with the bulk, so this bounds its latency on slow CPUs: at 512, fp32 MiniLM on a 2-core
-/// Zen 4 guest (~3,000 tok/s) gave small-query p50 235 ms, p99 378 ms in `bench_fairness.py`
-/// (p99 134 ms at 256; target 250 ms), for at most a few percent more throughput.
+/// query arriving behind a bulk request waits for the batch in progress, so this bounds its
+/// latency on slow CPUs: at 512 (before shielded batches), fp32 MiniLM on a 2-core Zen 4 guest
+/// (~3,000 tok/s) gave small-query p50 235 ms, p99 378 ms in `bench_fairness.py` (p99 134 ms at
+/// 256; target 250 ms), for at most a few percent more throughput.
 const MIN_BATCH_TOKENS: usize = 256;
 
 /// The token budget of the next batch: what the engine runs in `config.batch_time` at its
