@@ -374,6 +374,10 @@ fn take_batch(queue: &mut Queue, budget: usize) -> Vec<Entry> {
     for &i in &started {
         fills[i] = !shielded;
     }
+    // In a full batch, the request under way that waited longest may take its next input even
+    // past the budget, so an input longer than the budget is not held back for as long as new
+    // requests keep arriving (the batch then lasts at most one input longer).
+    let mut overshoot = started.first().copied().filter(|_| !shielded);
     for i in fresh.into_iter().chain(started) {
         let p = &mut queue.pending[i];
         let room = budget.saturating_sub(tokens);
@@ -384,9 +388,12 @@ fn take_batch(queue: &mut Queue, budget: usize) -> Vec<Entry> {
             && (fills[i] || batch.is_empty())
             && p.inputs
                 .front()
-                .is_some_and(|(_, ids)| batch.is_empty() || ids.len() <= room)
+                .is_some_and(|(_, ids)| batch.is_empty() || ids.len() <= room || overshoot == Some(i))
         {
             count = 1;
+        }
+        if overshoot == Some(i) {
+            overshoot = None;
         }
         if count > 0 {
             tokens += p.take(count, &mut batch);
@@ -674,6 +681,18 @@ mod tests {
             with_bulk += usize::from(!slots(&b, &bulk).is_empty());
         }
         assert_eq!(with_bulk, 3);
+        // Inputs longer than the whole budget are not held back by a stream of new requests.
+        let mut q = Queue::default();
+        let long = push(&mut q, &[512; 5]);
+        assert_eq!(take_batch(&mut q, 300).len(), 1);
+        let mut with_long = 0;
+        for _ in 0..6 {
+            let small = push(&mut q, &[9]);
+            let b = take_batch(&mut q, 300);
+            assert_eq!(slots(&b, &small), vec![0]);
+            with_long += usize::from(!slots(&b, &long).is_empty());
+        }
+        assert_eq!(with_long, 3);
     }
 
     #[test]
