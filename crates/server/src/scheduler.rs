@@ -8,8 +8,8 @@
 //! requests not started yet, then the others in round-robin order, first get an equal share of the
 //! budget, then any budget left goes to whoever still has inputs. A request's inputs wait shortest
 //! first, so each batch takes inputs of similar length from it. A batch that starts new requests
-//! while others are under way gives the latter only their share (it is "shielded", see
-//! `take_batch`). A small request that arrives while a large one is being served therefore runs in
+//! that fit in it while others are under way gives the latter only their share (it is
+//! "shielded", see `take_batch`). A small request that arrives while a large one is being served therefore runs in
 //! the very next batch, a short one, and a lone request still fills whole batches. Results are put
 //! back in input order. A request whose client went away has its queued inputs removed. A batch
 //! that fails (an error or a panic inside the engine) is run again one request at a time, so only
@@ -354,10 +354,11 @@ fn batch_budget(tokens_per_second: f64, config: &SchedulerConfig) -> usize {
 /// of the budget goes to the requests in queue order. Requests served in the first round move
 /// to the back of the queue.
 ///
-/// A batch that starts new requests while others are under way is *shielded* (unless the batch
-/// before it was): the requests under way get only their share, so a new small request's first
-/// batch is short instead of being topped up to the full budget with a bulk request's inputs.
-/// Shielded and full batches alternate at worst, so no request starves.
+/// A batch that starts new requests small enough to fit in it whole while others are under way
+/// is *shielded* (unless the batch before it was): the requests under way get only their share,
+/// so a new small request's first batch is short instead of being topped up to the full budget
+/// with a bulk request's inputs (new requests larger than a batch fill it themselves, as
+/// before). Shielded and full batches alternate at worst, so no request starves.
 fn take_batch(queue: &mut Queue, budget: usize) -> Vec<Entry> {
     queue.drop_cancelled();
     let mut batch = Vec::new();
@@ -368,7 +369,8 @@ fn take_batch(queue: &mut Queue, budget: usize) -> Vec<Entry> {
     let mut tokens = 0;
     let mut served = vec![false; queue.pending.len()];
     let (fresh, started): (Vec<usize>, Vec<usize>) = (0..queue.pending.len()).partition(|&i| !queue.pending[i].started);
-    let shielded = !queue.last_shielded && !fresh.is_empty() && !started.is_empty();
+    let fresh_tokens: usize = fresh.iter().map(|&i| queue.pending[i].tokens).sum();
+    let shielded = !queue.last_shielded && !started.is_empty() && (1..=budget).contains(&fresh_tokens);
     queue.last_shielded = shielded;
     let mut fills = vec![true; queue.pending.len()];
     for &i in &started {
