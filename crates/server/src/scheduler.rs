@@ -379,7 +379,7 @@ fn take_batch(queue: &mut Queue, budget: usize) -> Vec<Entry> {
     // In a full batch, the request under way that waited longest may take its next input even
     // past the budget, so an input longer than the budget is not held back for as long as new
     // requests keep arriving (the batch then lasts at most one input longer).
-    let mut overshoot = started.first().copied().filter(|_| !shielded);
+    let overshoot = started.first().copied().filter(|_| !shielded);
     for i in fresh.into_iter().chain(started) {
         let p = &mut queue.pending[i];
         let room = budget.saturating_sub(tokens);
@@ -393,9 +393,6 @@ fn take_batch(queue: &mut Queue, budget: usize) -> Vec<Entry> {
                 .is_some_and(|(_, ids)| batch.is_empty() || ids.len() <= room || overshoot == Some(i))
         {
             count = 1;
-        }
-        if overshoot == Some(i) {
-            overshoot = None;
         }
         if count > 0 {
             tokens += p.take(count, &mut batch);
