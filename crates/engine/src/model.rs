@@ -152,7 +152,9 @@ pub struct Model {
     dense: Vec<Dense>,
     threads: usize,
     pool: Arc<rayon::ThreadPool>,
-    scratch: Mutex<Scratch>,
+    /// Work space of forward passes, one per pass in flight (a pass run between the layers of
+    /// another takes a second one).
+    scratches: Mutex<Vec<Scratch>>,
 }
 
 impl Model {
@@ -295,7 +297,7 @@ impl Model {
             dense,
             threads,
             pool,
-            scratch: Mutex::new(Scratch::default()),
+            scratches: Mutex::new(Vec::new()),
         })
     }
 
@@ -523,6 +525,7 @@ impl Model {
         &self,
         inputs: &[&[u32]],
         tasks: Option<&[Option<usize>]>,
+        between_layers: &mut (dyn FnMut() + Send),
         f: impl FnOnce(&PackedBatch, &[f32]) -> R,
     ) -> Result<R> {
         self.validate(inputs)?;
@@ -554,12 +557,14 @@ impl Model {
         }
         match &self.encoder {
             Encoder::Transformer(transformer) => {
-                let mut scratch = self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                let scratch_ref: &mut Scratch = &mut scratch;
+                let scratches = || self.scratches.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut scratch = scratches().pop().unwrap_or_default();
                 self.pool
-                    .install(|| transformer.forward(&batch, scratch_ref, self.threads));
+                    .install(|| transformer.forward_yielding(&batch, &mut scratch, self.threads, between_layers));
                 let hidden = &scratch.hidden[..batch.total_tokens() * transformer.hidden];
-                Ok(f(&batch, hidden))
+                let result = f(&batch, hidden);
+                scratches().push(scratch);
+                Ok(result)
             }
             Encoder::Static(table) => Ok(f(&batch, &table.token_vectors(batch.ids()))),
         }
@@ -569,7 +574,7 @@ impl Model {
     /// its token vectors.
     pub fn hidden_states(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         let h = self.info.hidden_size;
-        self.with_hidden(inputs, None, |batch, hidden| {
+        self.with_hidden(inputs, None, &mut || {}, |batch, hidden| {
             (0..batch.len())
                 .map(|i| {
                     let r = batch.range(i);
@@ -580,10 +585,15 @@ impl Model {
     }
 
     /// Pooled rows (`inputs × hidden·modes`) before any Dense module; a reranker's logits.
-    fn pooled(&self, inputs: &[&[u32]], tasks: Option<&[Option<usize>]>) -> Result<Vec<f32>> {
+    fn pooled(
+        &self,
+        inputs: &[&[u32]],
+        tasks: Option<&[Option<usize>]>,
+        between_layers: &mut (dyn FnMut() + Send),
+    ) -> Result<Vec<f32>> {
         let h = self.info.hidden_size;
         if let Some(parts) = &self.rerank {
-            return self.with_hidden(inputs, tasks, |batch, hidden| {
+            return self.with_hidden(inputs, tasks, between_layers, |batch, hidden| {
                 (0..batch.len())
                     .map(|i| {
                         let r = batch.range(i);
@@ -606,7 +616,7 @@ impl Model {
         }
         let modes = &self.info.pooling;
         let width = h * modes.len();
-        self.with_hidden(inputs, tasks, |batch, hidden| {
+        self.with_hidden(inputs, tasks, between_layers, |batch, hidden| {
             let mut pooled = vec![0.0f32; batch.len() * width];
             for (i, out) in pooled.chunks_exact_mut(width).enumerate() {
                 let r = batch.range(i);
@@ -640,7 +650,20 @@ impl Model {
     /// freely inside the one packed batch. `tasks` indexes [`ModelInfo::tasks`].
     /// For a reranker each output is the pair's raw logit (one element).
     pub fn embed_ids_with_tasks(&self, inputs: &[&[u32]], tasks: Option<&[Option<usize>]>) -> Result<Vec<Vec<f32>>> {
-        let mut pooled = self.pooled(inputs, tasks)?;
+        self.embed_ids_yielding(inputs, tasks, &mut || {})
+    }
+
+    /// [`Self::embed_ids_with_tasks`], calling `between_layers` after each transformer layer but
+    /// the last, on the compute thread that runs the pass. It may embed another batch with this
+    /// model there (a short request served inside a long batch); the outer pass resumes after.
+    /// Not called for static models.
+    pub fn embed_ids_yielding(
+        &self,
+        inputs: &[&[u32]],
+        tasks: Option<&[Option<usize>]>,
+        between_layers: &mut (dyn FnMut() + Send),
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut pooled = self.pooled(inputs, tasks, between_layers)?;
         let mut dim = if self.rerank.is_some() {
             1
         } else {

@@ -605,10 +605,30 @@ impl Transformer {
     /// Ids must have been checked against [`Self::vocab_size`] and lengths against
     /// [`Self::max_positions`]. Runs as one [`crate::parallel::session`].
     pub fn forward(&self, batch: &PackedBatch, scratch: &mut Scratch, threads: usize) {
-        crate::parallel::session(|| self.forward_in_session(batch, scratch, threads))
+        self.forward_yielding(batch, scratch, threads, &mut || {})
     }
 
-    fn forward_in_session(&self, batch: &PackedBatch, scratch: &mut Scratch, threads: usize) {
+    /// [`Self::forward`], calling `between_layers` after every layer but the last, on the
+    /// thread that runs the pass and inside its session: a caller can run another, small
+    /// forward pass there (with its own [`Scratch`]), so a short request need not wait for a
+    /// whole large batch.
+    pub fn forward_yielding(
+        &self,
+        batch: &PackedBatch,
+        scratch: &mut Scratch,
+        threads: usize,
+        between_layers: &mut (dyn FnMut() + Send),
+    ) {
+        crate::parallel::session(|| self.forward_in_session(batch, scratch, threads, between_layers))
+    }
+
+    fn forward_in_session(
+        &self,
+        batch: &PackedBatch,
+        scratch: &mut Scratch,
+        threads: usize,
+        between_layers: &mut (dyn FnMut() + Send),
+    ) {
         let t = batch.total_tokens();
         let hsz = self.hidden;
         self.embed(
@@ -625,7 +645,10 @@ impl Transformer {
             });
             pb.table_for(span, heads, table);
         }
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i > 0 {
+                between_layers();
+            }
             self.run_layer(layer, batch, scratch, threads);
         }
         if let Some(norm) = &self.final_norm {

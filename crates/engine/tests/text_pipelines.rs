@@ -295,3 +295,38 @@ fn jina_v3_tasks_alone_mixed_and_from_text() {
     let err = model.task_index("classification").unwrap_err().to_string();
     assert!(err.contains("retrieval.query"), "{err}");
 }
+
+#[test]
+fn a_batch_embedded_between_the_layers_of_another_leaves_both_unchanged() {
+    let model = Model::load(&minilm_dir(), &LoadOptions::default()).unwrap();
+    let long = model
+        .tokenize(
+            &["a long batch of bulk work", "whose layers are interrupted"],
+            None,
+            Truncation::End,
+        )
+        .unwrap();
+    let short = model.tokenize(&["a short query"], None, Truncation::End).unwrap();
+    let long_ids: Vec<&[u32]> = long.iter().map(|t| t.ids.as_slice()).collect();
+    let short_ids: Vec<&[u32]> = short.iter().map(|t| t.ids.as_slice()).collect();
+    let alone_long = model.embed_ids(&long_ids).unwrap();
+    let alone_short = model.embed_ids(&short_ids).unwrap();
+
+    let mut calls = 0;
+    let mut nested = Vec::new();
+    let outer = model
+        .embed_ids_yielding(&long_ids, None, &mut || {
+            calls += 1;
+            nested.push(model.embed_ids(&short_ids).unwrap());
+        })
+        .unwrap();
+    // all-MiniLM-L6-v2 has 6 layers: called after each but the last.
+    assert_eq!(calls, 5);
+    assert_eq!(outer, alone_long, "the interrupted batch's vectors changed");
+    for v in nested {
+        assert_eq!(
+            v, alone_short,
+            "the batch run between layers differs from the same batch alone"
+        );
+    }
+}

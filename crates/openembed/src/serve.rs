@@ -82,9 +82,10 @@ pub struct ServeArgs {
     /// padding, so throughput is flat across sizes.
     #[arg(long, env = "OPENEMBED_MAX_BATCH_TOKENS", default_value_t = 2048)]
     max_batch_tokens: usize,
-    /// Milliseconds one engine batch should take: a batch's token budget follows the engine's
-    /// recent speed, so a request arriving behind a large one waits about this long for the
-    /// batch in progress. Larger trades latency for fewer, bigger batches.
+    /// Milliseconds of engine time that make a request "short": new requests that fit in this
+    /// much (at the engine's recent speed) run in a batch of their own, between the layers of a
+    /// bulk batch in progress if need be; bulk batches take up to 4× as long. Larger trades
+    /// latency for fewer, bigger batches.
     #[arg(long, env = "OPENEMBED_BATCH_TIME_MS", default_value_t = 100)]
     batch_time_ms: u64,
     /// Most tokens waiting per model; beyond it requests get 429 with Retry-After.

@@ -31,6 +31,8 @@ pub const INPUTS: &str = "openembed_inputs_embedded_total";
 pub const ENGINE_PANICS: &str = "openembed_engine_panics_total";
 /// Failed batches of several requests that were run again one request at a time.
 pub const BATCH_RETRIES: &str = "openembed_batch_retries_total";
+/// Counter: batches of new short requests run between the layers of a longer batch.
+pub const BATCHES_BETWEEN_LAYERS: &str = "openembed_batches_between_layers_total";
 /// Time a request waited in its model's queue before its first batch started, in seconds.
 pub const QUEUE_SECONDS: &str = "openembed_queue_duration_seconds";
 /// Requests refused because the server's in-flight memory budget was full.
@@ -99,6 +101,10 @@ fn describe() {
     describe_counter!(
         BATCH_RETRIES,
         "Failed batches of several requests that were run again one request at a time."
+    );
+    describe_counter!(
+        BATCHES_BETWEEN_LAYERS,
+        "Batches of new short requests run between the layers of a longer batch."
     );
     describe_histogram!(
         QUEUE_SECONDS,
@@ -178,6 +184,11 @@ pub fn engine_panic(model: &str) {
 /// Counts a failed multi-request batch that was run again request by request.
 pub fn batch_retry(model: &str) {
     metrics::counter!(BATCH_RETRIES, "model" => model.to_string()).increment(1);
+}
+
+/// Counts a batch of new short requests run between the layers of a longer one.
+pub fn batch_between_layers(model: &str) {
+    metrics::counter!(BATCHES_BETWEEN_LAYERS, "model" => model.to_string()).increment(1);
 }
 
 /// Records how long a request waited before its first batch started.
