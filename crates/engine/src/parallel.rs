@@ -105,9 +105,12 @@ pub fn session<R>(f: impl FnOnce() -> R) -> R {
 /// A helper's loop: run the steps the owner publishes until the session closes.
 fn help(team: &Team) {
     let me: *const Team = team;
-    // The owner runs its own broadcast job while inside rayon (or at the end of the session):
-    // it must not spin here (it would never close the session).
-    if OWNED.with(Cell::get) == me || HELPING.with(Cell::get) == me {
+    // A thread that owns a session runs the broadcast jobs in its queue while inside rayon:
+    // its own team's, and those of sessions other threads started at the same time. It must
+    // not spin here: it would not return to its own session until the other closed, and that
+    // other's owner may be spinning in this thread's session in the same way (two passes
+    // started together on two idle threads deadlocked so). The other session runs without it.
+    if !OWNED.with(Cell::get).is_null() || HELPING.with(Cell::get) == me {
         return;
     }
     let outer = HELPING.with(|c| c.replace(me));
