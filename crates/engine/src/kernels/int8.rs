@@ -198,6 +198,16 @@ fn quantize_row(x: &[f32], out: &mut [u8]) -> (f32, i32) {
         // SAFETY: the CPU has AVX-512F/BW.
         return unsafe { quantize_row_avx512(x, out) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { quantize_row_avx2(x, out) };
+    }
+    quantize_row_portable(x, out)
+}
+
+/// [`quantize_row`] in plain Rust.
+fn quantize_row_portable(x: &[f32], out: &mut [u8]) -> (f32, i32) {
     let (lo, hi) = x.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let Some((inv, zp)) = row_scale(lo, hi) else {
         out.fill(0);
@@ -254,6 +264,69 @@ unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) {
             zero,
         );
         _mm_mask_storeu_epi8(out.as_mut_ptr().add(i) as *mut i8, m, _mm512_cvtusepi32_epi8(q));
+    }
+    out[n..].fill(0);
+    (1.0 / inv, zp as i32)
+}
+
+/// [`quantize_row`] on AVX2: 32 values per step (the last step on a zero-padded copy), codes
+/// rounded to nearest even by `vcvtps2dq` and narrowed with unsigned saturation.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_avx2(x: &[f32], out: &mut [u8]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    const STEP: usize = 32;
+    let n = x.len();
+    assert!(out.len() >= n);
+    let whole = n - n % STEP;
+    // The last partial step, zero padded (zeros change neither the range nor the codes kept).
+    let mut tail = [0.0f32; STEP];
+    tail[..n - whole].copy_from_slice(&x[whole..]);
+    let step = |i: usize| -> *const f32 {
+        if i < whole {
+            x.as_ptr().add(i)
+        } else {
+            tail.as_ptr()
+        }
+    };
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for i in (0..n).step_by(STEP) {
+        let p = step(i);
+        for j in 0..STEP / 8 {
+            let v = _mm256_loadu_ps(p.add(8 * j));
+            lo = _mm256_min_ps(lo, v);
+            hi = _mm256_max_ps(hi, v);
+        }
+    }
+    let lanes = |v: __m256| -> [f32; 8] { std::mem::transmute(v) };
+    let lo = lanes(lo).into_iter().fold(0.0f32, f32::min);
+    let hi = lanes(hi).into_iter().fold(0.0f32, f32::max);
+    let Some((inv, zp)) = row_scale(lo, hi) else {
+        out.fill(0);
+        return (0.0, 0);
+    };
+    let (vinv, vzp) = (_mm256_set1_ps(inv), _mm256_set1_ps(zp));
+    let (zero, top) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
+    // packus interleaves 128-bit lanes; this gathers the four quarters back in order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for i in (0..n).step_by(STEP) {
+        let p = step(i);
+        let code = |j: usize| {
+            let v = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8 * j)), vinv, vzp);
+            _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(v), zero), top)
+        };
+        let words = (
+            _mm256_packus_epi32(code(0), code(1)),
+            _mm256_packus_epi32(code(2), code(3)),
+        );
+        let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words.0, words.1), order);
+        if i < whole {
+            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, bytes);
+        } else {
+            let mut last = [0u8; STEP];
+            _mm256_storeu_si256(last.as_mut_ptr() as *mut __m256i, bytes);
+            out[i..n].copy_from_slice(&last[..n - i]);
+        }
     }
     out[n..].fill(0);
     (1.0 / inv, zp as i32)
@@ -706,6 +779,47 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn every_row_quantizer_matches_the_portable_one() {
+        type Quantizer = fn(&[f32], &mut [u8]) -> (f32, i32);
+        let mut quantizers: Vec<(&str, Quantizer)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::kernels::has_avx2_fma() {
+                quantizers.push(("avx2", |x, o| unsafe { quantize_row_avx2(x, o) }));
+            } else {
+                eprintln!("skipped: AVX2 row quantizer (this CPU lacks it)");
+            }
+            if crate::kernels::has_avx512() {
+                quantizers.push(("avx512", |x, o| unsafe { quantize_row_avx512(x, o) }));
+            } else {
+                eprintln!("skipped: AVX-512 row quantizer (this CPU lacks it)");
+            }
+        }
+        for n in [1, 7, 8, 31, 32, 33, 95, 384, 1537] {
+            let rows: [Vec<f32>; 4] = [
+                (0..n).map(|i| ((i * 37 % 101) as f32 / 13.0) - 3.1).collect(),
+                (0..n).map(|i| -((i * 53 % 97) as f32) / 7.0 - 0.5).collect(),
+                (0..n).map(|i| (i % 5) as f32 * 1e-3).collect(),
+                vec![0.0; n],
+            ];
+            for x in &rows {
+                let padded = n.div_ceil(4) * 4 + 4;
+                let mut want = vec![7u8; padded];
+                let (ws, wz) = quantize_row_portable(x, &mut want);
+                for (name, quantize) in &quantizers {
+                    let mut got = vec![7u8; padded];
+                    let (s, z) = quantize(x, &mut got);
+                    assert_eq!((s, z), (ws, wz), "{name}: scale and zero point, n = {n}");
+                    // Fused and unfused multiply-add may round a tie the other way.
+                    let worst = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max();
+                    assert!(worst <= Some(1), "{name}: codes differ by {worst:?}, n = {n}");
+                    assert!(got[n..].iter().all(|&c| c == 0), "{name}: padding not zero, n = {n}");
+                }
+            }
+        }
     }
 
     #[test]
