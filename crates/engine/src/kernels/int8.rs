@@ -76,7 +76,8 @@ impl Int8Isa {
     fn mr(self) -> usize {
         match self {
             Int8Isa::Portable => 4,
-            Int8Isa::Avx2 | Int8Isa::AvxVnni => 6,
+            Int8Isa::Avx2 => AVX2_MR,
+            Int8Isa::AvxVnni => 6,
             Int8Isa::Avx512Vnni => 14,
         }
     }
@@ -94,6 +95,9 @@ impl Int8Isa {
         }
     }
 }
+
+/// Rows per AVX2 micro-tile, and per interleaved strip of its activation codes.
+const AVX2_MR: usize = 6;
 
 /// A `[n × k]` weight (PyTorch layout) quantized to int8 per output channel and packed.
 pub struct Int8Weight {
@@ -407,12 +411,37 @@ impl QuantizedRows {
             w.dequantized_column(c, col);
         }
         if w.isa.wide_codes() {
-            let blocks = buffer(&mut self.wide, m * kp)
-                .chunks_mut(ROWS * kp)
-                .zip(self.codes[..m * kp].chunks(ROWS * kp))
+            // Widened to u16 for AVX2's `vpmaddwd`, and each strip of `AVX2_MR` rows (one
+            // micro-tile's rows) interleaved pair by pair: a tile then reads one stream of
+            // codes, not one per row. Rows past `m` in the last strip are zero.
+            const MR: usize = AVX2_MR;
+            let codes = &self.codes[..m * kp];
+            let blocks: Vec<_> = buffer(&mut self.wide, m.div_ceil(MR) * MR * kp)
+                .chunks_mut(ROWS * MR * kp)
+                .enumerate()
                 .collect();
-            parallel::for_each(blocks, |(w, c): (&mut [u16], &[u8])| {
-                w.iter_mut().zip(c).for_each(|(w, &c)| *w = c as u16)
+            parallel::for_each(blocks, |(b, out): (usize, &mut [u16])| {
+                for (s, strip) in out.chunks_exact_mut(MR * kp).enumerate() {
+                    let first = (b * ROWS + s) * MR;
+                    let rows: [&[u8]; MR] =
+                        std::array::from_fn(|r| codes.get((first + r) * kp..(first + r + 1) * kp).unwrap_or(&[]));
+                    if rows.iter().all(|row| row.len() == kp) {
+                        for (p, group) in strip.chunks_exact_mut(2 * MR).enumerate() {
+                            for (r, row) in rows.iter().enumerate() {
+                                group[2 * r] = row[2 * p] as u16;
+                                group[2 * r + 1] = row[2 * p + 1] as u16;
+                            }
+                        }
+                    } else {
+                        strip.fill(0);
+                        for (r, row) in rows.iter().enumerate() {
+                            for (p, pair) in row.chunks_exact(2).enumerate() {
+                                strip[(p * MR + r) * 2] = pair[0] as u16;
+                                strip[(p * MR + r) * 2 + 1] = pair[1] as u16;
+                            }
+                        }
+                    }
+                }
             });
         }
     }
@@ -422,7 +451,8 @@ impl QuantizedRows {
 #[derive(Clone, Copy)]
 struct QTile {
     rows: usize,
-    /// Row `r`'s codes start at `a + r·kp` (u8, or u16 for AVX2).
+    /// Row `r`'s codes start at `a + r·kp` (u8); for AVX2 the tile's strip of u16 codes,
+    /// its rows interleaved pair by pair.
     a: *const u8,
     kp: usize,
     /// The panel.
@@ -497,6 +527,9 @@ pub fn gemm_int8(
     let tasks = split_work(m, n, mr, nr, threads);
     run_tasks(&tasks, |&block| {
         for_each_tile(block, mr, nr, |r, tile_rows, c| {
+            // Tiles start on whole `mr`-row strips (`split_work` and `for_each_tile` step by
+            // `mr`), which AVX2's interleaved codes rely on.
+            debug_assert_eq!(r % mr, 0);
             // SAFETY: rows r..r+rows and columns c..c+cols lie inside this task's
             // block (tasks are disjoint) and inside every buffer checked above; the
             // panel holds kp·nr codes and nr scales/sums; the outlier values hold
@@ -583,12 +616,14 @@ unsafe fn portable_tile(t: QTile) {
     }
 }
 
-/// AVX2: weights sign-extended to i16 pairs, activations as u16 pairs, `vpmaddwd`.
+/// AVX2: weights sign-extended to i16 pairs, activations as u16 pairs (six rows interleaved),
+/// `vpmaddwd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn avx2_kernel<const R: usize>(t: QTile) {
     use std::arch::x86_64::*;
     const NR: usize = 16;
+    const MR: usize = AVX2_MR;
     let a = t.a as *const u16;
     let mut acc = [[_mm256_setzero_si256(); 2]; R];
     // Pairs of k: 16 columns × 2 bytes per pair.
@@ -597,7 +632,7 @@ unsafe fn avx2_kernel<const R: usize>(t: QTile) {
         let b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bp as *const __m128i));
         let b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bp.add(16) as *const __m128i));
         for (r, row) in acc.iter_mut().enumerate() {
-            let av = _mm256_set1_epi32((a.add(r * t.kp + 2 * p) as *const i32).read_unaligned());
+            let av = _mm256_set1_epi32((a.add((p * MR + r) * 2) as *const i32).read_unaligned());
             row[0] = _mm256_add_epi32(row[0], _mm256_madd_epi16(av, b0));
             row[1] = _mm256_add_epi32(row[1], _mm256_madd_epi16(av, b1));
         }
