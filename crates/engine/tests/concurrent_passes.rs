@@ -63,7 +63,10 @@ fn run_concurrently(models: Vec<Arc<Model>>) {
     for _ in 0..CALLERS {
         match finished.recv_timeout(Duration::from_secs(60)) {
             Ok(_) => {}
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!("concurrent passes deadlocked (none finished for 60 s)"),
+            // A caller that failed leaves the others waiting at the barrier: its panic is above.
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("callers still running after 60 s: a deadlock, or a caller failed (see any panic above)")
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => panic!("a caller failed (see its panic above)"),
         }
     }
