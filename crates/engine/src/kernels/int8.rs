@@ -416,6 +416,7 @@ impl QuantizedRows {
             // codes, not one per row. Rows past `m` in the last strip are zero.
             const MR: usize = AVX2_MR;
             let codes = &self.codes[..m * kp];
+            let zero_row = vec![0u8; if m.is_multiple_of(MR) { 0 } else { kp }];
             let blocks: Vec<_> = buffer(&mut self.wide, m.div_ceil(MR) * MR * kp)
                 .chunks_mut(ROWS * MR * kp)
                 .enumerate()
@@ -424,21 +425,11 @@ impl QuantizedRows {
                 for (s, strip) in out.chunks_exact_mut(MR * kp).enumerate() {
                     let first = (b * ROWS + s) * MR;
                     let rows: [&[u8]; MR] =
-                        std::array::from_fn(|r| codes.get((first + r) * kp..(first + r + 1) * kp).unwrap_or(&[]));
-                    if rows.iter().all(|row| row.len() == kp) {
-                        for (p, group) in strip.chunks_exact_mut(2 * MR).enumerate() {
-                            for (r, row) in rows.iter().enumerate() {
-                                group[2 * r] = row[2 * p] as u16;
-                                group[2 * r + 1] = row[2 * p + 1] as u16;
-                            }
-                        }
-                    } else {
-                        strip.fill(0);
+                        std::array::from_fn(|r| codes.get((first + r) * kp..(first + r + 1) * kp).unwrap_or(&zero_row));
+                    for (p, group) in strip.chunks_exact_mut(2 * MR).enumerate() {
                         for (r, row) in rows.iter().enumerate() {
-                            for (p, pair) in row.chunks_exact(2).enumerate() {
-                                strip[(p * MR + r) * 2] = pair[0] as u16;
-                                strip[(p * MR + r) * 2 + 1] = pair[1] as u16;
-                            }
+                            group[2 * r] = row[2 * p] as u16;
+                            group[2 * r + 1] = row[2 * p + 1] as u16;
                         }
                     }
                 }
