@@ -11,10 +11,10 @@
 //! claimed one at a time from a shared counter, so a thread that is interrupted or slower
 //! simply claims fewer. Outside a session both functions fall back to rayon.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// One parallel step: `n` calls of `f`, claimed by index.
 struct Step<'a> {
@@ -59,6 +59,9 @@ thread_local! {
     static OWNED: Cell<*const Team> = const { Cell::new(std::ptr::null()) };
     /// The team this thread is helping, or null.
     static HELPING: Cell<*const Team> = const { Cell::new(std::ptr::null()) };
+    /// Other sessions that asked this thread for help while it owned one: it joins those still
+    /// open when its own closes.
+    static DEFERRED: RefCell<Vec<Arc<Team>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Spins before a waiting thread yields its core once (to the OS or to pending rayon work).
@@ -77,40 +80,59 @@ fn spin(spins: &mut u32) -> bool {
 
 /// Runs `f` (a forward pass) with the other threads of the current rayon pool joined as
 /// helpers for its [`for_each_index`] / [`for_each`] steps. Helpers that are busy elsewhere
-/// (another model's batch) simply do not join; the steps then run on fewer threads.
+/// (another model's batch) join when they are free: a thread that owns another session at the
+/// time joins this one when its own ends, so two overlapping passes share the threads again as
+/// soon as one of them finishes.
 pub fn session<R>(f: impl FnOnce() -> R) -> R {
     let threads = rayon::current_num_threads();
     if threads <= 1 || rayon::current_thread_index().is_none() || !OWNED.with(Cell::get).is_null() {
         return f();
     }
-    let team = Team {
+    let team = Arc::new(Team {
         step: AtomicPtr::new(std::ptr::null_mut()),
         epoch: AtomicUsize::new(0),
         readers: AtomicUsize::new(0),
         open: AtomicBool::new(true),
-    };
-    let team = &team;
-    rayon::in_place_scope(|scope| {
-        // One helper job per thread, in that thread's own queue: the owner cannot take another
-        // thread's job while it waits inside rayon (its own returns at once).
-        scope.spawn_broadcast(move |_, _| help(team));
-        OWNED.with(|c| c.set(team));
-        let result = catch_unwind(AssertUnwindSafe(f));
-        OWNED.with(|c| c.set(std::ptr::null()));
-        team.open.store(false, Ordering::Release);
-        result.unwrap_or_else(|panic| resume_unwind(panic))
-    })
+    });
+    // One helper job per thread, in that thread's own queue: the owner cannot take another
+    // thread's job while it waits inside rayon (its own returns at once). Not scoped: the
+    // owner returns as soon as its pass is done, whether or not a busy thread has run its job.
+    let invitation = Arc::clone(&team);
+    rayon::spawn_broadcast(move |_| help(&invitation));
+    let outer = DEFERRED.with(RefCell::take);
+    OWNED.with(|c| c.set(Arc::as_ptr(&team)));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    OWNED.with(|c| c.set(std::ptr::null()));
+    team.open.store(false, Ordering::Release);
+    // The sessions this thread had to decline while it owned this one: it joins those still
+    // open (a job in its own queue, run when it is back in the pool, or by an idle thread).
+    for other in DEFERRED.with(|d| d.replace(outer)) {
+        if other.open.load(Ordering::Acquire) {
+            rayon::spawn(move || help(&other));
+        }
+    }
+    result.unwrap_or_else(|panic| resume_unwind(panic))
 }
 
 /// A helper's loop: run the steps the owner publishes until the session closes.
-fn help(team: &Team) {
-    let me: *const Team = team;
-    // A thread that owns a session runs the broadcast jobs in its queue while inside rayon:
-    // its own team's, and those of sessions other threads started at the same time. It must
-    // not spin here: it would not return to its own session until the other closed, and that
-    // other's owner may be spinning in this thread's session in the same way (two passes
-    // started together on two idle threads deadlocked so). The other session runs without it.
-    if !OWNED.with(Cell::get).is_null() || HELPING.with(Cell::get) == me {
+fn help(team: &Arc<Team>) {
+    let me = Arc::as_ptr(team);
+    let owned = OWNED.with(Cell::get);
+    if owned == me || HELPING.with(Cell::get) == me || !team.open.load(Ordering::Acquire) {
+        return;
+    }
+    // A thread that owns a session runs the helper jobs in its queue while inside rayon: those
+    // of sessions other threads started meanwhile. It must not spin in them: it would not
+    // return to its own session until the other closed, and that other's owner may be spinning
+    // in this thread's session in the same way (two passes started together on two idle
+    // threads deadlocked so). It declines, and joins when its own session ends.
+    if !owned.is_null() {
+        DEFERRED.with(|d| {
+            let mut d = d.borrow_mut();
+            if !d.iter().any(|t| Arc::ptr_eq(t, team)) {
+                d.push(Arc::clone(team));
+            }
+        });
         return;
     }
     let outer = HELPING.with(|c| c.replace(me));
@@ -305,5 +327,57 @@ mod tests {
         });
         assert_eq!(totals[0].load(Ordering::Relaxed), 3200);
         assert_eq!(totals[1].load(Ordering::Relaxed), 3200);
+    }
+
+    #[test]
+    fn a_thread_whose_session_ends_joins_one_still_running() {
+        // Two passes overlap on a 2-thread pool, so each owner declines the other's helper
+        // job; once the short one ends, its thread must help the long one to the end.
+        let pool = pool(2);
+        let start = std::sync::Barrier::new(2);
+        let short_done = AtomicBool::new(false);
+        // Thread indices that ran a task of the long session after the short one ended.
+        let late: Vec<AtomicUsize> = (0..2).map(|_| AtomicUsize::new(0)).collect();
+        let busy = |micros: u64| {
+            let until = std::time::Instant::now() + std::time::Duration::from_micros(micros);
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        };
+        pool.install(|| {
+            rayon::join(
+                || {
+                    session(|| {
+                        start.wait();
+                        (0..20).for_each(|_| for_each_index(4, |_| busy(200)));
+                    });
+                    short_done.store(true, Ordering::SeqCst);
+                },
+                || {
+                    session(|| {
+                        start.wait();
+                        // Up to 10 s, ending once the freed thread has taken 20 tasks.
+                        for _ in 0..20_000 {
+                            for_each_index(8, |_| {
+                                busy(50);
+                                if short_done.load(Ordering::SeqCst) {
+                                    if let Some(t) = rayon::current_thread_index() {
+                                        late[t].fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }
+                            });
+                            if late.iter().all(|c| c.load(Ordering::Relaxed) >= 20) {
+                                break;
+                            }
+                        }
+                    })
+                },
+            )
+        });
+        let late: Vec<usize> = late.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert!(
+            late.iter().all(|&c| c >= 20),
+            "tasks per thread after the short pass ended: {late:?}"
+        );
     }
 }
