@@ -147,3 +147,22 @@ fn retrieval_top10_with_int8_and_bf16_overlaps_float32() {
         assert!(overlap >= 0.95, "{dtype}: top-10 overlap {overlap}");
     }
 }
+
+#[test]
+fn a_texts_vector_does_not_depend_on_its_batch() {
+    // Every dtype quantizes each row on its own, so a text gives the same vector alone and
+    // among other texts of any length (caches and deduplication rely on it).
+    let texts = corpus(300);
+    let all: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for dtype in [DType::Float32, DType::Bfloat16, DType::Int8] {
+        let model = load(&minilm_dir(), dtype);
+        let batch = model.embed_texts(&all, Truncation::End).unwrap();
+        for i in (0..all.len()).step_by(23) {
+            let alone = model.embed_texts(&all[i..i + 1], Truncation::End).unwrap();
+            assert_eq!(
+                alone[0], batch[i],
+                "{dtype}: text {i} alone differs from the same text in a batch"
+            );
+        }
+    }
+}

@@ -9,10 +9,12 @@
 //!   does not coarsen the others (ONNX Runtime's dynamic quantization uses one scale per
 //!   tensor), and the heavy-tailed, one-sided input of a GELU MLP's down projection keeps all
 //!   256 levels.
-//! - Outlier channels: a channel whose largest value in the batch is more than
-//!   [`OUTLIER_RATIO`] times the median channel's (at most [`MAX_OUTLIERS`] of them) is left
-//!   out of the codes and multiplied in fp32 against its dequantized weight column, so the
-//!   few huge channels of transformer activations do not coarsen every row's scale.
+//! - Outliers: in each row, a value more than [`OUTLIER_RATIO`] times the row's mean
+//!   magnitude (at most [`MAX_OUTLIERS`] of them, the largest) is left out of the codes and
+//!   multiplied in fp32 against its dequantized weight column, so the few huge channels of
+//!   transformer activations do not coarsen the row's scale. Everything about a row's
+//!   quantization depends on that row alone, so a text's vector does not depend on the other
+//!   texts of its batch.
 //! - Products accumulate exactly in i32; the epilogue subtracts `zp·Σq_w`, scales by
 //!   `s_x · s_w`, adds the outlier channels' fp32 products and the bias and applies the
 //!   activation before the one store of fp32.
@@ -154,39 +156,53 @@ impl Int8Weight {
     /// Column `c` of the weight (input channel `c`) dequantized: `n` values into `out`.
     fn dequantized_column(&self, c: usize, out: &mut [f32]) {
         let (nr, g) = (self.isa.nr(), self.isa.group());
-        for (j, o) in out.iter_mut().enumerate().take(self.n) {
-            let (p, col) = (j / nr, j % nr);
-            let q = self.panels[p * self.kp * nr + (c / g) * nr * g + col * g + c % g];
-            *o = q as f32 * self.scales[j];
+        let first = (c / g) * nr * g + c % g;
+        for ((panel, out), scales) in self
+            .panels
+            .chunks_exact(self.kp * nr)
+            .zip(out[..self.n].chunks_mut(nr))
+            .zip(self.scales.chunks_exact(nr))
+        {
+            let codes = panel[first..].iter().step_by(g);
+            for ((o, &q), &s) in out.iter_mut().zip(codes).zip(scales) {
+                *o = q as f32 * s;
+            }
         }
     }
 }
 
 /// Per-row quantization of `x` (rows `k` apart): codes with row stride `kp` (zero padded),
-/// scales and zero points, and the outlier channels left out of the codes.
+/// scales and zero points, and each row's outliers, left out of the codes.
 #[derive(Default)]
 struct QuantizedRows {
     codes: Vec<u8>,
     wide: Vec<u16>,
     scales: Vec<f32>,
     zero_points: Vec<i32>,
-    channel_max: Vec<f32>,
-    outliers: Vec<usize>,
-    /// `[m × outliers]`: each row's values in the outlier channels, in fp32.
+    /// Per row: how many of its values are outliers (at most [`MAX_OUTLIERS`]).
+    outlier_count: Vec<u8>,
+    /// `[m × MAX_OUTLIERS]`: each row's outlier values, in fp32.
     outlier_x: Vec<f32>,
-    /// `[outliers × n]`: the weight's outlier columns, dequantized.
+    /// `[m × MAX_OUTLIERS]`: their channels while rows are quantized, then each one's slot in
+    /// `outlier_w`.
+    outlier_slot: Vec<u32>,
+    /// Per input channel: its slot in `outlier_w`, or `u32::MAX` when no row left it out.
+    slot_of: Vec<u32>,
+    /// `[slots × ldw]`: the weight columns of the channels some row left out, dequantized and
+    /// zero padded to `ldw` (a multiple of every kernel's panel width).
     outlier_w: Vec<f32>,
+    ldw: usize,
 }
 
-/// A channel whose largest magnitude in the batch exceeds this many times the median
-/// channel's is an outlier (transformer activations have a few such channels, e.g. 16× the
-/// median at the MLP input of all-MiniLM-L6-v2, and one scale per row would spend most of
-/// its 256 levels on them).
-const OUTLIER_RATIO: f32 = 4.0;
+/// A value whose magnitude exceeds this many times its row's mean magnitude is an outlier
+/// (transformer activations have a few huge channels, and one scale per row would spend most
+/// of its 256 levels on them). On all-MiniLM-L6-v2 this finds 2–5 channels at the attention
+/// and MLP inputs and 0–3 values per row at the down projection's; a ratio of 6 found eight
+/// in almost every row there, with the same fidelity and a slower fp32 side product.
+const OUTLIER_RATIO: f32 = 16.0;
 
-/// At most this many outlier channels per call (the largest ones), so their fp32 side
-/// product stays a few percent of the int8 one (all-MiniLM-L6-v2 has 3–8 per layer input;
-/// 4, 8 and 16 give the same fidelity there).
+/// At most this many outliers per row (the largest), so their fp32 side product stays a few
+/// percent of the int8 one.
 const MAX_OUTLIERS: usize = 8;
 
 thread_local! {
@@ -336,68 +352,110 @@ unsafe fn quantize_row_avx2(x: &[f32], out: &mut [u8]) -> (f32, i32) {
     (1.0 / inv, zp as i32)
 }
 
-impl QuantizedRows {
-    /// Finds the outlier channels of `x` ([`OUTLIER_RATIO`], [`MAX_OUTLIERS`]).
-    fn find_outliers(&mut self, x: &[f32], m: usize, k: usize) {
-        self.outliers.clear();
-        if k < 32 {
-            return;
-        }
-        let blocks: Vec<&[f32]> = x[..m * k].chunks(64 * k).collect();
-        let mut maxima = vec![0.0f32; blocks.len() * k];
-        parallel::for_each(maxima.chunks_mut(k).zip(blocks).collect(), |(max, rows)| {
-            channel_abs_max(rows, max)
-        });
-        let mut chunks = maxima.chunks_exact(k);
-        let mut max = chunks.next().map(<[f32]>::to_vec).unwrap_or_default();
-        for other in chunks {
-            max.iter_mut().zip(other).for_each(|(a, b)| *a = a.max(*b));
-        }
-        self.channel_max.clear();
-        self.channel_max.extend_from_slice(&max);
-        let mid = k / 2;
-        let (_, median, _) = self.channel_max.select_nth_unstable_by(mid, |a, b| a.total_cmp(b));
-        let limit = *median * OUTLIER_RATIO;
-        if limit.is_nan() || limit <= 0.0 {
-            return;
-        }
-        self.outliers.extend((0..k).filter(|&c| max[c] > limit));
-        if self.outliers.len() > MAX_OUTLIERS {
-            self.outliers.sort_by(|&a, &b| max[b].total_cmp(&max[a]));
-            self.outliers.truncate(MAX_OUTLIERS);
-        }
-        self.outliers.sort_unstable();
+/// The outliers of one row ([`OUTLIER_RATIO`], at most [`MAX_OUTLIERS`], the largest),
+/// as (magnitude, channel) in `found`, ordered by channel.
+fn row_outliers(x: &[f32], found: &mut Vec<(f32, u32)>) {
+    found.clear();
+    if x.len() < 32 {
+        return;
     }
+    let limit = abs_sum(x) / x.len() as f32 * OUTLIER_RATIO;
+    if limit.is_nan() || limit <= 0.0 {
+        return;
+    }
+    above(x, limit, found);
+    if found.len() > MAX_OUTLIERS {
+        found.select_nth_unstable_by(MAX_OUTLIERS - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        found.truncate(MAX_OUTLIERS);
+        found.sort_unstable_by_key(|&(_, c)| c);
+    }
+}
 
-    /// Quantizes `x` for `w`'s kernel: the codes (widened to u16 for AVX2), and the outlier
-    /// channels' values and weight columns for the kernels' epilogue.
+/// Appends `(|x[c]|, c)` for every `|x[c]| > limit` to `found`, in channel order.
+fn above(x: &[f32], limit: f32, found: &mut Vec<(f32, u32)>) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { above_avx2(x, limit, found) };
+    }
+    above_portable(x, 0, limit, found)
+}
+
+fn above_portable(x: &[f32], first: usize, limit: f32, found: &mut Vec<(f32, u32)>) {
+    for (c, v) in x.iter().enumerate() {
+        if v.abs() > limit {
+            found.push((v.abs(), (first + c) as u32));
+        }
+    }
+}
+
+/// [`above`] eight values at a time: a compare and a bit mask, the rare hits then one by one.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn above_avx2(x: &[f32], limit: f32, found: &mut Vec<(f32, u32)>) {
+    use std::arch::x86_64::*;
+    let sign = _mm256_set1_ps(-0.0);
+    let lim = _mm256_set1_ps(limit);
+    let mut chunks = x.chunks_exact(8);
+    for (i, c) in (&mut chunks).enumerate() {
+        let v = _mm256_andnot_ps(sign, _mm256_loadu_ps(c.as_ptr()));
+        let mut bits = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, lim)) as u32;
+        while bits != 0 {
+            let j = bits.trailing_zeros() as usize;
+            found.push((c[j].abs(), (i * 8 + j) as u32));
+            bits &= bits - 1;
+        }
+    }
+    above_portable(chunks.remainder(), x.len() / 8 * 8, limit, found);
+}
+
+super::simd_dispatch! {
+    /// `Σ |x|`, in eight interleaved partial sums.
+    fn abs_sum(x: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let mut chunks = x.chunks_exact(8);
+        for c in &mut chunks {
+            for (a, v) in acc.iter_mut().zip(c) {
+                *a += v.abs();
+            }
+        }
+        acc.iter().sum::<f32>() + chunks.remainder().iter().map(|v| v.abs()).sum::<f32>()
+    }
+}
+
+impl QuantizedRows {
+    /// Quantizes `x` for `w`'s kernel: the codes (widened to u16 for AVX2), and each row's
+    /// outliers with the weight columns they need for the kernels' epilogue.
     fn fill(&mut self, x: &[f32], m: usize, w: &Int8Weight) {
         const ROWS: usize = 16;
+        const MO: usize = MAX_OUTLIERS;
         let (k, kp) = (w.k, w.kp);
-        self.find_outliers(x, m, k);
-        let outliers = &self.outliers;
-        let no = outliers.len();
         let codes = buffer(&mut self.codes, m * kp);
         let blocks: Vec<_> = codes
             .chunks_mut(ROWS * kp)
             .zip(buffer(&mut self.scales, m).chunks_mut(ROWS))
             .zip(buffer(&mut self.zero_points, m).chunks_mut(ROWS))
-            // (One value per row even without outliers, so the chunks line up with the rows'.)
-            .zip(buffer(&mut self.outlier_x, m * no.max(1)).chunks_mut(ROWS * no.max(1)))
+            .zip(buffer(&mut self.outlier_count, m).chunks_mut(ROWS))
+            .zip(buffer(&mut self.outlier_x, m * MO).chunks_mut(ROWS * MO))
+            .zip(buffer(&mut self.outlier_slot, m * MO).chunks_mut(ROWS * MO))
             .zip(x[..m * k].chunks(ROWS * k))
             .collect();
-        parallel::for_each(blocks, |((((codes, scales), zps), kept), x)| {
+        parallel::for_each(blocks, |((((((codes, scales), zps), counts), values), channels), x)| {
             let mut masked = Vec::new();
+            let mut found = Vec::new();
             for (i, row) in x.chunks_exact(k).enumerate() {
-                let row = if no == 0 {
+                row_outliers(row, &mut found);
+                counts[i] = found.len() as u8;
+                let row = if found.is_empty() {
                     row
                 } else {
-                    // Outlier channels are computed apart in fp32: kept aside, zero here.
+                    // Outliers are computed apart in fp32: kept aside, zero here.
                     masked.clear();
                     masked.extend_from_slice(row);
-                    for (o, &c) in outliers.iter().enumerate() {
-                        kept[i * no + o] = masked[c];
-                        masked[c] = 0.0;
+                    for (o, &(_, c)) in found.iter().enumerate() {
+                        values[i * MO + o] = row[c as usize];
+                        channels[i * MO + o] = c;
+                        masked[c as usize] = 0.0;
                     }
                     &masked[..]
                 };
@@ -406,10 +464,31 @@ impl QuantizedRows {
                 zps[i] = z;
             }
         });
-        let columns = buffer(&mut self.outlier_w, no * w.n);
-        for (&c, col) in outliers.iter().zip(columns.chunks_exact_mut(w.n.max(1))) {
-            w.dequantized_column(c, col);
+        // One dequantized weight column per channel that any row left out; each row's
+        // channels become slots in that table.
+        let slot_of = buffer(&mut self.slot_of, k);
+        slot_of.fill(u32::MAX);
+        let mut slots = Vec::new();
+        for (r, &count) in self.outlier_count[..m].iter().enumerate() {
+            for slot in &mut self.outlier_slot[r * MO..r * MO + count as usize] {
+                let c = *slot as usize;
+                if slot_of[c] == u32::MAX {
+                    slot_of[c] = slots.len() as u32;
+                    slots.push(c);
+                }
+                *slot = slot_of[c];
+            }
         }
+        self.ldw = w.n.next_multiple_of(32);
+        let ldw = self.ldw;
+        let columns = buffer(&mut self.outlier_w, slots.len() * ldw);
+        let jobs: Vec<_> = columns.chunks_mut(64 * ldw).zip(slots.chunks(64)).collect();
+        parallel::for_each(jobs, |(columns, slots)| {
+            for (&c, col) in slots.iter().zip(columns.chunks_exact_mut(ldw)) {
+                w.dequantized_column(c, col);
+                col[w.n..].fill(0.0);
+            }
+        });
         if w.isa.wide_codes() {
             // Widened to u16 for AVX2's `vpmaddwd`, and each strip of `AVX2_MR` rows (one
             // micro-tile's rows) interleaved pair by pair: a tile then reads one stream of
@@ -455,23 +534,42 @@ struct QTile {
     row_zp: *const i32,
     col_scale: *const f32,
     col_sum: *const i32,
-    /// Outlier channels: row `r`'s values at `outlier_x + r·outliers`; outlier `o`'s weight
-    /// for this tile's column `j` at `outlier_w + o·n + j`.
-    outliers: usize,
+    /// Row `r`'s outliers: their count at `outlier_count + r`; value `o` at
+    /// `outlier_x + r·MAX_OUTLIERS + o`, its weight column's slot at the same place of
+    /// `outlier_slot`.
+    outlier_count: *const u8,
     outlier_x: *const f32,
+    outlier_slot: *const u32,
+    /// Slot `s`'s weight for this tile's column `j` at `outlier_w + s·ldw + j` (zero past the
+    /// last column of the weight, so whole panels can be read).
     outlier_w: *const f32,
-    n: usize,
+    ldw: usize,
     bias: Option<*const f32>,
     act: Activation,
 }
 
 impl QTile {
-    /// Row `r`'s outlier channels' product for column `j`.
+    /// How many outliers row `r` has.
+    #[inline(always)]
+    unsafe fn outliers(&self, r: usize) -> usize {
+        *self.outlier_count.add(r) as usize
+    }
+
+    /// Row `r`'s outlier `o`: its value, and its weight column from this tile's first column.
+    #[inline(always)]
+    unsafe fn outlier(&self, r: usize, o: usize) -> (f32, *const f32) {
+        let i = r * MAX_OUTLIERS + o;
+        let slot = *self.outlier_slot.add(i) as usize;
+        (*self.outlier_x.add(i), self.outlier_w.add(slot * self.ldw))
+    }
+
+    /// Row `r`'s outliers' product for column `j`.
     #[inline(always)]
     unsafe fn outlier_sum(&self, r: usize, j: usize) -> f32 {
         let mut sum = 0.0;
-        for o in 0..self.outliers {
-            sum += *self.outlier_x.add(r * self.outliers + o) * *self.outlier_w.add(o * self.n + j);
+        for o in 0..self.outliers(r) {
+            let (x, col) = self.outlier(r, o);
+            sum += x * *col.add(j);
         }
         sum
     }
@@ -514,7 +612,6 @@ pub fn gemm_int8(
     let a_base = &a_base;
     let elem = if wide { 2 } else { 1 };
     let quant = &rows;
-    let no = quant.outliers.len();
     let tasks = split_work(m, n, mr, nr, threads);
     run_tasks(&tasks, |&block| {
         for_each_tile(block, mr, nr, |r, tile_rows, c| {
@@ -523,8 +620,8 @@ pub fn gemm_int8(
             debug_assert_eq!(r % mr, 0);
             // SAFETY: rows r..r+rows and columns c..c+cols lie inside this task's
             // block (tasks are disjoint) and inside every buffer checked above; the
-            // panel holds kp·nr codes and nr scales/sums; the outlier values hold
-            // `no` per row and the outlier columns `n` per outlier.
+            // panel holds kp·nr codes and nr scales/sums; the outlier values and slots
+            // hold MAX_OUTLIERS per row and the outlier columns `ldw ≥ c + nr` each.
             unsafe {
                 let t = QTile {
                     rows: tile_rows,
@@ -538,10 +635,11 @@ pub fn gemm_int8(
                     row_zp: quant.zero_points.as_ptr().add(r),
                     col_scale: w.scales.as_ptr().add(c),
                     col_sum: w.sums.as_ptr().add(c),
-                    outliers: no,
-                    outlier_x: quant.outlier_x.as_ptr().add(r * no),
-                    outlier_w: quant.outlier_w.as_ptr().add(c),
-                    n,
+                    outlier_count: quant.outlier_count.as_ptr().add(r),
+                    outlier_x: quant.outlier_x.as_ptr().add(r * MAX_OUTLIERS),
+                    outlier_slot: quant.outlier_slot.as_ptr().add(r * MAX_OUTLIERS),
+                    outlier_w: quant.outlier_w.as_ptr().wrapping_add(c),
+                    ldw: quant.ldw,
                     bias: bias.map(|b| b.as_ptr().add(c)),
                     act,
                 };
@@ -566,15 +664,6 @@ pub fn gemm_int8(
         });
     });
     ROWS.with(|cell| cell.replace(rows));
-}
-
-super::simd_dispatch! {
-    /// `max[c] = max(max[c], |row[c]|)` over the rows of `x` (rows `max.len()` apart).
-    fn channel_abs_max(x: &[f32], max: &mut [f32]) {
-        for row in x.chunks_exact(max.len().max(1)) {
-            max.iter_mut().zip(row).for_each(|(m, v)| *m = m.max(v.abs()));
-        }
-    }
 }
 
 /// The fp32 value of one accumulated dot product.
@@ -633,39 +722,76 @@ unsafe fn avx2_kernel<const R: usize>(t: QTile) {
 
 /// Dequantizes a 256-bit kernel's `R × 16` i32 sums (two registers per row), adds the outlier
 /// channels and the bias, applies the activation and stores: the AVX2 and AVX-VNNI kernels'
-/// shared epilogue.
+/// shared epilogue. A partial panel (`cols < 16`) runs the same code on padded copies of its
+/// column data and a stack tile, then copies its columns out.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn avx2_epilogue<const R: usize>(t: &QTile, acc: &[[std::arch::x86_64::__m256i; 2]; R]) {
-    use std::arch::x86_64::*;
     const NR: usize = 16;
+    if t.cols == NR {
+        return avx2_epilogue_full(t, acc);
+    }
+    let cols = t.cols;
     let mut cs = [0i32; NR];
     let mut sw = [0.0f32; NR];
-    std::ptr::copy_nonoverlapping(t.col_sum, cs.as_mut_ptr(), t.cols);
-    std::ptr::copy_nonoverlapping(t.col_scale, sw.as_mut_ptr(), t.cols);
-    let (cs0, cs1) = (
-        _mm256_loadu_si256(cs.as_ptr() as *const __m256i),
-        _mm256_loadu_si256(cs.as_ptr().add(8) as *const __m256i),
-    );
-    let (sw0, sw1) = (_mm256_loadu_ps(sw.as_ptr()), _mm256_loadu_ps(sw.as_ptr().add(8)));
-    // The outlier columns of this tile, zero past `cols`.
-    let mut ow = [[0.0f32; NR]; MAX_OUTLIERS];
-    for (o, col) in ow.iter_mut().enumerate().take(t.outliers) {
-        std::ptr::copy_nonoverlapping(t.outlier_w.add(o * t.n), col.as_mut_ptr(), t.cols);
+    let mut bias = [0.0f32; NR];
+    let mut out = [[0.0f32; NR]; R];
+    std::ptr::copy_nonoverlapping(t.col_sum, cs.as_mut_ptr(), cols);
+    std::ptr::copy_nonoverlapping(t.col_scale, sw.as_mut_ptr(), cols);
+    if let Some(b) = t.bias {
+        std::ptr::copy_nonoverlapping(b, bias.as_mut_ptr(), cols);
     }
+    let padded = QTile {
+        col_sum: cs.as_ptr(),
+        col_scale: sw.as_ptr(),
+        bias: t.bias.map(|_| bias.as_ptr()),
+        c: out.as_mut_ptr() as *mut f32,
+        ldc: NR,
+        cols: NR,
+        ..*t
+    };
+    avx2_epilogue_full(&padded, acc);
+    for (r, row) in out.iter().enumerate() {
+        std::ptr::copy_nonoverlapping(row.as_ptr(), t.c.add(r * t.ldc), cols);
+    }
+}
+
+/// [`avx2_epilogue`] of a whole 16-column panel: column data read in place.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn avx2_epilogue_full<const R: usize>(t: &QTile, acc: &[[std::arch::x86_64::__m256i; 2]; R]) {
+    use std::arch::x86_64::*;
+    let (cs0, cs1) = (
+        _mm256_loadu_si256(t.col_sum as *const __m256i),
+        _mm256_loadu_si256(t.col_sum.add(8) as *const __m256i),
+    );
+    let (sw0, sw1) = (_mm256_loadu_ps(t.col_scale), _mm256_loadu_ps(t.col_scale.add(8)));
+    let (bias0, bias1) = match t.bias {
+        Some(b) => (_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8))),
+        None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+    };
     for (r, row) in acc.iter().enumerate() {
         let zp = _mm256_set1_epi32(*t.row_zp.add(r));
         let sa = _mm256_set1_ps(*t.row_scale.add(r));
         let lo = _mm256_cvtepi32_ps(_mm256_sub_epi32(row[0], _mm256_mullo_epi32(zp, cs0)));
         let hi = _mm256_cvtepi32_ps(_mm256_sub_epi32(row[1], _mm256_mullo_epi32(zp, cs1)));
-        let mut lo = _mm256_mul_ps(lo, _mm256_mul_ps(sa, sw0));
-        let mut hi = _mm256_mul_ps(hi, _mm256_mul_ps(sa, sw1));
-        for (o, col) in ow.iter().enumerate().take(t.outliers) {
-            let xv = _mm256_set1_ps(*t.outlier_x.add(r * t.outliers + o));
-            lo = _mm256_fmadd_ps(xv, _mm256_loadu_ps(col.as_ptr()), lo);
-            hi = _mm256_fmadd_ps(xv, _mm256_loadu_ps(col.as_ptr().add(8)), hi);
+        let mut lo = _mm256_fmadd_ps(lo, _mm256_mul_ps(sa, sw0), bias0);
+        let mut hi = _mm256_fmadd_ps(hi, _mm256_mul_ps(sa, sw1), bias1);
+        for o in 0..t.outliers(r) {
+            let (x, col) = t.outlier(r, o);
+            let xv = _mm256_set1_ps(x);
+            lo = _mm256_fmadd_ps(xv, _mm256_loadu_ps(col), lo);
+            hi = _mm256_fmadd_ps(xv, _mm256_loadu_ps(col.add(8)), hi);
         }
-        super::sgemm::finish_avx2(lo, hi, t.c.add(r * t.ldc), t.cols, true, t.bias, t.act);
+        let dst = t.c.add(r * t.ldc);
+        if t.act == Activation::Identity {
+            // Stored here rather than through `finish_avx2`, which is not inlined: most layers
+            // have no activation, and this spares them a call per row.
+            _mm256_storeu_ps(dst, lo);
+            _mm256_storeu_ps(dst.add(8), hi);
+        } else {
+            super::sgemm::finish_avx2(lo, hi, dst, 16, true, None, t.act);
+        }
     }
 }
 
@@ -742,15 +868,6 @@ unsafe fn vnni_kernel<const R: usize>(t: QTile) {
     let cs1 = _mm512_maskz_loadu_epi32(m1, t.col_sum.wrapping_add(16));
     let sw0 = _mm512_maskz_loadu_ps(m0, t.col_scale);
     let sw1 = _mm512_maskz_loadu_ps(m1, t.col_scale.wrapping_add(16));
-    // The outlier columns of this tile, zero past `cols`.
-    let mut ow = [[_mm512_setzero_ps(); 2]; MAX_OUTLIERS];
-    for (o, col) in ow.iter_mut().enumerate().take(t.outliers) {
-        let w = t.outlier_w.add(o * t.n);
-        *col = [
-            _mm512_maskz_loadu_ps(m0, w),
-            _mm512_maskz_loadu_ps(m1, w.wrapping_add(16)),
-        ];
-    }
     let zero = _mm512_setzero_ps();
     let (bias0, bias1) = match t.bias {
         Some(b) => (
@@ -766,10 +883,11 @@ unsafe fn vnni_kernel<const R: usize>(t: QTile) {
         let hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(row[1], _mm512_mullo_epi32(zp, cs1)));
         let mut lo = _mm512_fmadd_ps(lo, _mm512_mul_ps(sa, sw0), bias0);
         let mut hi = _mm512_fmadd_ps(hi, _mm512_mul_ps(sa, sw1), bias1);
-        for (o, col) in ow.iter().enumerate().take(t.outliers) {
-            let xv = _mm512_set1_ps(*t.outlier_x.add(r * t.outliers + o));
-            lo = _mm512_fmadd_ps(xv, col[0], lo);
-            hi = _mm512_fmadd_ps(xv, col[1], hi);
+        for o in 0..t.outliers(r) {
+            let (x, col) = t.outlier(r, o);
+            let xv = _mm512_set1_ps(x);
+            lo = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m0, col), lo);
+            hi = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m1, col.wrapping_add(16)), hi);
         }
         let dst = t.c.add(r * t.ldc);
         if t.act == Activation::Identity {
@@ -943,6 +1061,44 @@ mod tests {
             // One scale spanning ±40 would give steps of 0.31 for values of size 1: errors of
             // several percent of the row's mass. Without the two channels, well under 1%.
             assert!(worst < 0.005, "{isa:?}: relative error {worst}");
+        }
+    }
+
+    #[test]
+    fn a_rows_result_does_not_depend_on_the_other_rows() {
+        // Rows with outliers in channels of their own, in a batch and alone, bit for bit: a
+        // text's vector must not depend on what else was in its batch.
+        let (m, k, n) = (23, 384, 37);
+        let mut x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        for i in 0..m {
+            for o in 0..(i % 11) {
+                x[i * k + (i * 31 + o * 57) % k] = (20.0 + o as f32) * if o % 2 == 0 { 1.0 } else { -1.0 };
+            }
+        }
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos() * 0.05).collect();
+        let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
+        for isa in [Int8Isa::Portable, Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni] {
+            if !isa.supported() {
+                eprintln!("skipped: int8 {isa:?} kernel (this CPU lacks it)");
+                continue;
+            }
+            let packed = Int8Weight::quantize(&w, n, k, isa);
+            let mut batch = vec![0.0f32; m * n];
+            gemm_int8(&x, m, &packed, Some(&b), Activation::Gelu, &mut batch, n, 2);
+            for i in 0..m {
+                let mut alone = vec![0.0f32; n];
+                gemm_int8(
+                    &x[i * k..(i + 1) * k],
+                    1,
+                    &packed,
+                    Some(&b),
+                    Activation::Gelu,
+                    &mut alone,
+                    n,
+                    1,
+                );
+                assert_eq!(alone[..], batch[i * n..(i + 1) * n], "{isa:?}: row {i} alone differs");
+            }
         }
     }
 
