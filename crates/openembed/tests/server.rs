@@ -651,6 +651,52 @@ fn an_engine_failure_in_a_shared_batch_fails_only_its_own_request() {
 }
 
 #[test]
+fn a_failure_between_the_layers_of_a_bulk_batch_fails_only_its_own_request() {
+    // A short request that arrives while a bulk batch runs is served between its layers, on
+    // the same compute threads, inside the bulk batch's forward pass. When that nested batch
+    // fails, only the short request may fail: the bulk batch resumes and its vectors are right.
+    let server = Server::start_with_env(&["--token-ids", "native"], &[("OPENEMBED_FAULT_PANIC_TOKENS", "9")]);
+    let model = "all-MiniLM-L6-v2";
+    let big: Vec<String> = (0..48).map(|i| format!("{} {i}", "bulk work ".repeat(70))).collect();
+    let (status, _, alone) = embed(&server, json!({"model": model, "input": big[..2]}));
+    assert_eq!(status, 200, "{alone}");
+    let nested = || server.metric("openembed_batches_between_layers_total");
+    // Repeated (at most 5 rounds) until the bad request has run between the layers, in case
+    // the bulk batch ended before it arrived on a slow machine.
+    for _round in 0..5 {
+        let before = nested();
+        std::thread::scope(|s| {
+            let (server, big) = (&server, &big);
+            let large = s.spawn(move || embed(server, json!({"model": model, "input": big})));
+            std::thread::sleep(Duration::from_millis(150));
+            let (status, _, body) = embed(
+                server,
+                json!({"model": model, "input": [[101, 2, 3, 4, 5, 6, 7, 8, 102]]}),
+            );
+            assert_eq!(status, 500, "{body}");
+            assert_eq!(assert_error(&body)["type"], "server_error");
+            let (status, _, body) = large.join().unwrap();
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(
+                vectors(&body)[..2],
+                vectors(&alone)[..],
+                "bulk vectors after a failed nested batch"
+            );
+        });
+        if nested() > before {
+            break;
+        }
+    }
+    assert!(
+        nested() >= 1.0,
+        "the failing request never ran between the layers of the bulk batch in 5 rounds"
+    );
+    assert!(server.metric("openembed_engine_panics_total") >= 1.0);
+    // The server goes on serving.
+    assert_eq!(embed(&server, json!({"model": model, "input": "still serving"})).0, 200);
+}
+
+#[test]
 fn two_models_share_one_pool_of_compute_threads() {
     let dir = model_dir();
     let a = format!("{}=first", dir.display());
