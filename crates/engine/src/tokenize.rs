@@ -425,7 +425,7 @@ mod window_tests {
         if dir.join("tokenizer.json").exists() {
             Some(dir)
         } else {
-            eprintln!("skipped: the default model is missing (make model)");
+            crate::kernels::report_skipped("the default model is missing (make model)");
             None
         }
     }

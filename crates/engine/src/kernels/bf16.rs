@@ -377,7 +377,7 @@ mod tests {
     fn every_kernel_matches_exact_products_on_odd_shapes() {
         for isa in [Bf16Isa::Portable, Bf16Isa::Avx2, Bf16Isa::Avx512, Bf16Isa::Avx512Bf16] {
             if !isa.supported() {
-                eprintln!("skipped: bf16 {isa:?} kernel (this CPU lacks it)");
+                crate::kernels::report_skipped(&format!("bf16 {isa:?} kernel (this CPU lacks it)"));
                 continue;
             }
             for &(m, k, n) in &[

@@ -934,12 +934,12 @@ mod tests {
             if crate::kernels::has_avx2_fma() {
                 quantizers.push(("avx2", |x, o| unsafe { quantize_row_avx2(x, o) }));
             } else {
-                eprintln!("skipped: AVX2 row quantizer (this CPU lacks it)");
+                crate::kernels::report_skipped("AVX2 row quantizer (this CPU lacks it)");
             }
             if crate::kernels::has_avx512() {
                 quantizers.push(("avx512", |x, o| unsafe { quantize_row_avx512(x, o) }));
             } else {
-                eprintln!("skipped: AVX-512 row quantizer (this CPU lacks it)");
+                crate::kernels::report_skipped("AVX-512 row quantizer (this CPU lacks it)");
             }
         }
         for n in [1, 7, 8, 31, 32, 33, 95, 384, 1537] {
@@ -970,7 +970,7 @@ mod tests {
     fn every_kernel_matches_exact_integer_arithmetic_on_odd_shapes() {
         for isa in [Int8Isa::Portable, Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni] {
             if !isa.supported() {
-                eprintln!("skipped: int8 {isa:?} kernel (this CPU lacks it)");
+                crate::kernels::report_skipped(&format!("int8 {isa:?} kernel (this CPU lacks it)"));
                 continue;
             }
             if isa == Int8Isa::AvxVnni && !crate::kernels::has_avx_vnni() {
@@ -1044,7 +1044,7 @@ mod tests {
         let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
         for isa in [Int8Isa::Portable, Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni] {
             if !isa.supported() {
-                eprintln!("skipped: int8 {isa:?} kernel (this CPU lacks it)");
+                crate::kernels::report_skipped(&format!("int8 {isa:?} kernel (this CPU lacks it)"));
                 continue;
             }
             let packed = Int8Weight::quantize(&w, n, k, isa);
@@ -1079,7 +1079,7 @@ mod tests {
         let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
         for isa in [Int8Isa::Portable, Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni] {
             if !isa.supported() {
-                eprintln!("skipped: int8 {isa:?} kernel (this CPU lacks it)");
+                crate::kernels::report_skipped(&format!("int8 {isa:?} kernel (this CPU lacks it)"));
                 continue;
             }
             let packed = Int8Weight::quantize(&w, n, k, isa);

@@ -684,7 +684,7 @@ mod tests {
     fn matches_naive_on_odd_shapes() {
         for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
             if !isa.supported() {
-                eprintln!("skipped: fp32 {isa:?} kernel (this CPU lacks it)");
+                crate::kernels::report_skipped(&format!("fp32 {isa:?} kernel (this CPU lacks it)"));
                 continue;
             }
             for &(m, k, n) in &[
