@@ -925,6 +925,21 @@ mod tests {
         out
     }
 
+    /// The int8 kernels this CPU runs; the others are reported as skipped.
+    fn runnable_kernels() -> Vec<Int8Isa> {
+        let all = [Int8Isa::Portable, Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni];
+        for isa in all.iter().filter(|isa| !isa.supported()) {
+            crate::kernels::report_skipped(&format!("int8 {isa:?} kernel (this CPU lacks it)"));
+        }
+        all.into_iter().filter(|isa| isa.supported()).collect()
+    }
+
+    /// A smooth `[n × k]` weight and an `n` bias.
+    fn weight_and_bias(n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+        let w = (0..n * k).map(|i| (i as f32 * 0.11).cos() * 0.05).collect();
+        (w, (0..n).map(|j| j as f32 * 0.01).collect())
+    }
+
     #[test]
     fn every_row_quantizer_matches_the_portable_one() {
         type Quantizer = fn(&[f32], &mut [u8]) -> (f32, i32);
@@ -968,11 +983,7 @@ mod tests {
 
     #[test]
     fn every_kernel_matches_exact_integer_arithmetic_on_odd_shapes() {
-        for isa in [Int8Isa::Portable, Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni] {
-            if !isa.supported() {
-                crate::kernels::report_skipped(&format!("int8 {isa:?} kernel (this CPU lacks it)"));
-                continue;
-            }
+        for isa in runnable_kernels() {
             if isa == Int8Isa::AvxVnni && !crate::kernels::has_avx_vnni() {
                 eprintln!("int8 AvxVnni kernel runs with the AVX512-VL encoding (this CPU lacks AVX-VNNI)");
             }
@@ -1040,13 +1051,8 @@ mod tests {
             x[i * k + 99] = 40.0 * if i % 2 == 0 { 1.0 } else { -0.5 };
             x[i * k + 7] = -25.0;
         }
-        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos() * 0.05).collect();
-        let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
-        for isa in [Int8Isa::Portable, Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni] {
-            if !isa.supported() {
-                crate::kernels::report_skipped(&format!("int8 {isa:?} kernel (this CPU lacks it)"));
-                continue;
-            }
+        let (w, b) = weight_and_bias(n, k);
+        for isa in runnable_kernels() {
             let packed = Int8Weight::quantize(&w, n, k, isa);
             let mut out = vec![0.0f32; m * n];
             gemm_int8(&x, m, &packed, Some(&b), Activation::Identity, &mut out, n, 2);
@@ -1075,13 +1081,8 @@ mod tests {
                 x[i * k + (i * 31 + o * 57) % k] = (20.0 + o as f32) * if o % 2 == 0 { 1.0 } else { -1.0 };
             }
         }
-        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos() * 0.05).collect();
-        let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
-        for isa in [Int8Isa::Portable, Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni] {
-            if !isa.supported() {
-                crate::kernels::report_skipped(&format!("int8 {isa:?} kernel (this CPU lacks it)"));
-                continue;
-            }
+        let (w, b) = weight_and_bias(n, k);
+        for isa in runnable_kernels() {
             let packed = Int8Weight::quantize(&w, n, k, isa);
             let mut batch = vec![0.0f32; m * n];
             gemm_int8(&x, m, &packed, Some(&b), Activation::Gelu, &mut batch, n, 2);
@@ -1108,7 +1109,7 @@ mod tests {
         let x: Vec<f32> = (0..m * k)
             .map(|i| (i as f32 * 0.37).sin() * if i < k { 0.0 } else { 1.0 })
             .collect();
-        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos() * 0.05).collect();
+        let (w, _) = weight_and_bias(n, k);
         let packed = Int8Weight::quantize(&w, n, k, Int8Isa::detect());
         let mut out = vec![0.0f32; m * n];
         gemm_int8(&x, m, &packed, None, Activation::Identity, &mut out, n, 1);
