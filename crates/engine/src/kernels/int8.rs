@@ -188,10 +188,15 @@ struct QuantizedRows {
     outlier_slot: Vec<u32>,
     /// Per input channel: its slot in `outlier_w`, or `u32::MAX` when no row left it out.
     slot_of: Vec<u32>,
-    /// `[slots × ldw]`: the weight columns of the channels some row left out, dequantized and
-    /// zero padded to `ldw` (a multiple of every kernel's panel width).
+    /// `[slots × outlier_stride(n)]`: the weight columns of the channels some row left out,
+    /// dequantized and zero padded.
     outlier_w: Vec<f32>,
-    ldw: usize,
+}
+
+/// Row stride of the outlier weight table for `n` outputs: padded to a multiple of every
+/// kernel's panel width, so whole panels can be read.
+fn outlier_stride(n: usize) -> usize {
+    n.next_multiple_of(32)
 }
 
 /// A value whose magnitude exceeds this many times its row's mean magnitude is an outlier
@@ -479,8 +484,7 @@ impl QuantizedRows {
                 *slot = slot_of[c];
             }
         }
-        self.ldw = w.n.next_multiple_of(32);
-        let ldw = self.ldw;
+        let ldw = outlier_stride(w.n);
         let columns = buffer(&mut self.outlier_w, slots.len() * ldw);
         let jobs: Vec<_> = columns.chunks_mut(64 * ldw).zip(slots.chunks(64)).collect();
         parallel::for_each(jobs, |(columns, slots)| {
@@ -639,7 +643,7 @@ pub fn gemm_int8(
                     outlier_x: quant.outlier_x.as_ptr().add(r * MAX_OUTLIERS),
                     outlier_slot: quant.outlier_slot.as_ptr().add(r * MAX_OUTLIERS),
                     outlier_w: quant.outlier_w.as_ptr().wrapping_add(c),
-                    ldw: quant.ldw,
+                    ldw: outlier_stride(n),
                     bias: bias.map(|b| b.as_ptr().add(c)),
                     act,
                 };
