@@ -19,8 +19,10 @@ CORPUS = os.path.join(ROOT, "..", "shared", "bench", "corpus", "mixed.jsonl")
 
 
 def binary():
+    # cargo's target folder: CARGO_TARGET_DIR when set (relative to the repository), else target/.
+    target = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target")
     for profile in ["release", "debug"]:
-        path = os.path.join(ROOT, "target", profile, "openembed")
+        path = os.path.join(target, profile, "openembed")
         if os.path.exists(path):
             return path
     pytest.fail("no openembed binary: cargo build -p openembed first")
