@@ -1,7 +1,8 @@
 //! Memory-mapped safetensors weights: single file or sharded, any model-name prefix, f32/f16/bf16.
 //!
-//! f32 tensors whose data is 4-byte aligned in the file are used straight from the mapping (no
-//! copy, so resident memory stays at the file size); f16/bf16 are converted to f32 once.
+//! Large f32 tensors whose data is 4-byte aligned in the file are used straight from the
+//! mapping (no copy: only the pages read become resident); small ones and f16/bf16 ones are
+//! converted to owned f32 once.
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -13,6 +14,12 @@ use std::sync::Arc;
 
 /// Prefixes that model classes put in front of tensor names; stripped when indexing.
 const MODEL_PREFIXES: &[&str] = &["bert.", "roberta.", "distilbert.", "mpnet.", "model.", "xlm_roberta."];
+
+/// f32 tensors at least this large are used from the file mapping; smaller ones (biases, norm
+/// parameters) are copied, so that once the model is built [`Weights::release_pages`] can hand
+/// back every page, and the large tensors still read at run time (embedding tables) fault in
+/// alone rather than with a small neighbour's file pages.
+const MAPPED_MIN_BYTES: usize = 1 << 20;
 
 /// An f32 matrix or vector, either borrowed from the file mapping or owned.
 pub struct Tensor {
@@ -194,6 +201,20 @@ impl Weights {
         self.shards.get(i).map(|s| s.0.clone()).unwrap_or_default()
     }
 
+    /// Hands every page of the files' mappings back to the OS, for when the model is built:
+    /// packed weights were copied out, small tensors are owned, and what is still read from
+    /// the mapping (embedding rows) faults back in from the page cache when touched. Reading
+    /// a tensor pulls in its file's neighbouring pages with it (fault-around, large page-cache
+    /// folios), which per-tensor [`Tensor::release`] cannot all catch.
+    pub fn release_pages(&self) {
+        for (_, map) in &self.shards {
+            // SAFETY: the mapping is private and read-only, so no data lives only in its pages:
+            // dropping them loses nothing, and any later read refaults from the file. Tensors
+            // borrowing the mapping hold its Arc, so the range stays mapped.
+            let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
+    }
+
     /// True when a tensor of this name exists.
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
@@ -289,7 +310,7 @@ impl Weights {
                 if bytes.len() != numel * 4 {
                     return Err(bad("f32 data matching the shape"));
                 }
-                if (map.as_ptr() as usize + e.start).is_multiple_of(4) {
+                if (map.as_ptr() as usize + e.start).is_multiple_of(4) && bytes.len() >= MAPPED_MIN_BYTES {
                     TensorData::Mapped {
                         map: map.clone(),
                         offset: e.start,

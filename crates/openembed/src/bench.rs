@@ -155,6 +155,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             },
         )
         .with_context(|| format!("cannot load {}", args.model.display()))?;
+        crate::return_freed_memory();
         let info = model.info();
         let resident = resident_mib();
         println!(

@@ -97,7 +97,7 @@ pub fn model_dir(spec: Option<&str>) -> Result<PathBuf> {
 pub fn load_model(spec: Option<&str>, threads: Option<usize>, dtype: DType) -> Result<Model> {
     let dir = model_dir(spec)?;
     let spec = spec.map_or_else(|| dir.display().to_string(), str::to_owned);
-    Model::load(
+    let model = Model::load(
         &dir,
         &LoadOptions {
             threads,
@@ -105,7 +105,9 @@ pub fn load_model(spec: Option<&str>, threads: Option<usize>, dtype: DType) -> R
             ..LoadOptions::default()
         },
     )
-    .with_context(|| format!("cannot load model {spec}"))
+    .with_context(|| format!("cannot load model {spec}"))?;
+    crate::return_freed_memory();
+    Ok(model)
 }
 
 /// Says on a terminal that texts are awaited on stdin, so a bare command does not look hung.

@@ -270,6 +270,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let (state, listener) = openembed_server::bind(&config).await.map_err(|e| anyhow!(e))?;
+        crate::return_freed_memory();
         let addr = listener.local_addr().context("cannot read the bound address")?;
         if !addr.ip().is_loopback() {
             tracing::warn!(%addr, "listening beyond loopback: reachable from other machines");

@@ -100,5 +100,7 @@ pub fn load_transformer_with(dir: &Path, dtype: DType) -> Result<Transformer> {
         ))
     })?;
     let weights = Weights::open(dir, &model_type)?.with_dtype(dtype);
-    loader(&cfg, &weights)
+    let transformer = loader(&cfg, &weights)?;
+    weights.release_pages();
+    Ok(transformer)
 }
