@@ -215,25 +215,60 @@ thread_local! {
     static ROWS: std::cell::Cell<QuantizedRows> = std::cell::Cell::new(QuantizedRows::default());
 }
 
+/// What one pass over a row tells: `Σ |x|`, `min(x, 0)` and `max(x, 0)` (NaNs skipped by the
+/// range).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct RowStats {
+    abs_sum: f32,
+    lo: f32,
+    hi: f32,
+}
+
+super::simd_dispatch! {
+    /// [`RowStats`] of `x`, in eight interleaved lanes.
+    fn row_stats(x: &[f32]) -> RowStats {
+        let (mut sum, mut lo, mut hi) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
+        let mut chunks = x.chunks_exact(8);
+        for c in &mut chunks {
+            for i in 0..8 {
+                sum[i] += c[i].abs();
+                lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
+                hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
+            }
+        }
+        let rest = chunks.remainder();
+        RowStats {
+            abs_sum: sum.iter().sum::<f32>() + rest.iter().map(|v| v.abs()).sum::<f32>(),
+            lo: lo.iter().chain(rest).fold(0.0, |m, &v| if v < m { v } else { m }),
+            hi: hi.iter().chain(rest).fold(0.0, |m, &v| if v > m { v } else { m }),
+        }
+    }
+}
+
 /// Quantizes one row to `0..=255` over `[min(x, 0), max(x, 0)]` (codes past `x.len()` are
 /// zero); returns (scale, zero point). Rounds to nearest, ties to even.
 fn quantize_row(x: &[f32], out: &mut [u8]) -> (f32, i32) {
+    let s = row_stats(x);
+    quantize_row_in(x, s.lo, s.hi, out)
+}
+
+/// [`quantize_row`] with the row's range already known (`lo = min(x, 0)`, `hi = max(x, 0)`).
+fn quantize_row_in(x: &[f32], lo: f32, hi: f32, out: &mut [u8]) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx512() {
         // SAFETY: the CPU has AVX-512F/BW.
-        return unsafe { quantize_row_avx512(x, out) };
+        return unsafe { quantize_row_avx512(x, lo, hi, out) };
     }
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { quantize_row_avx2(x, out) };
+        return unsafe { quantize_row_avx2(x, lo, hi, out) };
     }
-    quantize_row_portable(x, out)
+    quantize_row_portable(x, lo, hi, out)
 }
 
-/// [`quantize_row`] in plain Rust.
-fn quantize_row_portable(x: &[f32], out: &mut [u8]) -> (f32, i32) {
-    let (lo, hi) = x.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+/// [`quantize_row_in`] in plain Rust.
+fn quantize_row_portable(x: &[f32], lo: f32, hi: f32, out: &mut [u8]) -> (f32, i32) {
     let Some((inv, zp)) = row_scale(lo, hi) else {
         out.fill(0);
         return (0.0, 0);
@@ -257,7 +292,7 @@ fn row_scale(lo: f32, hi: f32) -> Option<(f32, f32)> {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) {
+unsafe fn quantize_row_avx512(x: &[f32], lo: f32, hi: f32, out: &mut [u8]) -> (f32, i32) {
     use std::arch::x86_64::*;
     let n = x.len();
     assert!(out.len() >= n);
@@ -269,13 +304,7 @@ unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) {
             ((1u32 << left) - 1) as __mmask16
         }
     };
-    let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    for i in (0..n).step_by(16) {
-        let v = _mm512_maskz_loadu_ps(mask(i), x.as_ptr().add(i));
-        lo = _mm512_min_ps(lo, v);
-        hi = _mm512_max_ps(hi, v);
-    }
-    let Some((inv, zp)) = row_scale(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi)) else {
+    let Some((inv, zp)) = row_scale(lo, hi) else {
         out.fill(0);
         return (0.0, 0);
     };
@@ -294,11 +323,11 @@ unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) {
     (1.0 / inv, zp as i32)
 }
 
-/// [`quantize_row`] on AVX2: 32 values per step (the last step on a zero-padded copy), codes
-/// rounded to nearest even by `vcvtps2dq` and narrowed with unsigned saturation.
+/// [`quantize_row_in`] on AVX2: 32 values per step (the last step on a zero-padded copy),
+/// codes rounded to nearest even by `vcvtps2dq` and narrowed with unsigned saturation.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_row_avx2(x: &[f32], out: &mut [u8]) -> (f32, i32) {
+unsafe fn quantize_row_avx2(x: &[f32], lo: f32, hi: f32, out: &mut [u8]) -> (f32, i32) {
     use std::arch::x86_64::*;
     const STEP: usize = 32;
     let n = x.len();
@@ -314,18 +343,6 @@ unsafe fn quantize_row_avx2(x: &[f32], out: &mut [u8]) -> (f32, i32) {
             tail.as_ptr()
         }
     };
-    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for i in (0..n).step_by(STEP) {
-        let p = step(i);
-        for j in 0..STEP / 8 {
-            let v = _mm256_loadu_ps(p.add(8 * j));
-            lo = _mm256_min_ps(lo, v);
-            hi = _mm256_max_ps(hi, v);
-        }
-    }
-    let lanes = |v: __m256| -> [f32; 8] { std::mem::transmute(v) };
-    let lo = lanes(lo).into_iter().fold(0.0f32, f32::min);
-    let hi = lanes(hi).into_iter().fold(0.0f32, f32::max);
     let Some((inv, zp)) = row_scale(lo, hi) else {
         out.fill(0);
         return (0.0, 0);
@@ -358,14 +375,16 @@ unsafe fn quantize_row_avx2(x: &[f32], out: &mut [u8]) -> (f32, i32) {
 }
 
 /// The outliers of one row ([`OUTLIER_RATIO`], at most [`MAX_OUTLIERS`], the largest),
-/// as (magnitude, channel) in `found`, ordered by channel.
-fn row_outliers(x: &[f32], found: &mut Vec<(f32, u32)>) {
+/// as (magnitude, channel) in `found`, ordered by channel; `stats` are the row's.
+fn row_outliers(x: &[f32], stats: RowStats, found: &mut Vec<(f32, u32)>) {
     found.clear();
     if x.len() < 32 {
         return;
     }
-    let limit = abs_sum(x) / x.len() as f32 * OUTLIER_RATIO;
-    if limit.is_nan() || limit <= 0.0 {
+    let limit = stats.abs_sum / x.len() as f32 * OUTLIER_RATIO;
+    // Nothing to look for when even the row's extremes are within the limit (most rows of a
+    // down projection's input).
+    if limit.is_nan() || limit <= 0.0 || (-stats.lo <= limit && stats.hi <= limit) {
         return;
     }
     above(x, limit, found);
@@ -414,20 +433,6 @@ unsafe fn above_avx2(x: &[f32], limit: f32, found: &mut Vec<(f32, u32)>) {
     above_portable(chunks.remainder(), x.len() / 8 * 8, limit, found);
 }
 
-super::simd_dispatch! {
-    /// `Σ |x|`, in eight interleaved partial sums.
-    fn abs_sum(x: &[f32]) -> f32 {
-        let mut acc = [0.0f32; 8];
-        let mut chunks = x.chunks_exact(8);
-        for c in &mut chunks {
-            for (a, v) in acc.iter_mut().zip(c) {
-                *a += v.abs();
-            }
-        }
-        acc.iter().sum::<f32>() + chunks.remainder().iter().map(|v| v.abs()).sum::<f32>()
-    }
-}
-
 impl QuantizedRows {
     /// Quantizes `x` for `w`'s kernel: the codes (widened to u16 for AVX2), and each row's
     /// outliers with the weight columns they need for the kernels' epilogue.
@@ -449,10 +454,12 @@ impl QuantizedRows {
             let mut masked = Vec::new();
             let mut found = Vec::new();
             for (i, row) in x.chunks_exact(k).enumerate() {
-                row_outliers(row, &mut found);
+                let stats = row_stats(row);
+                row_outliers(row, stats, &mut found);
                 counts[i] = found.len() as u8;
-                let row = if found.is_empty() {
-                    row
+                let out = &mut codes[i * kp..(i + 1) * kp];
+                let (s, z) = if found.is_empty() {
+                    quantize_row_in(row, stats.lo, stats.hi, out)
                 } else {
                     // Outliers are computed apart in fp32: kept aside, zero here.
                     masked.clear();
@@ -462,9 +469,8 @@ impl QuantizedRows {
                         channels[i * MO + o] = c;
                         masked[c as usize] = 0.0;
                     }
-                    &masked[..]
+                    quantize_row(&masked, out)
                 };
-                let (s, z) = quantize_row(row, &mut codes[i * kp..(i + 1) * kp]);
                 scales[i] = s;
                 zps[i] = z;
             }
@@ -509,14 +515,51 @@ impl QuantizedRows {
                     let first = (b * ROWS + s) * MR;
                     let rows: [&[u8]; MR] =
                         std::array::from_fn(|r| codes.get((first + r) * kp..(first + r + 1) * kp).unwrap_or(&zero_row));
-                    for (p, group) in strip.chunks_exact_mut(2 * MR).enumerate() {
-                        for (r, row) in rows.iter().enumerate() {
-                            group[2 * r] = row[2 * p] as u16;
-                            group[2 * r + 1] = row[2 * p + 1] as u16;
-                        }
-                    }
+                    interleave_strip(&rows, strip);
                 }
             });
+        }
+    }
+}
+
+/// Widens a strip of [`AVX2_MR`] rows of codes to u16 and interleaves them pair by pair: row
+/// `r`'s codes `2p, 2p + 1` go to `strip[2(p·MR + r)..][..2]`.
+fn interleave_strip(rows: &[&[u8]; AVX2_MR], strip: &mut [u16]) {
+    const MR: usize = AVX2_MR;
+    let kp = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == kp) && strip.len() == MR * kp && kp.is_multiple_of(2));
+    let mut p0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2; every row holds kp codes and the strip MR·kp (checked).
+        unsafe { interleave_strip_avx2(rows, strip) };
+        p0 = kp / 16 * 8;
+    }
+    for p in p0..kp / 2 {
+        for (r, row) in rows.iter().enumerate() {
+            strip[2 * (p * MR + r)] = row[2 * p] as u16;
+            strip[2 * (p * MR + r) + 1] = row[2 * p + 1] as u16;
+        }
+    }
+}
+
+/// [`interleave_strip`] for the first `kp / 16 · 8` pairs: sixteen codes of a row widened at
+/// once, then stored pair by pair.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn interleave_strip_avx2(rows: &[&[u8]; AVX2_MR], strip: &mut [u16]) {
+    use std::arch::x86_64::*;
+    const MR: usize = AVX2_MR;
+    let kp = rows[0].len();
+    let out = strip.as_mut_ptr() as *mut u32;
+    for block in 0..kp / 16 {
+        for (r, row) in rows.iter().enumerate() {
+            let wide = _mm256_cvtepu8_epi16(_mm_loadu_si128(row.as_ptr().add(16 * block) as *const __m128i));
+            let mut pairs = [0u32; 8];
+            _mm256_storeu_si256(pairs.as_mut_ptr() as *mut __m256i, wide);
+            for (i, &pair) in pairs.iter().enumerate() {
+                out.add((8 * block + i) * MR + r).write_unaligned(pair);
+            }
         }
     }
 }
@@ -946,17 +989,17 @@ mod tests {
 
     #[test]
     fn every_row_quantizer_matches_the_portable_one() {
-        type Quantizer = fn(&[f32], &mut [u8]) -> (f32, i32);
+        type Quantizer = fn(&[f32], f32, f32, &mut [u8]) -> (f32, i32);
         let mut quantizers: Vec<(&str, Quantizer)> = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
             if crate::kernels::has_avx2_fma() {
-                quantizers.push(("avx2", |x, o| unsafe { quantize_row_avx2(x, o) }));
+                quantizers.push(("avx2", |x, lo, hi, o| unsafe { quantize_row_avx2(x, lo, hi, o) }));
             } else {
                 crate::kernels::report_skipped("AVX2 row quantizer (this CPU lacks it)");
             }
             if crate::kernels::has_avx512() {
-                quantizers.push(("avx512", |x, o| unsafe { quantize_row_avx512(x, o) }));
+                quantizers.push(("avx512", |x, lo, hi, o| unsafe { quantize_row_avx512(x, lo, hi, o) }));
             } else {
                 crate::kernels::report_skipped("AVX-512 row quantizer (this CPU lacks it)");
             }
@@ -971,10 +1014,19 @@ mod tests {
             for x in &rows {
                 let padded = n.div_ceil(4) * 4 + 4;
                 let mut want = vec![7u8; padded];
-                let (ws, wz) = quantize_row_portable(x, &mut want);
+                let (lo, hi) = x.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                let stats = row_stats(x);
+                assert_eq!((stats.lo, stats.hi), (lo, hi), "range, n = {n}");
+                let sum: f32 = x.iter().map(|v| v.abs()).sum();
+                assert!(
+                    (stats.abs_sum - sum).abs() <= 1e-5 * sum,
+                    "Σ|x| {} vs {sum}, n = {n}",
+                    stats.abs_sum
+                );
+                let (ws, wz) = quantize_row_portable(x, lo, hi, &mut want);
                 for (name, quantize) in &quantizers {
                     let mut got = vec![7u8; padded];
-                    let (s, z) = quantize(x, &mut got);
+                    let (s, z) = quantize(x, lo, hi, &mut got);
                     assert_eq!((s, z), (ws, wz), "{name}: scale and zero point, n = {n}");
                     // Fused and unfused multiply-add may round a tie the other way.
                     let worst = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max();
