@@ -357,6 +357,7 @@ impl Model {
                 (parts, ScoreActivation::Sigmoid, Some(template))
             }
         };
+        weights.release_pages();
         Ok((
             Some(parts),
             Some(RerankInfo {

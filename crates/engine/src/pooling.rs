@@ -167,10 +167,9 @@ impl Dense {
         let activation = Activation::from_name(act_name)
             .ok_or_else(|| Error::Unsupported(format!("{}: activation_function `{act_name}`", cfg_path.display())))?;
         let weights = Weights::open(dir, "Dense")?;
-        Ok(Self {
-            linear: Linear::load(&weights, "linear", inf, outf, bias)?,
-            activation,
-        })
+        let linear = Linear::load(&weights, "linear", inf, outf, bias)?;
+        weights.release_pages();
+        Ok(Self { linear, activation })
     }
 
     /// Input width.
