@@ -357,7 +357,6 @@ impl Model {
                 (parts, ScoreActivation::Sigmoid, Some(template))
             }
         };
-        weights.release_pages();
         Ok((
             Some(parts),
             Some(RerankInfo {

@@ -167,9 +167,10 @@ impl Dense {
         let activation = Activation::from_name(act_name)
             .ok_or_else(|| Error::Unsupported(format!("{}: activation_function `{act_name}`", cfg_path.display())))?;
         let weights = Weights::open(dir, "Dense")?;
-        let linear = Linear::load(&weights, "linear", inf, outf, bias)?;
-        weights.release_pages();
-        Ok(Self { linear, activation })
+        Ok(Self {
+            linear: Linear::load(&weights, "linear", inf, outf, bias)?,
+            activation,
+        })
     }
 
     /// Input width.

@@ -16,8 +16,8 @@ use std::sync::Arc;
 const MODEL_PREFIXES: &[&str] = &["bert.", "roberta.", "distilbert.", "mpnet.", "model.", "xlm_roberta."];
 
 /// f32 tensors at least this large are used from the file mapping; smaller ones (biases, norm
-/// parameters) are copied, so that once the model is built [`Weights::release_pages`] can hand
-/// back every page, and the large tensors still read at run time (embedding tables) fault in
+/// parameters) are copied, so that once the model is built (the [`Weights`] dropped) every
+/// page can go back to the OS, and the large tensors still read at run time (embedding tables) fault in
 /// alone rather than with a small neighbour's file pages.
 const MAPPED_MIN_BYTES: usize = 1 << 20;
 
@@ -201,20 +201,6 @@ impl Weights {
         self.shards.get(i).map(|s| s.0.clone()).unwrap_or_default()
     }
 
-    /// Hands every page of the files' mappings back to the OS, for when the model is built:
-    /// packed weights were copied out, small tensors are owned, and what is still read from
-    /// the mapping (embedding rows) faults back in from the page cache when touched. Reading
-    /// a tensor pulls in its file's neighbouring pages with it (fault-around, large page-cache
-    /// folios), which per-tensor [`Tensor::release`] cannot all catch.
-    pub fn release_pages(&self) {
-        for (_, map) in &self.shards {
-            // SAFETY: the mapping is private and read-only, so no data lives only in its pages:
-            // dropping them loses nothing, and any later read refaults from the file. Tensors
-            // borrowing the mapping hold its Arc, so the range stays mapped.
-            let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
-        }
-    }
-
     /// True when a tensor of this name exists.
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
@@ -350,6 +336,22 @@ impl Weights {
             data,
             shape: e.shape.clone(),
         })
+    }
+}
+
+/// Loading is done when the weights are dropped: every page of the files' mappings goes back
+/// to the OS. Packed weights were copied out, small tensors are owned, and what is still read
+/// from the mapping (embedding rows) faults back in from the page cache when touched. Reading
+/// a tensor pulls in its file's neighbouring pages with it (fault-around, large page-cache
+/// folios), which per-tensor [`Tensor::release`] cannot all catch.
+impl Drop for Weights {
+    fn drop(&mut self) {
+        for (_, map) in &self.shards {
+            // SAFETY: the mapping is private and read-only, so no data lives only in its pages:
+            // dropping them loses nothing, and any later read refaults from the file. Tensors
+            // borrowing the mapping hold its Arc, so the range stays mapped.
+            let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
     }
 }
 

@@ -12,7 +12,7 @@ fn reference_models_on_avx2_kernels() {
     std::env::set_var(openembed_engine::kernels::ISA_ENV, "avx2");
     assert!(!openembed_engine::kernels::has_avx512());
     if !openembed_engine::kernels::has_avx2_fma() {
-        common::report_skipped("this CPU has no AVX2+FMA (isa_portable covers it)");
+        openembed_engine::kernels::report_skipped("this CPU has no AVX2+FMA (isa_portable covers it)");
         return;
     }
     check_default_model_and_tiny_architectures();

@@ -41,7 +41,7 @@ fn mapped_resident_bytes(file: &std::path::Path) -> u64 {
 fn resident_memory_after_load_is_bounded_by_file_size_plus_100_mb() {
     let dir = common::minilm_dir();
     let Some(before) = resident_bytes() else {
-        common::report_skipped("/proc/self/status not available on this OS");
+        openembed_engine::kernels::report_skipped("/proc/self/status not available on this OS");
         return;
     };
     let file = std::fs::metadata(dir.join("model.safetensors")).unwrap().len();

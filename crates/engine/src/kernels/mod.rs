@@ -171,11 +171,11 @@ macro_rules! simd_dispatch {
 }
 pub(crate) use simd_dispatch;
 
-/// Tells the person running the tests that a case was skipped (this machine cannot run it),
-/// whether the test then passes or not: written to stderr directly, because the test harness
-/// swallows `eprintln!` output of passing tests.
-#[cfg(test)]
-pub(crate) fn report_skipped(what: &str) {
+/// For tests: tells the person running them that a case was skipped (this machine cannot run
+/// it), whether the test then passes or not: written to stderr directly, because the test
+/// harness swallows `eprintln!` output of passing tests. Public for the integration tests.
+#[doc(hidden)]
+pub fn report_skipped(what: &str) {
     use std::io::Write;
     // The harness names each test's thread after the test.
     let test = std::thread::current().name().unwrap_or("a test").to_string();

@@ -100,7 +100,5 @@ pub fn load_transformer_with(dir: &Path, dtype: DType) -> Result<Transformer> {
         ))
     })?;
     let weights = Weights::open(dir, &model_type)?.with_dtype(dtype);
-    let transformer = loader(&cfg, &weights)?;
-    weights.release_pages();
-    Ok(transformer)
+    loader(&cfg, &weights)
 }

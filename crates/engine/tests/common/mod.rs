@@ -6,16 +6,6 @@ use openembed_engine::transformer::Scratch;
 use openembed_engine::{Error, Model, PackedBatch, Pooling, Truncation};
 use std::path::{Path, PathBuf};
 
-/// Tells the person running the tests that a case was skipped (this machine cannot run it):
-/// written to stderr directly, because the test harness swallows `eprintln!` output of passing
-/// tests.
-pub fn report_skipped(what: &str) {
-    use std::io::Write;
-    // The harness names each test's thread after the test.
-    let test = std::thread::current().name().unwrap_or("a test").to_string();
-    let _ = writeln!(std::io::stderr().lock(), "skipped in {test}: {what}");
-}
-
 /// `../shared` relative to the workspace root.
 pub fn shared_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
