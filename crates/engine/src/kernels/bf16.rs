@@ -8,8 +8,9 @@
 //! threads split the output as the fp32 SGEMM does ([`split_work`]).
 
 use super::activation::Activation;
+use super::amx::{Amx, TileUnit, Tiles};
 use super::buffer;
-use super::sgemm::{for_each_tile, run_tasks, split_work, SendPtr};
+use super::sgemm::{drive, SendPtr};
 use crate::parallel;
 use rayon::prelude::*;
 
@@ -24,12 +25,17 @@ pub enum Bf16Isa {
     Avx512,
     /// AVX512-BF16 `vdpbf16ps`, 14×32 tiles.
     Avx512Bf16,
+    /// AMX `tdpbf16ps`: 32×32 blocks of four 16×16 tiles, `K` in steps of 32; the AVX512-BF16
+    /// panel layout (with `k` padded to 32).
+    Amx,
 }
 
 impl Bf16Isa {
     /// The best kernel this CPU runs (after [`super::ISA_ENV`]).
     pub fn detect() -> Self {
-        if super::has_avx512_bf16() {
+        if amx_usable() {
+            Bf16Isa::Amx
+        } else if super::has_avx512_bf16() {
             Bf16Isa::Avx512Bf16
         } else if super::has_avx512() {
             Bf16Isa::Avx512
@@ -47,13 +53,14 @@ impl Bf16Isa {
             Bf16Isa::Avx2 => super::has_avx2_fma(),
             Bf16Isa::Avx512 => super::has_avx512(),
             Bf16Isa::Avx512Bf16 => super::has_avx512_bf16(),
+            Bf16Isa::Amx => super::amx::has_amx(),
         }
     }
 
     fn nr(self) -> usize {
         match self {
             Bf16Isa::Portable | Bf16Isa::Avx2 => 16,
-            Bf16Isa::Avx512 | Bf16Isa::Avx512Bf16 => 32,
+            Bf16Isa::Avx512 | Bf16Isa::Avx512Bf16 | Bf16Isa::Amx => 32,
         }
     }
 
@@ -62,7 +69,21 @@ impl Bf16Isa {
             Bf16Isa::Portable | Bf16Isa::Avx2 => 4,
             Bf16Isa::Avx512 => 12,
             Bf16Isa::Avx512Bf16 => 14,
+            Bf16Isa::Amx => 2 * super::amx::TILE_ROWS,
         }
+    }
+
+    /// `k` is padded to a multiple of this (zero in the padding).
+    fn k_align(self) -> usize {
+        match self {
+            Bf16Isa::Amx => super::amx::TILE_BYTES / 2,
+            _ => 2,
+        }
+    }
+
+    /// Whether the kernel reads the activations as bf16 bits (else as rounded fp32 values).
+    fn reads_bits(self) -> bool {
+        matches!(self, Bf16Isa::Avx512Bf16 | Bf16Isa::Amx)
     }
 }
 
@@ -88,7 +109,7 @@ pub struct Bf16Weight {
     panels: Vec<u16>,
     n: usize,
     k: usize,
-    /// `k` rounded up to even (zero in the padding).
+    /// `k` rounded up to a multiple of [`Bf16Isa::k_align`] (zero in the padding).
     kp: usize,
     isa: Bf16Isa,
 }
@@ -97,7 +118,7 @@ impl Bf16Weight {
     /// Rounds a row-major fp32 `[n × k]` weight to bf16 and packs it.
     pub fn from_f32(w: &[f32], n: usize, k: usize, isa: Bf16Isa) -> Self {
         let nr = isa.nr();
-        let kp = k.div_ceil(2) * 2;
+        let kp = k.next_multiple_of(isa.k_align());
         let count = n.div_ceil(nr);
         let mut panels = vec![0u16; count * kp * nr];
         panels.par_chunks_mut(kp * nr).enumerate().for_each(|(p, panel)| {
@@ -185,34 +206,69 @@ pub fn gemm_bf16(
     out_stride: usize,
     threads: usize,
 ) {
+    gemm_bf16_on::<Amx>(x, m, w, bias, act, out, out_stride, threads)
+}
+
+/// [`gemm_bf16`] with AMX's tile instructions run by `U`: the hardware ([`Amx`]), or the
+/// software model ([`super::amx::TileModel`]) that lets every CPU test the AMX schedule.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bf16_on<U: TileUnit + Default>(
+    x: &[f32],
+    m: usize,
+    w: &Bf16Weight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    out: &mut [f32],
+    out_stride: usize,
+    threads: usize,
+) {
     let (n, k, kp) = (w.n, w.k, w.kp);
     assert!(x.len() >= m * k && out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n));
     assert!(bias.is_none_or(|b| b.len() >= n));
-    assert!(w.isa.supported(), "bf16 kernel {:?} not supported by this CPU", w.isa);
+    let modelled = !U::HARDWARE;
+    assert!(
+        w.isa.supported() || (w.isa == Bf16Isa::Amx && modelled),
+        "bf16 kernel {:?} not supported by this CPU",
+        w.isa
+    );
     if m == 0 || n == 0 {
         return;
     }
+    let (nr, mr) = (w.isa.nr(), w.isa.mr());
     let mut rows = ROWS.with(|cell| cell.take());
-    let as_bits = w.isa == Bf16Isa::Avx512Bf16;
     let x = &x[..m * k];
-    let (a_base, elem) = if as_bits {
-        round_rows(x, k, buffer(&mut rows.bits, m * kp), kp, round_row_bits);
+    // Whole `mr`-row strips (AMX loads 16-row tiles); the rows past `m` are zero.
+    let padded = m.next_multiple_of(mr) * kp;
+    let (a_base, elem) = if w.isa.reads_bits() {
+        let bits = buffer(&mut rows.bits, padded);
+        bits[m * kp..].fill(0);
+        round_rows(x, k, bits, kp, round_row_bits);
         (rows.bits.as_ptr() as *const u8, 2)
     } else {
-        round_rows(x, k, buffer(&mut rows.values, m * kp), kp, round_row_values);
+        let values = buffer(&mut rows.values, padded);
+        values[m * kp..].fill(0.0);
+        round_rows(x, k, values, kp, round_row_values);
         (rows.values.as_ptr() as *const u8, 4)
     };
     let a_base = SendPtr(a_base as *mut u8);
     let a_base = &a_base;
-    let (nr, mr) = (w.isa.nr(), w.isa.mr());
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_ptr = &out_ptr;
-    let tasks = split_work(m, n, mr, nr, threads);
-    run_tasks(&tasks, |&block| {
-        for_each_tile(block, mr, nr, |r, rows, c| {
-            // SAFETY: rows r..r+rows and columns c..c+cols lie inside this task's
-            // block (tasks are disjoint) and inside every buffer checked above.
-            unsafe {
+    let amx = w.isa == Bf16Isa::Amx;
+    // SAFETY (the kernel contract of `drive`): the rows are rounded into whole `mr`-row strips
+    // of `kp` values (zero padded) and the panels hold `kp·nr` values each; a tile unit is
+    // configured only for the AMX kernel, whose hardware was checked above (or is the model).
+    unsafe {
+        drive(
+            m,
+            n,
+            mr,
+            nr,
+            threads,
+            || amx.then(|| Tiles::<U>::configured()),
+            |tiles, r, rows, c| {
+                // Rows r..r+rows and columns c..c+cols lie inside this task's block (tasks are
+                // disjoint) and inside every buffer checked above.
                 let t = BTile {
                     rows,
                     a: a_base.0.add(r * kp * elem),
@@ -226,6 +282,10 @@ pub fn gemm_bf16(
                 };
                 match w.isa {
                     Bf16Isa::Portable => portable_tile(t),
+                    Bf16Isa::Amx => match tiles {
+                        Some(tiles) => amx_tile(tiles, &t),
+                        None => unreachable!("the AMX kernel's tasks configure tiles"),
+                    },
                     #[cfg(target_arch = "x86_64")]
                     Bf16Isa::Avx2 => super::rows_dispatch!(t.rows, avx2_kernel, [4, 3, 2], t),
                     #[cfg(target_arch = "x86_64")]
@@ -239,10 +299,95 @@ pub fn gemm_bf16(
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => unreachable!("only the portable kernel is chosen off x86-64"),
                 }
-            }
-        });
-    });
+            },
+        );
+    }
     ROWS.with(|cell| cell.replace(rows));
+}
+
+/// AMX: a block of up to 32 rows × one 32-column panel as 2 × 2 accumulator tiles (tmm0–3),
+/// two activation tiles (tmm4, 5: 16 rows × 32 bf16, `2·kp` bytes apart) and two weight tiles
+/// (tmm6, 7: 16 pairs of `k` × 16 columns, the panel's halves 64 bytes apart in its 128-byte
+/// rows); `K` in steps of 32. Halves past the block's rows or columns are skipped. The sums
+/// are stored to `tiles.acc` and finished by the fp32 GEMM's epilogue.
+///
+/// # Safety
+/// The kernel contract of [`drive`]; the activations hold whole 32-row strips of `kp` bf16
+/// values and `kp` is a multiple of 32.
+unsafe fn amx_tile<U: TileUnit>(tiles: &mut Tiles<U>, t: &BTile) {
+    const STEP: usize = 32;
+    const PANEL_ROW: usize = 128;
+    let u = &mut tiles.unit;
+    let (two_rows, two_cols) = (t.rows > 16, t.cols > 16);
+    let lda = 2 * t.kp;
+    let a1 = t.a.add(16 * lda);
+    u.zero::<0>();
+    u.zero::<1>();
+    u.zero::<2>();
+    u.zero::<3>();
+    for s in 0..t.kp / STEP {
+        // 16 pairs of k per step, each a 128-byte panel row.
+        let b = t.b.add(s * 16 * 64) as *const u8;
+        u.load::<4>(t.a.add(s * 2 * STEP), lda);
+        u.load::<6>(b, PANEL_ROW);
+        u.dpbf16ps::<0, 4, 6>();
+        if two_cols {
+            u.load::<7>(b.add(64), PANEL_ROW);
+            u.dpbf16ps::<1, 4, 7>();
+        }
+        if two_rows {
+            u.load::<5>(a1.add(s * 2 * STEP), lda);
+            u.dpbf16ps::<2, 5, 6>();
+            if two_cols {
+                u.dpbf16ps::<3, 5, 7>();
+            }
+        }
+    }
+    let acc = tiles.acc.as_mut_ptr() as *mut u8;
+    u.store::<0>(acc, PANEL_ROW);
+    if two_cols {
+        u.store::<1>(acc.add(64), PANEL_ROW);
+    }
+    if two_rows {
+        u.store::<2>(acc.add(16 * PANEL_ROW), PANEL_ROW);
+        if two_cols {
+            u.store::<3>(acc.add(16 * PANEL_ROW + 64), PANEL_ROW);
+        }
+    }
+    let acc = tiles.acc.as_ptr() as *const f32;
+    super::sgemm::finish_rows_from(acc, 32, t.rows, t.c, t.ldc, t.cols, t.bias, t.act);
+}
+
+/// True when the AMX bf16 kernel may serve: the CPU and OS allow AMX ([`super::amx::has_amx`])
+/// and, checked once per process, a small GEMM through it agrees with the exact sums of the
+/// bf16 products within fp32 rounding (a mismatch is reported and keeps AMX off for bf16).
+pub fn amx_usable() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        if !super::amx::has_amx() {
+            return false;
+        }
+        let (m, k, n) = (37, 200, 45);
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0) - 0.7).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0).collect();
+        let packed = Bf16Weight::from_f32(&w, n, k, Bf16Isa::Amx);
+        let mut got = vec![0.0f32; m * n];
+        gemm_bf16(&x, m, &packed, None, Activation::Identity, &mut got, n, 1);
+        let ok = (0..m * n).all(|e| {
+            let (i, j) = (e / n, e % n);
+            let (mut want, mut mass) = (0.0f64, 0.0f64);
+            for t in 0..k {
+                let p = from_bf16(to_bf16(x[i * k + t])) as f64 * from_bf16(to_bf16(w[j * k + t])) as f64;
+                want += p;
+                mass += p.abs();
+            }
+            (got[e] as f64 - want).abs() <= 1e-5 * (1.0 + mass)
+        });
+        if !ok {
+            eprintln!("openembed: the AMX bf16 kernel disagrees with the exact products; AMX stays off for bf16");
+        }
+        ok
+    })
 }
 
 unsafe fn portable_tile(t: BTile) {
@@ -375,11 +520,25 @@ mod tests {
 
     #[test]
     fn every_kernel_matches_exact_products_on_odd_shapes() {
-        for isa in [Bf16Isa::Portable, Bf16Isa::Avx2, Bf16Isa::Avx512, Bf16Isa::Avx512Bf16] {
-            if !isa.supported() {
+        // (kernel, AMX's tile instructions through the software model)
+        let kernels = [
+            (Bf16Isa::Portable, false),
+            (Bf16Isa::Avx2, false),
+            (Bf16Isa::Avx512, false),
+            (Bf16Isa::Avx512Bf16, false),
+            (Bf16Isa::Amx, false),
+            (Bf16Isa::Amx, true),
+        ];
+        for (isa, model) in kernels {
+            if !model && !isa.supported() {
                 crate::kernels::report_skipped(&format!("bf16 {isa:?} kernel (this CPU lacks it)"));
                 continue;
             }
+            let gemm = if model {
+                gemm_bf16_on::<crate::kernels::amx::TileModel>
+            } else {
+                gemm_bf16
+            };
             for &(m, k, n) in &[
                 (1, 1, 1),
                 (7, 5, 3),
@@ -398,7 +557,7 @@ mod tests {
                     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                     let mut out = vec![7.0f32; m * stride];
                     pool.install(|| {
-                        gemm_bf16(
+                        gemm(
                             &x,
                             m,
                             &packed,
@@ -422,7 +581,7 @@ mod tests {
                             let got = out[i * stride + j] as f64;
                             assert!(
                                 (got - want).abs() <= 1e-5 * (1.0 + scale),
-                                "{isa:?} {m}x{k}x{n} [{i},{j}]: {got} vs {want}"
+                                "{isa:?} (model: {model}) {m}x{k}x{n} [{i},{j}]: {got} vs {want}"
                             );
                         }
                         for j in n..stride {
@@ -430,7 +589,7 @@ mod tests {
                         }
                     }
                     let mut gelu = vec![0.0f32; m * stride];
-                    pool.install(|| gemm_bf16(&x, m, &packed, Some(&b), Activation::Gelu, &mut gelu, stride, threads));
+                    pool.install(|| gemm(&x, m, &packed, Some(&b), Activation::Gelu, &mut gelu, stride, threads));
                     for i in 0..m {
                         let mut expect: Vec<f32> = (0..n).map(|j| out[i * stride + j]).collect();
                         Activation::Gelu.apply(&mut expect);

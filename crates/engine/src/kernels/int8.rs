@@ -23,8 +23,9 @@
 //! fp32 SGEMM does ([`split_work`]).
 
 use super::activation::Activation;
+use super::amx::{Amx, TileUnit, Tiles};
 use super::buffer;
-use super::sgemm::{for_each_tile, run_tasks, split_work, SendPtr};
+use super::sgemm::{drive, SendPtr};
 use crate::parallel;
 use rayon::prelude::*;
 
@@ -40,12 +41,17 @@ pub enum Int8Isa {
     AvxVnni,
     /// AVX-512 VNNI `vpdpbusd`, 14×32 tiles.
     Avx512Vnni,
+    /// AMX `tdpbusd`: 32×32 blocks of four 16×16 tiles, `K` in steps of 64; the AVX-512 VNNI
+    /// panel layout (with `k` padded to 64) and its epilogue.
+    Amx,
 }
 
 impl Int8Isa {
     /// The best kernel this CPU runs (after [`super::ISA_ENV`]).
     pub fn detect() -> Self {
-        if super::has_avx512_vnni() {
+        if amx_usable() {
+            Int8Isa::Amx
+        } else if super::has_avx512_vnni() {
             Int8Isa::Avx512Vnni
         } else if super::has_avx_vnni() {
             Int8Isa::AvxVnni
@@ -63,6 +69,7 @@ impl Int8Isa {
             Int8Isa::Avx2 => super::has_avx2_fma(),
             Int8Isa::AvxVnni => super::has_avx_vnni() || super::has_avx512_vnni(),
             Int8Isa::Avx512Vnni => super::has_avx512_vnni(),
+            Int8Isa::Amx => super::amx::has_amx(),
         }
     }
 
@@ -70,7 +77,7 @@ impl Int8Isa {
     fn nr(self) -> usize {
         match self {
             Int8Isa::Portable | Int8Isa::Avx2 | Int8Isa::AvxVnni => 16,
-            Int8Isa::Avx512Vnni => 32,
+            Int8Isa::Avx512Vnni | Int8Isa::Amx => 32,
         }
     }
 
@@ -81,6 +88,15 @@ impl Int8Isa {
             Int8Isa::Avx2 => AVX2_MR,
             Int8Isa::AvxVnni => 6,
             Int8Isa::Avx512Vnni => 14,
+            Int8Isa::Amx => 2 * super::amx::TILE_ROWS,
+        }
+    }
+
+    /// `k` is padded to a multiple of this (zero weights and codes in the padding).
+    fn k_align(self) -> usize {
+        match self {
+            Int8Isa::Amx => super::amx::TILE_BYTES,
+            _ => 4,
         }
     }
 
@@ -93,7 +109,7 @@ impl Int8Isa {
     fn group(self) -> usize {
         match self {
             Int8Isa::Avx2 => 2,
-            Int8Isa::Portable | Int8Isa::AvxVnni | Int8Isa::Avx512Vnni => 4,
+            Int8Isa::Portable | Int8Isa::AvxVnni | Int8Isa::Avx512Vnni | Int8Isa::Amx => 4,
         }
     }
 }
@@ -108,7 +124,7 @@ pub struct Int8Weight {
     sums: Vec<i32>,
     n: usize,
     k: usize,
-    /// `k` rounded up to a multiple of 4 (zero weights in the padding).
+    /// `k` rounded up to a multiple of [`Int8Isa::k_align`] (zero weights in the padding).
     kp: usize,
     isa: Int8Isa,
 }
@@ -118,7 +134,7 @@ impl Int8Weight {
     pub fn quantize(w: &[f32], n: usize, k: usize, isa: Int8Isa) -> Self {
         assert!(w.len() >= n * k, "int8: weight too short");
         let (nr, g) = (isa.nr(), isa.group());
-        let kp = k.div_ceil(4) * 4;
+        let kp = k.next_multiple_of(isa.k_align());
         let count = n.div_ceil(nr);
         let mut panels = vec![0i8; count * kp * nr];
         let mut scales = vec![0.0f32; count * nr];
@@ -440,7 +456,9 @@ impl QuantizedRows {
         const ROWS: usize = 16;
         const MO: usize = MAX_OUTLIERS;
         let (k, kp) = (w.k, w.kp);
-        let codes = buffer(&mut self.codes, m * kp);
+        // Whole strips of rows: AMX loads 16-row tiles (the rows past `m` are zero).
+        let codes = buffer(&mut self.codes, m.next_multiple_of(w.isa.mr()) * kp);
+        codes[m * kp..].fill(0);
         let blocks: Vec<_> = codes
             .chunks_mut(ROWS * kp)
             .zip(buffer(&mut self.scales, m).chunks_mut(ROWS))
@@ -609,17 +627,6 @@ impl QTile {
         let slot = *self.outlier_slot.add(i) as usize;
         (*self.outlier_x.add(i), self.outlier_w.add(slot * self.ldw))
     }
-
-    /// Row `r`'s outliers' product for column `j`.
-    #[inline(always)]
-    unsafe fn outlier_sum(&self, r: usize, j: usize) -> f32 {
-        let mut sum = 0.0;
-        for o in 0..self.outliers(r) {
-            let (x, col) = self.outlier(r, o);
-            sum += x * *col.add(j);
-        }
-        sum
-    }
 }
 
 /// `out[m × n] = act(x[m × k] · Wᵀ + bias)` with `W` in int8, rows of `out` `out_stride` apart,
@@ -635,10 +642,31 @@ pub fn gemm_int8(
     out_stride: usize,
     threads: usize,
 ) {
+    gemm_int8_on::<Amx>(x, m, w, bias, act, out, out_stride, threads)
+}
+
+/// [`gemm_int8`] with AMX's tile instructions run by `U`: the hardware ([`Amx`]), or the
+/// software model ([`super::amx::TileModel`]) that lets every CPU test the AMX schedule.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_int8_on<U: TileUnit + Default>(
+    x: &[f32],
+    m: usize,
+    w: &Int8Weight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    out: &mut [f32],
+    out_stride: usize,
+    threads: usize,
+) {
     let (n, k, kp) = (w.n, w.k, w.kp);
     assert!(x.len() >= m * k && out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n));
     assert!(bias.is_none_or(|b| b.len() >= n));
-    assert!(w.isa.supported(), "int8 kernel {:?} not supported by this CPU", w.isa);
+    let modelled = !U::HARDWARE;
+    assert!(
+        w.isa.supported() || (w.isa == Int8Isa::Amx && modelled),
+        "int8 kernel {:?} not supported by this CPU",
+        w.isa
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -659,17 +687,26 @@ pub fn gemm_int8(
     let a_base = &a_base;
     let elem = if wide { 2 } else { 1 };
     let quant = &rows;
-    let tasks = split_work(m, n, mr, nr, threads);
-    run_tasks(&tasks, |&block| {
-        for_each_tile(block, mr, nr, |r, tile_rows, c| {
-            // Tiles start on whole `mr`-row strips (`split_work` and `for_each_tile` step by
-            // `mr`), which AVX2's interleaved codes rely on.
-            debug_assert_eq!(r % mr, 0);
-            // SAFETY: rows r..r+rows and columns c..c+cols lie inside this task's
-            // block (tasks are disjoint) and inside every buffer checked above; the
-            // panel holds kp·nr codes and nr scales/sums; the outlier values and slots
-            // hold MAX_OUTLIERS per row and the outlier columns `ldw ≥ c + nr` each.
-            unsafe {
+    let amx = w.isa == Int8Isa::Amx;
+    // SAFETY (the kernel contract of `drive`): `fill` laid the codes out in whole `mr`-row
+    // strips of `kp` codes (zero padded), the panels hold `kp·nr` codes and `nr` scales and
+    // sums each; a tile unit is configured only for the AMX kernel, whose hardware was
+    // checked above (or is the model).
+    unsafe {
+        drive(
+            m,
+            n,
+            mr,
+            nr,
+            threads,
+            || amx.then(|| Tiles::<U>::configured()),
+            |tiles, r, tile_rows, c| {
+                // Tiles start on whole `mr`-row strips (`split_work` and `for_each_tile` step by
+                // `mr`), which AVX2's interleaved codes rely on.
+                debug_assert_eq!(r % mr, 0);
+                // Rows r..r+rows and columns c..c+cols lie inside this task's block (tasks are
+                // disjoint) and inside every buffer checked above; the outlier values and slots
+                // hold MAX_OUTLIERS per row and the outlier columns `ldw ≥ c + nr` each.
                 let t = QTile {
                     rows: tile_rows,
                     a: a_base.0.add(r * kp * elem),
@@ -692,6 +729,10 @@ pub fn gemm_int8(
                 };
                 match w.isa {
                     Int8Isa::Portable => portable_tile(t),
+                    Int8Isa::Amx => match tiles {
+                        Some(tiles) => amx_tile(tiles, &t),
+                        None => unreachable!("the AMX kernel's tasks configure tiles"),
+                    },
                     #[cfg(target_arch = "x86_64")]
                     Int8Isa::Avx2 => super::rows_dispatch!(t.rows, avx2_kernel, [6, 5, 4, 3, 2], t),
                     #[cfg(target_arch = "x86_64")]
@@ -707,17 +748,72 @@ pub fn gemm_int8(
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => unreachable!("only the portable kernel is chosen off x86-64"),
                 }
-            }
-        });
-    });
+            },
+        );
+    }
     ROWS.with(|cell| cell.replace(rows));
 }
 
-/// The fp32 value of one accumulated dot product.
-#[inline(always)]
-unsafe fn dequantize(t: &QTile, r: usize, j: usize, acc: i32) -> f32 {
-    let v = acc - *t.row_zp.add(r) * *t.col_sum.add(j);
-    v as f32 * (*t.row_scale.add(r) * *t.col_scale.add(j))
+/// AMX: a block of up to 32 rows × one 32-column panel as 2 × 2 accumulator tiles (tmm0–3),
+/// two activation tiles (tmm4, 5: 16 rows × 64 codes, `kp` apart) and two weight tiles
+/// (tmm6, 7: 16 groups of four `k` × 16 columns, the panel's halves 64 bytes apart in its
+/// 128-byte rows); `K` in steps of 64. Halves past the block's rows or columns are skipped.
+/// The sums are stored to `tiles.acc` and finished by [`epilogue_from`].
+///
+/// # Safety
+/// The kernel contract of [`drive`]; the codes hold whole 32-row strips of `kp` bytes and
+/// `kp` is a multiple of 64.
+unsafe fn amx_tile<U: TileUnit>(tiles: &mut Tiles<U>, t: &QTile) {
+    const STEP: usize = 64;
+    const PANEL_ROW: usize = 128;
+    let u = &mut tiles.unit;
+    let (two_rows, two_cols) = (t.rows > 16, t.cols > 16);
+    let a1 = t.a.add(16 * t.kp);
+    u.zero::<0>();
+    u.zero::<1>();
+    u.zero::<2>();
+    u.zero::<3>();
+    for s in 0..t.kp / STEP {
+        // 16 groups of four k per step, each a 128-byte panel row.
+        let b = t.b.add(s * 16 * PANEL_ROW) as *const u8;
+        u.load::<4>(t.a.add(s * STEP), t.kp);
+        u.load::<6>(b, PANEL_ROW);
+        u.dpbusd::<0, 4, 6>();
+        if two_cols {
+            u.load::<7>(b.add(64), PANEL_ROW);
+            u.dpbusd::<1, 4, 7>();
+        }
+        if two_rows {
+            u.load::<5>(a1.add(s * STEP), t.kp);
+            u.dpbusd::<2, 5, 6>();
+            if two_cols {
+                u.dpbusd::<3, 5, 7>();
+            }
+        }
+    }
+    let acc = tiles.acc.as_mut_ptr() as *mut u8;
+    u.store::<0>(acc, PANEL_ROW);
+    if two_cols {
+        u.store::<1>(acc.add(64), PANEL_ROW);
+    }
+    if two_rows {
+        u.store::<2>(acc.add(16 * PANEL_ROW), PANEL_ROW);
+        if two_cols {
+            u.store::<3>(acc.add(16 * PANEL_ROW + 64), PANEL_ROW);
+        }
+    }
+    epilogue_from(t, tiles.acc.as_ptr() as *const i32, 32);
+}
+
+/// Finishes a tile whose i32 sums are in memory (row `r`'s at `acc + r·ld`): with the AVX-512
+/// VNNI kernel's epilogue where the CPU has AVX-512 (so the vectors are bit-identical to that
+/// kernel's), else the portable one (the same operations in the same order).
+unsafe fn epilogue_from(t: &QTile, acc: *const i32, ld: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx512() {
+        return avx512_epilogue_from(t, acc, ld);
+    }
+    portable_epilogue(t, |r, j| *acc.add(r * ld + j));
 }
 
 unsafe fn portable_tile(t: QTile) {
@@ -734,12 +830,28 @@ unsafe fn portable_tile(t: QTile) {
             }
         }
     }
-    for (r, row) in acc.iter().enumerate().take(t.rows) {
+    portable_epilogue(&t, |r, j| acc[r][j]);
+}
+
+/// The epilogue in plain Rust, the same operations in the same order as the SIMD ones (fused
+/// multiply-adds; the same integer wrap-around): `(acc − zp·Σq_w)·(s_x·s_w) + bias`, then each
+/// outlier's `x·w` added, then the activation.
+#[inline(always)]
+unsafe fn portable_epilogue(t: &QTile, acc: impl Fn(usize, usize) -> i32) {
+    const NR: usize = 32;
+    for r in 0..t.rows {
+        let (zp, sa) = (*t.row_zp.add(r), *t.row_scale.add(r));
         let mut tmp = [0.0f32; NR];
-        for j in 0..t.cols {
-            tmp[j] = dequantize(&t, r, j, row[j]) + t.outlier_sum(r, j);
+        for (j, v) in tmp.iter_mut().enumerate().take(t.cols) {
+            let sum = acc(r, j).wrapping_sub(zp.wrapping_mul(*t.col_sum.add(j)));
+            let bias = t.bias.map_or(0.0, |b| *b.add(j));
+            *v = (sum as f32).mul_add(sa * *t.col_scale.add(j), bias);
+            for o in 0..t.outliers(r) {
+                let (x, col) = t.outlier(r, o);
+                *v = x.mul_add(*col.add(j), *v);
+            }
         }
-        super::sgemm::finish_row::<false>(&mut tmp, t.c.add(r * t.ldc), t.cols, true, t.bias, t.act);
+        super::sgemm::finish_row::<false>(&mut tmp, t.c.add(r * t.ldc), t.cols, true, None, t.act);
     }
 }
 
@@ -903,49 +1015,129 @@ unsafe fn vnni_kernel<const R: usize>(t: QTile) {
             row[1] = _mm512_dpbusd_epi32(row[1], av, b1);
         }
     }
-    let lanes = |n: usize| {
-        if n >= 16 {
-            0xFFFF
-        } else {
-            ((1u32 << n) - 1) as __mmask16
-        }
-    };
-    let (m0, m1) = (lanes(t.cols), lanes(t.cols.saturating_sub(16)));
-    let cs0 = _mm512_maskz_loadu_epi32(m0, t.col_sum);
-    let cs1 = _mm512_maskz_loadu_epi32(m1, t.col_sum.wrapping_add(16));
-    let sw0 = _mm512_maskz_loadu_ps(m0, t.col_scale);
-    let sw1 = _mm512_maskz_loadu_ps(m1, t.col_scale.wrapping_add(16));
-    let zero = _mm512_setzero_ps();
-    let (bias0, bias1) = match t.bias {
-        Some(b) => (
-            _mm512_maskz_loadu_ps(m0, b),
-            _mm512_maskz_loadu_ps(m1, b.wrapping_add(16)),
-        ),
-        None => (zero, zero),
-    };
+    let cols = Avx512Columns::of(&t);
     for (r, row) in acc.iter().enumerate() {
-        let zp = _mm512_set1_epi32(*t.row_zp.add(r));
-        let sa = _mm512_set1_ps(*t.row_scale.add(r));
-        let lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(row[0], _mm512_mullo_epi32(zp, cs0)));
-        let hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(row[1], _mm512_mullo_epi32(zp, cs1)));
-        let mut lo = _mm512_fmadd_ps(lo, _mm512_mul_ps(sa, sw0), bias0);
-        let mut hi = _mm512_fmadd_ps(hi, _mm512_mul_ps(sa, sw1), bias1);
-        for o in 0..t.outliers(r) {
-            let (x, col) = t.outlier(r, o);
-            let xv = _mm512_set1_ps(x);
-            lo = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m0, col), lo);
-            hi = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m1, col.wrapping_add(16)), hi);
-        }
-        let dst = t.c.add(r * t.ldc);
-        if t.act == Activation::Identity {
-            // Stored here rather than through `finish_avx512`, which is not inlined: most
-            // layers have no activation, and this spares them a call per row.
-            _mm512_mask_storeu_ps(dst, m0, lo);
-            _mm512_mask_storeu_ps(dst.wrapping_add(16), m1, hi);
-        } else {
-            super::sgemm::finish_avx512(lo, hi, dst, t.cols, true, None, t.act);
+        avx512_row(&t, &cols, r, row[0], row[1]);
+    }
+}
+
+/// What the AVX-512 epilogue reads per column of a 32-column panel (masked past `cols`).
+#[cfg(target_arch = "x86_64")]
+struct Avx512Columns {
+    masks: (u16, u16),
+    col_sum: [std::arch::x86_64::__m512i; 2],
+    col_scale: [std::arch::x86_64::__m512; 2],
+    bias: [std::arch::x86_64::__m512; 2],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx512Columns {
+    #[inline(always)]
+    unsafe fn of(t: &QTile) -> Self {
+        use std::arch::x86_64::*;
+        let lanes = |n: usize| {
+            if n >= 16 {
+                0xFFFF
+            } else {
+                ((1u32 << n) - 1) as __mmask16
+            }
+        };
+        let (m0, m1) = (lanes(t.cols), lanes(t.cols.saturating_sub(16)));
+        let zero = _mm512_setzero_ps();
+        Self {
+            masks: (m0, m1),
+            col_sum: [
+                _mm512_maskz_loadu_epi32(m0, t.col_sum),
+                _mm512_maskz_loadu_epi32(m1, t.col_sum.wrapping_add(16)),
+            ],
+            col_scale: [
+                _mm512_maskz_loadu_ps(m0, t.col_scale),
+                _mm512_maskz_loadu_ps(m1, t.col_scale.wrapping_add(16)),
+            ],
+            bias: match t.bias {
+                Some(b) => [_mm512_maskz_loadu_ps(m0, b), _mm512_maskz_loadu_ps(m1, b.wrapping_add(16))],
+                None => [zero, zero],
+            },
         }
     }
+}
+
+/// Dequantizes row `r`'s 32 sums (`lo`, `hi`), adds the outlier channels and the bias,
+/// applies the activation and stores the row: the AVX-512 VNNI and AMX kernels' epilogue.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn avx512_row(
+    t: &QTile,
+    cols: &Avx512Columns,
+    r: usize,
+    lo: std::arch::x86_64::__m512i,
+    hi: std::arch::x86_64::__m512i,
+) {
+    use std::arch::x86_64::*;
+    let (m0, m1) = cols.masks;
+    let zp = _mm512_set1_epi32(*t.row_zp.add(r));
+    let sa = _mm512_set1_ps(*t.row_scale.add(r));
+    let lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(lo, _mm512_mullo_epi32(zp, cols.col_sum[0])));
+    let hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, _mm512_mullo_epi32(zp, cols.col_sum[1])));
+    let mut lo = _mm512_fmadd_ps(lo, _mm512_mul_ps(sa, cols.col_scale[0]), cols.bias[0]);
+    let mut hi = _mm512_fmadd_ps(hi, _mm512_mul_ps(sa, cols.col_scale[1]), cols.bias[1]);
+    for o in 0..t.outliers(r) {
+        let (x, col) = t.outlier(r, o);
+        let xv = _mm512_set1_ps(x);
+        lo = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m0, col), lo);
+        hi = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m1, col.wrapping_add(16)), hi);
+    }
+    let dst = t.c.add(r * t.ldc);
+    if t.act == Activation::Identity {
+        // Stored here rather than through `finish_avx512`, which is not inlined: most layers
+        // have no activation, and this spares them a call per row.
+        _mm512_mask_storeu_ps(dst, m0, lo);
+        _mm512_mask_storeu_ps(dst.wrapping_add(16), m1, hi);
+    } else {
+        super::sgemm::finish_avx512(lo, hi, dst, t.cols, true, None, t.act);
+    }
+}
+
+/// [`epilogue_from`] on AVX-512: each row's 32 sums loaded from memory.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn avx512_epilogue_from(t: &QTile, acc: *const i32, ld: usize) {
+    use std::arch::x86_64::*;
+    let cols = Avx512Columns::of(t);
+    for r in 0..t.rows {
+        let row = acc.add(r * ld);
+        let lo = _mm512_loadu_si512(row as *const __m512i);
+        let hi = _mm512_loadu_si512(row.add(16) as *const __m512i);
+        avx512_row(t, &cols, r, lo, hi);
+    }
+}
+
+/// True when the AMX int8 kernel may serve: the CPU and OS allow AMX ([`super::amx::has_amx`])
+/// and, checked once per process, a small GEMM through it equals the AVX-512 VNNI kernel's
+/// bit for bit (a mismatch is reported and keeps AMX off, rather than serving wrong vectors).
+pub fn amx_usable() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        if !super::amx::has_amx() {
+            return false;
+        }
+        let (m, k, n) = (37, 200, 45);
+        let mut x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0) - 0.7).collect();
+        x[3 * k + 17] = 60.0; // an outlier channel
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
+        let mut got = vec![0.0f32; m * n];
+        let mut want = vec![0.0f32; m * n];
+        for (isa, out) in [(Int8Isa::Amx, &mut got), (Int8Isa::Avx512Vnni, &mut want)] {
+            let packed = Int8Weight::quantize(&w, n, k, isa);
+            gemm_int8(&x, m, &packed, Some(&b), Activation::Identity, out, n, 1);
+        }
+        let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+        if !same {
+            eprintln!("openembed: the AMX int8 kernel disagrees with the AVX-512 VNNI kernel; AMX stays off for int8");
+        }
+        same
+    })
 }
 
 #[cfg(test)]
@@ -972,13 +1164,45 @@ mod tests {
         out
     }
 
-    /// The int8 kernels this CPU runs; the others are reported as skipped.
-    fn runnable_kernels() -> Vec<Int8Isa> {
-        let all = [Int8Isa::Portable, Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni];
+    /// A kernel to test: an instruction set, and for AMX whether its tile instructions run on
+    /// the hardware or through the software model.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    struct Kernel {
+        isa: Int8Isa,
+        model: bool,
+    }
+
+    /// The int8 kernels this CPU runs, and the AMX schedule through the tile model on every
+    /// CPU; the others are reported as skipped.
+    fn runnable_kernels() -> Vec<Kernel> {
+        let all = [Int8Isa::Portable, Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni, Int8Isa::Amx];
         for isa in all.iter().filter(|isa| !isa.supported()) {
             crate::kernels::report_skipped(&format!("int8 {isa:?} kernel (this CPU lacks it)"));
         }
-        all.into_iter().filter(|isa| isa.supported()).collect()
+        let hardware = all.into_iter().filter(|isa| isa.supported());
+        let hardware = hardware.map(|isa| Kernel { isa, model: false });
+        hardware.chain([Kernel { isa: Int8Isa::Amx, model: true }]).collect()
+    }
+
+    /// [`gemm_int8`] through `kernel`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        kernel: Kernel,
+        x: &[f32],
+        m: usize,
+        w: &Int8Weight,
+        bias: Option<&[f32]>,
+        act: Activation,
+        out: &mut [f32],
+        out_stride: usize,
+        threads: usize,
+    ) {
+        assert_eq!(w.isa, kernel.isa);
+        if kernel.model {
+            gemm_int8_on::<crate::kernels::amx::TileModel>(x, m, w, bias, act, out, out_stride, threads)
+        } else {
+            gemm_int8(x, m, w, bias, act, out, out_stride, threads)
+        }
     }
 
     /// A smooth `[n × k]` weight and an `n` bias.
@@ -1039,7 +1263,8 @@ mod tests {
 
     #[test]
     fn every_kernel_matches_exact_integer_arithmetic_on_odd_shapes() {
-        for isa in runnable_kernels() {
+        for kernel in runnable_kernels() {
+            let isa = kernel.isa;
             if isa == Int8Isa::AvxVnni && !crate::kernels::has_avx_vnni() {
                 eprintln!("int8 AvxVnni kernel runs with the AVX512-VL encoding (this CPU lacks AVX-VNNI)");
             }
@@ -1062,7 +1287,8 @@ mod tests {
                     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                     let mut out = vec![7.0f32; m * stride];
                     pool.install(|| {
-                        gemm_int8(
+                        gemm(
+                            kernel,
                             &x,
                             m,
                             &packed,
@@ -1078,7 +1304,7 @@ mod tests {
                             let (got, want) = (out[i * stride + j], want[i * n + j]);
                             assert!(
                                 (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                                "{isa:?} {m}x{k}x{n} [{i},{j}]: {got} vs {want}"
+                                "{kernel:?} {m}x{k}x{n} [{i},{j}]: {got} vs {want}"
                             );
                         }
                         for j in n..stride {
@@ -1086,12 +1312,12 @@ mod tests {
                         }
                     }
                     let mut gelu = vec![0.0f32; m * stride];
-                    pool.install(|| gemm_int8(&x, m, &packed, Some(&b), Activation::Gelu, &mut gelu, stride, threads));
+                    pool.install(|| gemm(kernel, &x, m, &packed, Some(&b), Activation::Gelu, &mut gelu, stride, threads));
                     for i in 0..m {
                         let mut expect: Vec<f32> = (0..n).map(|j| out[i * stride + j]).collect();
                         Activation::Gelu.apply(&mut expect);
                         for j in 0..n {
-                            assert!((gelu[i * stride + j] - expect[j]).abs() < 1e-5, "fused activation");
+                            assert!((gelu[i * stride + j] - expect[j]).abs() < 1e-5, "{kernel:?}: fused activation {} vs {}", gelu[i * stride + j], expect[j]);
                         }
                     }
                 }
@@ -1108,10 +1334,10 @@ mod tests {
             x[i * k + 7] = -25.0;
         }
         let (w, b) = weight_and_bias(n, k);
-        for isa in runnable_kernels() {
-            let packed = Int8Weight::quantize(&w, n, k, isa);
+        for kernel in runnable_kernels() {
+            let packed = Int8Weight::quantize(&w, n, k, kernel.isa);
             let mut out = vec![0.0f32; m * n];
-            gemm_int8(&x, m, &packed, Some(&b), Activation::Identity, &mut out, n, 2);
+            gemm(kernel, &x, m, &packed, Some(&b), Activation::Identity, &mut out, n, 2);
             let mut worst = 0.0f32;
             for i in 0..m {
                 for j in 0..n {
@@ -1122,7 +1348,7 @@ mod tests {
             }
             // One scale spanning ±40 would give steps of 0.31 for values of size 1: errors of
             // several percent of the row's mass. Without the two channels, well under 1%.
-            assert!(worst < 0.005, "{isa:?}: relative error {worst}");
+            assert!(worst < 0.005, "{kernel:?}: relative error {worst}");
         }
     }
 
@@ -1138,13 +1364,14 @@ mod tests {
             }
         }
         let (w, b) = weight_and_bias(n, k);
-        for isa in runnable_kernels() {
-            let packed = Int8Weight::quantize(&w, n, k, isa);
+        for kernel in runnable_kernels() {
+            let packed = Int8Weight::quantize(&w, n, k, kernel.isa);
             let mut batch = vec![0.0f32; m * n];
-            gemm_int8(&x, m, &packed, Some(&b), Activation::Gelu, &mut batch, n, 2);
+            gemm(kernel, &x, m, &packed, Some(&b), Activation::Gelu, &mut batch, n, 2);
             for i in 0..m {
                 let mut alone = vec![0.0f32; n];
-                gemm_int8(
+                gemm(
+                    kernel,
                     &x[i * k..(i + 1) * k],
                     1,
                     &packed,
@@ -1154,7 +1381,7 @@ mod tests {
                     n,
                     1,
                 );
-                assert_eq!(alone[..], batch[i * n..(i + 1) * n], "{isa:?}: row {i} alone differs");
+                assert_eq!(alone[..], batch[i * n..(i + 1) * n], "{kernel:?}: row {i} alone differs");
             }
         }
     }
@@ -1179,6 +1406,35 @@ mod tests {
                     "[{i},{j}] {} vs {exact}",
                     out[i * n + j]
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_gives_the_same_vectors_bit_for_bit() {
+        // The integer sums are exact and every epilogue runs the same operations in the same
+        // order, so all kernels — the AMX schedule through the tile model and, where the CPU
+        // has them, the real tile instructions — give identical outputs.
+        for &(m, k, n) in &[(1, 1, 1), (5, 63, 17), (17, 65, 33), (33, 130, 31), (70, 384, 96), (40, 1536, 40)] {
+            let mut x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0) - 0.7).collect();
+            for i in 0..m {
+                if k >= 32 {
+                    x[i * k + (i * 7) % k] = 50.0 + i as f32; // outliers in some channels
+                }
+            }
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
+            let mut results: Vec<(Kernel, Vec<f32>)> = Vec::new();
+            for kernel in runnable_kernels() {
+                let packed = Int8Weight::quantize(&w, n, k, kernel.isa);
+                let mut out = vec![0.0f32; m * n];
+                gemm(kernel, &x, m, &packed, Some(&b), Activation::Identity, &mut out, n, 2);
+                results.push((kernel, out));
+            }
+            let (first, want) = &results[0];
+            for (kernel, got) in &results[1..] {
+                let same = got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{kernel:?} differs from {first:?} at {m}x{k}x{n}");
             }
         }
     }

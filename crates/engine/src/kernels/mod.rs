@@ -5,6 +5,7 @@
 //! has chosen at run time. The binary therefore runs on any x86-64 CPU and is fast on modern ones.
 
 pub mod activation;
+pub mod amx;
 pub mod bf16;
 pub mod int8;
 pub mod math;
@@ -12,12 +13,13 @@ pub mod norm;
 pub mod sgemm;
 
 /// Environment variable that caps the instruction set the kernels use: `portable`, `avx2`,
-/// `avx512` (AVX-512F/BW/DQ/VL without VNNI or BF16) or `native` (everything the CPU has, the
-/// default). Read once per process; lets tests and benchmarks run the narrower kernels on a
+/// `avx512` (AVX-512F/BW/DQ/VL without VNNI or BF16), `avx512-vnni` (with VNNI and BF16 but
+/// not AMX's tiles) or `native` (everything the CPU has, AMX included; the default). Read once per process; lets tests and benchmarks run the narrower kernels on a
 /// wider CPU. An unknown value is reported on stderr and treated as `native`.
 pub const ISA_ENV: &str = "OPENEMBED_ISA";
 
-/// The cap from [`ISA_ENV`]: 0 plain Rust, 1 AVX2+FMA, 2 AVX-512, 3 AVX-512 with VNNI/BF16.
+/// The cap from [`ISA_ENV`]: 0 plain Rust, 1 AVX2+FMA, 2 AVX-512, 3 AVX-512 with VNNI/BF16,
+/// 4 everything (AMX).
 fn isa_cap() -> u8 {
     static CAP: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
     *CAP.get_or_init(|| {
@@ -26,10 +28,11 @@ fn isa_cap() -> u8 {
             "portable" => 0,
             "avx2" => 1,
             "avx512" => 2,
-            "" | "native" => 3,
+            "avx512-vnni" => 3,
+            "" | "native" => 4,
             other => {
-                eprintln!("{ISA_ENV}={other} is not one of portable, avx2, avx512, native; using native");
-                3
+                eprintln!("{ISA_ENV}={other} is not one of portable, avx2, avx512, avx512-vnni, native; using native");
+                4
             }
         }
     })
@@ -53,6 +56,9 @@ pub fn isa_name() -> String {
     }
     if has_avx512_bf16() {
         name.push_str("-bf16");
+    }
+    if amx::has_amx() {
+        name.push_str("-amx");
     }
     name
 }

@@ -116,6 +116,33 @@ pub(crate) fn for_each_tile(
     }
 }
 
+/// The driver of the int8 and bf16 GEMMs: splits an `m × n` output for `threads` threads
+/// ([`split_work`]), and in each task makes its state with `begin` (a configured tile unit and
+/// its accumulator block, for AMX) and calls `tile(state, r, rows, c)` for every micro-tile in
+/// [`for_each_tile`]'s order.
+///
+/// # Safety
+/// The micro-kernel contract, for every kernel `tile` calls: it writes only rows
+/// `r..r + rows` and the columns of the `nr`-wide panel at `c` (fewer at the right edge) of the
+/// output; it may read whole `mr`-row strips of its (padded) activations and whole panels of
+/// its (padded) weights, which the caller must have laid out so; tasks run in parallel on
+/// disjoint blocks, so nothing else may be written.
+pub(crate) unsafe fn drive<S>(
+    m: usize,
+    n: usize,
+    mr: usize,
+    nr: usize,
+    threads: usize,
+    begin: impl Fn() -> S + Sync + Send,
+    tile: impl Fn(&mut S, usize, usize, usize) + Sync + Send,
+) {
+    let tasks = split_work(m, n, mr, nr, threads);
+    run_tasks(&tasks, |&block| {
+        let mut state = begin();
+        for_each_tile(block, mr, nr, |r, rows, c| tile(&mut state, r, rows, c));
+    });
+}
+
 /// A raw output pointer that parallel tasks share; each task writes its own block only.
 pub(crate) struct SendPtr<T>(pub *mut T);
 // SAFETY: tasks write disjoint blocks of the output (see `split_work`).
@@ -435,6 +462,55 @@ impl MicroKernel for Avx512 {
     const MR: usize = 14;
     unsafe fn tile(t: Tile) {
         dispatch_rows!(t.rows, avx512_kernel, [14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], (t))
+    }
+}
+
+/// Finishes `rows` rows of up to 32 fp32 sums held in memory (row `r` at `acc + r·ld`): bias,
+/// activation and the store of `cols` values to `c + r·ldc`, with the AVX-512 epilogue where
+/// the CPU has it. For kernels whose accumulators end in memory (AMX's tiles).
+///
+/// # Safety
+/// `acc` holds `rows` rows of 32 values `ld` apart; `c` has room for `rows` rows of `cols ≤ 32`
+/// values `ldc` apart; `bias`, when given, holds `cols` values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn finish_rows_from(
+    acc: *const f32,
+    ld: usize,
+    rows: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    bias: Option<*const f32>,
+    act: Activation,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx512() {
+        return finish_rows_from_avx512(acc, ld, rows, c, ldc, cols, bias, act);
+    }
+    for r in 0..rows {
+        let mut tmp = [0.0f32; 32];
+        std::ptr::copy_nonoverlapping(acc.add(r * ld), tmp.as_mut_ptr(), 32);
+        finish_row::<false>(&mut tmp, c.add(r * ldc), cols, true, bias, act);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn finish_rows_from_avx512(
+    acc: *const f32,
+    ld: usize,
+    rows: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    bias: Option<*const f32>,
+    act: Activation,
+) {
+    use std::arch::x86_64::*;
+    for r in 0..rows {
+        let row = acc.add(r * ld);
+        finish_avx512(_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16)), c.add(r * ldc), cols, true, bias, act);
     }
 }
 
