@@ -56,7 +56,7 @@ fn main() {
             let s = best_secs(|| pool.install(|| sgemm(&x, m, &packed, Some(&b), act, &mut out, n, threads)));
             line += &format!(" f32-{isa:?} {:.0}", gop / s);
         }
-        for isa in [Bf16Isa::Avx2, Bf16Isa::Avx512, Bf16Isa::Avx512Bf16] {
+        for isa in [Bf16Isa::Avx2, Bf16Isa::Avx512, Bf16Isa::Avx512Bf16, Bf16Isa::Amx] {
             if !isa.supported() {
                 continue;
             }
@@ -64,7 +64,7 @@ fn main() {
             let s = best_secs(|| pool.install(|| gemm_bf16(&x, m, &packed, Some(&b), act, &mut out, n, threads)));
             line += &format!(" bf16-{isa:?} {:.0}", gop / s);
         }
-        for isa in [Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni] {
+        for isa in [Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni, Int8Isa::Amx] {
             if !isa.supported() {
                 continue;
             }
