@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Engine benchmark beside the yardstick: ONNX Runtime (../shared/bench/engine_ort.py) in fp32 and
-dynamic int8, and `openembed bench` in each --dtype, alternately, several rounds, on the same
-texts, at the all-MiniLM-L6-v2 shape or the BERT-base shape. Prints medians and every dtype's
-ratio to ORT fp32 and ORT int8. These machines are noisy: only ratios from one run mean anything.
+"""Engine benchmark beside the yardsticks: ONNX Runtime (../shared/bench/engine_ort.py) in fp32 and
+dynamic int8, OpenVINO on the same ONNX in bf16 (`ov-bf16`, AMX tiles where the CPU has them) and
+OpenVINO's static int8 (`ov-int8`: an IR quantized with NNCF by make_ov_int8.py, built on first
+use), and `openembed bench` in each --dtype, alternately, several rounds, on the same texts, at
+the all-MiniLM-L6-v2 shape or the BERT-base shape. Prints medians in texts/s and tokens/s and
+every dtype's ratio to each yardstick. These machines are noisy: only ratios from one run mean
+anything.
 
 Both engines get the very same texts: the sample engine_ort.py itself would draw (--limit texts,
 random.Random(--seed).sample) is written to target/bench/ and handed to both whole, in sorted
@@ -12,6 +15,7 @@ batches of 32 (ORT pads each batch to its longest text; we pack without padding)
 ../shared/bench/make_random_bert.py) and its fp32 and int8 ONNX (make_onnx.py) on first use.
 
 usage: scripts/bench_vs_ort.py [--shape minilm|bert-base] [--dtype float32,bfloat16,int8]
+                               [--yardsticks fp32,int8,ov-fp32,ov-bf16,ov-int8]
                                [--rounds 3] [--limit 5000] [--seed 0] [--threads 2]
 (run `make bench`, which prepares the venv and ONNX model and builds the release binary first)
 """
@@ -50,8 +54,20 @@ def main():
     p.add_argument("--limit", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--yardsticks", default="fp32,int8",
+                   help="engine_ort.py variants (fp32, int8, ov-fp32, ov-bf16) and ov-int8 (NNCF static int8 IR)")
     a = p.parse_args()
     model, onnx = folders(a.shape)
+    yardsticks = [y.strip() for y in a.yardsticks.split(",") if y.strip()]
+    variants = []
+    for y in yardsticks:
+        if y == "ov-int8":
+            ir = os.path.join(BENCH, f"{a.shape}-ov-int8.xml")
+            if not os.path.exists(ir):
+                subprocess.run([PY, os.path.join(SHARED, "make_ov_int8.py"), onnx, ir], check=True)
+            variants.append(ir)
+        else:
+            variants.append(y)
     corpus = os.path.join(SHARED, "corpus", "mixed.jsonl")
     with open(corpus, encoding="utf-8") as f:
         texts = [json.loads(line) for line in f if line.strip()]
@@ -62,31 +78,37 @@ def main():
     with open(mixed, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(t) + "\n" for t in texts)
     dtypes = [d.strip() for d in a.dtype.split(",") if d.strip()]
-    rows = {"ort fp32": [], "ort int8": [], **{f"ours {d}": [] for d in dtypes}}
+    names = {v: ("ort " + y if not y.startswith("ov-") else y) for y, v in zip(yardsticks, variants)}
+    rows = {**{n: [] for n in names.values()}, **{f"ours {d}": [] for d in dtypes}}
+    text_rows = {k: [] for k in rows}
     resident = {}
     for r in range(a.rounds):
         ort = last_json([PY, os.path.join(SHARED, "engine_ort.py"), "--model-dir", onnx, "--corpus", mixed,
-                         "--batch", "32", "--threads", str(a.threads), "--variants", "fp32,int8", "--limit", "0"])
-        for v in ("fp32", "int8"):
-            rows[f"ort {v}"].append(ort["results"][v]["tokens_per_s"])
+                         "--batch", "32", "--threads", str(a.threads), "--variants", ",".join(variants), "--limit", "0"])
+        for v, name in names.items():
+            rows[name].append(ort["results"][v]["tokens_per_s"])
+            text_rows[name].append(ort["results"][v]["texts_per_s"])
         for d in dtypes:
             ours = last_json([BIN, "bench", "--model", model, "--corpus", mixed, "--limit", str(len(texts)),
                               "--threads", str(a.threads), "--workloads", "corpus", "--dtype", d])
             for res in ours["results"]:
                 if res["workload"] == "corpus sorted batches":
                     rows[f"ours {d}"].append(res["tokens_per_s"])
+                    text_rows[f"ours {d}"].append(res["texts_per_s"])
                 if res["workload"] == "load":
                     resident[d] = res["resident_mib"]
             kernels = ours.get("kernels", "?")
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rows.items()), flush=True)
+        print(f"round {r + 1} (texts/s): " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in text_rows.items()), flush=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
-    ratios = {f"{d} vs ort {v}": med[f"ours {d}"] / med[f"ort {v}"] for d in dtypes for v in ("fp32", "int8")}
+    texts_med = {k: statistics.median(v) for k, v in text_rows.items()}
+    ratios = {f"{d} vs {n}": texts_med[f"ours {d}"] / texts_med[n] for d in dtypes for n in names.values()}
     print(f"shape {a.shape}, {len(texts)} texts, {a.threads} threads, our kernels {kernels}")
-    print("medians (tokens/s): " + ", ".join(f"{k} {v:.0f}" for k, v in med.items()))
+    print("medians (texts/s): " + ", ".join(f"{k} {v:.0f}" for k, v in texts_med.items()))
+    print("medians (tokens/s, each engine's own count): " + ", ".join(f"{k} {v:.0f}" for k, v in med.items()))
     print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     print("resident after load (MiB): " + ", ".join(f"{d} {v:.0f}" for d, v in resident.items()))
     print(json.dumps({"shape": a.shape, "threads": a.threads, "texts": len(texts), "seed": a.seed, "rounds": a.rounds,
-                      "kernels": kernels, "medians": med, "ratios": ratios, "resident_mib": resident}))
+                      "kernels": kernels, "medians": med, "texts_per_s": texts_med, "ratios": ratios, "resident_mib": resident}))
 
 
 if __name__ == "__main__":

@@ -256,7 +256,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     format!("of <= {} tokens", args.batch_tokens)
                 };
                 println!("mixed corpus, {label} {detail}: {tps:.0} tokens/s, {:.0} texts/s, batch median {:.1} ms ({} batches)", ids.len() as f64 / secs, med * 1e3, batches.len());
-                results.push(json!({"threads": threads, "workload": format!("corpus {label}"), "tokens_per_s": tps.round(), "batch_ms_p50": med * 1e3, "batches": batches.len()}));
+                results.push(json!({"threads": threads, "workload": format!("corpus {label}"), "tokens_per_s": tps.round(), "texts_per_s": (ids.len() as f64 / secs * 10.0).round() / 10.0, "batch_ms_p50": med * 1e3, "batches": batches.len()}));
                 // Text to vectors: tokenization plus the engine (what bounds static models).
                 let e2e = *total as f64 / (tok_s + secs);
                 println!("mixed corpus, {label}, text to vectors (tokenization included): {e2e:.0} tokens/s");

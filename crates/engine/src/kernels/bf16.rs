@@ -9,7 +9,7 @@
 
 use super::activation::Activation;
 use super::amx::{Amx, TileUnit, Tiles};
-use super::buffer;
+use super::{buffer, Aligned};
 use super::sgemm::{drive, SendPtr};
 use crate::parallel;
 use rayon::prelude::*;
@@ -106,7 +106,7 @@ pub fn from_bf16(v: u16) -> f32 {
 
 /// A `[n × k]` weight (PyTorch layout) stored as bf16 and packed.
 pub struct Bf16Weight {
-    panels: Vec<u16>,
+    panels: Aligned<u16>,
     n: usize,
     k: usize,
     /// `k` rounded up to a multiple of [`Bf16Isa::k_align`] (zero in the padding).
@@ -120,7 +120,7 @@ impl Bf16Weight {
         let nr = isa.nr();
         let kp = k.next_multiple_of(isa.k_align());
         let count = n.div_ceil(nr);
-        let mut panels = vec![0u16; count * kp * nr];
+        let mut panels = Aligned::<u16>::zeroed(count * kp * nr);
         panels.par_chunks_mut(kp * nr).enumerate().for_each(|(p, panel)| {
             for c in 0..nr.min(n - p * nr) {
                 let row = (p * nr + c) * k;
@@ -137,7 +137,7 @@ impl Bf16Weight {
 /// for the widening kernels.
 #[derive(Default)]
 struct RoundedRows {
-    bits: Vec<u16>,
+    bits: Aligned<u16>,
     values: Vec<f32>,
 }
 
@@ -240,7 +240,7 @@ pub(crate) fn gemm_bf16_on<U: TileUnit + Default>(
     // Whole `mr`-row strips (AMX loads 16-row tiles); the rows past `m` are zero.
     let padded = m.next_multiple_of(mr) * kp;
     let (a_base, elem) = if w.isa.reads_bits() {
-        let bits = buffer(&mut rows.bits, padded);
+        let bits = rows.bits.resize(padded);
         bits[m * kp..].fill(0);
         round_rows(x, k, bits, kp, round_row_bits);
         (rows.bits.as_ptr() as *const u8, 2)

@@ -24,7 +24,7 @@
 
 use super::activation::Activation;
 use super::amx::{Amx, TileUnit, Tiles};
-use super::buffer;
+use super::{buffer, Aligned};
 use super::sgemm::{drive, SendPtr};
 use crate::parallel;
 use rayon::prelude::*;
@@ -119,7 +119,7 @@ const AVX2_MR: usize = 6;
 
 /// A `[n × k]` weight (PyTorch layout) quantized to int8 per output channel and packed.
 pub struct Int8Weight {
-    panels: Vec<i8>,
+    panels: Aligned<i8>,
     scales: Vec<f32>,
     sums: Vec<i32>,
     n: usize,
@@ -136,7 +136,7 @@ impl Int8Weight {
         let (nr, g) = (isa.nr(), isa.group());
         let kp = k.next_multiple_of(isa.k_align());
         let count = n.div_ceil(nr);
-        let mut panels = vec![0i8; count * kp * nr];
+        let mut panels = Aligned::<i8>::zeroed(count * kp * nr);
         let mut scales = vec![0.0f32; count * nr];
         let mut sums = vec![0i32; count * nr];
         panels
@@ -191,7 +191,7 @@ impl Int8Weight {
 /// scales and zero points, and each row's outliers, left out of the codes.
 #[derive(Default)]
 struct QuantizedRows {
-    codes: Vec<u8>,
+    codes: Aligned<u8>,
     wide: Vec<u16>,
     scales: Vec<f32>,
     zero_points: Vec<i32>,
@@ -504,7 +504,7 @@ impl QuantizedRows {
         const MO: usize = MAX_OUTLIERS;
         let (k, kp) = (w.k, w.kp);
         // Whole strips of rows: AMX loads 16-row tiles (the rows past `m` are zero).
-        let codes = buffer(&mut self.codes, m.next_multiple_of(w.isa.mr()) * kp);
+        let codes = self.codes.resize(m.next_multiple_of(w.isa.mr()) * kp);
         codes[m * kp..].fill(0);
         let blocks: Vec<_> = codes
             .chunks_mut(ROWS * kp)
