@@ -10,7 +10,7 @@
 use super::activation::Activation;
 use super::amx::{Amx, TileUnit, Tiles};
 use super::{buffer, Aligned};
-use super::sgemm::{drive, SendPtr};
+use super::sgemm::{drive, SendPtr, TileOrder};
 use crate::parallel;
 use rayon::prelude::*;
 
@@ -264,6 +264,11 @@ pub(crate) fn gemm_bf16_on<U: TileUnit + Default>(
             n,
             mr,
             nr,
+            if amx {
+                TileOrder::strips_for_depth(2 * kp, nr)
+            } else {
+                TileOrder::PANELS
+            },
             threads,
             || amx.then(|| Tiles::<U>::configured()),
             |tiles, r, rows, c| {

@@ -25,7 +25,7 @@
 use super::activation::Activation;
 use super::amx::{Amx, TileUnit, Tiles};
 use super::{buffer, Aligned};
-use super::sgemm::{drive, SendPtr};
+use super::sgemm::{drive, SendPtr, TileOrder};
 use crate::parallel;
 use rayon::prelude::*;
 
@@ -745,6 +745,11 @@ pub(crate) fn gemm_int8_on<U: TileUnit + Default>(
             n,
             mr,
             nr,
+            if amx {
+                TileOrder::strips_for_depth(kp, nr)
+            } else {
+                TileOrder::PANELS
+            },
             threads,
             || amx.then(|| Tiles::<U>::configured()),
             |tiles, r, tile_rows, c| {
