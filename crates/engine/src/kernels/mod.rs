@@ -249,10 +249,31 @@ impl<T: Plain> Aligned<T> {
         let bytes = len * std::mem::size_of::<T>();
         if self.lines.len() * 64 < bytes {
             self.lines = Vec::new();
-            self.lines = vec![Line([0; 64]); (bytes + bytes / 2).div_ceil(64)];
+            self.lines = zeroed_lines((bytes + bytes / 2).div_ceil(64));
         }
         self.len = len;
         &mut self[..]
+    }
+}
+
+/// `n` zeroed lines from the allocator's zeroed memory (fresh pages are then touched once, by
+/// their first write, as `vec![0; n]` does for integers).
+fn zeroed_lines(n: usize) -> Vec<Line> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let Ok(layout) = std::alloc::Layout::array::<Line>(n) else {
+        panic!("capacity overflow");
+    };
+    // SAFETY: the layout is non-zero-sized; a null result is handed to `handle_alloc_error`;
+    // all-zero bytes are a valid `Line`; the block was allocated by the global allocator with
+    // the layout of a `Vec<Line>` of capacity `n`.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut Line;
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(p, n, n)
     }
 }
 
