@@ -28,7 +28,8 @@ pub struct BenchArgs {
     /// Token budget per batch for the packed mixed-corpus run.
     #[arg(long, default_value_t = 4096)]
     batch_tokens: usize,
-    /// Precision of the dense layers: float32 (exact), bfloat16 or int8 (fastest).
+    /// Precision of the dense layers: float32 (exact), bfloat16 (half the memory; fast on CPUs
+    /// with AMX or AMD's AVX512-BF16, elsewhere only a memory saving) or int8 (fastest).
     #[arg(long, env = "OPENEMBED_DTYPE", default_value = "float32")]
     dtype: DType,
     /// Thread counts to measure, comma-separated.

@@ -31,7 +31,8 @@ pub struct RerankArgs {
     /// Compute threads (default: all cores).
     #[arg(long, env = "OPENEMBED_THREADS")]
     threads: Option<usize>,
-    /// Precision of the dense layers: float32 (exact), bfloat16 or int8 (fastest).
+    /// Precision of the dense layers: float32 (exact), bfloat16 (half the memory; fast on CPUs
+    /// with AMX or AMD's AVX512-BF16, elsewhere only a memory saving) or int8 (fastest).
     #[arg(long, env = "OPENEMBED_DTYPE", default_value = "float32")]
     dtype: DType,
     /// Documents to score; read from --input or stdin when none are given.

@@ -53,7 +53,8 @@ pub struct ServeArgs {
     #[arg(long = "token-ids", env = "OPENEMBED_TOKEN_IDS", value_delimiter = ',')]
     token_ids: Vec<String>,
     /// Precision of the dense layers: float32 (exact, the default), bfloat16 (half the weight
-    /// memory, cosine ≥ 0.9995 to float32) or int8 (a quarter, fastest, cosine ≥ 0.995).
+    /// memory, cosine ≥ 0.9995 to float32; fast on CPUs with AMX tiles or AMD's AVX512-BF16,
+    /// elsewhere only a memory saving) or int8 (a quarter, fastest, cosine ≥ 0.995).
     /// DTYPE for every model, or MODEL=DTYPE for one. Repeatable (env: comma-separated).
     #[arg(long = "dtype", env = "OPENEMBED_DTYPE", value_delimiter = ',')]
     dtypes: Vec<String>,
