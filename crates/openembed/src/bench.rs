@@ -160,12 +160,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let info = model.info();
         let resident = resident_mib();
         println!(
-            "== {} ({}), {} threads, {} on {}, resident after load {}",
+            "== {} ({}), {} threads, {} on {} (dense layers: {}), resident after load {}",
             args.model.display(),
             info.architecture,
             threads,
             args.dtype,
             openembed_engine::kernels::isa_name(),
+            openembed_engine::kernels::gemm_kernel(args.dtype),
             resident.map_or("unknown".into(), |r| format!("{r:.0} MiB"))
         );
         results.push(
@@ -285,7 +286,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     println!(
         "{}",
-        json!({"model": args.model.display().to_string(), "dtype": args.dtype.as_str(), "kernels": openembed_engine::kernels::isa_name(), "results": results})
+        json!({"model": args.model.display().to_string(), "dtype": args.dtype.as_str(), "kernels": openembed_engine::kernels::isa_name(), "gemm_kernel": openembed_engine::kernels::gemm_kernel(args.dtype), "results": results})
     );
     Ok(())
 }

@@ -930,6 +930,9 @@ fn token_ids_are_tiktoken_ids_by_default() {
         .json()
         .unwrap();
     assert_eq!(model["token_ids"], "cl100k_base");
+    // The dense-layer kernel this server's dtype runs here (float32 by default).
+    let want = openembed_engine::kernels::gemm_kernel(openembed_engine::DType::Float32);
+    assert_eq!(model["kernels"], want);
     // A long text's ids: 400 without truncation, 200 with it.
     let long = bpe.encode_ordinary(&"a long document sentence ".repeat(200));
     assert_eq!(

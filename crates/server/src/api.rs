@@ -748,6 +748,10 @@ pub struct ModelObject {
     pub architecture: String,
     /// Extension: precision of the dense layers: `float32`, `bfloat16` or `int8`.
     pub dtype: String,
+    /// Extension: the dense-layer kernel this dtype runs on this CPU: `amx-int8`, `amx-bf16`
+    /// (Intel AMX tiles), `avx512-vnni`, `avx512-bf16`, `avx-vnni`, `avx512`, `avx2` or
+    /// `portable`.
+    pub kernels: String,
     /// Extension: vector length.
     pub dimensions: usize,
     /// Extension: most tokens per input, special tokens included.

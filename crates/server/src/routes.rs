@@ -396,6 +396,7 @@ fn model_object(id: &str, served: &crate::registry::ServedModel) -> ModelObject 
         root: served.name.clone(),
         architecture: info.architecture.clone(),
         dtype: info.dtype.to_string(),
+        kernels: openembed_engine::kernels::gemm_kernel(info.dtype).to_string(),
         dimensions: info.dimension,
         max_input_tokens: info.max_input_tokens,
         pooling: info

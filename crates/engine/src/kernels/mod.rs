@@ -63,6 +63,34 @@ pub fn isa_name() -> String {
     name
 }
 
+/// The dense-layer kernel a model of `dtype` runs on this CPU (after [`ISA_ENV`], the AMX
+/// self-checks and the OS's permission): e.g. `amx-int8`, `amx-bf16`, `avx512-vnni`,
+/// `avx512`, `avx2`, `portable`. For `GET /v1/models/{id}` and benchmark reports.
+pub fn gemm_kernel(dtype: crate::DType) -> &'static str {
+    use crate::DType;
+    match dtype {
+        DType::Float32 => match sgemm::Isa::detect() {
+            sgemm::Isa::Avx512 => "avx512",
+            sgemm::Isa::Avx2 => "avx2",
+            sgemm::Isa::Portable => "portable",
+        },
+        DType::Bfloat16 => match bf16::Bf16Isa::detect() {
+            bf16::Bf16Isa::Amx => "amx-bf16",
+            bf16::Bf16Isa::Avx512Bf16 => "avx512-bf16",
+            bf16::Bf16Isa::Avx512 => "avx512",
+            bf16::Bf16Isa::Avx2 => "avx2",
+            bf16::Bf16Isa::Portable => "portable",
+        },
+        DType::Int8 => match int8::Int8Isa::detect() {
+            int8::Int8Isa::Amx => "amx-int8",
+            int8::Int8Isa::Avx512Vnni => "avx512-vnni",
+            int8::Int8Isa::AvxVnni => "avx-vnni",
+            int8::Int8Isa::Avx2 => "avx2",
+            int8::Int8Isa::Portable => "portable",
+        },
+    }
+}
+
 /// True when the CPU has AVX-512 VNNI (`vpdpbusd`) on top of [`has_avx512`] and [`ISA_ENV`]
 /// allows it.
 #[inline]
