@@ -264,11 +264,13 @@ pub struct Aligned<T: Plain> {
 }
 
 impl<T: Plain> Aligned<T> {
-    /// `len` zeros.
+    /// `len` zeros, in exactly the lines they need (no headroom: packed weights never grow).
     pub fn zeroed(len: usize) -> Self {
-        let mut a = Self::default();
-        a.resize(len);
-        a
+        Self {
+            lines: zeroed_lines((len * std::mem::size_of::<T>()).div_ceil(64)),
+            len,
+            _t: std::marker::PhantomData,
+        }
     }
 
     /// The first `len` elements, growing (with half again as headroom, zeroed fresh memory, as
