@@ -181,7 +181,10 @@ impl TileModel {
         for t in 0..8 {
             let colsb = u16::from_le_bytes([cfg[16 + 2 * t], cfg[17 + 2 * t]]) as usize;
             let rows = cfg[48 + t] as usize;
-            assert!(rows <= TILE_ROWS && colsb <= TILE_BYTES, "tile model: tile {t} too large");
+            assert!(
+                rows <= TILE_ROWS && colsb <= TILE_BYTES,
+                "tile model: tile {t} too large"
+            );
             self.shape[t] = (rows, colsb);
         }
     }
@@ -207,7 +210,10 @@ impl TileModel {
     /// `B` K × N dwords; returns (M, N, K).
     fn dot_shape(&self, c: u8, a: u8, b: u8) -> (usize, usize, usize) {
         let ((mc, nc), (ma, ka), (kb, nb)) = (self.shape(c), self.shape(a), self.shape(b));
-        assert!(c != a && c != b && a != b, "tile model: operands must be distinct tiles");
+        assert!(
+            c != a && c != b && a != b,
+            "tile model: operands must be distinct tiles"
+        );
         assert!(mc == ma && nc == nb && ka / 4 == kb, "tile model: shapes do not agree");
         (mc, nc / 4, ka / 4)
     }
@@ -304,10 +310,7 @@ pub fn has_amx() -> bool {
     *HAS.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            let cpu = super::isa_cap() >= 4
-                && super::has_avx512_vnni()
-                && super::has_avx512_bf16()
-                && cpu_has_amx();
+            let cpu = super::isa_cap() >= 4 && super::has_avx512_vnni() && super::has_avx512_bf16() && cpu_has_amx();
             if !cpu {
                 return false;
             }
@@ -456,7 +459,9 @@ mod tests {
     }
 
     fn records(name: &str) -> Vec<Record> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/amx").join(name);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures/amx")
+            .join(name);
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut out = Vec::new();
         let mut at = 0;
@@ -475,7 +480,15 @@ mod tests {
             let (b, _) = take(kb / 4 * n * 4);
             let (c_out, rest) = take(m * n * 4);
             more = rest;
-            out.push(Record { m, n, kb, c_in, a, b, c_out });
+            out.push(Record {
+                m,
+                n,
+                kb,
+                c_in,
+                a,
+                b,
+                c_out,
+            });
         }
         out
     }
@@ -484,7 +497,10 @@ mod tests {
     fn model_for(r: &Record) -> TileModel {
         let mut cfg = [0u8; 64];
         cfg[0] = 1;
-        for (t, (rows, colsb)) in [(r.m, r.n * 4), (r.m, r.kb), (r.kb / 4, r.n * 4)].into_iter().enumerate() {
+        for (t, (rows, colsb)) in [(r.m, r.n * 4), (r.m, r.kb), (r.kb / 4, r.n * 4)]
+            .into_iter()
+            .enumerate()
+        {
             cfg[16 + 2 * t..18 + 2 * t].copy_from_slice(&(colsb as u16).to_le_bytes());
             cfg[48 + t] = rows as u8;
         }
@@ -511,7 +527,14 @@ mod tests {
         for (i, r) in records.iter().enumerate() {
             let mut model = model_for(r);
             model.dpbusd_at(0, 1, 2);
-            assert_eq!(stored_c(&mut model, r), r.c_out, "record {i} ({}×{}, K bytes {})", r.m, r.n, r.kb);
+            assert_eq!(
+                stored_c(&mut model, r),
+                r.c_out,
+                "record {i} ({}×{}, K bytes {})",
+                r.m,
+                r.n,
+                r.kb
+            );
         }
     }
 
@@ -531,7 +554,10 @@ mod tests {
                     let e = m * r.n + n;
                     let mass = f(&r.c_in, e).abs() as f64
                         + (0..k)
-                            .map(|kk| (bf(&r.a, m * k + kk) as f64 * bf(&r.b, (kk / 2) * r.n * 2 + 2 * n + kk % 2) as f64).abs())
+                            .map(|kk| {
+                                (bf(&r.a, m * k + kk) as f64 * bf(&r.b, (kk / 2) * r.n * 2 + 2 * n + kk % 2) as f64)
+                                    .abs()
+                            })
                             .sum::<f64>();
                     let (g, want) = (f(&got, e) as f64, f(&r.c_out, e) as f64);
                     assert!(

@@ -9,8 +9,8 @@
 
 use super::activation::Activation;
 use super::amx::{Amx, TileUnit, Tiles};
-use super::{buffer, Aligned};
 use super::sgemm::{drive, SendPtr, TileOrder};
+use super::{buffer, Aligned};
 use crate::parallel;
 use rayon::prelude::*;
 

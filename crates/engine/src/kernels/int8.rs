@@ -24,8 +24,8 @@
 
 use super::activation::Activation;
 use super::amx::{Amx, TileUnit, Tiles};
-use super::{buffer, Aligned};
 use super::sgemm::{drive, SendPtr, TileOrder};
+use super::{buffer, Aligned};
 use crate::parallel;
 use rayon::prelude::*;
 
@@ -1107,7 +1107,10 @@ impl Avx512Columns {
                 _mm512_maskz_loadu_ps(m1, t.col_scale.wrapping_add(16)),
             ],
             bias: match t.bias {
-                Some(b) => [_mm512_maskz_loadu_ps(m0, b), _mm512_maskz_loadu_ps(m1, b.wrapping_add(16))],
+                Some(b) => [
+                    _mm512_maskz_loadu_ps(m0, b),
+                    _mm512_maskz_loadu_ps(m1, b.wrapping_add(16)),
+                ],
                 None => [zero, zero],
             },
         }
@@ -1227,13 +1230,24 @@ mod tests {
     /// The int8 kernels this CPU runs, and the AMX schedule through the tile model on every
     /// CPU; the others are reported as skipped.
     fn runnable_kernels() -> Vec<Kernel> {
-        let all = [Int8Isa::Portable, Int8Isa::Avx2, Int8Isa::AvxVnni, Int8Isa::Avx512Vnni, Int8Isa::Amx];
+        let all = [
+            Int8Isa::Portable,
+            Int8Isa::Avx2,
+            Int8Isa::AvxVnni,
+            Int8Isa::Avx512Vnni,
+            Int8Isa::Amx,
+        ];
         for isa in all.iter().filter(|isa| !isa.supported()) {
             crate::kernels::report_skipped(&format!("int8 {isa:?} kernel (this CPU lacks it)"));
         }
         let hardware = all.into_iter().filter(|isa| isa.supported());
         let hardware = hardware.map(|isa| Kernel { isa, model: false });
-        hardware.chain([Kernel { isa: Int8Isa::Amx, model: true }]).collect()
+        hardware
+            .chain([Kernel {
+                isa: Int8Isa::Amx,
+                model: true,
+            }])
+            .collect()
     }
 
     /// [`gemm_int8`] through `kernel`.
@@ -1292,7 +1306,11 @@ mod tests {
                 let mut want = vec![7u8; padded];
                 let (lo, hi) = x.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
                 let stats = row_stats(x);
-                assert_eq!(stats, row_stats_portable(x), "every row_stats gives the same bits, n = {n}");
+                assert_eq!(
+                    stats,
+                    row_stats_portable(x),
+                    "every row_stats gives the same bits, n = {n}"
+                );
                 assert_eq!((stats.lo, stats.hi), (lo, hi), "range, n = {n}");
                 let sum: f32 = x.iter().map(|v| v.abs()).sum();
                 assert!(
@@ -1365,12 +1383,29 @@ mod tests {
                         }
                     }
                     let mut gelu = vec![0.0f32; m * stride];
-                    pool.install(|| gemm(kernel, &x, m, &packed, Some(&b), Activation::Gelu, &mut gelu, stride, threads));
+                    pool.install(|| {
+                        gemm(
+                            kernel,
+                            &x,
+                            m,
+                            &packed,
+                            Some(&b),
+                            Activation::Gelu,
+                            &mut gelu,
+                            stride,
+                            threads,
+                        )
+                    });
                     for i in 0..m {
                         let mut expect: Vec<f32> = (0..n).map(|j| out[i * stride + j]).collect();
                         Activation::Gelu.apply(&mut expect);
                         for j in 0..n {
-                            assert!((gelu[i * stride + j] - expect[j]).abs() < 1e-5, "{kernel:?}: fused activation {} vs {}", gelu[i * stride + j], expect[j]);
+                            assert!(
+                                (gelu[i * stride + j] - expect[j]).abs() < 1e-5,
+                                "{kernel:?}: fused activation {} vs {}",
+                                gelu[i * stride + j],
+                                expect[j]
+                            );
                         }
                     }
                 }
@@ -1434,7 +1469,11 @@ mod tests {
                     n,
                     1,
                 );
-                assert_eq!(alone[..], batch[i * n..(i + 1) * n], "{kernel:?}: row {i} alone differs");
+                assert_eq!(
+                    alone[..],
+                    batch[i * n..(i + 1) * n],
+                    "{kernel:?}: row {i} alone differs"
+                );
             }
         }
     }
@@ -1468,7 +1507,14 @@ mod tests {
         // The integer sums are exact and every epilogue runs the same operations in the same
         // order, so all kernels — the AMX schedule through the tile model and, where the CPU
         // has them, the real tile instructions — give identical outputs.
-        for &(m, k, n) in &[(1, 1, 1), (5, 63, 17), (17, 65, 33), (33, 130, 31), (70, 384, 96), (40, 1536, 40)] {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (5, 63, 17),
+            (17, 65, 33),
+            (33, 130, 31),
+            (70, 384, 96),
+            (40, 1536, 40),
+        ] {
             let mut x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0) - 0.7).collect();
             for i in 0..m {
                 if k >= 32 {

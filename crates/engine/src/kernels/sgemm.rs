@@ -178,6 +178,7 @@ unsafe impl<T> Sync for SendPtr<T> {}
 /// output; it may read whole `mr`-row strips of its (padded) activations and whole panels of
 /// its (padded) weights, which the caller must have laid out so; tasks run in parallel on
 /// disjoint blocks, so nothing else may be written.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn drive<S>(
     m: usize,
     n: usize,
@@ -194,7 +195,6 @@ pub(crate) unsafe fn drive<S>(
         for_each_tile(block, mr, nr, order, |r, rows, c| tile(&mut state, r, rows, c));
     });
 }
-
 
 /// A weight matrix `[n × k]` (PyTorch layout) re-laid out in column panels.
 pub struct PackedWeight {
@@ -557,7 +557,15 @@ unsafe fn finish_rows_from_avx512(
     use std::arch::x86_64::*;
     for r in 0..rows {
         let row = acc.add(r * ld);
-        finish_avx512(_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16)), c.add(r * ldc), cols, true, bias, act);
+        finish_avx512(
+            _mm512_loadu_ps(row),
+            _mm512_loadu_ps(row.add(16)),
+            c.add(r * ldc),
+            cols,
+            true,
+            bias,
+            act,
+        );
     }
 }
 
