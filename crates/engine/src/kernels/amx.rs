@@ -398,6 +398,84 @@ fn request_tile_permission() -> Result<(), i64> {
     }
 }
 
+/// Which dot-product instruction a block runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dot {
+    /// `TDPBUSD`: u8 activations × s8 weights, 64 per row and step.
+    Int8,
+    /// `TDPBF16PS`: bf16 × bf16, 32 per row and step.
+    Bf16,
+}
+
+/// The AMX micro-kernel schedule shared by the int8 and bf16 GEMMs: a block of up to 32 rows
+/// × one 32-column panel as 2 × 2 accumulator tiles (tmm0–3), two activation tiles (tmm4, 5:
+/// 16 rows × 64 bytes, `lda` bytes apart) and two weight tiles (tmm6, 7: 16 groups × 16
+/// columns, the panel's halves 64 bytes apart in its 128-byte rows), `steps` steps of 64 bytes
+/// of depth; halves past `rows` or `cols` are skipped. The sums end in `tiles.acc` (32×32,
+/// rows 128 bytes apart).
+///
+/// # Safety
+/// `tiles` is configured; `a` holds 32 rows of `64·steps` bytes `lda` apart, `b` a panel of
+/// `16·steps` rows of 128 bytes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn block<U: TileUnit>(
+    tiles: &mut Tiles<U>,
+    dot: Dot,
+    a: *const u8,
+    lda: usize,
+    b: *const u8,
+    steps: usize,
+    rows: usize,
+    cols: usize,
+) {
+    const ROW: usize = 128;
+    let u = &mut tiles.unit;
+    let (two_rows, two_cols) = (rows > 16, cols > 16);
+    let a1 = a.add(16 * lda);
+    u.zero::<0>();
+    u.zero::<1>();
+    u.zero::<2>();
+    u.zero::<3>();
+    for s in 0..steps {
+        let b = b.add(s * 16 * ROW);
+        u.load::<4>(a.add(s * TILE_BYTES), lda);
+        u.load::<6>(b, ROW);
+        dot_product::<U, 0, 4, 6>(u, dot);
+        if two_cols {
+            u.load::<7>(b.add(64), ROW);
+            dot_product::<U, 1, 4, 7>(u, dot);
+        }
+        if two_rows {
+            u.load::<5>(a1.add(s * TILE_BYTES), lda);
+            dot_product::<U, 2, 5, 6>(u, dot);
+            if two_cols {
+                dot_product::<U, 3, 5, 7>(u, dot);
+            }
+        }
+    }
+    let acc = tiles.acc.0.as_mut_ptr() as *mut u8;
+    u.store::<0>(acc, ROW);
+    if two_cols {
+        u.store::<1>(acc.add(64), ROW);
+    }
+    if two_rows {
+        u.store::<2>(acc.add(16 * ROW), ROW);
+        if two_cols {
+            u.store::<3>(acc.add(16 * ROW + 64), ROW);
+        }
+    }
+}
+
+/// `dot`'s instruction on tiles `C`, `A`, `B`.
+#[inline(always)]
+unsafe fn dot_product<U: TileUnit, const C: u8, const A: u8, const B: u8>(u: &mut U, dot: Dot) {
+    match dot {
+        Dot::Int8 => u.dpbusd::<C, A, B>(),
+        Dot::Bf16 => u.dpbf16ps::<C, A, B>(),
+    }
+}
+
 /// One task's tile unit, configured on creation and released on drop (also when unwinding),
 /// with room for a 32×32 block of accumulators that the epilogues read.
 pub(crate) struct Tiles<U: TileUnit> {
@@ -415,9 +493,6 @@ pub(crate) struct AccBlock(pub [u32; 32 * 32]);
 impl AccBlock {
     pub fn as_ptr(&self) -> *const u32 {
         self.0.as_ptr()
-    }
-    pub fn as_mut_ptr(&mut self) -> *mut u32 {
-        self.0.as_mut_ptr()
     }
 }
 

@@ -8,7 +8,7 @@
 //! threads split the output as the fp32 SGEMM does ([`split_work`]).
 
 use super::activation::Activation;
-use super::amx::{Amx, TileUnit, Tiles};
+use super::amx::{Amx, Dot, TileUnit, Tiles};
 use super::sgemm::{drive, SendPtr, TileOrder};
 use super::{buffer, Aligned};
 use crate::parallel;
@@ -364,55 +364,15 @@ pub(crate) fn gemm_bf16_on<U: TileUnit + Default>(
     ROWS.with(|cell| cell.replace(rows));
 }
 
-/// AMX: a block of up to 32 rows × one 32-column panel as 2 × 2 accumulator tiles (tmm0–3),
-/// two activation tiles (tmm4, 5: 16 rows × 32 bf16, `2·kp` bytes apart) and two weight tiles
-/// (tmm6, 7: 16 pairs of `k` × 16 columns, the panel's halves 64 bytes apart in its 128-byte
-/// rows); `K` in steps of 32. Halves past the block's rows or columns are skipped. The sums
-/// are stored to `tiles.acc` and finished by the fp32 GEMM's epilogue.
+/// AMX: [`super::amx::block`] over the bf16 activations (`2·kp` bytes a row, 32 values a
+/// step), then the fp32 GEMM's epilogue (bias, activation) from the stored sums.
 ///
 /// # Safety
 /// The kernel contract of [`drive`]; the activations hold whole 32-row strips of `kp` bf16
 /// values and `kp` is a multiple of 32.
 unsafe fn amx_tile<U: TileUnit>(tiles: &mut Tiles<U>, t: &BTile) {
-    const STEP: usize = 32;
-    const PANEL_ROW: usize = 128;
-    let u = &mut tiles.unit;
-    let (two_rows, two_cols) = (t.rows > 16, t.cols > 16);
-    let lda = 2 * t.kp;
-    let a1 = t.a.add(16 * lda);
-    u.zero::<0>();
-    u.zero::<1>();
-    u.zero::<2>();
-    u.zero::<3>();
-    for s in 0..t.kp / STEP {
-        // 16 pairs of k per step, each a 128-byte panel row.
-        let b = t.b.add(s * 16 * 64) as *const u8;
-        u.load::<4>(t.a.add(s * 2 * STEP), lda);
-        u.load::<6>(b, PANEL_ROW);
-        u.dpbf16ps::<0, 4, 6>();
-        if two_cols {
-            u.load::<7>(b.add(64), PANEL_ROW);
-            u.dpbf16ps::<1, 4, 7>();
-        }
-        if two_rows {
-            u.load::<5>(a1.add(s * 2 * STEP), lda);
-            u.dpbf16ps::<2, 5, 6>();
-            if two_cols {
-                u.dpbf16ps::<3, 5, 7>();
-            }
-        }
-    }
-    let acc = tiles.acc.as_mut_ptr() as *mut u8;
-    u.store::<0>(acc, PANEL_ROW);
-    if two_cols {
-        u.store::<1>(acc.add(64), PANEL_ROW);
-    }
-    if two_rows {
-        u.store::<2>(acc.add(16 * PANEL_ROW), PANEL_ROW);
-        if two_cols {
-            u.store::<3>(acc.add(16 * PANEL_ROW + 64), PANEL_ROW);
-        }
-    }
+    let steps = 2 * t.kp / super::amx::TILE_BYTES;
+    super::amx::block(tiles, Dot::Bf16, t.a, 2 * t.kp, t.b as *const u8, steps, t.rows, t.cols);
     let acc = tiles.acc.as_ptr() as *const f32;
     super::sgemm::finish_rows_from(acc, 32, t.rows, t.c, t.ldc, t.cols, t.bias, t.act);
 }

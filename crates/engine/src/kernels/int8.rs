@@ -23,7 +23,7 @@
 //! fp32 SGEMM does ([`split_work`]).
 
 use super::activation::Activation;
-use super::amx::{Amx, TileUnit, Tiles};
+use super::amx::{Amx, Dot, TileUnit, Tiles};
 use super::sgemm::{drive, SendPtr, TileOrder};
 use super::{buffer, Aligned};
 use crate::parallel;
@@ -806,54 +806,15 @@ pub(crate) fn gemm_int8_on<U: TileUnit + Default>(
     ROWS.with(|cell| cell.replace(rows));
 }
 
-/// AMX: a block of up to 32 rows × one 32-column panel as 2 × 2 accumulator tiles (tmm0–3),
-/// two activation tiles (tmm4, 5: 16 rows × 64 codes, `kp` apart) and two weight tiles
-/// (tmm6, 7: 16 groups of four `k` × 16 columns, the panel's halves 64 bytes apart in its
-/// 128-byte rows); `K` in steps of 64. Halves past the block's rows or columns are skipped.
-/// The sums are stored to `tiles.acc` and finished by [`epilogue_from`].
+/// AMX: [`super::amx::block`] over the codes (`kp` bytes a row, 64 a step), then the VNNI
+/// kernel's epilogue from the stored sums.
 ///
 /// # Safety
 /// The kernel contract of [`drive`]; the codes hold whole 32-row strips of `kp` bytes and
 /// `kp` is a multiple of 64.
 unsafe fn amx_tile<U: TileUnit>(tiles: &mut Tiles<U>, t: &QTile) {
-    const STEP: usize = 64;
-    const PANEL_ROW: usize = 128;
-    let u = &mut tiles.unit;
-    let (two_rows, two_cols) = (t.rows > 16, t.cols > 16);
-    let a1 = t.a.add(16 * t.kp);
-    u.zero::<0>();
-    u.zero::<1>();
-    u.zero::<2>();
-    u.zero::<3>();
-    for s in 0..t.kp / STEP {
-        // 16 groups of four k per step, each a 128-byte panel row.
-        let b = t.b.add(s * 16 * PANEL_ROW) as *const u8;
-        u.load::<4>(t.a.add(s * STEP), t.kp);
-        u.load::<6>(b, PANEL_ROW);
-        u.dpbusd::<0, 4, 6>();
-        if two_cols {
-            u.load::<7>(b.add(64), PANEL_ROW);
-            u.dpbusd::<1, 4, 7>();
-        }
-        if two_rows {
-            u.load::<5>(a1.add(s * STEP), t.kp);
-            u.dpbusd::<2, 5, 6>();
-            if two_cols {
-                u.dpbusd::<3, 5, 7>();
-            }
-        }
-    }
-    let acc = tiles.acc.as_mut_ptr() as *mut u8;
-    u.store::<0>(acc, PANEL_ROW);
-    if two_cols {
-        u.store::<1>(acc.add(64), PANEL_ROW);
-    }
-    if two_rows {
-        u.store::<2>(acc.add(16 * PANEL_ROW), PANEL_ROW);
-        if two_cols {
-            u.store::<3>(acc.add(16 * PANEL_ROW + 64), PANEL_ROW);
-        }
-    }
+    let steps = t.kp / super::amx::TILE_BYTES;
+    super::amx::block(tiles, Dot::Int8, t.a, t.kp, t.b as *const u8, steps, t.rows, t.cols);
     epilogue_from(t, tiles.acc.as_ptr() as *const i32, 32);
 }
 
