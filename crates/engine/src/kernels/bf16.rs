@@ -5,7 +5,7 @@
 //! Weights are packed in column panels of pairs of consecutive `k` values (the operand layout
 //! of AVX512-BF16's `vdpbf16ps`). CPUs without it widen the pairs to fp32 in registers (a
 //! shift or a mask) and use FMA, so every CPU computes the same products. `K` is not blocked;
-//! threads split the output as the fp32 SGEMM does ([`split_work`]).
+//! threads split the output as the fp32 SGEMM does ([`super::sgemm::for_each_block`]).
 
 use super::activation::Activation;
 use super::amx::{Amx, Dot, TileUnit, Tiles};

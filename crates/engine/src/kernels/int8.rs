@@ -20,7 +20,7 @@
 //!   activation before the one store of fp32.
 //!
 //! `K` is never blocked (the i32 sums cover the whole depth); threads split the output as the
-//! fp32 SGEMM does ([`split_work`]).
+//! fp32 SGEMM does ([`super::sgemm::for_each_block`]).
 
 use super::activation::Activation;
 use super::amx::{Amx, Dot, TileUnit, Tiles};

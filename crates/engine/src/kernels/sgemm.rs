@@ -6,7 +6,8 @@
 //! block in twelve, and a portable 4×16 one that LLVM vectorizes for any CPU; all read `X` in
 //! place. `K` is blocked by [`KC`] and `N` by [`NC`] so the working set stays in L1/L2; threads
 //! split the rows (or, for a few rows, the columns) and never synchronize inside one call
-//! ([`split_work`], shared with the int8 and bf16 GEMMs).
+//! ([`for_each_block`], shared with the int8 and bf16 GEMMs, whose micro-kernels plug into
+//! [`drive`]).
 
 use super::activation::Activation;
 use super::buffer;
@@ -63,13 +64,7 @@ impl Isa {
 /// `mr`-row strips when there are plenty of rows (as even as strips allow, a multiple of the
 /// thread count, up to four per thread while each keeps at least eight strips, so no thread
 /// is left with one task more than another), else `nr`-aligned column ranges.
-pub(crate) fn split_work(
-    m: usize,
-    n: usize,
-    mr: usize,
-    nr: usize,
-    threads: usize,
-) -> Vec<(usize, usize, usize, usize)> {
+fn split_work(m: usize, n: usize, mr: usize, nr: usize, threads: usize) -> Vec<(usize, usize, usize, usize)> {
     let threads = threads.max(1);
     if m >= mr * 4 * threads || n <= nr {
         let strips = m.div_ceil(mr);
@@ -85,12 +80,19 @@ pub(crate) fn split_work(
     }
 }
 
-/// Runs `task` on every block of `tasks`, in parallel (see [`crate::parallel`]).
-pub(crate) fn run_tasks<F>(tasks: &[(usize, usize, usize, usize)], task: F)
-where
-    F: Fn(&(usize, usize, usize, usize)) + Sync + Send,
-{
-    crate::parallel::for_each_index(tasks.len(), |i| task(&tasks[i]));
+/// Splits an `m × n` output for `threads` threads ([`split_work`]) and runs `task(block)` on
+/// every block in parallel (see [`crate::parallel`]): the outer loop of every GEMM, fp32
+/// ([`sgemm`], which blocks `K` inside a task) and int8 / bf16 ([`drive`]).
+pub(crate) fn for_each_block(
+    m: usize,
+    n: usize,
+    mr: usize,
+    nr: usize,
+    threads: usize,
+    task: impl Fn((usize, usize, usize, usize)) + Sync + Send,
+) {
+    let tasks = split_work(m, n, mr, nr, threads);
+    crate::parallel::for_each_index(tasks.len(), |i| task(tasks[i]));
 }
 
 /// The order in which [`for_each_tile`] visits a block's micro-tiles.
@@ -189,8 +191,7 @@ pub(crate) unsafe fn drive<S>(
     begin: impl Fn() -> S + Sync + Send,
     tile: impl Fn(&mut S, usize, usize, usize) + Sync + Send,
 ) {
-    let tasks = split_work(m, n, mr, nr, threads);
-    run_tasks(&tasks, |&block| {
+    for_each_block(m, n, mr, nr, threads, |block| {
         let mut state = begin();
         for_each_tile(block, mr, nr, order, |r, rows, c| tile(&mut state, r, rows, c));
     });
@@ -279,8 +280,7 @@ fn run<K: MicroKernel>(
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_ptr = &out_ptr;
-    let tasks = split_work(m, n, K::MR, K::NR, threads);
-    run_tasks(&tasks, |&(r0, r1, c0, c1)| {
+    for_each_block(m, n, K::MR, K::NR, threads, |(r0, r1, c0, c1)| {
         // SAFETY: each task writes rows r0..r1 × columns c0..c1 only; tasks do not overlap and
         // the asserts above bound all of them inside `out`, `x` and the packed weight.
         unsafe { block::<K>(x, k, w, bias, act, out_ptr.0, out_stride, r0, r1, c0, c1) }
