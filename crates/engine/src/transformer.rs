@@ -10,7 +10,7 @@ use crate::batch::PackedBatch;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::kernels::activation::Activation;
-use crate::kernels::bf16::{gemm_bf16, Bf16Isa, Bf16Weight};
+use crate::kernels::bf16::{gemm_bf16, gemm_bf16_chained, Bf16Isa, Bf16Rows, Bf16Weight};
 use crate::kernels::int8::{gemm_int8, Int8Isa, Int8Weight};
 use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm, rms_norm_in_place};
 use crate::kernels::sgemm::{sgemm, Isa, PackedWeight};
@@ -38,6 +38,36 @@ enum LinearWeight {
 }
 
 impl Linear {
+    /// `out = act2(act1(x·W1ᵀ + b1)·W2ᵀ + b2)` with `self` as the first layer and `next` as
+    /// the second, the intermediate handed over in bf16 (`mid`) when both are bf16 layers on
+    /// AMX without task adapters ([`gemm_bf16_chained`], identical results); `None` (nothing
+    /// computed) otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_chained(
+        &self,
+        next: &Linear,
+        x: &[f32],
+        rows: usize,
+        acts: (Activation, Activation),
+        mid: &mut Bf16Rows,
+        out: &mut [f32],
+        threads: usize,
+    ) -> Option<()> {
+        let (LinearWeight::Bfloat16(w1), LinearWeight::Bfloat16(w2)) = (&self.weight, &next.weight) else {
+            return None;
+        };
+        if self.lora.is_some() || next.lora.is_some() || !w1.chains_into(w2) {
+            return None;
+        }
+        let (b1, b2) = (
+            self.bias.as_ref().map(|b| b.data()),
+            next.bias.as_ref().map(|b| b.data()),
+        );
+        let (first, second) = ((w1, b1, acts.0), (w2, b2, acts.1));
+        gemm_bf16_chained(x, rows, first, second, mid, out, next.out_features, threads);
+        Some(())
+    }
+
     /// Loads `{prefix}.weight` (`[out × in]`) and, when `with_bias`, `{prefix}.bias`, in the
     /// weights' dtype ([`Weights::dtype`]).
     pub fn load(w: &Weights, prefix: &str, in_features: usize, out_features: usize, with_bias: bool) -> Result<Self> {
@@ -596,6 +626,8 @@ pub struct Scratch {
     context: Vec<f32>,
     projected: Vec<f32>,
     intermediate: Vec<f32>,
+    /// The MLP's intermediate in bf16 when its two layers chain ([`Linear::forward_chained`]).
+    rounded: Bf16Rows,
     gate: Vec<f32>,
     bias: Option<RelativeBias>,
 }
@@ -728,6 +760,29 @@ impl Transformer {
             &s.hidden[..t * h]
         };
         let mlp = &layer.mlp;
+        let proj = buffer(&mut s.projected, t * h);
+        let acts = (mlp.activation, Activation::Identity);
+        let chained = match mlp.gated {
+            None => mlp
+                .up
+                .forward_chained(&mlp.down, input, t, acts, &mut s.rounded, proj, threads),
+            Some(_) => None,
+        };
+        if chained.is_none() {
+            self.mlp_unchained(mlp, pre, batch, s, threads);
+        }
+        let proj = &mut s.projected[..t * h];
+        if let Some(post) = &layer.post_norms {
+            post.mlp.apply_in_place(proj, h);
+        }
+        self.residual(Some(&layer.mlp_norm), proj, &mut s.hidden[..t * h], pre);
+    }
+
+    /// The MLP as two (or, gated, three) separate GEMMs, the intermediate in fp32.
+    /// Its input is the normed hidden state for pre-norm layers, the hidden state otherwise.
+    fn mlp_unchained(&self, mlp: &Mlp, pre: bool, batch: &PackedBatch, s: &mut Scratch, threads: usize) {
+        let (t, h) = (batch.total_tokens(), self.hidden);
+        let input = if pre { &s.normed[..t * h] } else { &s.hidden[..t * h] };
         let up = buffer(&mut s.intermediate, t * mlp.up.out_features);
         let inter_width = match mlp.gated {
             None => {
@@ -750,10 +805,6 @@ impl Transformer {
             Activation::Identity,
             threads,
         );
-        if let Some(post) = &layer.post_norms {
-            post.mlp.apply_in_place(proj, h);
-        }
-        self.residual(Some(&layer.mlp_norm), proj, &mut s.hidden[..t * h], pre);
     }
 
     fn residual(&self, norm: Option<&Norm>, x: &[f32], hidden: &mut [f32], pre: bool) {

@@ -245,6 +245,87 @@ struct BTile {
     cols: usize,
     bias: Option<*const f32>,
     act: Activation,
+    /// Instead of fp32 at `c`: the results rounded to bf16, row `r` at `bits + r·ld` (the AMX
+    /// kernel only, see [`gemm_bf16_chained`]).
+    bits: Option<(*mut u16, usize)>,
+}
+
+/// Activations already rounded to bf16 in the input layout of a [`Bf16Weight`]'s AMX kernel
+/// (rows `kp` apart, whole 32-row strips, zero padded): the output of the first of two
+/// chained layers ([`gemm_bf16_chained`]) and the input of the second, so the intermediate is
+/// written once at half the bytes and never rounded in a pass of its own.
+#[derive(Default)]
+pub struct Bf16Rows {
+    bits: Aligned<u16>,
+    rows: usize,
+    kp: usize,
+}
+
+/// Where a bf16 GEMM reads its input.
+enum Input<'a> {
+    /// fp32 rows, `k` apart: rounded per call.
+    Float(&'a [f32]),
+    /// Rows already rounded ([`Bf16Rows`]).
+    Rounded(&'a Bf16Rows),
+}
+
+/// Where a bf16 GEMM writes its output.
+enum Output<'a> {
+    /// fp32 rows `stride` apart.
+    Float(&'a mut [f32], usize),
+    /// Rounded to bf16 in the input layout of the next layer, whose `kp` is given.
+    Rounded(&'a mut Bf16Rows, usize),
+}
+
+impl Bf16Weight {
+    /// True when this layer's output can go straight, as bf16, into `next`'s input
+    /// ([`gemm_bf16_chained`]): both run the AMX kernel and `next` reads this one's outputs.
+    pub fn chains_into(&self, next: &Bf16Weight) -> bool {
+        self.isa == Bf16Isa::Amx && next.isa == Bf16Isa::Amx && next.k == self.n
+    }
+}
+
+/// Two dense layers in a row, `out = act2(act1(x·W1ᵀ + b1)·W2ᵀ + b2)`, with the intermediate
+/// handed over in bf16 (`mid`, reused scratch): what the second layer would have computed from
+/// the fp32 intermediate, bit for bit, without writing it in fp32 and rounding it again. Needs
+/// [`Bf16Weight::chains_into`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_chained(
+    x: &[f32],
+    m: usize,
+    first: (&Bf16Weight, Option<&[f32]>, Activation),
+    second: (&Bf16Weight, Option<&[f32]>, Activation),
+    mid: &mut Bf16Rows,
+    out: &mut [f32],
+    out_stride: usize,
+    threads: usize,
+) {
+    gemm_bf16_chained_on::<Amx>(x, m, first, second, mid, out, out_stride, threads)
+}
+
+/// [`gemm_bf16_chained`] with the tile instructions run by `U`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bf16_chained_on<U: TileUnit + Default>(
+    x: &[f32],
+    m: usize,
+    (w1, b1, act1): (&Bf16Weight, Option<&[f32]>, Activation),
+    (w2, b2, act2): (&Bf16Weight, Option<&[f32]>, Activation),
+    mid: &mut Bf16Rows,
+    out: &mut [f32],
+    out_stride: usize,
+    threads: usize,
+) {
+    assert!(w1.chains_into(w2), "bf16: these layers do not chain");
+    run::<U>(Input::Float(x), m, w1, b1, act1, Output::Rounded(mid, w2.kp), threads);
+    run::<U>(
+        Input::Rounded(mid),
+        m,
+        w2,
+        b2,
+        act2,
+        Output::Float(out, out_stride),
+        threads,
+    );
 }
 
 /// `out[m × n] = act(x[m × k] · Wᵀ + bias)` with `W` and `x` in bf16, rows of `out`
@@ -276,8 +357,38 @@ pub(crate) fn gemm_bf16_on<U: TileUnit + Default>(
     out_stride: usize,
     threads: usize,
 ) {
+    run::<U>(
+        Input::Float(x),
+        m,
+        w,
+        bias,
+        act,
+        Output::Float(out, out_stride),
+        threads,
+    )
+}
+
+/// The one bf16 GEMM driver: rounds (or takes) the input, runs the kernel of `w`'s layout over
+/// every micro-tile, and writes fp32 or bf16 output.
+fn run<U: TileUnit + Default>(
+    input: Input,
+    m: usize,
+    w: &Bf16Weight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    output: Output,
+    threads: usize,
+) {
     let (n, k, kp) = (w.n, w.k, w.kp);
-    assert!(x.len() >= m * k && out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n));
+    let (nr, mr) = (w.isa.nr(), w.isa.mr());
+    match &input {
+        Input::Float(x) => assert!(x.len() >= m * k),
+        Input::Rounded(r) => assert!(r.rows == m && r.kp == kp && r.bits.len() >= m.next_multiple_of(mr) * kp),
+    }
+    match &output {
+        Output::Float(out, stride) => assert!(*stride >= n && (m == 0 || out.len() >= (m - 1) * stride + n)),
+        Output::Rounded(_, next_kp) => assert!(w.isa == Bf16Isa::Amx && *next_kp >= n),
+    }
     assert!(bias.is_none_or(|b| b.len() >= n));
     let modelled = !U::HARDWARE;
     assert!(
@@ -288,30 +399,53 @@ pub(crate) fn gemm_bf16_on<U: TileUnit + Default>(
     if m == 0 || n == 0 {
         return;
     }
-    let (nr, mr) = (w.isa.nr(), w.isa.mr());
     let mut rows = ROWS.with(|cell| cell.take());
-    let x = &x[..m * k];
     // Whole `mr`-row strips (AMX loads 16-row tiles); the rows past `m` are zero.
     let padded = m.next_multiple_of(mr) * kp;
-    let (a_base, elem) = if w.isa.reads_bits() {
-        let bits = rows.bits.resize(padded);
-        bits[m * kp..].fill(0);
-        round_rows(x, k, bits, kp, round_row_bits_fastest());
-        (rows.bits.as_ptr() as *const u8, 2)
-    } else {
-        let values = buffer(&mut rows.values, padded);
-        values[m * kp..].fill(0.0);
-        round_rows(x, k, values, kp, round_row_values);
-        (rows.values.as_ptr() as *const u8, 4)
+    let (a_base, elem) = match input {
+        Input::Rounded(r) => (r.bits.as_ptr() as *const u8, 2),
+        Input::Float(x) if w.isa.reads_bits() => {
+            let bits = rows.bits.resize(padded);
+            bits[m * kp..].fill(0);
+            round_rows(&x[..m * k], k, bits, kp, round_row_bits_fastest());
+            (rows.bits.as_ptr() as *const u8, 2)
+        }
+        Input::Float(x) => {
+            let values = buffer(&mut rows.values, padded);
+            values[m * kp..].fill(0.0);
+            round_rows(&x[..m * k], k, values, kp, round_row_values);
+            (rows.values.as_ptr() as *const u8, 4)
+        }
     };
     let a_base = SendPtr(a_base as *mut u8);
     let a_base = &a_base;
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let (out_ptr, out_stride, bits_out) = match output {
+        Output::Float(out, stride) => (out.as_mut_ptr(), stride, None),
+        Output::Rounded(next, next_kp) => {
+            let bits = next
+                .bits
+                .resize(m.next_multiple_of(2 * super::amx::TILE_ROWS) * next_kp);
+            // The padding rows and columns are zero (the next layer reads whole tiles); the
+            // kernel writes the rest.
+            bits[m * next_kp..].fill(0);
+            if next_kp > n {
+                bits[..m * next_kp]
+                    .chunks_exact_mut(next_kp)
+                    .for_each(|row| row[n..].fill(0));
+            }
+            next.rows = m;
+            next.kp = next_kp;
+            (std::ptr::null_mut(), 0, Some((SendPtr(bits.as_mut_ptr()), next_kp)))
+        }
+    };
+    let out_ptr = SendPtr(out_ptr);
     let out_ptr = &out_ptr;
+    let bits_out = &bits_out;
     let amx = w.isa == Bf16Isa::Amx;
     // SAFETY (the kernel contract of `drive`): the rows are rounded into whole `mr`-row strips
     // of `kp` values (zero padded) and the panels hold `kp·nr` values each; a tile unit is
-    // configured only for the AMX kernel, whose hardware was checked above (or is the model).
+    // configured only for the AMX kernel, whose hardware was checked above (or is the model);
+    // a bf16 output holds `m` rows of `next_kp ≥ n` values.
     unsafe {
         drive(
             m,
@@ -333,11 +467,12 @@ pub(crate) fn gemm_bf16_on<U: TileUnit + Default>(
                     a: a_base.0.add(r * kp * elem),
                     kp,
                     b: w.panels.as_ptr().add((c / nr) * kp * nr),
-                    c: out_ptr.0.add(r * out_stride + c),
+                    c: out_ptr.0.wrapping_add(r * out_stride + c),
                     ldc: out_stride,
                     cols: nr.min(n - c),
                     bias: bias.map(|b| b.as_ptr().add(c)),
                     act,
+                    bits: bits_out.as_ref().map(|(p, ld)| (p.0.add(r * ld + c), *ld)),
                 };
                 match w.isa {
                     Bf16Isa::Portable => portable_tile(t),
@@ -374,7 +509,19 @@ unsafe fn amx_tile<U: TileUnit>(tiles: &mut Tiles<U>, t: &BTile) {
     let steps = 2 * t.kp / super::amx::TILE_BYTES;
     super::amx::block(tiles, Dot::Bf16, t.a, 2 * t.kp, t.b as *const u8, steps, t.rows, t.cols);
     let acc = tiles.acc.as_ptr() as *const f32;
-    super::sgemm::finish_rows_from(acc, 32, t.rows, t.c, t.ldc, t.cols, t.bias, t.act);
+    match t.bits {
+        None => super::sgemm::finish_rows_from(acc, 32, t.rows, t.c, t.ldc, t.cols, t.bias, t.act),
+        Some((dst, ld)) => {
+            // The same fp32 epilogue into a block of our own, then rounded as the next layer
+            // would round it.
+            let mut block = [0.0f32; 32 * 32];
+            super::sgemm::finish_rows_from(acc, 32, t.rows, block.as_mut_ptr(), 32, t.cols, t.bias, t.act);
+            let round = round_row_bits_fastest();
+            for (r, row) in block.chunks_exact(32).take(t.rows).enumerate() {
+                round(&row[..t.cols], std::slice::from_raw_parts_mut(dst.add(r * ld), t.cols));
+            }
+        }
+    }
 }
 
 /// True when the AMX bf16 kernel may serve: the CPU and OS allow AMX ([`super::amx::has_amx`])
@@ -544,6 +691,66 @@ mod tests {
             for i in 0..n + 5 {
                 let same = want[i] == got[i] || (from_bf16(want[i]).is_nan() && from_bf16(got[i]).is_nan());
                 assert!(same, "n = {n}, [{i}]: {:#06x} vs {:#06x}", got[i], want[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn chained_layers_equal_two_separate_ones_bit_for_bit() {
+        // The AMX schedule through the tile model on every CPU, and on the hardware where
+        // present: the intermediate handed over in bf16 gives what the second layer computes
+        // from the fp32 intermediate.
+        let hardware = Bf16Isa::Amx.supported();
+        if !hardware {
+            crate::kernels::report_skipped("bf16 chained layers on the real AMX tiles (this CPU lacks them)");
+        }
+        for &(m, k, n1, n2) in &[(1, 5, 7, 3), (17, 64, 96, 40), (40, 100, 33, 65), (70, 384, 1536, 384)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0) - 0.7).collect();
+            let w1: Vec<f32> = (0..n1 * k).map(|i| ((i * 53 % 97) as f32 / 480.0) - 0.1).collect();
+            let w2: Vec<f32> = (0..n2 * n1).map(|i| ((i * 29 % 89) as f32 / 440.0) - 0.1).collect();
+            let (b1, b2): (Vec<f32>, Vec<f32>) = (
+                (0..n1).map(|i| i as f32 * 0.01).collect(),
+                (0..n2).map(|i| i as f32 * -0.02).collect(),
+            );
+            let (p1, p2) = (
+                Bf16Weight::from_f32(&w1, n1, k, Bf16Isa::Amx),
+                Bf16Weight::from_f32(&w2, n2, n1, Bf16Isa::Amx),
+            );
+            assert!(p1.chains_into(&p2));
+            let model = gemm_bf16_on::<crate::kernels::amx::TileModel>;
+            let mut mid = vec![0.0f32; m * n1];
+            let mut want = vec![0.0f32; m * n2];
+            model(&x, m, &p1, Some(&b1), Activation::Gelu, &mut mid, n1, 2);
+            model(&mid, m, &p2, Some(&b2), Activation::Identity, &mut want, n2, 2);
+            let mut rows = Bf16Rows::default();
+            let mut got = vec![0.0f32; m * n2];
+            gemm_bf16_chained_on::<crate::kernels::amx::TileModel>(
+                &x,
+                m,
+                (&p1, Some(&b1), Activation::Gelu),
+                (&p2, Some(&b2), Activation::Identity),
+                &mut rows,
+                &mut got,
+                n2,
+                2,
+            );
+            assert!(
+                got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "model, {m}x{k}x{n1}x{n2}"
+            );
+            if hardware {
+                let mut real = vec![0.0f32; m * n2];
+                let (first, second) = (
+                    (&p1, Some(&b1[..]), Activation::Gelu),
+                    (&p2, Some(&b2[..]), Activation::Identity),
+                );
+                gemm_bf16_chained(&x, m, first, second, &mut rows, &mut real, n2, 2);
+                gemm_bf16(&x, m, &p1, Some(&b1), Activation::Gelu, &mut mid, n1, 2);
+                gemm_bf16(&mid, m, &p2, Some(&b2), Activation::Identity, &mut want, n2, 2);
+                assert!(
+                    real.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "hardware, {m}x{k}x{n1}x{n2}"
+                );
             }
         }
     }
