@@ -40,8 +40,8 @@ enum LinearWeight {
 impl Linear {
     /// `out = act2(act1(x·W1ᵀ + b1)·W2ᵀ + b2)` with `self` as the first layer and `next` as
     /// the second, the intermediate handed over in bf16 (`mid`) when both are bf16 layers on
-    /// AMX without task adapters ([`gemm_bf16_chained`], identical results); `None` (nothing
-    /// computed) otherwise.
+    /// AMX without task adapters ([`gemm_bf16_chained`], identical results). Returns false,
+    /// having computed nothing, otherwise.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_chained(
         &self,
@@ -52,12 +52,12 @@ impl Linear {
         mid: &mut Bf16Rows,
         out: &mut [f32],
         threads: usize,
-    ) -> Option<()> {
+    ) -> bool {
         let (LinearWeight::Bfloat16(w1), LinearWeight::Bfloat16(w2)) = (&self.weight, &next.weight) else {
-            return None;
+            return false;
         };
         if self.lora.is_some() || next.lora.is_some() || !w1.chains_into(w2) {
-            return None;
+            return false;
         }
         let (b1, b2) = (
             self.bias.as_ref().map(|b| b.data()),
@@ -65,7 +65,7 @@ impl Linear {
         );
         let (first, second) = ((w1, b1, acts.0), (w2, b2, acts.1));
         gemm_bf16_chained(x, rows, first, second, mid, out, next.out_features, threads);
-        Some(())
+        true
     }
 
     /// Loads `{prefix}.weight` (`[out × in]`) and, when `with_bias`, `{prefix}.bias`, in the
@@ -762,13 +762,11 @@ impl Transformer {
         let mlp = &layer.mlp;
         let proj = buffer(&mut s.projected, t * h);
         let acts = (mlp.activation, Activation::Identity);
-        let chained = match mlp.gated {
-            None => mlp
+        let chained = mlp.gated.is_none()
+            && mlp
                 .up
-                .forward_chained(&mlp.down, input, t, acts, &mut s.rounded, proj, threads),
-            Some(_) => None,
-        };
-        if chained.is_none() {
+                .forward_chained(&mlp.down, input, t, acts, &mut s.rounded, proj, threads);
+        if !chained {
             self.mlp_unchained(mlp, pre, batch, s, threads);
         }
         let proj = &mut s.projected[..t * h];

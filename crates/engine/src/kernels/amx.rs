@@ -494,6 +494,9 @@ impl AccBlock {
     pub fn as_ptr(&self) -> *const u32 {
         self.0.as_ptr()
     }
+    pub fn as_mut_ptr(&mut self) -> *mut u32 {
+        self.0.as_mut_ptr()
+    }
 }
 
 impl<U: TileUnit + Default> Tiles<U> {

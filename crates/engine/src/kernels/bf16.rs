@@ -211,15 +211,8 @@ unsafe fn round_row_bits_avx512bf16(x: &[f32], out: &mut [u16]) {
     use std::arch::x86_64::*;
     let n = x.len();
     assert!(out.len() >= n);
-    let lanes = |left: usize| -> __mmask16 {
-        if left >= 16 {
-            0xFFFF
-        } else {
-            ((1u32 << left) - 1) as __mmask16
-        }
-    };
     for i in (0..n).step_by(32) {
-        let (m0, m1) = (lanes(n - i), lanes((n - i).saturating_sub(16)));
+        let (m0, m1) = (super::mask16(n - i), super::mask16((n - i).saturating_sub(16)));
         let lo = _mm512_maskz_loadu_ps(m0, x.as_ptr().add(i));
         let hi = _mm512_maskz_loadu_ps(m1, x.as_ptr().wrapping_add(i + 16));
         let bits: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
@@ -508,17 +501,17 @@ fn run<U: TileUnit + Default>(
 unsafe fn amx_tile<U: TileUnit>(tiles: &mut Tiles<U>, t: &BTile) {
     let steps = 2 * t.kp / super::amx::TILE_BYTES;
     super::amx::block(tiles, Dot::Bf16, t.a, 2 * t.kp, t.b as *const u8, steps, t.rows, t.cols);
-    let acc = tiles.acc.as_ptr() as *const f32;
+    let acc = tiles.acc.as_mut_ptr() as *mut f32;
     match t.bits {
-        None => super::sgemm::finish_rows_from(acc, 32, t.rows, t.c, t.ldc, t.cols, t.bias, t.act),
+        None => super::sgemm::finish_rows_from(acc, t.rows, t.c, t.ldc, t.cols, t.bias, t.act),
         Some((dst, ld)) => {
-            // The same fp32 epilogue into a block of our own, then rounded as the next layer
-            // would round it.
-            let mut block = [0.0f32; 32 * 32];
-            super::sgemm::finish_rows_from(acc, 32, t.rows, block.as_mut_ptr(), 32, t.cols, t.bias, t.act);
+            // The same fp32 epilogue, in place in the accumulator block, then rounded as the
+            // next layer would round it.
+            super::sgemm::finish_rows_from(acc, t.rows, acc, 32, t.cols, t.bias, t.act);
             let round = round_row_bits_fastest();
-            for (r, row) in block.chunks_exact(32).take(t.rows).enumerate() {
-                round(&row[..t.cols], std::slice::from_raw_parts_mut(dst.add(r * ld), t.cols));
+            for r in 0..t.rows {
+                let row = std::slice::from_raw_parts(acc.add(32 * r), t.cols);
+                round(row, std::slice::from_raw_parts_mut(dst.add(r * ld), t.cols));
             }
         }
     }

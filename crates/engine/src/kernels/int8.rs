@@ -815,18 +815,19 @@ pub(crate) fn gemm_int8_on<U: TileUnit + Default>(
 unsafe fn amx_tile<U: TileUnit>(tiles: &mut Tiles<U>, t: &QTile) {
     let steps = t.kp / super::amx::TILE_BYTES;
     super::amx::block(tiles, Dot::Int8, t.a, t.kp, t.b as *const u8, steps, t.rows, t.cols);
-    epilogue_from(t, tiles.acc.as_ptr() as *const i32, 32);
+    epilogue_from(t, tiles.acc.as_ptr() as *const i32);
 }
 
-/// Finishes a tile whose i32 sums are in memory (row `r`'s at `acc + r·ld`): with the AVX-512
-/// VNNI kernel's epilogue where the CPU has AVX-512 (so the vectors are bit-identical to that
-/// kernel's), else the portable one (the same operations in the same order).
-unsafe fn epilogue_from(t: &QTile, acc: *const i32, ld: usize) {
+/// Finishes a tile whose i32 sums are a 32×32 block in memory (row `r`'s at `acc + 32·r`):
+/// with the AVX-512 VNNI kernel's epilogue where the CPU has AVX-512 (so the vectors are
+/// bit-identical to that kernel's), else the portable one (the same operations in the same
+/// order).
+unsafe fn epilogue_from(t: &QTile, acc: *const i32) {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx512() {
-        return avx512_epilogue_from(t, acc, ld);
+        return avx512_epilogue_from(t, acc);
     }
-    portable_epilogue(t, |r, j| *acc.add(r * ld + j));
+    portable_epilogue(t, |r, j| *acc.add(32 * r + j));
 }
 
 unsafe fn portable_tile(t: QTile) {
@@ -1048,14 +1049,7 @@ impl Avx512Columns {
     #[inline(always)]
     unsafe fn of(t: &QTile) -> Self {
         use std::arch::x86_64::*;
-        let lanes = |n: usize| {
-            if n >= 16 {
-                0xFFFF
-            } else {
-                ((1u32 << n) - 1) as __mmask16
-            }
-        };
-        let (m0, m1) = (lanes(t.cols), lanes(t.cols.saturating_sub(16)));
+        let (m0, m1) = (super::mask16(t.cols), super::mask16(t.cols.saturating_sub(16)));
         let zero = _mm512_setzero_ps();
         Self {
             masks: (m0, m1),
@@ -1117,11 +1111,11 @@ unsafe fn avx512_row(
 /// [`epilogue_from`] on AVX-512: each row's 32 sums loaded from memory.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-unsafe fn avx512_epilogue_from(t: &QTile, acc: *const i32, ld: usize) {
+unsafe fn avx512_epilogue_from(t: &QTile, acc: *const i32) {
     use std::arch::x86_64::*;
     let cols = Avx512Columns::of(t);
     for r in 0..t.rows {
-        let row = acc.add(r * ld);
+        let row = acc.add(32 * r);
         let lo = _mm512_loadu_si512(row as *const __m512i);
         let hi = _mm512_loadu_si512(row.add(16) as *const __m512i);
         avx512_row(t, &cols, r, lo, hi);

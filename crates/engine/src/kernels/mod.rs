@@ -14,7 +14,8 @@ pub mod sgemm;
 
 /// Environment variable that caps the instruction set the kernels use: `portable`, `avx2`,
 /// `avx512` (AVX-512F/BW/DQ/VL without VNNI or BF16), `avx512-vnni` (with VNNI and BF16 but
-/// not AMX's tiles) or `native` (everything the CPU has, AMX included; the default). Read once per process; lets tests and benchmarks run the narrower kernels on a
+/// not AMX's tiles) or `native` (everything the CPU has, AMX included; the default). Read
+/// once per process; lets tests and benchmarks run the narrower kernels on a
 /// wider CPU. An unknown value is reported on stderr and treated as `native`.
 pub const ISA_ENV: &str = "OPENEMBED_ISA";
 
@@ -240,6 +241,16 @@ pub fn buffer<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
         *buf = vec![T::default(); len + len / 2];
     }
     &mut buf[..len]
+}
+
+/// The AVX-512 mask of the first `n` of 16 lanes (all 16 from `n ≥ 16` on).
+#[inline(always)]
+pub(crate) fn mask16(n: usize) -> u16 {
+    if n >= 16 {
+        0xFFFF
+    } else {
+        ((1u32 << n) - 1) as u16
+    }
 }
 
 /// Plain integer element types that [`Aligned`] can hold (every bit pattern is a value).

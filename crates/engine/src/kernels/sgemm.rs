@@ -512,17 +512,16 @@ impl MicroKernel for Avx512 {
     }
 }
 
-/// Finishes `rows` rows of up to 32 fp32 sums held in memory (row `r` at `acc + r·ld`): bias,
-/// activation and the store of `cols` values to `c + r·ldc`, with the AVX-512 epilogue where
-/// the CPU has it. For kernels whose accumulators end in memory (AMX's tiles).
+/// Finishes `rows` rows of a 32×32 block of fp32 sums held in memory (row `r` at `acc + 32·r`):
+/// bias, activation and the store of `cols` values to `c + r·ldc`, with the AVX-512 epilogue
+/// where the CPU has it. For kernels whose accumulators end in memory (AMX's tiles). Each row
+/// is read before it is written, so `c` may be `acc` itself (with `ldc` 32).
 ///
 /// # Safety
-/// `acc` holds `rows` rows of 32 values `ld` apart; `c` has room for `rows` rows of `cols ≤ 32`
-/// values `ldc` apart; `bias`, when given, holds `cols` values.
-#[allow(clippy::too_many_arguments)]
+/// `acc` holds `rows` rows of 32 values; `c` has room for `rows` rows of `cols ≤ 32` values
+/// `ldc` apart; `bias`, when given, holds `cols` values.
 pub(crate) unsafe fn finish_rows_from(
     acc: *const f32,
-    ld: usize,
     rows: usize,
     c: *mut f32,
     ldc: usize,
@@ -532,21 +531,19 @@ pub(crate) unsafe fn finish_rows_from(
 ) {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx512() {
-        return finish_rows_from_avx512(acc, ld, rows, c, ldc, cols, bias, act);
+        return finish_rows_from_avx512(acc, rows, c, ldc, cols, bias, act);
     }
     for r in 0..rows {
         let mut tmp = [0.0f32; 32];
-        std::ptr::copy_nonoverlapping(acc.add(r * ld), tmp.as_mut_ptr(), 32);
+        std::ptr::copy_nonoverlapping(acc.add(32 * r), tmp.as_mut_ptr(), 32);
         finish_row::<false>(&mut tmp, c.add(r * ldc), cols, true, bias, act);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn finish_rows_from_avx512(
     acc: *const f32,
-    ld: usize,
     rows: usize,
     c: *mut f32,
     ldc: usize,
@@ -556,7 +553,7 @@ unsafe fn finish_rows_from_avx512(
 ) {
     use std::arch::x86_64::*;
     for r in 0..rows {
-        let row = acc.add(r * ld);
+        let row = acc.add(32 * r);
         finish_avx512(
             _mm512_loadu_ps(row),
             _mm512_loadu_ps(row.add(16)),
@@ -755,14 +752,7 @@ pub(crate) unsafe fn finish_avx512(
     act: Activation,
 ) {
     use std::arch::x86_64::*;
-    let lanes = |n: usize| {
-        if n >= 16 {
-            0xFFFF
-        } else {
-            ((1u32 << n) - 1) as __mmask16
-        }
-    };
-    let (m_lo, m_hi) = (lanes(cols), lanes(cols.saturating_sub(16)));
+    let (m_lo, m_hi) = (super::mask16(cols), super::mask16(cols.saturating_sub(16)));
     if overwrite {
         if let Some(bp) = bias {
             lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m_lo, bp));
