@@ -9,7 +9,7 @@ hub id) and embed texts with the same call shape as ``SentenceTransformer.encode
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union, overload
 
 import numpy as np
 
@@ -17,26 +17,39 @@ from ._openembed import Model as _NativeModel
 
 __all__ = ["Model"]
 
-# Texts handed to the engine per call when a progress bar is shown (the engine groups them by
-# length into token-budget batches).
-_PROGRESS_CHUNK = 1024
-
-
 class Model:
     """An embedding model on openembed's engine.
 
     ``path_or_hub_id`` is a local folder (sentence-transformers or plain Hugging Face layout) or
     a hub id, resolved like ``openembed serve --model`` (``HF_HUB_OFFLINE`` is respected).
     ``dtype`` is ``"float32"`` (exact), ``"bfloat16"`` or ``"int8"``; ``threads`` defaults to all
-    cores. The GIL is released while the engine runs; one model may be used from several threads.
+    cores. Inputs given as token ids are the model's own (``token_ids="native"``, what
+    :meth:`tokenize` returns) or tiktoken's (``"cl100k_base"``, ``"o200k_base"``, as OpenAI's API
+    reads them). The GIL is released while the engine runs; one model may be used from several
+    threads, and their calls share the engine's batches as server requests do.
     """
 
-    def __init__(self, path_or_hub_id: str, *, dtype: str = "float32", threads: Optional[int] = None) -> None:
-        self._model = _NativeModel(str(path_or_hub_id), dtype, threads)
+    def __init__(
+        self,
+        path_or_hub_id: str,
+        *,
+        dtype: str = "float32",
+        threads: Optional[int] = None,
+        token_ids: str = "native",
+    ) -> None:
+        self._model = _NativeModel(str(path_or_hub_id), dtype, threads, token_ids)
+
+    @overload
+    def encode(self, sentences: str, batch_size: int = ..., **options) -> np.ndarray: ...
+
+    @overload
+    def encode(
+        self, sentences: Sequence[Union[str, Sequence[int]]], batch_size: int = ..., **options
+    ) -> Union[np.ndarray, List[np.ndarray]]: ...
 
     def encode(
         self,
-        sentences: Union[str, Sequence[str]],
+        sentences: Union[str, Sequence[Union[str, Sequence[int]]]],
         batch_size: int = 32,
         *,
         show_progress_bar: Optional[bool] = None,
@@ -50,45 +63,35 @@ class Model:
         """Embeds ``sentences`` as ``SentenceTransformer.encode`` does.
 
         A ``str`` gives a 1-D array, a list a C-contiguous float32 ``(n, dim)`` array (or a list
-        of 1-D arrays with ``convert_to_numpy=False``). Inputs longer than the model limit are
-        cut at it. ``batch_size`` bounds the inputs per engine batch (inputs are grouped by
-        length). ``prompt`` (text) or ``prompt_name`` (one of :attr:`prompts`) goes in front of
-        every text; without either, the model's default prompt. ``normalize_embeddings`` L2-
-        normalizes (after ``truncate_dim``); ``None`` keeps what the model's pipeline does.
-        ``task`` picks a task adapter (jina-embeddings-v3).
+        of 1-D arrays with ``convert_to_numpy=False``). An input may also be a list of token ids
+        (see ``token_ids`` of :class:`Model`). Inputs longer than the model limit are cut at it.
+        ``prompt`` (text) or ``prompt_name`` (one of :attr:`prompts`) goes in front of every text;
+        without either, the model's default prompt. ``truncate_dim`` cuts the vectors;
+        ``normalize_embeddings`` L2-normalizes them (after the cut); ``None`` keeps what the
+        model's pipeline does. ``task`` picks a task adapter (jina-embeddings-v3). Inputs run in
+        the engine's token-budget batches (the same queue as the server's); ``batch_size`` is
+        accepted for compatibility and must be at least 1.
         """
         single = isinstance(sentences, str)
-        texts = [sentences] if single else list(sentences)
-        if not all(isinstance(t, str) for t in texts):
-            raise ValueError("sentences must be a str or a sequence of str")
+        inputs = [sentences] if single else list(sentences)
+        if not all(isinstance(t, str) or (isinstance(t, (list, tuple)) and all(isinstance(i, int) for i in t))
+                   for t in inputs):
+            raise ValueError("sentences must be a str or a sequence of str (or of token-id lists)")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        if prompt is None:
-            name = prompt_name if prompt_name is not None else self._model.default_prompt_name
-            if name is not None:
-                prompts = self._model.prompts
-                if name not in prompts:
-                    raise ValueError(f"prompt_name {name!r} is not one of this model's prompts: {sorted(prompts)}")
-                prompt = prompts[name]
-        if truncate_dim is not None and not 1 <= truncate_dim <= self.dimension:
-            raise ValueError(f"truncate_dim must be between 1 and {self.dimension}")
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        bar = _progress(show_progress_bar, len(texts))
-        for start in range(0, len(texts), _PROGRESS_CHUNK if bar else max(len(texts), 1)):
-            chunk = texts[start : start + (_PROGRESS_CHUNK if bar else len(texts))]
-            if not chunk:
-                break
-            raw, rows, dim = self._model.encode_raw(chunk, batch_size, prompt, task)
-            out[start : start + rows] = np.frombuffer(raw, dtype="<f4").reshape(rows, dim)
-            if bar:
-                bar.update(rows)
+        bar = _progress(show_progress_bar, len(inputs))
+        raw, rows, dim = self._model.encode_raw(
+            [t if isinstance(t, str) else list(t) for t in inputs],
+            prompt=prompt,
+            prompt_name=prompt_name,
+            task=task,
+            dimensions=truncate_dim,
+            normalize=bool(normalize_embeddings),
+            progress=bar.update if bar else None,
+        )
         if bar:
             bar.close()
-        if truncate_dim is not None:
-            out = np.ascontiguousarray(out[:, :truncate_dim])
-        if normalize_embeddings:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            np.divide(out, norms, out=out, where=norms > 0)
+        out = np.frombuffer(raw, dtype="<f4").reshape(rows, dim).copy()
         if single:
             return out[0]
         return out if convert_to_numpy else list(out)

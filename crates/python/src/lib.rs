@@ -1,17 +1,21 @@
-//! `openembed._openembed`: the Python binding of the engine, kept thin — loading (with the
-//! server's folder / hub-id resolution), tokenization and packed batches are the engine's own.
-//! The pure-Python package `openembed` (python/openembed) wraps it with numpy, tqdm and
+//! `openembed._openembed`: the Python binding, kept thin — it translates `encode`'s arguments
+//! into a request of openembed's pipeline (the same plan, tokenization, batch queue and result
+//! shaping as the server and the command line) and its errors into Python exceptions. The
+//! pure-Python package `openembed` (python/openembed) wraps it with numpy, tqdm and
 //! sentence-transformers' `encode` signature.
 
-use openembed_engine::{budget_batches, DType, Error, LoadOptions, Truncation};
+use openembed_engine::{DType, Error, LoadOptions, Truncation};
+use openembed_pipeline::{
+    Defaults, EmbedRequest, ErrorKind, Input, ModelSpec, RequestError, SchedulerConfig, ServedModel, TokenIds,
+};
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Tokens per engine batch when grouping inputs by length.
-const BATCH_TOKENS: usize = 8192;
+/// Inputs handed back at a time (the progress callback's step).
+const CHUNK: usize = 1024;
 
 /// The engine's error as the Python exception a user expects.
 fn py_error(e: Error) -> PyErr {
@@ -27,83 +31,136 @@ fn py_error(e: Error) -> PyErr {
     }
 }
 
-/// A loaded embedding model (see `openembed.Model`).
+/// A pipeline error as the Python exception a user expects: `ValueError` for a wrong request,
+/// `RuntimeError` for a failure.
+fn request_error(e: RequestError) -> PyErr {
+    match e.kind {
+        ErrorKind::Invalid | ErrorKind::ModelNotFound => PyValueError::new_err(e.message),
+        ErrorKind::QueueFull | ErrorKind::Unavailable | ErrorKind::Internal => PyRuntimeError::new_err(e.message),
+    }
+}
+
+/// Why `encode` stopped: the pipeline refused, or the progress callback raised.
+enum Stop {
+    Request(RequestError),
+    Python(PyErr),
+}
+
+impl From<RequestError> for Stop {
+    fn from(e: RequestError) -> Self {
+        Self::Request(e)
+    }
+}
+
+/// One input: a text or token ids.
+#[derive(FromPyObject)]
+enum PyInput {
+    Text(String),
+    Tokens(Vec<i64>),
+}
+
+/// A loaded embedding model (see `openembed.Model`), with its batch queue.
 #[pyclass(frozen, module = "openembed._openembed")]
 struct Model {
+    served: Arc<ServedModel>,
     inner: Arc<openembed_engine::Model>,
 }
 
 #[pymethods]
 impl Model {
-    /// Loads a model folder or Hugging Face hub id (`HF_HUB_OFFLINE` respected).
+    /// Loads a model folder or Hugging Face hub id (`HF_HUB_OFFLINE` respected); integer inputs
+    /// are read as `token_ids` (`native`: the model's own, `cl100k_base` / `o200k_base`: tiktoken's).
     #[new]
-    #[pyo3(signature = (path, dtype = "float32", threads = None))]
-    fn new(py: Python<'_>, path: &str, dtype: &str, threads: Option<usize>) -> PyResult<Self> {
+    #[pyo3(signature = (path, dtype = "float32", threads = None, token_ids = "native"))]
+    fn new(py: Python<'_>, path: &str, dtype: &str, threads: Option<usize>, token_ids: &str) -> PyResult<Self> {
         let dtype: DType = dtype.parse().map_err(|e: String| PyValueError::new_err(e))?;
+        let token_ids: TokenIds = token_ids.parse().map_err(|e: String| PyValueError::new_err(e))?;
         if threads == Some(0) {
             return Err(PyValueError::new_err("threads must be at least 1"));
         }
         let path = path.to_owned();
-        let model = py.detach(move || {
+        let served = py.detach(move || {
             let local = std::path::Path::new(&path);
             let looks_local = local.is_absolute() || path.starts_with('.') || local.exists();
-            let dir = if looks_local && !local.is_dir() {
+            if looks_local && !local.is_dir() {
                 return Err(PyFileNotFoundError::new_err(format!("model folder not found: {path}")));
-            } else {
-                openembed_server::hub::resolve(&path).map_err(PyOSError::new_err)?
-            };
+            }
+            let dir = openembed_pipeline::hub::resolve(&path).map_err(PyOSError::new_err)?;
             let options = LoadOptions {
                 threads,
                 dtype,
                 ..LoadOptions::default()
             };
-            openembed_engine::Model::load(&dir, &options).map_err(py_error)
+            let model = openembed_engine::Model::load(&dir, &options).map_err(py_error)?;
+            let spec = ModelSpec {
+                token_ids,
+                dtype,
+                ..ModelSpec::named(&dir, &path)
+            };
+            ServedModel::start(&spec, &dir, model, SchedulerConfig::offline()).map_err(PyOSError::new_err)
         })?;
-        Ok(Self { inner: Arc::new(model) })
+        let served = Arc::new(served);
+        Ok(Self {
+            inner: Arc::clone(&served.model),
+            served,
+        })
     }
 
-    /// Embeds texts (each with `prompt` in front, over-long ones cut at the model limit) in
-    /// length-grouped batches of at most `batch_size` inputs. Returns (float32 bytes, rows, dim).
-    #[pyo3(signature = (texts, batch_size = 32, prompt = None, task = None))]
+    /// Embeds inputs (texts or token-id lists) as one request of the pipeline: `prompt` (text)
+    /// or `prompt_name` in front of every text (default: the model's default prompt), `task`'s
+    /// adapter, over-long inputs cut at the model limit, vectors cut to `dimensions` and
+    /// L2-normalized when `normalize`. `progress(n)` is called as each `n` inputs finish.
+    /// Returns (float32 bytes, rows, dim).
+    #[pyo3(signature = (inputs, prompt = None, prompt_name = None, task = None, dimensions = None, normalize = false, progress = None))]
+    #[allow(clippy::too_many_arguments)]
     fn encode_raw<'py>(
         &self,
         py: Python<'py>,
-        texts: Vec<String>,
-        batch_size: usize,
+        inputs: Vec<PyInput>,
         prompt: Option<String>,
+        prompt_name: Option<String>,
         task: Option<String>,
+        dimensions: Option<usize>,
+        normalize: bool,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<(Bound<'py, PyBytes>, usize, usize)> {
-        if batch_size == 0 {
-            return Err(PyValueError::new_err("batch_size must be at least 1"));
-        }
-        let model = Arc::clone(&self.inner);
-        let (bytes, rows, dim) = py
-            .detach(move || -> Result<(Vec<u8>, usize, usize), Error> {
-                let info = model.info();
-                let task = task.as_deref().map(|t| model.task_index(t)).transpose()?;
-                let prefix = info.prefix(task, prompt.as_deref());
-                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                let toks = model.tokenize(&refs, prefix.as_deref(), Truncation::End)?;
-                let mut order: Vec<usize> = (0..toks.len()).collect();
-                order.sort_by_key(|&i| toks[i].tokens());
-                let lengths: Vec<usize> = order.iter().map(|&i| toks[i].tokens()).collect();
-                let dim = info.dimension;
-                let mut out = vec![0f32; toks.len() * dim];
-                for range in budget_batches(&lengths, BATCH_TOKENS) {
-                    for chunk in order[range].chunks(batch_size) {
-                        let ids: Vec<&[u32]> = chunk.iter().map(|&i| toks[i].ids.as_slice()).collect();
-                        let tasks = task.map(|t| vec![Some(t); ids.len()]);
-                        let vectors = model.embed_ids_with_tasks(&ids, tasks.as_deref())?;
-                        for (&i, v) in chunk.iter().zip(vectors) {
-                            out[i * dim..(i + 1) * dim].copy_from_slice(&v);
-                        }
-                    }
-                }
-                let bytes = out.iter().flat_map(|v| v.to_le_bytes()).collect();
-                Ok((bytes, toks.len(), dim))
+        let served = Arc::clone(&self.served);
+        let inputs: Vec<Input> = inputs
+            .into_iter()
+            .map(|i| match i {
+                PyInput::Text(t) => Input::Text(t),
+                PyInput::Tokens(ids) => Input::Tokens(ids),
             })
-            .map_err(py_error)?;
-        Ok((PyBytes::new(py, &bytes), rows, dim))
+            .collect();
+        let request = EmbedRequest {
+            model: served.name.clone(),
+            prompt_name,
+            prompt,
+            task,
+            truncate: Some(true),
+            dimensions,
+            normalize: Some(normalize),
+        };
+        let result = py.detach(move || -> Result<(Vec<u8>, usize, usize), Stop> {
+            let plan = served.plan(&request, &Defaults::default())?;
+            let dim = plan.output_dimension(served.model.info().dimension);
+            let mut bytes = Vec::with_capacity(inputs.len() * dim * 4);
+            served.embed_chunked(&plan, &inputs, CHUNK, |_, vectors, _| -> Result<(), Stop> {
+                for v in &vectors {
+                    bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+                }
+                if let Some(callback) = &progress {
+                    Python::attach(|py| callback.call1(py, (vectors.len(),)).map(drop)).map_err(Stop::Python)?;
+                }
+                Ok(())
+            })?;
+            Ok((bytes, inputs.len(), dim))
+        });
+        match result {
+            Ok((bytes, rows, dim)) => Ok((PyBytes::new(py, &bytes), rows, dim)),
+            Err(Stop::Request(e)) => Err(request_error(e)),
+            Err(Stop::Python(e)) => Err(e),
+        }
     }
 
     /// Token ids of each text (special tokens included, `prompt` in front, cut at the limit).

@@ -18,25 +18,7 @@ use utoipa::ToSchema;
 /// Most inputs in one request.
 pub const MAX_INPUTS: usize = 2048;
 
-/// One input as the client sent it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Input {
-    /// Text.
-    Text(String),
-    /// Token ids.
-    Tokens(Vec<i64>),
-}
-
-impl Input {
-    /// Bytes this input holds in memory (for the in-flight budget).
-    pub fn heap_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + match self {
-                Input::Text(t) => t.len(),
-                Input::Tokens(ids) => ids.len() * std::mem::size_of::<i64>(),
-            }
-    }
-}
+pub use openembed_pipeline::Input;
 
 /// The inputs of a request, in order: the wire field `input`, which is one text, up to 2,048
 /// texts, one input as token ids, or up to 2,048 inputs as token ids.
@@ -109,6 +91,19 @@ impl EmbeddingsRequest {
     /// Bytes the decoded inputs hold in memory.
     pub fn heap_bytes(&self) -> usize {
         self.input.0.iter().map(Input::heap_bytes).sum()
+    }
+
+    /// The pipeline request this body states (its inputs apart: see [`Self::inputs`]).
+    pub fn to_request(&self) -> openembed_pipeline::EmbedRequest {
+        openembed_pipeline::EmbedRequest {
+            model: self.model.clone(),
+            prompt_name: self.prompt_name.clone(),
+            prompt: None,
+            task: self.task.clone(),
+            truncate: self.truncate,
+            dimensions: self.dimensions,
+            normalize: None,
+        }
     }
 }
 
@@ -708,6 +703,30 @@ pub struct EmbeddingsResponse {
     pub model: String,
     /// Token counts.
     pub usage: Usage,
+}
+
+impl EmbeddingsResponse {
+    /// The body for `vectors` (in input order), as the client addressed `model`.
+    pub fn new(model: &str, vectors: Vec<Vec<f32>>, tokens: usize, encoding: EncodingFormat) -> Self {
+        let data = vectors
+            .into_iter()
+            .enumerate()
+            .map(|(index, v)| EmbeddingObject {
+                object: "embedding",
+                index,
+                embedding: encode(v, encoding),
+            })
+            .collect();
+        Self {
+            object: "list",
+            data,
+            model: model.to_string(),
+            usage: Usage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+            },
+        }
+    }
 }
 
 /// The error body: `{"error": {...}}`.

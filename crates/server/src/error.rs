@@ -2,6 +2,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use openembed_pipeline::{ErrorKind, RequestError};
 use serde::Serialize;
 
 /// The serialized error, fields in OpenAI's order.
@@ -63,42 +64,6 @@ impl ApiError {
         }
     }
 
-    /// 404 for an unknown model: OpenAI's sentence, then the names this server answers to.
-    pub fn model_not_found<'a>(model: &str, served: impl IntoIterator<Item = &'a str>) -> Self {
-        let served: Vec<&str> = served.into_iter().collect();
-        let listed = if served.is_empty() {
-            "No model is served.".to_string()
-        } else {
-            format!(
-                "Served here: {} (more names can be given with --alias NAME=MODEL).",
-                served.join(", ")
-            )
-        };
-        Self {
-            status: StatusCode::NOT_FOUND,
-            code: Some("model_not_found"),
-            param: Some("model".into()),
-            ..Self::invalid(
-                format!("The model '{model}' does not exist or you do not have access to it. {listed}"),
-                None,
-            )
-        }
-    }
-
-    /// 429: the model's queue is full.
-    pub fn queue_full(retry_after: u64) -> Self {
-        Self {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            kind: "requests",
-            code: Some("rate_limit_exceeded"),
-            retry_after: Some(retry_after.max(1)),
-            ..Self::invalid(
-                "The server is at capacity: too many tokens are queued. Please retry after a short wait.",
-                None,
-            )
-        }
-    }
-
     /// 429: the server's in-flight memory budget is full.
     pub fn busy(message: impl Into<String>) -> Self {
         Self {
@@ -133,6 +98,28 @@ impl ApiError {
     pub fn code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self
+    }
+}
+
+/// A pipeline failure as OpenAI reports it: 400 `invalid_request_error`, 404
+/// `model_not_found`, 429 `requests`, 503 or 500 `server_error`.
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        let (status, kind) = match e.kind {
+            ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+            ErrorKind::ModelNotFound => (StatusCode::NOT_FOUND, "invalid_request_error"),
+            ErrorKind::QueueFull => (StatusCode::TOO_MANY_REQUESTS, "requests"),
+            ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "server_error"),
+            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        };
+        Self {
+            status,
+            message: e.message,
+            kind,
+            param: e.param,
+            code: e.code,
+            retry_after: e.retry_after,
+        }
     }
 }
 

@@ -1,34 +1,27 @@
-//! openembed's HTTP layer: an OpenAI-compatible embeddings API over the engine, with one
-//! dynamic batcher per model.
+//! openembed's HTTP layer: the OpenAI-compatible routes (and Cohere's / TEI's rerank) over the
+//! request pipeline (`openembed-pipeline`), which owns what a request means. This crate owns
+//! only HTTP: decoding bodies into pipeline requests ([`api`], [`rerank`]), the error body and
+//! status of each failure ([`error`]), API keys, the in-flight memory budget, connection limits,
+//! metrics exposition, the OpenAPI document, and draining on shutdown.
 //!
-//! Flow of `POST /v1/embeddings`: [`api`] decodes and validates the body → [`prepare`]
-//! tokenizes on a blocking thread and applies limits → [`scheduler`] queues the token ids and
-//! its engine worker runs them in batches → the handler in [`routes`] answers in input order.
+//! Flow of `POST /v1/embeddings`: [`api`] decodes and validates the body → the pipeline plans
+//! it, tokenizes it on a blocking thread and applies its limits → the model's scheduler runs its
+//! token ids in batches → the handler in [`routes`] answers in input order.
 
 pub mod api;
 pub mod auth;
 pub mod budget;
 pub mod error;
-pub mod fault;
-pub mod hub;
 pub mod listener;
 pub mod metrics;
 pub mod openapi;
-pub mod prepare;
-pub mod registry;
 pub mod rerank;
 pub mod routes;
-pub mod scheduler;
-pub mod service;
 pub mod state;
-pub mod token_ids;
 
 use crate::auth::ApiKeys;
 use crate::error::ApiError;
-use crate::prepare::Limits;
-use crate::registry::{Alias, ModelSpec, Registry};
-use crate::scheduler::SchedulerConfig;
-use crate::state::AppState;
+use crate::state::{AppState, Limits};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -36,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, MethodRouter};
 use axum::Router;
 use openembed_engine::LoadOptions;
+use openembed_pipeline::{Alias, Defaults, ModelSpec, Registry, SchedulerConfig};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,7 +55,7 @@ pub struct ServerConfig {
     /// Request limits.
     pub limits: Limits,
     /// Truncation, default prompt and long-input defaults for requests.
-    pub defaults: service::Defaults,
+    pub defaults: Defaults,
     /// How long shutdown waits for admitted requests.
     pub drain_timeout: Duration,
     /// Origins allowed by CORS (empty = CORS off; `*` = any).

@@ -4,6 +4,7 @@
 //! process (the first server started installs it). Without a recorder the calls are no-ops.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+pub use openembed_pipeline::metrics::*;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -11,36 +12,10 @@ use std::time::Duration;
 pub const REQUESTS: &str = "openembed_requests_total";
 /// Request latency by route, in seconds.
 pub const REQUEST_SECONDS: &str = "openembed_request_duration_seconds";
-/// Queued requests per model.
-pub const QUEUE_REQUESTS: &str = "openembed_queue_requests";
-/// Queued tokens per model.
-pub const QUEUE_TOKENS: &str = "openembed_queue_tokens";
-/// Inputs per engine batch.
-pub const BATCH_INPUTS: &str = "openembed_batch_inputs";
-/// Tokens per engine batch.
-pub const BATCH_TOKENS: &str = "openembed_batch_tokens";
-/// Distinct requests per engine batch (more than one = dynamic batching at work).
-pub const BATCH_REQUESTS: &str = "openembed_batch_requests";
-/// Engine time per batch, in seconds.
-pub const INFERENCE_SECONDS: &str = "openembed_inference_duration_seconds";
-/// Tokens embedded.
-pub const TOKENS: &str = "openembed_tokens_embedded_total";
-/// Inputs embedded.
-pub const INPUTS: &str = "openembed_inputs_embedded_total";
-/// Engine batches that panicked.
-pub const ENGINE_PANICS: &str = "openembed_engine_panics_total";
-/// Failed batches of several requests that were run again one request at a time.
-pub const BATCH_RETRIES: &str = "openembed_batch_retries_total";
-/// Counter: batches of new short requests run between the layers of a longer batch.
-pub const BATCHES_BETWEEN_LAYERS: &str = "openembed_batches_between_layers_total";
-/// Time a request waited in its model's queue before its first batch started, in seconds.
-pub const QUEUE_SECONDS: &str = "openembed_queue_duration_seconds";
 /// Requests refused because the server's in-flight memory budget was full.
 pub const BUDGET_REFUSALS: &str = "openembed_budget_refusals_total";
 /// Bytes of request bodies and decoded inputs held by admitted requests.
 pub const BUDGET_BYTES: &str = "openembed_inflight_bytes";
-/// One series per served model, value 1, labelled with its dtype, architecture and kernels.
-pub const MODEL_INFO: &str = "openembed_model_info";
 
 const SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
@@ -146,54 +121,6 @@ pub fn request(route: &str, method: &str, status: u16, elapsed: Duration) {
     ];
     metrics::counter!(REQUESTS, &labels).increment(1);
     metrics::histogram!(REQUEST_SECONDS, "route" => route.to_string()).record(elapsed.as_secs_f64());
-}
-
-/// Publishes what a served model runs as ([`MODEL_INFO`]).
-pub fn model_info(model: &str, dtype: &str, architecture: &str) {
-    let labels = [
-        ("model", model.to_string()),
-        ("dtype", dtype.to_string()),
-        ("architecture", architecture.to_string()),
-        ("kernels", openembed_engine::kernels::isa_name()),
-    ];
-    metrics::gauge!(MODEL_INFO, &labels).set(1.0);
-}
-
-/// Publishes a model's queue depth.
-pub fn queue_depth(model: &str, requests: usize, tokens: usize) {
-    metrics::gauge!(QUEUE_REQUESTS, "model" => model.to_string()).set(requests as f64);
-    metrics::gauge!(QUEUE_TOKENS, "model" => model.to_string()).set(tokens as f64);
-}
-
-/// Records one engine batch.
-pub fn batch(model: &str, inputs: usize, tokens: usize, requests: usize, elapsed: Duration) {
-    let m = || model.to_string();
-    metrics::histogram!(BATCH_INPUTS, "model" => m()).record(inputs as f64);
-    metrics::histogram!(BATCH_TOKENS, "model" => m()).record(tokens as f64);
-    metrics::histogram!(BATCH_REQUESTS, "model" => m()).record(requests as f64);
-    metrics::histogram!(INFERENCE_SECONDS, "model" => m()).record(elapsed.as_secs_f64());
-    metrics::counter!(TOKENS, "model" => m()).increment(tokens as u64);
-    metrics::counter!(INPUTS, "model" => m()).increment(inputs as u64);
-}
-
-/// Counts an engine panic.
-pub fn engine_panic(model: &str) {
-    metrics::counter!(ENGINE_PANICS, "model" => model.to_string()).increment(1);
-}
-
-/// Counts a failed multi-request batch that was run again request by request.
-pub fn batch_retry(model: &str) {
-    metrics::counter!(BATCH_RETRIES, "model" => model.to_string()).increment(1);
-}
-
-/// Counts a batch of new short requests run between the layers of a longer one.
-pub fn batch_between_layers(model: &str) {
-    metrics::counter!(BATCHES_BETWEEN_LAYERS, "model" => model.to_string()).increment(1);
-}
-
-/// Records how long a request waited before its first batch started.
-pub fn queue_time(model: &str, waited: Duration) {
-    metrics::histogram!(QUEUE_SECONDS, "model" => model.to_string()).record(waited.as_secs_f64());
 }
 
 /// Publishes the bytes held under the in-flight budget.

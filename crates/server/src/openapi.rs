@@ -4,8 +4,8 @@ use crate::api::{
     EmbeddingObject, EmbeddingValue, EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, ErrorBody, ErrorDetail,
     Inputs, ModelList, ModelObject, Usage,
 };
-use crate::registry::Registry;
 use crate::routes;
+use openembed_pipeline::Registry;
 use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -73,7 +73,7 @@ struct ApiDoc;
 /// dimension, `prompt_name` and `task` list what every embedding model has.
 pub fn document(registry: &Registry) -> Result<String, String> {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).map_err(|e| e.to_string())?;
-    let is_reranker = |m: &crate::registry::ServedModel| m.model.info().rerank.is_some();
+    let is_reranker = |m: &openembed_pipeline::ServedModel| m.model.info().rerank.is_some();
     let names: Vec<&str> = registry
         .names()
         .filter(|(_, m)| !is_reranker(m))
@@ -84,7 +84,7 @@ pub fn document(registry: &Registry) -> Result<String, String> {
         .filter(|(_, m)| is_reranker(m))
         .map(|(name, _)| name)
         .collect();
-    let embedders: Vec<&std::sync::Arc<crate::registry::ServedModel>> =
+    let embedders: Vec<&std::sync::Arc<openembed_pipeline::ServedModel>> =
         registry.models().iter().filter(|m| !is_reranker(m)).collect();
     let infos: Vec<&openembed_engine::ModelInfo> = embedders.iter().map(|m| m.model.info()).collect();
     let max_id = embedders

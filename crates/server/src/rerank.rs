@@ -224,7 +224,7 @@ impl RerankJob {
         }
         let total: usize = toks.iter().map(|t| t.tokens()).sum();
         if total > max_tokens {
-            return Err(crate::prepare::too_many_tokens(total, max_tokens, "documents"));
+            return Err(openembed_pipeline::prepare::too_many_tokens(total, max_tokens, "documents").into());
         }
         Ok((toks.into_iter().map(|t| t.ids).collect(), total))
     }

@@ -3,12 +3,10 @@
 use crate::api::{decode_json, is_json, unsupported_media_type, EmbeddingsResponse, ErrorBody, ModelList, ModelObject};
 use crate::budget::Reservation;
 use crate::error::ApiError;
-use crate::prepare::prepare;
 use crate::rerank::{
     rank, RerankJob, RerankRequest, RerankResponse, RerankResult, RerankUsage, ResultDocument, TeiRerankRequest,
     TeiRerankResult,
 };
-use crate::service::{plan, respond};
 use crate::state::{AppState, InFlight};
 use crate::RequestId;
 use axum::body::Body;
@@ -41,7 +39,7 @@ fn response_bytes(n: usize, dim: usize) -> usize {
 async fn read_body(
     body: Body,
     headers: &HeaderMap,
-    limits: &crate::prepare::Limits,
+    limits: &crate::state::Limits,
     reservation: &mut Reservation,
 ) -> Result<Vec<u8>, ApiError> {
     let too_large = || {
@@ -114,7 +112,7 @@ async fn json_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
 
 /// The served reranker a rerank request names (or the only one): 404 for an unknown name,
 /// 400 for an embedding model.
-fn reranker(state: &AppState, model: Option<&str>) -> Result<(String, Arc<crate::registry::ServedModel>), ApiError> {
+fn reranker(state: &AppState, model: Option<&str>) -> Result<(String, Arc<openembed_pipeline::ServedModel>), ApiError> {
     let name = match model {
         Some(name) => name.to_string(),
         None => {
@@ -157,7 +155,7 @@ fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiErro
 /// Tokenizes a rerank job, runs its pairs through the model's scheduler and ranks them.
 async fn run_rerank(
     state: &AppState,
-    served: &Arc<crate::registry::ServedModel>,
+    served: &Arc<openembed_pipeline::ServedModel>,
     job: RerankJob,
     raw: bool,
     reservation: &mut Reservation,
@@ -332,40 +330,25 @@ pub async fn embeddings(
     let request = blocking("Decoding", move || decode_json(&body)).await?;
     reservation.resize(request.heap_bytes())?;
     let served = state.registry.find(&request.model)?.clone();
-    let plan = plan(
-        &request,
-        served.model.info(),
-        &state.defaults,
-        served.default_task.as_deref(),
-    )?;
+    let plan = served.plan(&request.to_request(), &state.defaults)?;
     served.scheduler.check_room()?;
-    let model = Arc::clone(&served.model);
-    let limits = state.limits;
-    let model_name = request.model;
+    let max_tokens = state.limits.max_request_tokens;
+    let (encoding, model_name) = (request.encoding_format, request.model);
     let inputs = request.input.0;
-    let (prompt, truncation, token_ids, windows) =
-        (plan.prompt.clone(), plan.truncation, served.token_ids, plan.windows);
-    let prepared = blocking("Tokenization", move || {
-        prepare(
-            &model,
-            &inputs,
-            token_ids,
-            prompt.as_deref(),
-            truncation,
-            windows,
-            &limits,
-        )
+    let for_tokenizer = Arc::clone(&served);
+    let (prepared, plan) = blocking("Tokenization", move || {
+        let prepared = for_tokenizer.prepare(&inputs, &plan, max_tokens)?;
+        Ok((prepared, plan))
     })
     .await?;
     let tokens = prepared.tokens;
     let n_inputs = prepared.layout.inputs();
     reservation.resize(prepared.tokens * 4 + response_bytes(n_inputs, served.model.info().dimension))?;
-    let layout = prepared.layout;
-    let output = served.scheduler.submit(prepared.ids, plan.task)?.wait().await?;
-    let (queue_time, inference_time) = (output.queue_time, output.inference_time);
+    let done = served.enqueue(prepared, plan)?.wait().await?;
+    let (queue_time, inference_time) = (done.queue_time, done.inference_time);
     let name = model_name.clone();
     let body = blocking("Building the response", move || {
-        let response = respond(&name, layout.combine(output.vectors), tokens, &plan)?;
+        let response = EmbeddingsResponse::new(&name, done.vectors, tokens, encoding);
         serde_json::to_vec(&response).map_err(|e| ApiError::internal(e.to_string()))
     })
     .await?;
@@ -386,7 +369,7 @@ pub async fn embeddings(
         .into_response())
 }
 
-fn model_object(id: &str, served: &crate::registry::ServedModel) -> ModelObject {
+fn model_object(id: &str, served: &openembed_pipeline::ServedModel) -> ModelObject {
     let info = served.model.info();
     ModelObject {
         id: id.to_string(),

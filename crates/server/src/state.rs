@@ -3,12 +3,27 @@
 use crate::auth::ApiKeys;
 use crate::budget::MemoryBudget;
 use crate::error::ApiError;
-use crate::prepare::Limits;
-use crate::registry::Registry;
-use crate::service::Defaults;
+use openembed_pipeline::{Defaults, Registry};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
+
+/// How a client of the server turns truncation on (ends the over-limit message).
+pub const TRUNCATE_HINT: &str =
+    "To cut over-long inputs at the limit instead, send \"truncate\": true (or start openembed with --auto-truncate).";
+
+/// Request limits (server flags).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most tokens in one request, summed after truncation.
+    pub max_request_tokens: usize,
+    /// Most bytes in a request body.
+    pub max_body_bytes: usize,
+    /// Time a client has to send the whole body.
+    pub body_timeout: std::time::Duration,
+    /// Most bytes all admitted requests may hold at once (bodies, decoded inputs, responses).
+    pub max_inflight_bytes: usize,
+}
 
 /// What every handler sees.
 pub struct AppState {
@@ -28,12 +43,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// New state, accepting work.
+    /// New state, accepting work. Over-limit errors end with the server's [`TRUNCATE_HINT`].
     pub fn new(registry: Registry, limits: Limits, defaults: Defaults, keys: ApiKeys) -> Self {
         Self {
             registry,
             limits,
-            defaults,
+            defaults: Defaults {
+                truncate_hint: TRUNCATE_HINT,
+                ..defaults
+            },
             keys,
             budget: MemoryBudget::new(limits.max_inflight_bytes),
             draining: AtomicBool::new(false),

@@ -2,34 +2,30 @@
 //!
 //! Input lines are `{"custom_id", "method": "POST", "url": "/v1/embeddings", "body": {…}}`;
 //! output lines are OpenAI's batch output `{"id", "custom_id", "response": {"status_code",
-//! "request_id", "body"}, "error"}`. Each body goes through the server's own validation and
-//! tokenization, so a line gets exactly the answer the server would give. Requests are read in
-//! chunks and all their inputs run in large token-budget batches. A bad line becomes an error
-//! line and the run goes on; so does a line the engine fails on (its batch is run again line by
-//! line, so the other lines still get their vectors). Re-running with the same output skips `custom_id`s already there.
+//! "request_id", "body"}, "error"}`. Each body goes through the server's own decoder and the
+//! request pipeline (plan, tokenization, the model's scheduler), so a line gets exactly the
+//! answer the server would give. Lines are queued as they are read, a chunk ahead of the one
+//! being written, and their inputs share large token-budget batches. A bad line becomes an error
+//! line and the run goes on; so does a line the engine fails on (the scheduler runs a failed
+//! batch again request by request, so the other lines still get their vectors). Re-running with
+//! the same output skips `custom_id`s already there.
 
-use crate::embed::load_model;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use openembed_engine::budget_batches;
-use openembed_engine::{DType, Model, Truncation};
-use openembed_server::api::decode_json;
+use openembed_engine::{DType, LoadOptions, Truncation};
+use openembed_pipeline::{Alias, Defaults, ModelSpec, Registry, SchedulerConfig, Submitted, TokenIds};
+use openembed_server::api::{decode_json, EmbeddingsResponse, EncodingFormat};
 use openembed_server::error::ApiError;
-use openembed_server::prepare::{prepare, Limits, WindowLayout};
-use openembed_server::registry::{Alias, ModelSpec};
-use openembed_server::service::{plan, respond, Defaults, Plan};
-use openembed_server::token_ids::TokenIds;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Options of `openembed batch`.
 #[derive(clap::Args)]
-pub struct BatchArgs {
+pub struct BatchFileArgs {
     /// OpenAI Batch API input file (JSON lines).
     #[arg(long, short = 'i')]
     input: PathBuf,
@@ -71,23 +67,22 @@ pub struct BatchArgs {
 /// Prefix of the keys that name lines without a `custom_id` in the set of done lines.
 const LINE_KEY: &str = "\0line:";
 
-/// Requests read before their inputs are embedded together.
+/// Requests written at a time (one more chunk is queued meanwhile).
 const CHUNK_REQUESTS: usize = 256;
-/// Tokens read before their inputs are embedded together.
+/// Tokens written at a time.
 const CHUNK_TOKENS: usize = 65_536;
 
 /// One input line, once read.
 enum Line {
     /// Answered without the engine (bad line, invalid request).
     Done(Answer),
-    /// Waiting for vectors.
+    /// Queued on the model's scheduler.
     Pending {
         custom_id: String,
         model: String,
-        plan: Plan,
-        ids: Vec<Vec<u32>>,
-        tokens: usize,
-        layout: WindowLayout,
+        encoding: EncodingFormat,
+        submitted: Box<Submitted>,
+        inputs: usize,
     },
 }
 
@@ -135,17 +130,14 @@ fn response_line(custom_id: &str, status: u16, body: impl serde::Serialize) -> R
 /// A finished output line and whether it succeeded.
 type Answer = (String, bool);
 
-struct Runner<'a> {
-    model: &'a Model,
-    token_ids: TokenIds,
-    names: HashSet<String>,
+struct Runner {
+    registry: Registry,
     defaults: Defaults,
-    default_task: Option<String>,
-    limits: Limits,
+    max_request_tokens: usize,
     seen: HashSet<String>,
 }
 
-impl Runner<'_> {
+impl Runner {
     /// Reads one input line; `None` when it is blank or already done.
     fn read(&mut self, number: usize, text: &str) -> Option<Line> {
         if text.trim().is_empty() {
@@ -172,22 +164,15 @@ impl Runner<'_> {
             )));
         }
         let body = line.body.map_or("null", RawValue::get);
-        Some(match self.prepare(body.as_bytes()) {
-            Ok((model, plan, prepared)) => Line::Pending {
+        Some(match self.submit(body.as_bytes()) {
+            Ok((model, encoding, submitted, inputs)) => Line::Pending {
                 custom_id,
                 model,
-                plan,
-                ids: prepared.ids,
-                tokens: prepared.tokens,
-                layout: prepared.layout,
+                encoding,
+                submitted: Box::new(submitted),
+                inputs,
             },
-            Err(e) => match response_line(&custom_id, e.status.as_u16(), e.body()) {
-                Ok(line) => Line::Done((line, false)),
-                Err(e) => Line::Done((
-                    line_error(Some(&custom_id), "internal", e.to_string()).to_string(),
-                    false,
-                )),
-            },
+            Err(e) => error_line(&custom_id, &e),
         })
     }
 
@@ -203,120 +188,51 @@ impl Runner<'_> {
         )))
     }
 
-    fn prepare(&self, body: &[u8]) -> Result<(String, Plan, openembed_server::prepare::Prepared), ApiError> {
+    /// Decodes a body as the server does and queues it on its model.
+    fn submit(&self, body: &[u8]) -> Result<(String, EncodingFormat, Submitted, usize), ApiError> {
         let request = decode_json(body)?;
-        if !self.names.contains(&request.model) {
-            let mut names: Vec<&str> = self.names.iter().map(String::as_str).collect();
-            names.sort_unstable();
-            return Err(ApiError::model_not_found(&request.model, names));
-        }
-        let plan = plan(
-            &request,
-            self.model.info(),
-            &self.defaults,
-            self.default_task.as_deref(),
-        )?;
-        let prepared = prepare(
-            self.model,
+        let served = self.registry.find(&request.model)?;
+        let submitted = served.submit(
+            &request.to_request(),
             request.inputs(),
-            self.token_ids,
-            plan.prompt.as_deref(),
-            plan.truncation,
-            plan.windows,
-            &self.limits,
+            &self.defaults,
+            self.max_request_tokens,
         )?;
-        Ok((request.model, plan, prepared))
+        Ok((request.model, request.encoding_format, submitted, request.input.0.len()))
     }
+}
 
-    /// Embeds every pending input of a chunk in token-budget batches and answers each line.
-    fn finish(&self, lines: Vec<Line>, batch_tokens: usize) -> Result<Vec<Answer>> {
-        let mut inputs: Vec<(usize, usize, &[u32])> = Vec::new();
-        for (l, line) in lines.iter().enumerate() {
-            if let Line::Pending { ids, .. } = line {
-                inputs.extend(ids.iter().enumerate().map(|(i, ids)| (l, i, ids.as_slice())));
+/// The output line of a request refused or failed as the server would answer it.
+fn error_line(custom_id: &str, e: &ApiError) -> Line {
+    Line::Done(match response_line(custom_id, e.status.as_u16(), e.body()) {
+        Ok(line) => (line, false),
+        Err(e) => (
+            line_error(Some(custom_id), "internal", e.to_string()).to_string(),
+            false,
+        ),
+    })
+}
+
+/// Waits for a line's vectors and writes its answer.
+fn answer(line: Line) -> Result<Answer> {
+    match line {
+        Line::Done(answer) => Ok(answer),
+        Line::Pending {
+            custom_id,
+            model,
+            encoding,
+            submitted,
+            ..
+        } => match submitted.wait_blocking() {
+            Ok(done) => {
+                let body = EmbeddingsResponse::new(&model, done.vectors, done.tokens, encoding);
+                Ok((response_line(&custom_id, 200, body)?, true))
             }
-        }
-        // Similar lengths together; packing needs no padding, this only balances attention work.
-        inputs.sort_by_key(|(_, _, ids)| ids.len());
-        let mut vectors: Vec<Vec<Option<Vec<f32>>>> = lines
-            .iter()
-            .map(|l| match l {
-                Line::Pending { ids, .. } => vec![None; ids.len()],
-                Line::Done(_) => Vec::new(),
-            })
-            .collect();
-        let lengths: Vec<usize> = inputs.iter().map(|(_, _, ids)| ids.len()).collect();
-        let task_of = |l: usize| match &lines[l] {
-            Line::Pending { plan, .. } => plan.task,
-            Line::Done(_) => None,
-        };
-        // Lines whose inputs the engine failed on, with the reason.
-        let mut failed: HashMap<usize, String> = HashMap::new();
-        for range in budget_batches(&lengths, batch_tokens) {
-            let part = &inputs[range];
-            let ids: Vec<&[u32]> = part.iter().map(|x| x.2).collect();
-            let tasks: Vec<Option<usize>> = part.iter().map(|x| task_of(x.0)).collect();
-            let out = match embed_guarded(self.model, &ids, &tasks) {
-                Ok(out) => out,
-                Err(e) if part.iter().all(|x| x.0 == part[0].0) => {
-                    failed.insert(part[0].0, e);
-                    continue;
-                }
-                Err(_) => {
-                    // Several lines: run each line's inputs alone so only the line at fault fails.
-                    let mut owners: Vec<usize> = part.iter().map(|x| x.0).collect();
-                    owners.sort_unstable();
-                    owners.dedup();
-                    for l in owners {
-                        let own: Vec<&(usize, usize, &[u32])> = part.iter().filter(|x| x.0 == l).collect();
-                        let ids: Vec<&[u32]> = own.iter().map(|x| x.2).collect();
-                        match embed_guarded(self.model, &ids, &vec![task_of(l); ids.len()]) {
-                            Ok(out) => {
-                                for ((l, i, _), v) in own.into_iter().zip(out) {
-                                    vectors[*l][*i] = Some(v);
-                                }
-                            }
-                            Err(e) => {
-                                failed.insert(l, e);
-                            }
-                        }
-                    }
-                    continue;
-                }
-            };
-            for ((l, i, _), v) in part.iter().zip(out) {
-                vectors[*l][*i] = Some(v);
+            Err(e) => {
+                let e = ApiError::from(e);
+                Ok((response_line(&custom_id, e.status.as_u16(), e.body())?, false))
             }
-        }
-        lines
-            .into_iter()
-            .zip(vectors)
-            .enumerate()
-            .map(|(l, (line, vecs))| match line {
-                Line::Done(answer) => Ok(answer),
-                Line::Pending { custom_id, .. } if failed.contains_key(&l) => {
-                    let error = ApiError::internal(format!(
-                        "The engine failed on this request: {}",
-                        failed.get(&l).map_or("", String::as_str)
-                    ));
-                    Ok((response_line(&custom_id, error.status.as_u16(), error.body())?, false))
-                }
-                Line::Pending {
-                    custom_id,
-                    model,
-                    plan,
-                    tokens,
-                    layout,
-                    ..
-                } => {
-                    let vecs: Vec<Vec<f32>> = vecs.into_iter().flatten().collect();
-                    match respond(&model, layout.combine(vecs), tokens, &plan) {
-                        Ok(body) => Ok((response_line(&custom_id, 200, body)?, true)),
-                        Err(e) => Ok((response_line(&custom_id, e.status.as_u16(), e.body())?, false)),
-                    }
-                }
-            })
-            .collect()
+        },
     }
 }
 
@@ -328,21 +244,6 @@ struct BatchLine<'a> {
     url: Option<Value>,
     #[serde(borrow)]
     body: Option<&'a RawValue>,
-}
-
-/// Embeds a batch (each input with its task adapter), turning an engine error or panic into
-/// its message.
-fn embed_guarded(model: &Model, ids: &[&[u32]], tasks: &[Option<usize>]) -> std::result::Result<Vec<Vec<f32>>, String> {
-    let run = || {
-        openembed_server::fault::maybe_panic(ids);
-        let tasks = tasks.iter().any(Option::is_some).then_some(tasks);
-        model.embed_ids_with_tasks(ids, tasks)
-    };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-        Ok(Ok(out)) => Ok(out),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the engine panicked".into()),
-    }
 }
 
 /// The `custom_id`s already in an output file; a torn last line (an interrupted run) is cut off.
@@ -437,30 +338,34 @@ impl Progress {
 }
 
 /// Entry point of `openembed batch`.
-pub fn run(args: &BatchArgs) -> Result<()> {
+pub fn run(args: &BatchFileArgs) -> Result<()> {
     let spec = match &args.model {
         Some(spec) => spec.clone(),
-        None => crate::home::default_model_spec()?,
+        None => openembed_pipeline::home::default_model_spec().map_err(anyhow::Error::msg)?,
     };
-    let model = load_model(Some(&spec.source), args.threads, args.dtype)?;
+    let spec = ModelSpec {
+        token_ids: args.token_ids,
+        dtype: args.dtype,
+        default_task: args.default_task.clone(),
+        ..spec
+    };
+    let options = LoadOptions {
+        threads: args.threads,
+        ..LoadOptions::default()
+    };
+    let scheduler = SchedulerConfig {
+        max_batch_tokens: args.batch_tokens.max(1),
+        ..SchedulerConfig::offline()
+    };
+    let registry = Registry::load(std::slice::from_ref(&spec), &args.aliases, &options, scheduler)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("cannot load model {}", spec.source))?;
+    crate::return_freed_memory();
     anyhow::ensure!(
-        model.info().rerank.is_none(),
+        registry.models().iter().all(|m| m.model.info().rerank.is_none()),
         "{} is a reranker; `openembed batch` runs embeddings requests",
         spec.source
     );
-    if let Some(task) = &args.default_task {
-        model.task_index(task).with_context(|| "--default-task")?;
-    }
-    let mut names: HashSet<String> = HashSet::from([spec.name.clone()]);
-    for alias in &args.aliases {
-        anyhow::ensure!(
-            alias.target == spec.name,
-            "alias '{}' must point to '{}'",
-            alias.name,
-            spec.name
-        );
-        names.insert(alias.name.clone());
-    }
     let done = done_ids(&args.output).with_context(|| format!("cannot read {}", args.output.display()))?;
     let skipped = done.len();
     let input = std::fs::File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
@@ -478,26 +383,21 @@ pub fn run(args: &BatchArgs) -> Result<()> {
             .with_context(|| format!("cannot open {}", args.output.display()))?,
     );
     let mut runner = Runner {
-        model: &model,
-        token_ids: args.token_ids,
-        names,
+        registry,
         defaults: Defaults {
             auto_truncate: args.auto_truncate,
             truncation_side: Truncation::End,
+            truncate_hint: openembed_server::state::TRUNCATE_HINT,
             ..Defaults::default()
         },
-        default_task: args.default_task.clone(),
-        limits: Limits {
-            max_request_tokens: args.max_request_tokens,
-            max_body_bytes: usize::MAX,
-            body_timeout: Duration::MAX,
-            max_inflight_bytes: usize::MAX,
-        },
+        max_request_tokens: args.max_request_tokens,
         seen: done,
     };
     let mut progress = Progress::new(total as u64);
     progress.advance(skipped as u64, 0);
     let (mut ok, mut failed) = (0usize, 0usize);
+    // Chunks of queued lines, oldest first: the next one fills while the oldest is written.
+    let mut queued: VecDeque<Vec<Line>> = VecDeque::new();
     let mut chunk: Vec<Line> = Vec::new();
     let mut chunk_tokens = 0;
     let mut lines_iter = BufReader::new(input).lines().enumerate();
@@ -507,27 +407,25 @@ pub fn run(args: &BatchArgs) -> Result<()> {
         if let Some((n, line)) = next {
             let line = line.with_context(|| format!("cannot read {}", args.input.display()))?;
             if let Some(l) = runner.read(n + 1, &line) {
-                if let Line::Pending { tokens, .. } = &l {
-                    chunk_tokens += tokens;
+                if let Line::Pending { submitted, .. } = &l {
+                    chunk_tokens += submitted.tokens;
                 }
                 chunk.push(l);
             }
         }
         if !chunk.is_empty() && (finished || chunk.len() >= CHUNK_REQUESTS || chunk_tokens >= CHUNK_TOKENS) {
-            let lines = std::mem::take(&mut chunk);
+            queued.push_back(std::mem::take(&mut chunk));
             chunk_tokens = 0;
-            let inputs: usize = lines
-                .iter()
-                .map(|l| {
-                    if let Line::Pending { ids, .. } = l {
-                        ids.len()
-                    } else {
-                        0
-                    }
-                })
-                .sum();
+        }
+        while queued.len() > 1 || (finished && !queued.is_empty()) {
+            let Some(lines) = queued.pop_front() else { break };
             let n = lines.len() as u64;
-            for (line, succeeded) in runner.finish(lines, args.batch_tokens)? {
+            let mut inputs = 0;
+            for line in lines {
+                if let Line::Pending { inputs: i, .. } = &line {
+                    inputs += i;
+                }
+                let (line, succeeded) = answer(line)?;
                 if succeeded {
                     ok += 1;
                 } else {

@@ -1,24 +1,11 @@
-//! Turns a validated request's inputs into model token ids, enforcing the contract's limits.
-//! Runs on a blocking thread: tokenization never happens on an async runtime worker.
+//! Turns a planned request's inputs into model token ids, enforcing the over-limit rule and the
+//! per-request token limit. CPU work: the server runs it on a blocking thread.
 
-use crate::api::Input;
-use crate::error::ApiError;
+use crate::error::RequestError;
+use crate::plan::{Input, Plan};
 use crate::token_ids::TokenIds;
 use openembed_engine::{Model, Truncation};
 use std::fmt;
-
-/// Request limits (server flags).
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Most tokens in one request, summed after truncation.
-    pub max_request_tokens: usize,
-    /// Most bytes in a request body.
-    pub max_body_bytes: usize,
-    /// Time a client has to send the whole body.
-    pub body_timeout: std::time::Duration,
-    /// Most bytes all admitted requests may hold at once (bodies, decoded inputs, responses).
-    pub max_inflight_bytes: usize,
-}
 
 /// Token ids ready for the scheduler, and their total.
 #[derive(Debug)]
@@ -29,6 +16,32 @@ pub struct Prepared {
     pub tokens: usize,
     /// How the id lists map back to inputs.
     pub layout: WindowLayout,
+}
+
+impl Prepared {
+    /// The same ids as requests of at most `inputs` inputs each, in order.
+    pub fn split(self, inputs: usize) -> Vec<Prepared> {
+        let inputs = inputs.max(1);
+        let mut ids = self.ids.into_iter();
+        let mut lengths = self.layout.lengths.into_iter();
+        self.layout
+            .per_input
+            .chunks(inputs)
+            .map(|per_input| {
+                let windows: usize = per_input.iter().sum();
+                let ids: Vec<Vec<u32>> = ids.by_ref().take(windows).collect();
+                let lengths: Vec<usize> = lengths.by_ref().take(windows).collect();
+                Prepared {
+                    tokens: lengths.iter().sum(),
+                    ids,
+                    layout: WindowLayout {
+                        per_input: per_input.to_vec(),
+                        lengths,
+                    },
+                }
+            })
+            .collect()
+    }
 }
 
 /// Which embedded id lists (windows) belong to which input.
@@ -42,6 +55,12 @@ impl WindowLayout {
     /// Number of inputs (vectors answered).
     pub fn inputs(&self) -> usize {
         self.per_input.len()
+    }
+
+    /// Tokens of each input (all its windows).
+    pub fn input_tokens(&self) -> Vec<usize> {
+        let mut lengths = self.lengths.iter();
+        self.per_input.iter().map(|&n| lengths.by_ref().take(n).sum()).collect()
     }
 
     /// One vector per input: an input's only vector as is, or the token-weighted mean of its
@@ -73,19 +92,19 @@ impl WindowLayout {
 }
 
 /// The OpenAI message for an input over the model's limit (`counted_all` false: the text was
-/// read only until it was surely over, so `tokens` is a lower bound).
-fn too_long(limit: usize, tokens: usize, counted_all: bool) -> ApiError {
+/// read only until it was surely over, so `tokens` is a lower bound), ending with how this
+/// front end turns truncation on.
+fn too_long(limit: usize, tokens: usize, counted_all: bool, hint: &str) -> RequestError {
     let tokens = if counted_all {
         tokens.to_string()
     } else {
         format!("more than {}", tokens - 1)
     };
-    ApiError::invalid(
+    RequestError::invalid(
         format!(
             "This model's maximum context length is {limit} tokens, however you requested {tokens} tokens \
              ({tokens} in your prompt; 0 for the completion). Please reduce your prompt; or completion length. \
-             To cut over-long inputs at the limit instead, send \"truncate\": true (or start openembed with \
-             --auto-truncate)."
+             {hint}"
         ),
         Some("input"),
     )
@@ -95,26 +114,30 @@ fn too_long(limit: usize, tokens: usize, counted_all: bool) -> ApiError {
 const TOKENIZE_CHUNK: usize = 64;
 
 /// The error for a request over `--max-request-tokens` (`max`), about the field `param`.
-pub(crate) fn too_many_tokens(requested: impl fmt::Display, max: usize, param: &str) -> ApiError {
-    ApiError::invalid(
+pub fn too_many_tokens(requested: impl fmt::Display, max: usize, param: &str) -> RequestError {
+    RequestError::invalid(
         format!("Requested {requested} tokens, max {max} tokens per request"),
         Some(param),
     )
     .code("max_tokens_per_request")
 }
 
-/// Tokenizes texts (with the prompt in front) and token-id inputs (decoded to text when they
-/// are tiktoken ids, checked against the vocabulary when native), then applies the truncation
-/// rule and the per-request token limit.
+/// Tokenizes texts (with the plan's prompt in front) and token-id inputs (decoded to text when
+/// they are tiktoken ids, checked against the vocabulary when native), then applies the plan's
+/// truncation and the per-request token limit `max_tokens`.
 pub fn prepare(
     model: &Model,
     inputs: &[Input],
     token_ids: TokenIds,
-    prompt: Option<&str>,
-    truncation: Truncation,
-    windows: Option<usize>,
-    limits: &Limits,
-) -> Result<Prepared, ApiError> {
+    plan: &Plan,
+    max_tokens: usize,
+) -> Result<Prepared, RequestError> {
+    let (prompt, truncation, windows, hint) = (
+        plan.prompt.as_deref(),
+        plan.truncation,
+        plan.windows,
+        plan.truncate_hint,
+    );
     let decoded: Vec<Input>;
     let inputs = if token_ids == TokenIds::Native || !inputs.iter().any(|i| matches!(i, Input::Tokens(_))) {
         inputs
@@ -126,7 +149,7 @@ pub fn prepare(
                 Input::Text(t) => Ok(Input::Text(t.clone())),
                 Input::Tokens(ids) => match token_ids.decode(index, ids) {
                     Some(Ok(text)) => Ok(Input::Text(text)),
-                    Some(Err(message)) => Err(ApiError::invalid(
+                    Some(Err(message)) => Err(RequestError::invalid(
                         format!("Invalid token id in '$.input': {message}."),
                         Some("input"),
                     )),
@@ -144,8 +167,9 @@ pub fn prepare(
             Input::Tokens(_) => None,
         })
         .collect();
-    let tokenizer_error =
-        |e: openembed_engine::Error| ApiError::invalid(format!("The input could not be tokenized: {e}"), Some("input"));
+    let tokenizer_error = |e: openembed_engine::Error| {
+        RequestError::invalid(format!("The input could not be tokenized: {e}"), Some("input"))
+    };
     // Each text as its windows: one, unless the long-input mode splits it.
     let mut tokenized: std::vec::IntoIter<Vec<Vec<u32>>> = if texts.is_empty() {
         Vec::new()
@@ -160,15 +184,15 @@ pub fn prepare(
         for chunk in texts.chunks(TOKENIZE_CHUNK) {
             for t in model.tokenize(chunk, prompt, truncation).map_err(tokenizer_error)? {
                 if t.over_limit && truncation == Truncation::None {
-                    return Err(too_long(limit, t.untruncated_tokens, t.counted_all));
+                    return Err(too_long(limit, t.untruncated_tokens, t.counted_all, hint));
                 }
                 running += t.ids.len();
                 out.push(vec![t.ids]);
             }
-            if running > limits.max_request_tokens {
+            if running > max_tokens {
                 return Err(too_many_tokens(
-                    format_args!("more than {}", limits.max_request_tokens),
-                    limits.max_request_tokens,
+                    format_args!("more than {}", max_tokens),
+                    max_tokens,
                     "input",
                 ));
             }
@@ -182,11 +206,11 @@ pub fn prepare(
         let input_windows = match input {
             Input::Text(_) => tokenized
                 .next()
-                .ok_or_else(|| ApiError::internal("The tokenizer returned fewer inputs than it was given."))?,
+                .ok_or_else(|| RequestError::internal("The tokenizer returned fewer inputs than it was given."))?,
             Input::Tokens(raw) => {
                 let mut checked = model
                     .check_token_ids(index, raw)
-                    .map_err(|e| ApiError::invalid(format!("Invalid token id in '$.input': {e}"), Some("input")))?;
+                    .map_err(|e| RequestError::invalid(format!("Invalid token id in '$.input': {e}"), Some("input")))?;
                 if checked.len() <= limit {
                     vec![checked]
                 } else if let Some(overlap) = windows {
@@ -197,7 +221,7 @@ pub fn prepare(
                         .collect()
                 } else {
                     match truncation {
-                        Truncation::None => return Err(too_long(limit, checked.len(), true)),
+                        Truncation::None => return Err(too_long(limit, checked.len(), true, hint)),
                         Truncation::End => checked.truncate(limit),
                         Truncation::Start => {
                             checked.drain(..checked.len() - limit);
@@ -208,7 +232,7 @@ pub fn prepare(
             }
         };
         if input_windows.iter().any(Vec::is_empty) || input_windows.is_empty() {
-            return Err(ApiError::invalid(
+            return Err(RequestError::invalid(
                 format!("'$.input' is invalid: input {index} has no tokens for this model."),
                 Some("input"),
             ));
@@ -217,8 +241,8 @@ pub fn prepare(
         ids.extend(input_windows);
     }
     let tokens: usize = ids.iter().map(Vec::len).sum();
-    if tokens > limits.max_request_tokens {
-        return Err(too_many_tokens(tokens, limits.max_request_tokens, "input"));
+    if tokens > max_tokens {
+        return Err(too_many_tokens(tokens, max_tokens, "input"));
     }
     let layout = WindowLayout {
         per_input,

@@ -1,6 +1,6 @@
 //! The served models: each loaded once, with its scheduler, under a name and any aliases.
 
-use crate::error::ApiError;
+use crate::error::RequestError;
 use crate::hub;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::token_ids::TokenIds;
@@ -111,6 +111,63 @@ pub struct ServedModel {
     pub default_task: Option<String>,
 }
 
+impl ServedModel {
+    /// Loads the model of `spec` (resolving a hub id) and starts its scheduler.
+    pub fn load(spec: &ModelSpec, options: &LoadOptions, scheduler: SchedulerConfig) -> Result<Self, String> {
+        let dir = hub::resolve(&spec.source)?;
+        spec.token_ids.warm_up();
+        let options = LoadOptions {
+            dtype: spec.dtype,
+            ..options.clone()
+        };
+        let model = Model::load(&dir, &options).map_err(|e| format!("model '{}': {e}", spec.source))?;
+        Self::start(spec, &dir, model, scheduler)
+    }
+
+    /// Serves a loaded `model` (from folder `dir`) as `spec` says: checks its default task and
+    /// starts its scheduler.
+    pub fn start(
+        spec: &ModelSpec,
+        dir: &std::path::Path,
+        model: Model,
+        scheduler: SchedulerConfig,
+    ) -> Result<Self, String> {
+        if let Some(task) = &spec.default_task {
+            model
+                .task_index(task)
+                .map_err(|e| format!("--default-task for model '{}': {e}", spec.name))?;
+        }
+        crate::metrics::model_info(&spec.name, spec.dtype.as_str(), &model.info().architecture);
+        let model = Arc::new(model);
+        let scheduler = Scheduler::start(Arc::clone(&model), &spec.name, scheduler)
+            .map_err(|e| format!("model '{}': cannot start its worker: {e}", spec.name))?;
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        tracing::info!(
+            model = %spec.name,
+            source = %spec.source,
+            dir = %dir.display(),
+            architecture = %model.info().architecture,
+            dimensions = model.info().dimension,
+            max_input_tokens = model.info().max_input_tokens,
+            dtype = %spec.dtype,
+            kernels = %openembed_engine::kernels::isa_name(),
+            "model loaded"
+        );
+        Ok(Self {
+            name: spec.name.clone(),
+            source: spec.source.clone(),
+            model,
+            scheduler,
+            created,
+            token_ids: spec.token_ids,
+            default_task: spec.default_task.clone(),
+        })
+    }
+}
+
 /// All served models, found by name or alias.
 pub struct Registry {
     models: Vec<Arc<ServedModel>>,
@@ -128,52 +185,14 @@ impl Registry {
         let mut models = Vec::new();
         let mut names = BTreeMap::new();
         for spec in specs {
-            let dir = hub::resolve(&spec.source)?;
-            spec.token_ids.warm_up();
-            let options = LoadOptions {
-                dtype: spec.dtype,
-                ..options.clone()
-            };
-            let model = Model::load(&dir, &options).map_err(|e| format!("model '{}': {e}", spec.source))?;
-            if let Some(task) = &spec.default_task {
-                model
-                    .task_index(task)
-                    .map_err(|e| format!("--default-task for model '{}': {e}", spec.name))?;
-            }
-            crate::metrics::model_info(&spec.name, spec.dtype.as_str(), &model.info().architecture);
-            let model = Arc::new(model);
-            let scheduler = Scheduler::start(Arc::clone(&model), &spec.name, scheduler)
-                .map_err(|e| format!("model '{}': cannot start its worker: {e}", spec.name))?;
-            if names.insert(spec.name.clone(), models.len()).is_some() {
+            let served = ServedModel::load(spec, options, scheduler)?;
+            if names.insert(served.name.clone(), models.len()).is_some() {
                 return Err(format!(
                     "two models are served as '{}': give one another name with SPEC=NAME",
                     spec.name
                 ));
             }
-            let created = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            tracing::info!(
-                model = %spec.name,
-                source = %spec.source,
-                dir = %dir.display(),
-                architecture = %model.info().architecture,
-                dimensions = model.info().dimension,
-                max_input_tokens = model.info().max_input_tokens,
-                dtype = %spec.dtype,
-                kernels = %openembed_engine::kernels::isa_name(),
-                "model loaded"
-            );
-            models.push(Arc::new(ServedModel {
-                name: spec.name.clone(),
-                source: spec.source.clone(),
-                model,
-                scheduler,
-                created,
-                token_ids: spec.token_ids,
-                default_task: spec.default_task.clone(),
-            }));
+            models.push(Arc::new(served));
         }
         for alias in aliases {
             let Some(&index) = names.get(&alias.target) else {
@@ -195,9 +214,9 @@ impl Registry {
     }
 
     /// The model served under `name`, or the 404 that lists every served name.
-    pub fn find(&self, name: &str) -> Result<&Arc<ServedModel>, ApiError> {
+    pub fn find(&self, name: &str) -> Result<&Arc<ServedModel>, RequestError> {
         self.get(name)
-            .ok_or_else(|| ApiError::model_not_found(name, self.names.keys().map(String::as_str)))
+            .ok_or_else(|| RequestError::model_not_found(name, self.names.keys().map(String::as_str)))
     }
 
     /// Every name clients may use (models and aliases), with its model, sorted by name.

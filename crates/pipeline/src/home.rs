@@ -1,13 +1,12 @@
-//! Where the command line finds models when none is named: the default model
-//! (all-MiniLM-L6-v2) is looked for the same way by `serve`, `embed`, `batch`, `rerank`'s
-//! neighbours and `models`, from any working folder.
+//! Where a model is found when none is named: the default model (all-MiniLM-L6-v2) is looked
+//! for the same way by every command (`serve`, `embed`, `batch`, `models`) and the Python
+//! package, from any working folder.
 //!
 //! Search order: `models/` in the working folder or the nearest folder above it that has one
 //! (a source checkout, where `make run` puts the model), then the openembed home's `models/`
 //! (where `openembed fetch` puts it).
 
-use anyhow::{bail, Result};
-use openembed_server::registry::ModelSpec;
+use crate::registry::ModelSpec;
 use std::path::{Path, PathBuf};
 
 /// The served name of the default model and the name of its folder.
@@ -52,7 +51,7 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 }
 
 /// The default model's folder, or an error that says where it was looked for and how to get it.
-pub fn default_model_dir() -> Result<PathBuf> {
+pub fn default_model_dir() -> Result<PathBuf, String> {
     let dirs = model_dirs();
     if let Some(dir) = dirs
         .iter()
@@ -69,17 +68,17 @@ pub fn default_model_dir() -> Result<PathBuf> {
     if !looked.contains(&home_dir.display().to_string()) {
         looked.push(home_dir.display().to_string());
     }
-    bail!(
+    Err(format!(
         "the default model {DEFAULT_MODEL} is not installed (looked in {}). Run `openembed fetch` to \
          put it in {} (the openembed home; set OPENEMBED_HOME to choose another), or name a model with \
          --model FOLDER_OR_HUB_ID",
         looked.join(", "),
         home_dir.display()
-    )
+    ))
 }
 
 /// The default model as a served model: its folder, served as [`DEFAULT_MODEL`].
-pub fn default_model_spec() -> Result<ModelSpec> {
+pub fn default_model_spec() -> Result<ModelSpec, String> {
     Ok(ModelSpec::named(default_model_dir()?, DEFAULT_MODEL))
 }
 

@@ -17,7 +17,7 @@
 //! that fails (an error or a panic inside the engine) is run again one request at a time, so only
 //! the request whose input caused it fails; the worker goes on with the next batch.
 
-use crate::error::ApiError;
+use crate::error::RequestError;
 use crate::metrics;
 use openembed_engine::{fits_in_budget, Model};
 use std::collections::VecDeque;
@@ -41,6 +41,22 @@ pub struct SchedulerConfig {
     pub batch_time: Duration,
 }
 
+impl SchedulerConfig {
+    /// Offline work (`openembed embed` and `batch`, Python's `encode`): no request waits on
+    /// another's latency, so every batch takes the full token budget and the queue takes all.
+    pub fn offline() -> Self {
+        Self {
+            max_batch_tokens: OFFLINE_BATCH_TOKENS,
+            max_queued_tokens: usize::MAX,
+            batch_time: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Tokens per engine batch for offline work: large enough that per-batch costs vanish, small
+/// enough that activations stay in a few tens of MB.
+pub const OFFLINE_BATCH_TOKENS: usize = 8192;
+
 /// What a finished request gets back.
 #[derive(Debug)]
 pub struct JobOutput {
@@ -52,7 +68,7 @@ pub struct JobOutput {
     pub inference_time: Duration,
 }
 
-type JobResult = Result<JobOutput, ApiError>;
+type JobResult = Result<JobOutput, RequestError>;
 
 /// One admitted request.
 struct Job {
@@ -98,7 +114,7 @@ impl Job {
         self.cancelled.load(Ordering::Relaxed)
     }
 
-    fn fail(&self, error: ApiError) {
+    fn fail(&self, error: RequestError) {
         self.cancelled.store(true, Ordering::Relaxed);
         if let Some(reply) = self.lock().reply.take() {
             let _ = reply.send(Err(error));
@@ -214,19 +230,31 @@ pub struct Scheduler {
 pub struct Ticket {
     job: Arc<Job>,
     shared: Arc<Shared>,
-    reply: oneshot::Receiver<JobResult>,
+    /// Taken by the wait (`None` only after it).
+    reply: Option<oneshot::Receiver<JobResult>>,
 }
 
 impl Ticket {
     /// Waits for the vectors.
     pub async fn wait(mut self) -> JobResult {
-        match (&mut self.reply).await {
-            Ok(result) => result,
-            Err(_) => Err(ApiError::internal(
-                "The engine worker stopped before finishing the request.",
-            )),
+        match self.reply.as_mut() {
+            Some(reply) => reply.await.unwrap_or_else(|_| Err(stopped())),
+            None => Err(stopped()),
         }
     }
+
+    /// Waits for the vectors, blocking the thread (front ends without an async runtime: the
+    /// command line and Python). Must not be called on an async runtime's thread.
+    pub fn wait_blocking(mut self) -> JobResult {
+        match self.reply.take() {
+            Some(reply) => reply.blocking_recv().unwrap_or_else(|_| Err(stopped())),
+            None => Err(stopped()),
+        }
+    }
+}
+
+fn stopped() -> RequestError {
+    RequestError::internal("The engine worker stopped before finishing the request.")
 }
 
 impl Drop for Ticket {
@@ -266,14 +294,14 @@ impl Scheduler {
 
     /// Refuses with 429 (503 while shutting down) when the queue is already full, so a request
     /// that cannot be admitted is not tokenized first; [`Self::submit`] decides for good.
-    pub fn check_room(&self) -> Result<(), ApiError> {
+    pub fn check_room(&self) -> Result<(), RequestError> {
         let queue = self.shared.lock();
         if queue.closed {
-            return Err(ApiError::unavailable("The server is shutting down."));
+            return Err(RequestError::unavailable("The server is shutting down."));
         }
         if queue.tokens > 0 && queue.tokens >= self.shared.config.max_queued_tokens {
             let seconds = queue.tokens as f64 / queue.tokens_per_second().max(1.0);
-            return Err(ApiError::queue_full(seconds.ceil().clamp(1.0, 600.0) as u64));
+            return Err(RequestError::queue_full(seconds.ceil().clamp(1.0, 600.0) as u64));
         }
         Ok(())
     }
@@ -281,19 +309,19 @@ impl Scheduler {
     /// Admits a request's token ids (all or nothing), run with task adapter `task` (models with
     /// tasks; requests with different tasks share batches), or refuses it with 429 when the
     /// queue is full.
-    pub fn submit(&self, inputs: Vec<Vec<u32>>, task: Option<usize>) -> Result<Ticket, ApiError> {
+    pub fn submit(&self, inputs: Vec<Vec<u32>>, task: Option<usize>) -> Result<Ticket, RequestError> {
         let (tx, rx) = oneshot::channel();
         let job = Arc::new(Job::new(inputs.len(), task, tx));
         let pending = pending_of(&job, inputs);
         {
             let mut queue = self.shared.lock();
             if queue.closed {
-                return Err(ApiError::unavailable("The server is shutting down."));
+                return Err(RequestError::unavailable("The server is shutting down."));
             }
             // An empty queue takes any request, so one large request is never refused forever.
             if queue.tokens > 0 && queue.tokens + pending.tokens > self.shared.config.max_queued_tokens {
                 let seconds = (queue.tokens + pending.tokens) as f64 / queue.tokens_per_second().max(1.0);
-                return Err(ApiError::queue_full(seconds.ceil().clamp(1.0, 600.0) as u64));
+                return Err(RequestError::queue_full(seconds.ceil().clamp(1.0, 600.0) as u64));
             }
             queue.tokens += pending.tokens;
             queue.pending.push_back(pending);
@@ -303,7 +331,7 @@ impl Scheduler {
         Ok(Ticket {
             job,
             shared: Arc::clone(&self.shared),
-            reply: rx,
+            reply: Some(rx),
         })
     }
 
@@ -543,11 +571,11 @@ struct Failure {
 }
 
 impl Failure {
-    fn to_api_error(&self) -> ApiError {
+    fn to_api_error(&self) -> RequestError {
         if self.panicked {
-            ApiError::internal("The server had an error while processing your request.")
+            RequestError::internal("The server had an error while processing your request.")
         } else {
-            ApiError::internal(format!("The engine failed on this request: {}", self.message))
+            RequestError::internal(format!("The engine failed on this request: {}", self.message))
         }
     }
 }

@@ -1,0 +1,215 @@
+//! The request plan: what a request asks of its model, settled once for every front end.
+//! [`plan`] checks a request against its model (prompt and `prompt_name`, `task`,
+//! `dimensions`, truncation) and [`Plan::shape`] cuts and normalizes the vectors it gets back.
+
+use crate::error::RequestError;
+use crate::prepare::WindowLayout;
+use openembed_engine::{normalize, truncate_dimensions, ModelInfo, Truncation};
+
+/// One input as a front end received it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Text.
+    Text(String),
+    /// Token ids (tiktoken ids or the model's own, as the model is served).
+    Tokens(Vec<i64>),
+}
+
+impl Input {
+    /// Bytes this input holds in memory (for the server's in-flight budget).
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + match self {
+                Input::Text(t) => t.len(),
+                Input::Tokens(ids) => ids.len() * std::mem::size_of::<i64>(),
+            }
+    }
+}
+
+/// An embeddings request as every front end states it: OpenAI's body, `openembed embed`'s flags
+/// and Python's `encode` arguments all map to these fields.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmbedRequest {
+    /// The model as the caller named it (for messages).
+    pub model: String,
+    /// One of the model's named prompts (sentence-transformers' `prompt_name`).
+    pub prompt_name: Option<String>,
+    /// A prompt given as text; wins over `prompt_name` (sentence-transformers' `prompt`).
+    pub prompt: Option<String>,
+    /// Task adapter (jina-embeddings-v3).
+    pub task: Option<String>,
+    /// Cut over-long inputs instead of refusing them; `None`: the front end's default.
+    pub truncate: Option<bool>,
+    /// Cut vectors to this many dimensions.
+    pub dimensions: Option<usize>,
+    /// L2-normalize the vectors handed back; `None`: when the model's pipeline normalizes (so a
+    /// cut vector of such a model is normalized again, as OpenAI's `dimensions` are).
+    pub normalize: Option<bool>,
+}
+
+/// How to run one validated request on its model.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Prompt text put in front of every text input (a task's instruction first).
+    pub prompt: Option<String>,
+    /// Task adapter (index into the model's tasks).
+    pub task: Option<usize>,
+    /// Truncation of over-long inputs.
+    pub truncation: Truncation,
+    /// What to tell a caller whose input is over the limit (how to turn truncation on).
+    pub truncate_hint: &'static str,
+    /// Cut vectors to this many dimensions.
+    pub dimensions: Option<usize>,
+    /// L2-normalize the handed-back vectors.
+    pub normalize: bool,
+    /// Whether the model's own output is already L2-normalized.
+    pub model_normalizes: bool,
+    /// Long-input mode: split over-long inputs into windows sharing this many tokens.
+    pub windows: Option<usize>,
+}
+
+/// A front end's defaults that a request may override.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// Truncate when the request does not say.
+    pub auto_truncate: bool,
+    /// Which side truncation cuts.
+    pub truncation_side: Truncation,
+    /// The prompt used when a request names none (`--default-prompt-name`), before the
+    /// model's own default.
+    pub default_prompt_name: Option<String>,
+    /// Long-input mode (`--long-input-windows`): the overlap of consecutive windows.
+    pub long_input_windows: Option<usize>,
+    /// How a caller of this front end turns truncation on (ends the over-limit message).
+    pub truncate_hint: &'static str,
+}
+
+impl Default for Defaults {
+    /// Refuse over-long inputs; when asked to truncate, keep their beginning.
+    fn default() -> Self {
+        Self {
+            auto_truncate: false,
+            truncation_side: Truncation::End,
+            default_prompt_name: None,
+            long_input_windows: None,
+            truncate_hint: "",
+        }
+    }
+}
+
+/// Checks `dimensions`, the prompt and `task` against the model and settles truncation and
+/// normalization; `default_task` applies when the request names no task.
+pub fn plan(
+    request: &EmbedRequest,
+    info: &ModelInfo,
+    defaults: &Defaults,
+    default_task: Option<&str>,
+) -> Result<Plan, RequestError> {
+    if info.rerank.is_some() {
+        return Err(RequestError::invalid(
+            format!(
+                "The model '{}' is a reranker, not an embedding model; use POST /v1/rerank.",
+                request.model
+            ),
+            Some("model"),
+        ));
+    }
+    if let Some(d) = request.dimensions {
+        if d == 0 || d > info.dimension {
+            return Err(RequestError::invalid(
+                format!(
+                    "Invalid value for 'dimensions' = {d}. This model's dimension is {}.",
+                    info.dimension
+                ),
+                Some("dimensions"),
+            ));
+        }
+    }
+    let default = defaults
+        .default_prompt_name
+        .as_ref()
+        .filter(|n| info.prompts.contains_key(*n));
+    let prompt = match (&request.prompt, &request.prompt_name) {
+        (Some(text), _) => Some(text.clone()),
+        (None, Some(name)) => match info.prompts.get(name) {
+            Some(text) => Some(text.clone()),
+            None => {
+                let known: Vec<&str> = info.prompts.keys().map(String::as_str).collect();
+                return Err(RequestError::invalid(
+                    format!("Invalid value for 'prompt_name' = {name}. This model's prompts are: {known:?}."),
+                    Some("prompt_name"),
+                ));
+            }
+        },
+        (None, None) => default
+            .or(info.default_prompt_name.as_ref())
+            .and_then(|name| info.prompts.get(name).cloned()),
+    };
+    let task = match request.task.as_deref().or(default_task) {
+        None => None,
+        Some(name) => match info.tasks.iter().position(|t| t == name) {
+            Some(index) => Some(index),
+            None if info.tasks.is_empty() => {
+                return Err(RequestError::invalid(
+                    format!("Invalid value for 'task' = {name}. This model has no task adapters; leave 'task' out."),
+                    Some("task"),
+                ))
+            }
+            None => {
+                return Err(RequestError::invalid(
+                    format!(
+                        "Invalid value for 'task' = {name}. This model's tasks are: {:?}.",
+                        info.tasks
+                    ),
+                    Some("task"),
+                ))
+            }
+        },
+    };
+    let prompt = info.prefix(task, prompt.as_deref());
+    let truncation = if request.truncate.unwrap_or(defaults.auto_truncate) {
+        defaults.truncation_side
+    } else {
+        Truncation::None
+    };
+    Ok(Plan {
+        prompt,
+        task,
+        truncation,
+        truncate_hint: defaults.truncate_hint,
+        dimensions: request.dimensions,
+        normalize: request.normalize.unwrap_or(info.normalize),
+        model_normalizes: info.normalize,
+        windows: defaults.long_input_windows,
+    })
+}
+
+impl Plan {
+    /// One handed-back vector from the model's: cut to `dimensions` and then L2-normalized when
+    /// the plan says so; uncut, normalized only when the model's output is not already.
+    pub fn shape(&self, vector: Vec<f32>) -> Result<Vec<f32>, RequestError> {
+        match self.dimensions {
+            Some(d) => {
+                truncate_dimensions(&vector, d, self.normalize).map_err(|e| RequestError::internal(e.to_string()))
+            }
+            _ => {
+                let mut vector = vector;
+                if self.normalize && !self.model_normalizes {
+                    normalize(&mut vector);
+                }
+                Ok(vector)
+            }
+        }
+    }
+
+    /// Length of the handed-back vectors of a model with `dimension`.
+    pub fn output_dimension(&self, dimension: usize) -> usize {
+        self.dimensions.map_or(dimension, |d| d.min(dimension))
+    }
+
+    /// The handed-back vectors of a request, in input order: its windows' vectors combined per
+    /// input (long-input mode), then each shaped by [`Self::shape`].
+    pub fn results(&self, layout: &WindowLayout, vectors: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, RequestError> {
+        layout.combine(vectors).into_iter().map(|v| self.shape(v)).collect()
+    }
+}
