@@ -10,7 +10,7 @@ import collections
 import subprocess
 import sys
 
-OURS = ("openembed", "openembed-engine", "openembed-server", "openembed-python", "workspace-hack")
+OURS = ("openembed", "openembed-engine", "openembed-pipeline", "openembed-server", "openembed-python", "workspace-hack")
 
 
 def graph(args):

@@ -59,12 +59,14 @@ class Model:
         truncate_dim: Optional[int] = None,
         convert_to_numpy: bool = True,
         task: Optional[str] = None,
+        truncate: bool = True,
     ) -> Union[np.ndarray, List[np.ndarray]]:
         """Embeds ``sentences`` as ``SentenceTransformer.encode`` does.
 
         A ``str`` gives a 1-D array, a list a C-contiguous float32 ``(n, dim)`` array (or a list
         of 1-D arrays with ``convert_to_numpy=False``). An input may also be a list of token ids
-        (see ``token_ids`` of :class:`Model`). Inputs longer than the model limit are cut at it.
+        (see ``token_ids`` of :class:`Model`). Inputs longer than the model limit are cut at it
+        (``truncate=False``: refused with ``ValueError``, as the server refuses them).
         ``prompt`` (text) or ``prompt_name`` (one of :attr:`prompts`) goes in front of every text;
         without either, the model's default prompt. ``truncate_dim`` cuts the vectors;
         ``normalize_embeddings`` L2-normalizes them (after the cut); ``None`` keeps what the
@@ -87,6 +89,7 @@ class Model:
             task=task,
             dimensions=truncate_dim,
             normalize=bool(normalize_embeddings),
+            truncate=truncate,
             progress=bar.update if bar else None,
         )
         if bar:

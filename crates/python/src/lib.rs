@@ -108,10 +108,10 @@ impl Model {
 
     /// Embeds inputs (texts or token-id lists) as one request of the pipeline: `prompt` (text)
     /// or `prompt_name` in front of every text (default: the model's default prompt), `task`'s
-    /// adapter, over-long inputs cut at the model limit, vectors cut to `dimensions` and
-    /// L2-normalized when `normalize`. `progress(n)` is called as each `n` inputs finish.
-    /// Returns (float32 bytes, rows, dim).
-    #[pyo3(signature = (inputs, prompt = None, prompt_name = None, task = None, dimensions = None, normalize = false, progress = None))]
+    /// adapter, over-long inputs cut at the model limit (refused unless `truncate`), vectors cut
+    /// to `dimensions` and L2-normalized when `normalize`. `progress(n)` is called as each `n`
+    /// inputs finish. Returns (float32 bytes, rows, dim).
+    #[pyo3(signature = (inputs, prompt = None, prompt_name = None, task = None, dimensions = None, normalize = false, truncate = true, progress = None))]
     #[allow(clippy::too_many_arguments)]
     fn encode_raw<'py>(
         &self,
@@ -122,6 +122,7 @@ impl Model {
         task: Option<String>,
         dimensions: Option<usize>,
         normalize: bool,
+        truncate: bool,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<(Bound<'py, PyBytes>, usize, usize)> {
         let served = Arc::clone(&self.served);
@@ -137,12 +138,16 @@ impl Model {
             prompt_name,
             prompt,
             task,
-            truncate: Some(true),
+            truncate: Some(truncate),
             dimensions,
             normalize: Some(normalize),
         };
         let result = py.detach(move || -> Result<(Vec<u8>, usize, usize), Stop> {
-            let plan = served.plan(&request, &Defaults::default())?;
+            let defaults = Defaults {
+                truncate_hint: "Pass truncate=True to cut over-long inputs at the limit instead.",
+                ..Defaults::default()
+            };
+            let plan = served.plan(&request, &defaults)?;
             let dim = plan.output_dimension(served.model.info().dimension);
             let mut bytes = Vec::with_capacity(inputs.len() * dim * 4);
             served.embed_chunked(&plan, &inputs, CHUNK, |_, vectors, _| -> Result<(), Stop> {
