@@ -10,6 +10,7 @@ use crate::rerank::{RerankHead, RerankKind, ScoreActivation, YesNoTemplate};
 use crate::static_embedding::{Model2VecConfig, StaticEmbedding, StaticFormat};
 use crate::tokenize::{TextTokenizer, TokenizedInput, Truncation};
 use crate::transformer::{Scratch, Transformer};
+use crate::weights::Weights;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -104,11 +105,15 @@ enum Encoder {
 /// every token (the request size limits still apply).
 const STATIC_TOKEN_LIMIT: usize = 1 << 20;
 
-/// `matryoshka_dimensions` from `dir/config.json`, if it lists them.
-fn matryoshka_dimensions(dir: &Path) -> Vec<usize> {
-    let Ok(cfg) = crate::config::ConfigJson::load(dir) else {
-        return Vec::new();
-    };
+/// A transformer folder as read at load: its config, architecture and open weights.
+struct Folder {
+    cfg: crate::config::ConfigJson,
+    architecture: &'static models::Architecture,
+    weights: Weights,
+}
+
+/// `matryoshka_dimensions` of a config, if it lists them.
+fn matryoshka_dimensions(cfg: &crate::config::ConfigJson) -> Vec<usize> {
     cfg.value
         .get("matryoshka_dimensions")
         .and_then(|v| v.as_array())
@@ -172,7 +177,7 @@ impl Model {
             None => compute_pool(options.threads)?,
         };
         let model2vec = Model2VecConfig::load(st.static_dir.as_deref().unwrap_or(dir))?;
-        let (encoder, tokenizer, max_input_tokens) = match (&st.static_dir, model2vec) {
+        let (encoder, tokenizer, max_input_tokens, folder) = match (&st.static_dir, model2vec) {
             (_, Some(m2v)) => {
                 // model2vec's own semantics, whatever modules.json says.
                 let sdir = st.static_dir.clone().unwrap_or_else(|| dir.to_owned());
@@ -183,28 +188,42 @@ impl Model {
                 let table = StaticEmbedding::load(&sdir, StaticFormat::Model2Vec, tokenizer.unknown_id())?;
                 st.normalize = m2v.normalize;
                 st.pooling = vec![Pooling::Mean];
-                (Encoder::Static(table), tokenizer, limit)
+                (Encoder::Static(table), tokenizer, limit, None)
             }
             (Some(sdir), None) => {
                 let limit = st.max_seq_length.unwrap_or(STATIC_TOKEN_LIMIT);
                 let tokenizer = TextTokenizer::load_with(sdir, limit, st.do_lower_case)?.without_special_tokens();
                 let table = StaticEmbedding::load(sdir, StaticFormat::SentenceTransformers, None)?;
                 st.pooling = vec![Pooling::Mean];
-                (Encoder::Static(table), tokenizer, limit)
+                (Encoder::Static(table), tokenizer, limit, None)
             }
             (None, None) => {
+                // The folder's config is read once and its weights opened once, for the encoder
+                // and any head.
+                let cfg = crate::config::ConfigJson::load(&st.transformer_dir)?;
+                let architecture = models::architecture_of(&cfg)?;
+                let weights = Weights::open(&st.transformer_dir, architecture.name)?.with_dtype(options.dtype);
                 // Packing and quantizing the weights runs on the compute threads too.
-                let transformer = pool.install(|| models::load_transformer_with(&st.transformer_dir, options.dtype))?;
+                let transformer = pool.install(|| (architecture.load)(&cfg, &weights))?;
                 let mut limit = st
                     .max_seq_length
                     .unwrap_or(transformer.max_positions)
                     .min(transformer.max_positions);
-                let cfg = crate::config::ConfigJson::load(&st.transformer_dir)?;
                 if RerankKind::detect(&st.transformer_dir, &cfg) == Some(RerankKind::YesNo) {
                     limit = limit.min(YES_NO_TOKEN_LIMIT);
                 }
                 let tokenizer = TextTokenizer::load_with(&st.transformer_dir, limit, st.do_lower_case)?;
-                (Encoder::Transformer(Box::new(transformer)), tokenizer, limit)
+                let folder = Folder {
+                    cfg,
+                    architecture,
+                    weights,
+                };
+                (
+                    Encoder::Transformer(Box::new(transformer)),
+                    tokenizer,
+                    limit,
+                    Some(folder),
+                )
             }
         };
         let (architecture, hidden_size, vocab_size) = match &encoder {
@@ -242,35 +261,28 @@ impl Model {
             }
             dimension = d.out_features();
         }
-        let (tasks, task_instructions) = match &encoder {
-            Encoder::Transformer(t) if t.architecture == "jina_v3" => {
-                let cfg = crate::config::ConfigJson::load(&st.transformer_dir)?;
-                let instructions = cfg
-                    .value
-                    .get("task_instructions")
-                    .and_then(|v| v.as_object())
-                    .map(|o| {
-                        o.iter()
-                            .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if !dir.join("modules.json").exists() {
-                    st.normalize = true; // the original `encode` normalizes by default
-                }
-                (models::task_names(&cfg), instructions)
-            }
-            _ => (Vec::new(), BTreeMap::new()),
-        };
-        let (rerank, rerank_info) = match &encoder {
-            Encoder::Transformer(t) => Self::load_rerank(&st.transformer_dir, t, &tokenizer)?,
-            Encoder::Static(_) => (None, None),
+        let tasks = folder
+            .as_ref()
+            .and_then(|f| f.architecture.tasks.map(|tasks| tasks(&f.cfg)))
+            .unwrap_or_default();
+        if tasks.normalizes && !dir.join("modules.json").exists() {
+            st.normalize = true; // the original `encode` normalizes by default
+        }
+        let (rerank, rerank_info) = match (&encoder, &folder) {
+            (Encoder::Transformer(t), Some(folder)) => Self::load_rerank(&st.transformer_dir, folder, t, &tokenizer)?,
+            _ => (None, None),
         };
         if rerank.is_some() {
             // A reranker's output is its logit: no pooling, Dense heads or normalization.
             dimension = 1;
             st.normalize = false;
         }
+        let matryoshka_dimensions = folder
+            .as_ref()
+            .map(|f| matryoshka_dimensions(&f.cfg))
+            .unwrap_or_default();
+        // Loading is done: the weight files' pages go back to the OS.
+        drop(folder);
         let threads = pool.current_num_threads();
         let info = ModelInfo {
             dir: dir.to_owned(),
@@ -284,9 +296,9 @@ impl Model {
             prompts: st.prompts.clone(),
             default_prompt_name: st.default_prompt_name.clone(),
             dtype: options.dtype,
-            tasks,
-            task_instructions,
-            matryoshka_dimensions: matryoshka_dimensions(&st.transformer_dir),
+            tasks: tasks.names,
+            task_instructions: tasks.instructions,
+            matryoshka_dimensions,
             rerank: rerank_info,
         };
         Ok(Self {
@@ -304,19 +316,18 @@ impl Model {
     /// The reranker parts of a folder that holds a reranker (see [`RerankKind::detect`]).
     fn load_rerank(
         dir: &Path,
+        folder: &Folder,
         transformer: &Transformer,
         tokenizer: &TextTokenizer,
     ) -> Result<(Option<RerankParts>, Option<RerankInfo>)> {
-        let cfg = crate::config::ConfigJson::load(dir)?;
-        let Some(kind) = RerankKind::detect(dir, &cfg) else {
+        let (cfg, weights) = (&folder.cfg, &folder.weights);
+        let Some(kind) = RerankKind::detect(dir, cfg) else {
             return Ok((None, None));
         };
-        let family = models::family_of(&cfg)?;
-        let weights = crate::weights::Weights::open(dir, &family)?;
         let h = transformer.hidden;
         let (parts, activation, template) = match kind {
             RerankKind::CrossEncoder => {
-                let (head, activation) = RerankHead::cross_encoder(&cfg, &weights, &family, h)?;
+                let (head, activation) = RerankHead::cross_encoder(cfg, weights, folder.architecture, h)?;
                 let parts = RerankParts {
                     head,
                     segment_boundary: transformer
@@ -342,7 +353,7 @@ impl Model {
                     })
                 };
                 let head = RerankHead::yes_no(
-                    &weights,
+                    weights,
                     transformer.vocab_size,
                     h,
                     id(&template.yes_token)?,

@@ -12,6 +12,7 @@
 use crate::config::{read_json, ConfigJson};
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
+use crate::models::Architecture;
 use crate::pooling::Pooling;
 use crate::transformer::{Linear, Norm};
 use crate::weights::Weights;
@@ -141,25 +142,24 @@ impl RerankKind {
 
 /// The head that turns a pair's hidden states into a logit.
 pub enum RerankHead {
-    /// BERT (`pooler.dense` + `classifier`) and XLM-RoBERTa (`classifier.dense` +
-    /// `classifier.out_proj`): `out(tanh(dense(h[0])))`.
+    /// `out(tanh(dense(h[0])))` (BERT's pooler + classifier, XLM-RoBERTa's classifier).
     FirstTokenTanh {
         /// Dense layer on the first token.
         dense: Linear,
         /// Projection to the label.
         out: Linear,
     },
-    /// ModernBERT: `classifier(norm(act(dense(pool(h)))))`, pooled by `classifier_pooling`.
-    ModernBert {
+    /// `out(norm(act(dense(pool(h)))))` (ModernBERT's head).
+    Pooled {
         /// `cls` or `mean`.
         pooling: Pooling,
-        /// `head.dense`.
+        /// Dense layer on the pooled state.
         dense: Linear,
-        /// `classifier_activation`.
+        /// Its activation.
         activation: Activation,
-        /// `head.norm`.
+        /// Norm after it.
         norm: Norm,
-        /// `classifier`.
+        /// Projection to the label.
         out: Linear,
     },
     /// Causal LM: `yes·h[last] - no·h[last]`, softmax over the pair = sigmoid of that.
@@ -172,11 +172,12 @@ pub enum RerankHead {
 }
 
 impl RerankHead {
-    /// Loads the classification head of a cross-encoder and its activation.
+    /// Loads the classification head of a cross-encoder of `architecture` (its file says how)
+    /// and its activation.
     pub fn cross_encoder(
         cfg: &ConfigJson,
         w: &Weights,
-        family: &str,
+        architecture: &Architecture,
         hidden: usize,
     ) -> Result<(Self, ScoreActivation)> {
         let labels = cfg
@@ -192,44 +193,20 @@ impl RerankHead {
                 cfg.path.display()
             )));
         }
-        let head = match family {
-            "bert" => Self::FirstTokenTanh {
-                dense: Linear::load(w, "pooler.dense", hidden, hidden, true)?,
-                out: Linear::load(w, "classifier", hidden, 1, true)?,
-            },
-            "xlm-roberta" | "roberta" | "camembert" => Self::FirstTokenTanh {
-                dense: Linear::load(w, "classifier.dense", hidden, hidden, true)?,
-                out: Linear::load(w, "classifier.out_proj", hidden, 1, true)?,
-            },
-            "modernbert" => {
-                let pooling = match cfg.str_opt(&["classifier_pooling"]).unwrap_or("cls") {
-                    "cls" => Pooling::Cls,
-                    "mean" => Pooling::Mean,
-                    other => {
-                        return Err(Error::Unsupported(format!(
-                            "{}: classifier_pooling `{other}`",
-                            cfg.path.display()
-                        )))
-                    }
-                };
-                let act = cfg.str_opt(&["classifier_activation"]).unwrap_or("gelu");
-                Self::ModernBert {
-                    pooling,
-                    dense: Linear::load_opt_bias(w, "head.dense", hidden, hidden)?,
-                    activation: Activation::from_name(act)
-                        .ok_or_else(|| cfg.invalid(&format!("unsupported classifier_activation `{act}`")))?,
-                    norm: Norm::layer(w, "head.norm", hidden, cfg.f64_opt(&["norm_eps"]).unwrap_or(1e-5))?,
-                    out: Linear::load_opt_bias(w, "classifier", hidden, 1)?,
-                }
-            }
-            other => {
-                return Err(Error::Unsupported(format!(
-                    "{}: a `{other}` sequence-classification reranker (openembed serves BERT, XLM-RoBERTa and \
-                     ModernBERT cross-encoders)",
-                    cfg.path.display()
-                )))
-            }
-        };
+        let classifier = architecture.classifier.ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{}: a `{}` sequence-classification reranker (openembed serves the cross-encoders of {})",
+                cfg.path.display(),
+                architecture.name,
+                crate::models::ARCHITECTURES
+                    .iter()
+                    .filter(|a| a.classifier.is_some())
+                    .map(|a| a.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let head = classifier(cfg, w, hidden)?;
         Ok((head, ScoreActivation::from_config(cfg)?))
     }
 
@@ -262,7 +239,7 @@ impl RerankHead {
                 out.forward(&x, 1, &mut y, 1);
                 y[0]
             }
-            Self::ModernBert {
+            Self::Pooled {
                 pooling,
                 dense,
                 activation,

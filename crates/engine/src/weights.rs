@@ -99,6 +99,8 @@ pub struct Weights {
     entries: HashMap<String, Entry>,
     architecture: String,
     dtype: DType,
+    /// Random weights ([`Weights::random`]): the generator's state.
+    random: Option<std::sync::Mutex<u64>>,
 }
 
 impl Weights {
@@ -181,7 +183,45 @@ impl Weights {
             entries,
             architecture: architecture.to_owned(),
             dtype: DType::Float32,
+            random: None,
         })
+    }
+
+    /// Random weights: every tensor a loader asks for exists, with the shape it asks for
+    /// (norm scales 1, biases 0, other values uniform in ±1/sqrt(last dimension)); none has a
+    /// shape to look up. Models of real size for speed measurements, without files: the tensor
+    /// names come from the architecture's own loader.
+    pub fn random(architecture: &str) -> Self {
+        Self {
+            shards: Vec::new(),
+            entries: HashMap::new(),
+            architecture: architecture.to_owned(),
+            dtype: DType::Float32,
+            random: Some(std::sync::Mutex::new(0x9E37_79B9_7F4A_7C15)),
+        }
+    }
+
+    /// A random tensor of `shape` for `name` (see [`Self::random`]).
+    fn random_tensor(&self, state: &std::sync::Mutex<u64>, name: &str, shape: &[usize]) -> Tensor {
+        let n: usize = shape.iter().product();
+        let is_norm = name.contains("norm") || name.contains("LayerNorm") || name.contains("emb_ln");
+        if is_norm || name.ends_with(".bias") {
+            let v = if is_norm && name.ends_with(".weight") { 1.0 } else { 0.0 };
+            return Tensor::from_vec(vec![v; n], shape.to_vec());
+        }
+        let scale = 1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt();
+        let mut seed = state.lock().unwrap_or_else(|p| p.into_inner());
+        let data = (0..n)
+            .map(|_| {
+                // xorshift64*: fast and good enough for weights nobody reads.
+                *seed ^= *seed >> 12;
+                *seed ^= *seed << 25;
+                *seed ^= *seed >> 27;
+                let r = (seed.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+                (r * 2.0 - 1.0) * scale
+            })
+            .collect();
+        Tensor::from_vec(data, shape.to_vec())
     }
 
     /// The same weights, with dense layers to be built in `dtype` (see [`Self::dtype`]).
@@ -203,11 +243,14 @@ impl Weights {
 
     /// True when a tensor of this name exists.
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(name)
+        self.random.is_some() || self.entries.contains_key(name)
     }
 
     /// Loads tensor `name`, which must have exactly `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if let Some(state) = &self.random {
+            return Ok(self.random_tensor(state, name, shape));
+        }
         let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
             path: self.path_of(None),
             name: name.to_owned(),

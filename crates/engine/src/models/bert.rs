@@ -2,13 +2,22 @@
 
 use crate::attention::{HeadLayout, Mask};
 use crate::config::ConfigJson;
+use crate::models::{model_type_in, Architecture};
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
+use crate::rerank::RerankHead;
 use crate::transformer::{Embeddings, GateOrder, Layer, Linear, Mlp, Norm, NormPlacement, SelfAttention, Transformer};
 use crate::weights::Weights;
 
-/// `model_type` values handled here.
-pub const MODEL_TYPES: &[&str] = &["bert"];
+/// The architecture this file declares.
+pub const ARCHITECTURE: Architecture = Architecture {
+    name: "bert",
+    model_types: &["bert"],
+    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
+    load,
+    classifier: Some(classifier),
+    tasks: None,
+};
 
 /// Builds a BERT encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
@@ -67,6 +76,14 @@ pub fn load_with_position_offset(cfg: &ConfigJson, w: &Weights, position_offset:
         placement: NormPlacement::Post,
         final_norm: None,
         position_bias: None,
+    })
+}
+
+/// BERT's cross-encoder head: `classifier(tanh(pooler.dense(h[0])))`.
+fn classifier(_: &ConfigJson, w: &Weights, hidden: usize) -> Result<RerankHead> {
+    Ok(RerankHead::FirstTokenTanh {
+        dense: Linear::load(w, "pooler.dense", hidden, hidden, true)?,
+        out: Linear::load(w, "classifier", hidden, 1, true)?,
     })
 }
 

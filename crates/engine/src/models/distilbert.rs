@@ -2,13 +2,21 @@
 
 use super::bert::{post_norm_layer, PostNormNames};
 use crate::config::ConfigJson;
+use crate::models::{model_type_in, Architecture};
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
 use crate::transformer::{Embeddings, Norm, NormPlacement, Transformer};
 use crate::weights::Weights;
 
-/// `model_type` values handled here.
-pub const MODEL_TYPES: &[&str] = &["distilbert"];
+/// The architecture this file declares.
+pub const ARCHITECTURE: Architecture = Architecture {
+    name: "distilbert",
+    model_types: &["distilbert"],
+    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
+    load,
+    classifier: None,
+    tasks: None,
+};
 
 /// Builds a DistilBERT encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {

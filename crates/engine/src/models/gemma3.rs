@@ -7,6 +7,7 @@
 
 use crate::attention::{HeadLayout, Mask};
 use crate::config::ConfigJson;
+use crate::models::{model_type_in, Architecture};
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
 use crate::rotary::Rotary;
@@ -15,8 +16,15 @@ use crate::transformer::{
 };
 use crate::weights::{Tensor, Weights};
 
-/// `model_type` values handled here.
-pub const MODEL_TYPES: &[&str] = &["gemma3_text"];
+/// The architecture this file declares.
+pub const ARCHITECTURE: Architecture = Architecture {
+    name: "gemma3_text",
+    model_types: &["gemma3_text"],
+    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
+    load,
+    classifier: None,
+    tasks: None,
+};
 
 /// Gemma's RMSNorm weight `w` as the plain RMSNorm scale `(1 + w) · factor`.
 fn gemma_scale(w: &Weights, name: &str, width: usize, factor: f32) -> Result<Tensor> {

@@ -5,14 +5,22 @@
 
 use crate::attention::Mask;
 use crate::config::ConfigJson;
+use crate::models::{model_type_in, Architecture};
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
 use crate::rotary::Rotary;
 use crate::transformer::{Embeddings, GateOrder, Layer, Linear, Mlp, Norm, NormPlacement, SelfAttention, Transformer};
 use crate::weights::Weights;
 
-/// `model_type` values handled here.
-pub const MODEL_TYPES: &[&str] = &["new"];
+/// The architecture this file declares.
+pub const ARCHITECTURE: Architecture = Architecture {
+    name: "new",
+    model_types: &["new"],
+    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
+    load,
+    classifier: None,
+    tasks: None,
+};
 
 /// The rotary frequencies of the original `NewModel` code. With `rope_scaling` `{type: ntk,
 /// factor}` its cache is built for `max_position_embeddings × factor` positions at load, which

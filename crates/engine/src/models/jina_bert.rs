@@ -4,14 +4,28 @@
 //! `model_type` `bert` with `position_embedding_type` `alibi`.
 
 use crate::config::ConfigJson;
+use crate::models::{has_class, model_type_in, Architecture};
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
 use crate::models::bert::{head_layout, post_norm_layer, PostNormNames};
 use crate::transformer::{Embeddings, GateOrder, Norm, NormPlacement, PositionBias, Transformer};
 use crate::weights::Weights;
 
-/// Selected by [`super::family_of`] for BERT folders with ALiBi positions.
-pub const MODEL_TYPES: &[&str] = &["jina_bert"];
+/// The architecture this file declares: BERT folders with ALiBi positions or a JinaBert class
+/// (registered before BERT).
+pub const ARCHITECTURE: Architecture = Architecture {
+    name: "jina_bert",
+    model_types: &["bert", "jina_bert"],
+    claims: |cfg| {
+        model_type_in(cfg, &["jina_bert"])
+            || (model_type_in(cfg, &["bert"])
+                && (cfg.str_opt(&["position_embedding_type"]) == Some("alibi")
+                    || has_class(cfg, |c| c.starts_with("JinaBert"))))
+    },
+    load,
+    classifier: None,
+    tasks: None,
+};
 
 /// ALiBi slopes as the original code computes them: a geometric series starting at
 /// `2^(-8/n)` for a power-of-two head count, else the nearest lower power of two's series

@@ -5,6 +5,7 @@
 
 use crate::attention::Mask;
 use crate::config::ConfigJson;
+use crate::models::{has_class, model_type_in, Architecture, Tasks};
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
 use crate::rotary::Rotary;
@@ -13,8 +14,16 @@ use crate::transformer::{
 };
 use crate::weights::{Tensor, Weights};
 
-/// Selected by [`super::family_of`] for `xlm-roberta` folders of class `XLMRobertaLoRA`.
-pub const MODEL_TYPES: &[&str] = &["jina_v3"];
+/// The architecture this file declares: `xlm-roberta` folders of class `XLMRobertaLoRA`
+/// (registered before RoBERTa).
+pub const ARCHITECTURE: Architecture = Architecture {
+    name: "jina_v3",
+    model_types: &["xlm-roberta"],
+    claims: |cfg| model_type_in(cfg, &["xlm-roberta"]) && has_class(cfg, |c| c == "XLMRobertaLoRA"),
+    load,
+    classifier: None,
+    tasks: Some(tasks),
+};
 
 /// The weight of a parametrized (LoRA) module, or its plain weight.
 fn base_name(w: &Weights, prefix: &str) -> String {
@@ -181,8 +190,28 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
     })
 }
 
+/// jina-embeddings-v3's tasks: `lora_adaptations` with their `task_instructions`; its own
+/// `encode` normalizes.
+fn tasks(cfg: &ConfigJson) -> Tasks {
+    let instructions = cfg
+        .value
+        .get("task_instructions")
+        .and_then(|v| v.as_object())
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Tasks {
+        names: task_names(cfg),
+        instructions,
+        normalizes: true,
+    }
+}
+
 /// The task names of a jina-embeddings-v3 config (`lora_adaptations`), in adapter order.
-pub fn task_names(cfg: &ConfigJson) -> Vec<String> {
+fn task_names(cfg: &ConfigJson) -> Vec<String> {
     cfg.value
         .get("lora_adaptations")
         .and_then(|v| v.as_array())

@@ -1,40 +1,98 @@
-//! Architecture registry: one file per architecture, each translating a `config.json` and tensor
-//! names into a [`Transformer`]. Adding an architecture = one new file + its name in the list.
+//! Architecture registry: one file per architecture. Each file declares an [`Architecture`]
+//! (which `config.json` folders are its own, how to build the encoder from the config and
+//! tensor names, its task adapters and classifier head if it has them), and the list below
+//! registers it. Adding an architecture = one new file + its name in [`architectures!`]; nothing
+//! about a family is written anywhere else.
 
 use crate::config::ConfigJson;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::rerank::RerankHead;
 use crate::transformer::Transformer;
 use crate::weights::Weights;
+use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Builds a transformer from a config and weights.
-pub type Loader = fn(&ConfigJson, &Weights) -> Result<Transformer>;
+/// Builds a classifier head from a config, the weights and the hidden width.
+pub type ClassifierLoader = fn(&ConfigJson, &Weights, usize) -> Result<RerankHead>;
+
+/// What an architecture file declares.
+pub struct Architecture {
+    /// The family's name (in messages and the weights' errors).
+    pub name: &'static str,
+    /// The `model_type` values it serves (listed in the error for an unknown one).
+    pub model_types: &'static [&'static str],
+    /// Whether a folder's config is this architecture's: by default its `model_type` is one of
+    /// [`Self::model_types`]; a family that reuses another's `model_type` says what else marks
+    /// it (and is registered before that other family).
+    pub claims: fn(&ConfigJson) -> bool,
+    /// Builds the encoder from the config and the weights.
+    pub load: fn(&ConfigJson, &Weights) -> Result<Transformer>,
+    /// The head of its `*ForSequenceClassification` folders (one logit from the hidden states
+    /// of `hidden` width), if it has one.
+    pub classifier: Option<ClassifierLoader>,
+    /// Its task adapters, if it has them.
+    pub tasks: Option<fn(&ConfigJson) -> Tasks>,
+}
+
+/// Task adapters of an architecture that has them (jina-embeddings-v3).
+#[derive(Debug, Clone, Default)]
+pub struct Tasks {
+    /// Task names, in adapter order.
+    pub names: Vec<String>,
+    /// The instruction put in front of a text for each task.
+    pub instructions: BTreeMap<String, String>,
+    /// Whether the original `encode` L2-normalizes (applied to folders without
+    /// sentence-transformers modules).
+    pub normalizes: bool,
+}
+
+/// Whether `cfg`'s `model_type` is one of `types` (the default [`Architecture::claims`]).
+pub(crate) fn model_type_in(cfg: &ConfigJson, types: &[&str]) -> bool {
+    cfg.str_opt(&["model_type"]).is_some_and(|t| types.contains(&t))
+}
+
+/// Whether `cfg`'s `architectures` list holds a class for which `test` holds.
+pub(crate) fn has_class(cfg: &ConfigJson, test: impl Fn(&str) -> bool) -> bool {
+    cfg.value
+        .get("architectures")
+        .and_then(|a| a.as_array())
+        .is_some_and(|a| a.iter().filter_map(|c| c.as_str()).any(test))
+}
 
 macro_rules! architectures {
     ($($module:ident),* $(,)?) => {
         $(mod $module;)*
 
-        /// The loader for a `model_type`, if supported.
-        pub fn loader_for(model_type: &str) -> Option<Loader> {
-            $(if $module::MODEL_TYPES.contains(&model_type) {
-                return Some($module::load);
-            })*
-            None
-        }
-
-        /// Every supported `model_type`.
-        pub fn supported_model_types() -> Vec<&'static str> {
-            let mut all = Vec::new();
-            $(all.extend_from_slice($module::MODEL_TYPES);)*
-            all
-        }
+        /// Every architecture, in the order their claims are asked (more specific first).
+        pub static ARCHITECTURES: &[&Architecture] = &[$(&$module::ARCHITECTURE),*];
     };
 }
 
-architectures!(bert, distilbert, roberta, mpnet, nomic_bert, modernbert, qwen3, gte, jina_bert, gemma3, jina_v3);
+architectures!(jina_bert, jina_v3, bert, distilbert, roberta, mpnet, nomic_bert, modernbert, qwen3, gte, gemma3);
 
-pub use jina_v3::task_names;
+/// Every supported `model_type`.
+pub fn supported_model_types() -> Vec<&'static str> {
+    let mut all: Vec<&str> = ARCHITECTURES
+        .iter()
+        .flat_map(|a| a.model_types.iter().copied())
+        .collect();
+    all.dedup();
+    all
+}
+
+/// The architecture of a folder's config, or an error naming its `model_type` and the
+/// supported ones.
+pub fn architecture_of(cfg: &ConfigJson) -> Result<&'static Architecture> {
+    let model_type = cfg.model_type()?;
+    ARCHITECTURES.iter().copied().find(|a| (a.claims)(cfg)).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "{}: model_type `{model_type}` (supported: {})",
+            cfg.path.display(),
+            supported_model_types().join(", ")
+        ))
+    })
+}
 
 /// The rotary base: `rope_parameters.rope_theta` (transformers 5; under `layer_kind` when the
 /// parameters are per layer kind, as in ModernBERT), else `rope_theta`. Scaled RoPE variants
@@ -62,26 +120,6 @@ pub(crate) fn rope_theta(cfg: &ConfigJson, layer_kind: Option<&str>) -> Result<O
         .or_else(|| cfg.f64_opt(&["rope_theta"])))
 }
 
-/// The architecture family of a folder: its `model_type`, refined where a family reuses another
-/// one's `model_type` (JinaBERT v2 says `bert` with ALiBi positions; jina-embeddings-v3 says
-/// `xlm-roberta` with the `XLMRobertaLoRA` class). For a reranker folder this is its encoder's
-/// family (see [`crate::rerank`]).
-pub fn family_of(cfg: &ConfigJson) -> Result<String> {
-    let model_type = cfg.model_type()?;
-    let classes: Vec<&str> = cfg
-        .value
-        .get("architectures")
-        .and_then(|a| a.as_array())
-        .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
-        .unwrap_or_default();
-    let alibi = cfg.str_opt(&["position_embedding_type"]) == Some("alibi");
-    Ok(match model_type.as_str() {
-        "bert" if alibi || classes.iter().any(|c| c.starts_with("JinaBert")) => "jina_bert".into(),
-        "xlm-roberta" if classes.contains(&"XLMRobertaLoRA") => "jina_v3".into(),
-        _ => model_type,
-    })
-}
-
 /// Loads the transformer of a folder holding `config.json` and safetensors weights (no
 /// tokenizer needed), in float32: the entry point for architecture tests and tools.
 pub fn load_transformer(dir: &Path) -> Result<Transformer> {
@@ -91,14 +129,19 @@ pub fn load_transformer(dir: &Path) -> Result<Transformer> {
 /// [`load_transformer`] with the dense layers in `dtype`.
 pub fn load_transformer_with(dir: &Path, dtype: DType) -> Result<Transformer> {
     let cfg = ConfigJson::load(dir)?;
-    let model_type = family_of(&cfg)?;
-    let loader = loader_for(&model_type).ok_or_else(|| {
-        Error::Unsupported(format!(
-            "{}: model_type `{model_type}` (supported: {})",
-            cfg.path.display(),
-            supported_model_types().join(", ")
-        ))
-    })?;
-    let weights = Weights::open(dir, &model_type)?.with_dtype(dtype);
-    loader(&cfg, &weights)
+    let architecture = architecture_of(&cfg)?;
+    let weights = Weights::open(dir, architecture.name)?.with_dtype(dtype);
+    (architecture.load)(&cfg, &weights)
+}
+
+/// A transformer of `config` (a `config.json` value) with random weights at the shapes its
+/// loader asks for, in `dtype`: models of real size for speed measurements, without files.
+pub fn random_transformer(config: serde_json::Value, dtype: DType) -> Result<Transformer> {
+    let cfg = ConfigJson {
+        path: "config.json".into(),
+        value: config,
+    };
+    let architecture = architecture_of(&cfg)?;
+    let weights = Weights::random(architecture.name).with_dtype(dtype);
+    (architecture.load)(&cfg, &weights)
 }

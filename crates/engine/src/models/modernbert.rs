@@ -4,14 +4,24 @@
 
 use crate::attention::Mask;
 use crate::config::ConfigJson;
-use crate::error::Result;
+use crate::models::{model_type_in, Architecture};
+use crate::error::{Error, Result};
+use crate::pooling::Pooling;
+use crate::rerank::RerankHead;
 use crate::kernels::activation::Activation;
 use crate::rotary::Rotary;
 use crate::transformer::{Embeddings, GateOrder, Layer, Linear, Mlp, Norm, NormPlacement, SelfAttention, Transformer};
 use crate::weights::Weights;
 
-/// `model_type` values handled here.
-pub const MODEL_TYPES: &[&str] = &["modernbert"];
+/// The architecture this file declares.
+pub const ARCHITECTURE: Architecture = Architecture {
+    name: "modernbert",
+    model_types: &["modernbert"],
+    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
+    load,
+    classifier: Some(classifier),
+    tasks: None,
+};
 
 /// Builds a ModernBERT encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
@@ -91,5 +101,29 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
         placement: NormPlacement::Pre,
         final_norm: Some(Norm::layer(w, "final_norm", hidden, eps)?),
         position_bias: None,
+    })
+}
+
+/// ModernBERT's cross-encoder head: `classifier(head.norm(act(head.dense(pool(h)))))`, pooled
+/// by `classifier_pooling`, activated by `classifier_activation`.
+fn classifier(cfg: &ConfigJson, w: &Weights, hidden: usize) -> Result<RerankHead> {
+    let pooling = match cfg.str_opt(&["classifier_pooling"]).unwrap_or("cls") {
+        "cls" => Pooling::Cls,
+        "mean" => Pooling::Mean,
+        other => {
+            return Err(Error::Unsupported(format!(
+                "{}: classifier_pooling `{other}`",
+                cfg.path.display()
+            )))
+        }
+    };
+    let act = cfg.str_opt(&["classifier_activation"]).unwrap_or("gelu");
+    Ok(RerankHead::Pooled {
+        pooling,
+        dense: Linear::load_opt_bias(w, "head.dense", hidden, hidden)?,
+        activation: Activation::from_name(act)
+            .ok_or_else(|| cfg.invalid(&format!("unsupported classifier_activation `{act}`")))?,
+        norm: Norm::layer(w, "head.norm", hidden, cfg.f64_opt(&["norm_eps"]).unwrap_or(1e-5))?,
+        out: Linear::load_opt_bias(w, "classifier", hidden, 1)?,
     })
 }

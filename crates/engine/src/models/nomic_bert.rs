@@ -5,14 +5,22 @@
 
 use crate::attention::Mask;
 use crate::config::ConfigJson;
+use crate::models::{model_type_in, Architecture};
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
 use crate::rotary::Rotary;
 use crate::transformer::{Embeddings, GateOrder, Layer, Linear, Mlp, Norm, NormPlacement, SelfAttention, Transformer};
 use crate::weights::Weights;
 
-/// `model_type` values handled here.
-pub const MODEL_TYPES: &[&str] = &["nomic_bert"];
+/// The architecture this file declares.
+pub const ARCHITECTURE: Architecture = Architecture {
+    name: "nomic_bert",
+    model_types: &["nomic_bert"],
+    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
+    load,
+    classifier: None,
+    tasks: None,
+};
 
 /// Refuses configs whose flags ask for something this file does not compute (any value but the
 /// one computed here is refused rather than ignored): scaled or dynamic rotary

@@ -4,6 +4,7 @@
 
 use crate::attention::{HeadLayout, Mask};
 use crate::config::ConfigJson;
+use crate::models::{model_type_in, Architecture};
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
 use crate::rotary::Rotary;
@@ -12,8 +13,15 @@ use crate::transformer::{
 };
 use crate::weights::Weights;
 
-/// `model_type` values handled here.
-pub const MODEL_TYPES: &[&str] = &["qwen3"];
+/// The architecture this file declares.
+pub const ARCHITECTURE: Architecture = Architecture {
+    name: "qwen3",
+    model_types: &["qwen3"],
+    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
+    load,
+    classifier: None,
+    tasks: None,
+};
 
 /// Builds a Qwen3 decoder stack.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {

@@ -2,15 +2,32 @@
 //! `pad_token_id + 1`.
 
 use crate::config::ConfigJson;
+use crate::models::{model_type_in, Architecture};
 use crate::error::Result;
-use crate::transformer::Transformer;
+use crate::rerank::RerankHead;
+use crate::transformer::{Linear, Transformer};
 use crate::weights::Weights;
 
-/// `model_type` values handled here.
-pub const MODEL_TYPES: &[&str] = &["roberta", "xlm-roberta", "camembert"];
+/// The architecture this file declares.
+pub const ARCHITECTURE: Architecture = Architecture {
+    name: "roberta",
+    model_types: &["roberta", "xlm-roberta", "camembert"],
+    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
+    load,
+    classifier: Some(classifier),
+    tasks: None,
+};
 
 /// Builds a RoBERTa-family encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
     let pad = cfg.usize_opt(&["pad_token_id"]).unwrap_or(1);
     super::bert::load_with_position_offset(cfg, w, pad + 1)
+}
+
+/// XLM-RoBERTa's cross-encoder head: `classifier.out_proj(tanh(classifier.dense(h[0])))`.
+fn classifier(_: &ConfigJson, w: &Weights, hidden: usize) -> Result<RerankHead> {
+    Ok(RerankHead::FirstTokenTanh {
+        dense: Linear::load(w, "classifier.dense", hidden, hidden, true)?,
+        out: Linear::load(w, "classifier.out_proj", hidden, 1, true)?,
+    })
 }
