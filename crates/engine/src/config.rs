@@ -120,7 +120,34 @@ pub struct ConfigJson {
     pub value: Value,
 }
 
+/// The sizes every transformer config states, read under any of the names the families use
+/// (BERT's `hidden_size`, DistilBERT's `dim`, nomic's `n_embd` …).
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    /// Hidden width.
+    pub hidden: usize,
+    /// Layers.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Vocabulary rows.
+    pub vocab: usize,
+    /// Position-table rows (or the trained context).
+    pub max_pos: usize,
+}
+
 impl ConfigJson {
+    /// The encoder's sizes ([`Dims`]).
+    pub fn dims(&self) -> Result<Dims> {
+        Ok(Dims {
+            hidden: self.usize(&["hidden_size", "dim", "n_embd"])?,
+            layers: self.usize(&["num_hidden_layers", "n_layers", "n_layer"])?,
+            heads: self.usize(&["num_attention_heads", "n_heads", "n_head"])?,
+            vocab: self.usize(&["vocab_size"])?,
+            max_pos: self.usize(&["max_position_embeddings", "n_positions"])?,
+        })
+    }
+
     /// Reads `dir/config.json`.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");

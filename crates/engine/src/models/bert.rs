@@ -1,8 +1,8 @@
 //! BERT (MiniLM, bge, e5, gte-small, …): post-norm encoder, absolute positions, token types.
 
 use crate::attention::{HeadLayout, Mask};
-use crate::config::ConfigJson;
-use crate::models::{model_type_in, Architecture};
+use crate::config::{ConfigJson, Dims};
+use crate::models::Architecture;
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
 use crate::rerank::RerankHead;
@@ -10,14 +10,7 @@ use crate::transformer::{Embeddings, GateOrder, Layer, Linear, Mlp, Norm, NormPl
 use crate::weights::Weights;
 
 /// The architecture this file declares.
-pub const ARCHITECTURE: Architecture = Architecture {
-    name: "bert",
-    model_types: &["bert"],
-    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
-    load,
-    classifier: Some(classifier),
-    tasks: None,
-};
+pub const ARCHITECTURE: Architecture = Architecture::new("bert", &["bert"], load).with_classifier(classifier);
 
 /// Builds a BERT encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
@@ -26,12 +19,8 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
 
 /// The BERT layout with positions starting at `position_offset` (RoBERTa uses `pad_token_id + 1`).
 pub fn load_with_position_offset(cfg: &ConfigJson, w: &Weights, position_offset: usize) -> Result<Transformer> {
-    let hidden = cfg.usize(&["hidden_size"])?;
-    let layers = cfg.usize(&["num_hidden_layers"])?;
-    let heads = cfg.usize(&["num_attention_heads"])?;
+    let Dims { hidden, layers, heads, vocab, max_pos } = cfg.dims()?;
     let inter = cfg.usize(&["intermediate_size"])?;
-    let vocab = cfg.usize(&["vocab_size"])?;
-    let max_pos = cfg.usize(&["max_position_embeddings"])?;
     let eps = cfg.f64_opt(&["layer_norm_eps"]).unwrap_or(1e-12);
     let act_name = cfg.str_opt(&["hidden_act"]).unwrap_or("gelu");
     let activation = Activation::from_name(act_name)

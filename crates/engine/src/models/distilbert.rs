@@ -1,31 +1,20 @@
 //! DistilBERT: BERT without token types, with its own tensor names and config keys.
 
 use super::bert::{post_norm_layer, PostNormNames};
-use crate::config::ConfigJson;
-use crate::models::{model_type_in, Architecture};
+use crate::config::{ConfigJson, Dims};
+use crate::models::Architecture;
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
 use crate::transformer::{Embeddings, Norm, NormPlacement, Transformer};
 use crate::weights::Weights;
 
 /// The architecture this file declares.
-pub const ARCHITECTURE: Architecture = Architecture {
-    name: "distilbert",
-    model_types: &["distilbert"],
-    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
-    load,
-    classifier: None,
-    tasks: None,
-};
+pub const ARCHITECTURE: Architecture = Architecture::new("distilbert", &["distilbert"], load);
 
 /// Builds a DistilBERT encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
-    let hidden = cfg.usize(&["dim", "hidden_size"])?;
-    let layers = cfg.usize(&["n_layers", "num_hidden_layers"])?;
-    let heads = cfg.usize(&["n_heads", "num_attention_heads"])?;
+    let Dims { hidden, layers, heads, vocab, max_pos } = cfg.dims()?;
     let inter = cfg.usize(&["hidden_dim", "intermediate_size"])?;
-    let vocab = cfg.usize(&["vocab_size"])?;
-    let max_pos = cfg.usize(&["max_position_embeddings"])?;
     let act_name = cfg.str_opt(&["activation"]).unwrap_or("gelu");
     let activation = Activation::from_name(act_name)
         .ok_or_else(|| cfg.invalid(&format!("unsupported activation `{act_name}`")))?;

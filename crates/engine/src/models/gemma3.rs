@@ -6,8 +6,8 @@
 //! EmbeddingGemma sets it) is an encoder; causal Gemma3 is refused.
 
 use crate::attention::{HeadLayout, Mask};
-use crate::config::ConfigJson;
-use crate::models::{model_type_in, Architecture};
+use crate::config::{ConfigJson, Dims};
+use crate::models::Architecture;
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
 use crate::rotary::Rotary;
@@ -17,14 +17,7 @@ use crate::transformer::{
 use crate::weights::{Tensor, Weights};
 
 /// The architecture this file declares.
-pub const ARCHITECTURE: Architecture = Architecture {
-    name: "gemma3_text",
-    model_types: &["gemma3_text"],
-    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
-    load,
-    classifier: None,
-    tasks: None,
-};
+pub const ARCHITECTURE: Architecture = Architecture::new("gemma3_text", &["gemma3_text"], load);
 
 /// Gemma's RMSNorm weight `w` as the plain RMSNorm scale `(1 + w) · factor`.
 fn gemma_scale(w: &Weights, name: &str, width: usize, factor: f32) -> Result<Tensor> {
@@ -56,14 +49,10 @@ fn refuse_unimplemented(cfg: &ConfigJson) -> Result<()> {
 /// Builds a bidirectional Gemma3 encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
     refuse_unimplemented(cfg)?;
-    let hidden = cfg.usize(&["hidden_size"])?;
-    let layers = cfg.usize(&["num_hidden_layers"])?;
-    let heads = cfg.usize(&["num_attention_heads"])?;
+    let Dims { hidden, layers, heads, vocab, max_pos } = cfg.dims()?;
     let kv_heads = cfg.usize_opt(&["num_key_value_heads"]).unwrap_or(heads);
     let head_dim = cfg.usize_opt(&["head_dim"]).unwrap_or(hidden / heads.max(1));
     let inter = cfg.usize(&["intermediate_size"])?;
-    let vocab = cfg.usize(&["vocab_size"])?;
-    let max_pos = cfg.usize(&["max_position_embeddings"])?;
     let eps = cfg.f64_opt(&["rms_norm_eps"]).unwrap_or(1e-6);
     let bias = cfg.bool_opt(&["attention_bias"]).unwrap_or(false);
     let window = cfg.usize_opt(&["sliding_window"]).unwrap_or(4096);

@@ -4,8 +4,8 @@
 //! original code applies the scaling: always, at load) and optional token types.
 
 use crate::attention::Mask;
-use crate::config::ConfigJson;
-use crate::models::{model_type_in, Architecture};
+use crate::config::{ConfigJson, Dims};
+use crate::models::Architecture;
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
 use crate::rotary::Rotary;
@@ -13,14 +13,7 @@ use crate::transformer::{Embeddings, GateOrder, Layer, Linear, Mlp, Norm, NormPl
 use crate::weights::Weights;
 
 /// The architecture this file declares.
-pub const ARCHITECTURE: Architecture = Architecture {
-    name: "new",
-    model_types: &["new"],
-    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
-    load,
-    classifier: None,
-    tasks: None,
-};
+pub const ARCHITECTURE: Architecture = Architecture::new("new", &["new"], load);
 
 /// The rotary frequencies of the original `NewModel` code. With `rope_scaling` `{type: ntk,
 /// factor}` its cache is built for `max_position_embeddings × factor` positions at load, which
@@ -79,12 +72,8 @@ fn refuse_unimplemented(cfg: &ConfigJson) -> Result<()> {
 
 /// Builds a GTE NewModel encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
-    let hidden = cfg.usize(&["hidden_size"])?;
-    let layers = cfg.usize(&["num_hidden_layers"])?;
-    let heads = cfg.usize(&["num_attention_heads"])?;
+    let Dims { hidden, layers, heads, vocab, max_pos } = cfg.dims()?;
     let inter = cfg.usize(&["intermediate_size"])?;
-    let vocab = cfg.usize(&["vocab_size"])?;
-    let max_pos = cfg.usize(&["max_position_embeddings"])?;
     let eps = cfg.f64_opt(&["layer_norm_eps"]).unwrap_or(1e-12);
     refuse_unimplemented(cfg)?;
     let act_name = cfg.str_opt(&["hidden_act"]).unwrap_or("gelu");

@@ -3,7 +3,7 @@
 //! (`gated_layers` = `[gate | up]` without bias, GELU or ReLU, `wo`, `layernorm`). Its folders say
 //! `model_type` `bert` with `position_embedding_type` `alibi`.
 
-use crate::config::ConfigJson;
+use crate::config::{ConfigJson, Dims};
 use crate::models::{has_class, model_type_in, Architecture};
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
@@ -13,19 +13,12 @@ use crate::weights::Weights;
 
 /// The architecture this file declares: BERT folders with ALiBi positions or a JinaBert class
 /// (registered before BERT).
-pub const ARCHITECTURE: Architecture = Architecture {
-    name: "jina_bert",
-    model_types: &["bert", "jina_bert"],
-    claims: |cfg| {
+pub const ARCHITECTURE: Architecture = Architecture::new("jina_bert", &["bert", "jina_bert"], load).claiming(|cfg| {
         model_type_in(cfg, &["jina_bert"])
             || (model_type_in(cfg, &["bert"])
                 && (cfg.str_opt(&["position_embedding_type"]) == Some("alibi")
                     || has_class(cfg, |c| c.starts_with("JinaBert"))))
-    },
-    load,
-    classifier: None,
-    tasks: None,
-};
+    });
 
 /// ALiBi slopes as the original code computes them: a geometric series starting at
 /// `2^(-8/n)` for a power-of-two head count, else the nearest lower power of two's series
@@ -52,12 +45,8 @@ pub fn alibi_slopes(heads: usize) -> Vec<f32> {
 
 /// Builds a JinaBERT v2 encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
-    let hidden = cfg.usize(&["hidden_size"])?;
-    let layers = cfg.usize(&["num_hidden_layers"])?;
-    let heads = cfg.usize(&["num_attention_heads"])?;
+    let Dims { hidden, layers, heads, vocab, max_pos } = cfg.dims()?;
     let inter = cfg.usize(&["intermediate_size"])?;
-    let vocab = cfg.usize(&["vocab_size"])?;
-    let max_pos = cfg.usize(&["max_position_embeddings"])?;
     let eps = cfg.f64_opt(&["layer_norm_eps"]).unwrap_or(1e-12);
     let activation = match cfg.str_opt(&["feed_forward_type"]).unwrap_or("geglu") {
         "geglu" => Activation::Gelu,

@@ -4,7 +4,7 @@
 //! batch (tasks may be mixed), never merged: one copy of the weights serves every task.
 
 use crate::attention::Mask;
-use crate::config::ConfigJson;
+use crate::config::{ConfigJson, Dims};
 use crate::models::{has_class, model_type_in, Architecture, Tasks};
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
@@ -16,14 +16,7 @@ use crate::weights::{Tensor, Weights};
 
 /// The architecture this file declares: `xlm-roberta` folders of class `XLMRobertaLoRA`
 /// (registered before RoBERTa).
-pub const ARCHITECTURE: Architecture = Architecture {
-    name: "jina_v3",
-    model_types: &["xlm-roberta"],
-    claims: |cfg| model_type_in(cfg, &["xlm-roberta"]) && has_class(cfg, |c| c == "XLMRobertaLoRA"),
-    load,
-    classifier: None,
-    tasks: Some(tasks),
-};
+pub const ARCHITECTURE: Architecture = Architecture::new("jina_v3", &["xlm-roberta"], load).claiming(|cfg| model_type_in(cfg, &["xlm-roberta"]) && has_class(cfg, |c| c == "XLMRobertaLoRA")).with_tasks(tasks);
 
 /// The weight of a parametrized (LoRA) module, or its plain weight.
 fn base_name(w: &Weights, prefix: &str) -> String {
@@ -74,12 +67,8 @@ fn lora_linear(w: &Weights, prefix: &str, inf: usize, outf: usize, lora: LoraSha
 
 /// Builds a jina-embeddings-v3 encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
-    let hidden = cfg.usize(&["hidden_size"])?;
-    let layers = cfg.usize(&["num_hidden_layers"])?;
-    let heads = cfg.usize(&["num_attention_heads"])?;
+    let Dims { hidden, layers, heads, vocab, max_pos } = cfg.dims()?;
     let inter = cfg.usize(&["intermediate_size"])?;
-    let vocab = cfg.usize(&["vocab_size"])?;
-    let max_pos = cfg.usize(&["max_position_embeddings"])?;
     let eps = cfg.f64_opt(&["layer_norm_eps"]).unwrap_or(1e-5);
     match cfg.str_opt(&["position_embedding_type"]).unwrap_or("rotary") {
         "rotary" => {}

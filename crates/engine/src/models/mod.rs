@@ -22,10 +22,10 @@ pub struct Architecture {
     pub name: &'static str,
     /// The `model_type` values it serves (listed in the error for an unknown one).
     pub model_types: &'static [&'static str],
-    /// Whether a folder's config is this architecture's: by default its `model_type` is one of
-    /// [`Self::model_types`]; a family that reuses another's `model_type` says what else marks
+    /// Whether a folder's config is this architecture's; `None`: its `model_type` is one of
+    /// [`Self::model_types`]. A family that reuses another's `model_type` says what else marks
     /// it (and is registered before that other family).
-    pub claims: fn(&ConfigJson) -> bool,
+    pub claims: Option<fn(&ConfigJson) -> bool>,
     /// Builds the encoder from the config and the weights.
     pub load: fn(&ConfigJson, &Weights) -> Result<Transformer>,
     /// The head of its `*ForSequenceClassification` folders (one logit from the hidden states
@@ -47,7 +47,57 @@ pub struct Tasks {
     pub normalizes: bool,
 }
 
-/// Whether `cfg`'s `model_type` is one of `types` (the default [`Architecture::claims`]).
+impl Architecture {
+    /// An architecture named `name` for folders of these `model_types`, built by `load`.
+    pub const fn new(
+        name: &'static str,
+        model_types: &'static [&'static str],
+        load: fn(&ConfigJson, &Weights) -> Result<Transformer>,
+    ) -> Self {
+        Self {
+            name,
+            model_types,
+            claims: None,
+            load,
+            classifier: None,
+            tasks: None,
+        }
+    }
+
+    /// The same, claiming the folders for which `claims` holds.
+    pub const fn claiming(self, claims: fn(&ConfigJson) -> bool) -> Self {
+        Self {
+            claims: Some(claims),
+            ..self
+        }
+    }
+
+    /// The same, with a sequence-classification head.
+    pub const fn with_classifier(self, classifier: ClassifierLoader) -> Self {
+        Self {
+            classifier: Some(classifier),
+            ..self
+        }
+    }
+
+    /// The same, with task adapters.
+    pub const fn with_tasks(self, tasks: fn(&ConfigJson) -> Tasks) -> Self {
+        Self {
+            tasks: Some(tasks),
+            ..self
+        }
+    }
+
+    /// Whether `cfg` is a folder of this architecture.
+    pub fn claims(&self, cfg: &ConfigJson) -> bool {
+        match self.claims {
+            Some(claims) => claims(cfg),
+            None => model_type_in(cfg, self.model_types),
+        }
+    }
+}
+
+/// Whether `cfg`'s `model_type` is one of `types`.
 pub(crate) fn model_type_in(cfg: &ConfigJson, types: &[&str]) -> bool {
     cfg.str_opt(&["model_type"]).is_some_and(|t| types.contains(&t))
 }
@@ -77,6 +127,7 @@ pub fn supported_model_types() -> Vec<&'static str> {
         .iter()
         .flat_map(|a| a.model_types.iter().copied())
         .collect();
+    all.sort_unstable();
     all.dedup();
     all
 }
@@ -85,7 +136,7 @@ pub fn supported_model_types() -> Vec<&'static str> {
 /// supported ones.
 pub fn architecture_of(cfg: &ConfigJson) -> Result<&'static Architecture> {
     let model_type = cfg.model_type()?;
-    ARCHITECTURES.iter().copied().find(|a| (a.claims)(cfg)).ok_or_else(|| {
+    ARCHITECTURES.iter().copied().find(|a| a.claims(cfg)).ok_or_else(|| {
         Error::Unsupported(format!(
             "{}: model_type `{model_type}` (supported: {})",
             cfg.path.display(),

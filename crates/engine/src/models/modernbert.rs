@@ -3,8 +3,8 @@
 //! every `global_attn_every_n_layers`-th, identity attention norm on the first layer, final norm.
 
 use crate::attention::Mask;
-use crate::config::ConfigJson;
-use crate::models::{model_type_in, Architecture};
+use crate::config::{ConfigJson, Dims};
+use crate::models::Architecture;
 use crate::error::{Error, Result};
 use crate::pooling::Pooling;
 use crate::rerank::RerankHead;
@@ -14,23 +14,12 @@ use crate::transformer::{Embeddings, GateOrder, Layer, Linear, Mlp, Norm, NormPl
 use crate::weights::Weights;
 
 /// The architecture this file declares.
-pub const ARCHITECTURE: Architecture = Architecture {
-    name: "modernbert",
-    model_types: &["modernbert"],
-    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
-    load,
-    classifier: Some(classifier),
-    tasks: None,
-};
+pub const ARCHITECTURE: Architecture = Architecture::new("modernbert", &["modernbert"], load).with_classifier(classifier);
 
 /// Builds a ModernBERT encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
-    let hidden = cfg.usize(&["hidden_size"])?;
-    let layers = cfg.usize(&["num_hidden_layers"])?;
-    let heads = cfg.usize(&["num_attention_heads"])?;
+    let Dims { hidden, layers, heads, vocab, max_pos } = cfg.dims()?;
     let inter = cfg.usize(&["intermediate_size"])?;
-    let vocab = cfg.usize(&["vocab_size"])?;
-    let max_pos = cfg.usize(&["max_position_embeddings"])?;
     let eps = cfg.f64_opt(&["norm_eps"]).unwrap_or(1e-5);
     let every = cfg.usize_opt(&["global_attn_every_n_layers"]).unwrap_or(3).max(1);
     let window = cfg.usize_opt(&["local_attention"]).unwrap_or(128);

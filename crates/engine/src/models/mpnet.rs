@@ -2,31 +2,20 @@
 //! `pad_token_id + 1` and a bucketed relative position bias shared by all layers.
 
 use super::bert::{post_norm_layer, PostNormNames};
-use crate::config::ConfigJson;
-use crate::models::{model_type_in, Architecture};
+use crate::config::{ConfigJson, Dims};
+use crate::models::Architecture;
 use crate::error::Result;
 use crate::kernels::activation::Activation;
 use crate::transformer::{BucketedPositionBias, PositionBias, Embeddings, Norm, NormPlacement, Transformer};
 use crate::weights::Weights;
 
 /// The architecture this file declares.
-pub const ARCHITECTURE: Architecture = Architecture {
-    name: "mpnet",
-    model_types: &["mpnet"],
-    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
-    load,
-    classifier: None,
-    tasks: None,
-};
+pub const ARCHITECTURE: Architecture = Architecture::new("mpnet", &["mpnet"], load);
 
 /// Builds an MPNet encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
-    let hidden = cfg.usize(&["hidden_size"])?;
-    let layers = cfg.usize(&["num_hidden_layers"])?;
-    let heads = cfg.usize(&["num_attention_heads"])?;
+    let Dims { hidden, layers, heads, vocab, max_pos } = cfg.dims()?;
     let inter = cfg.usize(&["intermediate_size"])?;
-    let vocab = cfg.usize(&["vocab_size"])?;
-    let max_pos = cfg.usize(&["max_position_embeddings"])?;
     let buckets = cfg.usize_opt(&["relative_attention_num_buckets"]).unwrap_or(32);
     let eps = cfg.f64_opt(&["layer_norm_eps"]).unwrap_or(1e-12);
     let pad = cfg.usize_opt(&["pad_token_id"]).unwrap_or(1);

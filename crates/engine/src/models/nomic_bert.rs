@@ -4,8 +4,8 @@
 //! `rotary_emb_*`) or transformers-style (`hidden_size`, …, `rope_parameters`).
 
 use crate::attention::Mask;
-use crate::config::ConfigJson;
-use crate::models::{model_type_in, Architecture};
+use crate::config::{ConfigJson, Dims};
+use crate::models::Architecture;
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
 use crate::rotary::Rotary;
@@ -13,14 +13,7 @@ use crate::transformer::{Embeddings, GateOrder, Layer, Linear, Mlp, Norm, NormPl
 use crate::weights::Weights;
 
 /// The architecture this file declares.
-pub const ARCHITECTURE: Architecture = Architecture {
-    name: "nomic_bert",
-    model_types: &["nomic_bert"],
-    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
-    load,
-    classifier: None,
-    tasks: None,
-};
+pub const ARCHITECTURE: Architecture = Architecture::new("nomic_bert", &["nomic_bert"], load);
 
 /// Refuses configs whose flags ask for something this file does not compute (any value but the
 /// one computed here is refused rather than ignored): scaled or dynamic rotary
@@ -55,12 +48,8 @@ fn refuse_unimplemented(cfg: &ConfigJson) -> Result<()> {
 
 /// Builds a NomicBERT encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
-    let hidden = cfg.usize(&["n_embd", "hidden_size"])?;
-    let layers = cfg.usize(&["n_layer", "num_hidden_layers"])?;
-    let heads = cfg.usize(&["n_head", "num_attention_heads"])?;
+    let Dims { hidden, layers, heads, vocab, max_pos } = cfg.dims()?;
     let inter = cfg.usize_opt(&["n_inner", "intermediate_size"]).unwrap_or(4 * hidden);
-    let vocab = cfg.usize(&["vocab_size"])?;
-    let max_pos = cfg.usize(&["n_positions", "max_position_embeddings"])?;
     let eps = cfg.f64_opt(&["layer_norm_epsilon", "layer_norm_eps"]).unwrap_or(1e-12);
     let theta = match cfg.f64_opt(&["rotary_emb_base"]) {
         Some(t) => t,

@@ -3,8 +3,8 @@
 //! Causality holds per sequence in a packed batch because masks and positions are per sequence.
 
 use crate::attention::{HeadLayout, Mask};
-use crate::config::ConfigJson;
-use crate::models::{model_type_in, Architecture};
+use crate::config::{ConfigJson, Dims};
+use crate::models::Architecture;
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
 use crate::rotary::Rotary;
@@ -14,25 +14,14 @@ use crate::transformer::{
 use crate::weights::Weights;
 
 /// The architecture this file declares.
-pub const ARCHITECTURE: Architecture = Architecture {
-    name: "qwen3",
-    model_types: &["qwen3"],
-    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
-    load,
-    classifier: None,
-    tasks: None,
-};
+pub const ARCHITECTURE: Architecture = Architecture::new("qwen3", &["qwen3"], load);
 
 /// Builds a Qwen3 decoder stack.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
-    let hidden = cfg.usize(&["hidden_size"])?;
-    let layers = cfg.usize(&["num_hidden_layers"])?;
-    let heads = cfg.usize(&["num_attention_heads"])?;
+    let Dims { hidden, layers, heads, vocab, max_pos } = cfg.dims()?;
     let kv_heads = cfg.usize_opt(&["num_key_value_heads"]).unwrap_or(heads);
     let head_dim = cfg.usize_opt(&["head_dim"]).unwrap_or(hidden / heads.max(1));
     let inter = cfg.usize(&["intermediate_size"])?;
-    let vocab = cfg.usize(&["vocab_size"])?;
-    let max_pos = cfg.usize(&["max_position_embeddings"])?;
     let eps = cfg.f64_opt(&["rms_norm_eps"]).unwrap_or(1e-6);
     let bias = cfg.bool_opt(&["attention_bias"]).unwrap_or(false);
     let act_name = cfg.str_opt(&["hidden_act"]).unwrap_or("silu");

@@ -2,21 +2,14 @@
 //! `pad_token_id + 1`.
 
 use crate::config::ConfigJson;
-use crate::models::{model_type_in, Architecture};
+use crate::models::Architecture;
 use crate::error::Result;
 use crate::rerank::RerankHead;
 use crate::transformer::{Linear, Transformer};
 use crate::weights::Weights;
 
 /// The architecture this file declares.
-pub const ARCHITECTURE: Architecture = Architecture {
-    name: "roberta",
-    model_types: &["roberta", "xlm-roberta", "camembert"],
-    claims: |cfg| model_type_in(cfg, ARCHITECTURE.model_types),
-    load,
-    classifier: Some(classifier),
-    tasks: None,
-};
+pub const ARCHITECTURE: Architecture = Architecture::new("roberta", &["roberta", "xlm-roberta", "camembert"], load).with_classifier(classifier);
 
 /// Builds a RoBERTa-family encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
