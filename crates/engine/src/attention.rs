@@ -279,6 +279,9 @@ unsafe fn pack_keys(src: *const f32, stride: usize, count: usize, d: usize, scal
 }
 
 /// The `rows × cols` corner (both multiples of 8) of [`pack_keys`], 8×8 blocks at a time.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn transpose_8x8_blocks(

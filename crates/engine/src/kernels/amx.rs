@@ -468,6 +468,9 @@ pub(crate) unsafe fn block<U: TileUnit>(
 }
 
 /// `dot`'s instruction on tiles `C`, `A`, `B`.
+///
+/// # Safety
+/// The [`TileUnit`] contract: `u` is configured and tiles `A`, `B` hold loaded data.
 #[inline(always)]
 unsafe fn dot_product<U: TileUnit, const C: u8, const A: u8, const B: u8>(u: &mut U, dot: Dot) {
     match dot {

@@ -205,6 +205,9 @@ fn round_row_bits_fastest() -> fn(&[f32], &mut [u16]) {
 }
 
 /// [`round_row_bits`] with `vcvtne2ps2bf16`.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `out` is at least as long as `x`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")]
 unsafe fn round_row_bits_avx512bf16(x: &[f32], out: &mut [u16]) {
@@ -549,6 +552,10 @@ pub fn amx_usable() -> bool {
     })
 }
 
+/// Any CPU: the plain-Rust kernel.
+///
+/// # Safety
+/// `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth).
 unsafe fn portable_tile(t: BTile) {
     const NR: usize = 16;
     let a = t.a as *const f32;
@@ -569,6 +576,9 @@ unsafe fn portable_tile(t: BTile) {
 
 /// AVX2: each 32-bit lane holds a column's (even, odd) pair; `<< 16` and `& 0xFFFF0000` widen
 /// them to fp32 for two FMAs. The sum per lane is `even + odd` products, as `vdpbf16ps` does.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn avx2_kernel<const R: usize>(t: BTile) {
@@ -602,6 +612,9 @@ unsafe fn avx2_kernel<const R: usize>(t: BTile) {
 }
 
 /// AVX-512F without BF16: the AVX2 scheme on 16-lane registers.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
 unsafe fn avx512_kernel<const R: usize>(t: BTile) {
@@ -635,6 +648,9 @@ unsafe fn avx512_kernel<const R: usize>(t: BTile) {
 }
 
 /// AVX512-BF16: one `vdpbf16ps` per 16 columns and pair of `k`.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")]
 unsafe fn dpbf16_kernel<const R: usize>(t: BTile) {

@@ -281,6 +281,9 @@ fn fold_row_stats(sum: &[f32; LANES], lo: &[f32; LANES], hi: &[f32; LANES], rest
 /// [`row_stats`] on AVX2 (LLVM's vectorization of the portable loop shuffles the accumulators
 /// through one register and ran 10× slower). `vminps(v, lo)` is `v < lo ? v : lo`, so a NaN
 /// keeps the old extreme, as in the portable loop.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn row_stats_avx2(x: &[f32]) -> RowStats {
@@ -353,6 +356,10 @@ fn row_scale(lo: f32, hi: f32) -> Option<(f32, f32)> {
     Some((inv, (-lo * inv).round_ties_even().clamp(0.0, 255.0)))
 }
 
+/// [`quantize_row_in`] on AVX-512.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `out` is at least as long as `x`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
 unsafe fn quantize_row_avx512(x: &[f32], lo: f32, hi: f32, out: &mut [u8]) -> (f32, i32) {
@@ -388,6 +395,9 @@ unsafe fn quantize_row_avx512(x: &[f32], lo: f32, hi: f32, out: &mut [u8]) -> (f
 
 /// [`quantize_row_in`] on AVX2: 32 values per step (the last step on a zero-padded copy),
 /// codes rounded to nearest even by `vcvtps2dq` and narrowed with unsigned saturation.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `out` is at least as long as `x`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_row_avx2(x: &[f32], lo: f32, hi: f32, out: &mut [u8]) -> (f32, i32) {
@@ -477,6 +487,9 @@ fn above_portable(x: &[f32], first: usize, limit: f32, found: &mut Vec<(f32, u32
 }
 
 /// [`above`] eight values at a time: a compare and a bit mask, the rare hits then one by one.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn above_avx2(x: &[f32], limit: f32, found: &mut Vec<(f32, u32)>) {
@@ -610,6 +623,9 @@ fn interleave_strip(rows: &[&[u8]; AVX2_MR], strip: &mut [u16]) {
 
 /// [`interleave_strip`] for the first `kp / 16 · 8` pairs: sixteen codes of a row widened at
 /// once, then stored pair by pair.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); each row holds at least `strip.len() / AVX2_MR · 2` codes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn interleave_strip_avx2(rows: &[&[u8]; AVX2_MR], strip: &mut [u16]) {
@@ -662,12 +678,18 @@ struct QTile {
 
 impl QTile {
     /// How many outliers row `r` has.
+    ///
+    /// # Safety
+    /// `r` is below the tile's row count (the outlier tables are per row).
     #[inline(always)]
     unsafe fn outliers(&self, r: usize) -> usize {
         *self.outlier_count.add(r) as usize
     }
 
     /// Row `r`'s outlier `o`: its value, and its weight column from this tile's first column.
+    ///
+    /// # Safety
+    /// `r` is below the tile's row count and `o` below [`Self::outliers`] of `r`.
     #[inline(always)]
     unsafe fn outlier(&self, r: usize, o: usize) -> (f32, *const f32) {
         let i = r * MAX_OUTLIERS + o;
@@ -822,6 +844,9 @@ unsafe fn amx_tile<U: TileUnit>(tiles: &mut Tiles<U>, t: &QTile) {
 /// with the AVX-512 VNNI kernel's epilogue where the CPU has AVX-512 (so the vectors are
 /// bit-identical to that kernel's), else the portable one (the same operations in the same
 /// order).
+///
+/// # Safety
+/// `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth); `acc` is valid for a 32×32 block of i32.
 unsafe fn epilogue_from(t: &QTile, acc: *const i32) {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx512() {
@@ -830,6 +855,10 @@ unsafe fn epilogue_from(t: &QTile, acc: *const i32) {
     portable_epilogue(t, |r, j| *acc.add(32 * r + j));
 }
 
+/// Any CPU: the plain-Rust kernel.
+///
+/// # Safety
+/// `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth).
 unsafe fn portable_tile(t: QTile) {
     const NR: usize = 16;
     const MR: usize = 4;
@@ -850,6 +879,9 @@ unsafe fn portable_tile(t: QTile) {
 /// The epilogue in plain Rust, the same operations in the same order as the SIMD ones (fused
 /// multiply-adds; the same integer wrap-around): `(acc − zp·Σq_w)·(s_x·s_w) + bias`, then each
 /// outlier's `x·w` added, then the activation.
+///
+/// # Safety
+/// `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth); `acc(r, c)` is defined for the tile's rows and columns.
 #[inline(always)]
 unsafe fn portable_epilogue(t: &QTile, acc: impl Fn(usize, usize) -> i32) {
     const NR: usize = 32;
@@ -871,6 +903,9 @@ unsafe fn portable_epilogue(t: &QTile, acc: impl Fn(usize, usize) -> i32) {
 
 /// AVX2: weights sign-extended to i16 pairs, activations as u16 pairs (six rows interleaved),
 /// `vpmaddwd`.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn avx2_kernel<const R: usize>(t: QTile) {
@@ -897,6 +932,9 @@ unsafe fn avx2_kernel<const R: usize>(t: QTile) {
 /// channels and the bias, applies the activation and stores: the AVX2 and AVX-VNNI kernels'
 /// shared epilogue. A partial panel (`cols < 16`) runs the same code on padded copies of its
 /// column data and a stack tile, then copies its columns out.
+///
+/// # Safety
+/// AVX2 is present (called from the AVX2 kernel); `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn avx2_epilogue<const R: usize>(t: &QTile, acc: &[[std::arch::x86_64::__m256i; 2]; R]) {
@@ -930,6 +968,9 @@ unsafe fn avx2_epilogue<const R: usize>(t: &QTile, acc: &[[std::arch::x86_64::__
 }
 
 /// [`avx2_epilogue`] of a whole 16-column panel: column data read in place.
+///
+/// # Safety
+/// AVX2 is present; `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth), with 16 columns.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn avx2_epilogue_full<const R: usize>(t: &QTile, acc: &[[std::arch::x86_64::__m256i; 2]; R]) {
@@ -969,6 +1010,9 @@ unsafe fn avx2_epilogue_full<const R: usize>(t: &QTile, acc: &[[std::arch::x86_6
 }
 
 /// 256-bit `vpdpbusd` (AVX-VNNI): four u8 activations against four i8 weights per lane.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avxvnni")]
 unsafe fn avx_vnni_kernel<const R: usize>(t: QTile) {
@@ -977,6 +1021,9 @@ unsafe fn avx_vnni_kernel<const R: usize>(t: QTile) {
 
 /// The same kernel with the AVX512-VL encoding of the instruction, for CPUs with AVX-512 VNNI
 /// (the 512-bit kernel is chosen there; this one lets those CPUs test the 256-bit kernel).
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
 unsafe fn avx512vl_vnni_kernel<const R: usize>(t: QTile) {
@@ -984,6 +1031,9 @@ unsafe fn avx512vl_vnni_kernel<const R: usize>(t: QTile) {
 }
 
 /// Body of the 256-bit VNNI kernels; `EVEX` picks the instruction's encoding.
+///
+/// # Safety
+/// The calling kernel's features are present; `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn vnni256<const R: usize, const EVEX: bool>(t: QTile) {
@@ -1009,6 +1059,9 @@ unsafe fn vnni256<const R: usize, const EVEX: bool>(t: QTile) {
 }
 
 /// AVX-512 VNNI: `vpdpbusd` of four u8 activations against four i8 weights per lane.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
 unsafe fn vnni_kernel<const R: usize>(t: QTile) {
@@ -1046,6 +1099,10 @@ struct Avx512Columns {
 
 #[cfg(target_arch = "x86_64")]
 impl Avx512Columns {
+    /// The column data of a tile (weight sums, scales, bias) in AVX-512 registers.
+    ///
+    /// # Safety
+    /// AVX-512 is present; `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth).
     #[inline(always)]
     unsafe fn of(t: &QTile) -> Self {
         use std::arch::x86_64::*;
@@ -1074,6 +1131,9 @@ impl Avx512Columns {
 
 /// Dequantizes row `r`'s 32 sums (`lo`, `hi`), adds the outlier channels and the bias,
 /// applies the activation and stores the row: the AVX-512 VNNI and AMX kernels' epilogue.
+///
+/// # Safety
+/// AVX-512 is present; `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth), and `r` is one of its rows.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn avx512_row(
@@ -1109,6 +1169,9 @@ unsafe fn avx512_row(
 }
 
 /// [`epilogue_from`] on AVX-512: each row's 32 sums loaded from memory.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth); `acc` is valid for a 32×32 block of i32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
 unsafe fn avx512_epilogue_from(t: &QTile, acc: *const i32) {

@@ -187,8 +187,12 @@ macro_rules! simd_dispatch {
             fn imp<const FMA: bool>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                /// # Safety
+                /// The CPU has AVX-512 (checked below).
                 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
                 unsafe fn wide($($arg: $ty),*) $(-> $ret)? { imp::<true>($($arg),*) }
+                /// # Safety
+                /// The CPU has AVX2 and FMA (checked below).
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn fast($($arg: $ty),*) $(-> $ret)? { imp::<true>($($arg),*) }
                 if $crate::kernels::has_avx512() {

@@ -287,6 +287,10 @@ fn run<K: MicroKernel>(
     });
 }
 
+/// Runs the micro-kernel `K` over output rows `r0..r1` and columns `c0..c1`.
+///
+/// # Safety
+/// `out` is valid for rows `r0..r1` at `out_stride` floats apart and columns `c0..c1`, written by no other task; `K`'s CPU features are present.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block<K: MicroKernel>(
     x: &[f32],
@@ -479,6 +483,9 @@ impl MicroKernel for Portable {
 
 /// Fixed-size rows and columns, so LLVM keeps the accumulators in registers and vectorizes
 /// for the baseline target.
+///
+/// # Safety
+/// `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth).
 unsafe fn portable_kernel<const R: usize>(t: Tile) {
     const NR: usize = Portable::NR;
     let mut acc = [[0.0f32; NR]; R];
@@ -540,6 +547,8 @@ pub(crate) unsafe fn finish_rows_from(
     }
 }
 
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth); `acc` is valid for a 32×32 block.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
 unsafe fn finish_rows_from_avx512(
@@ -568,6 +577,9 @@ unsafe fn finish_rows_from_avx512(
 
 /// Finishes one output row of a tile held in `tmp[..NR]`: adds the bias (first K block) or the
 /// partial sum already in `dst` (later blocks), applies `act`, stores `cols` values.
+///
+/// # Safety
+/// `dst` is valid for `cols` floats (and `bias`, when given, for as many); with `FMA`, the CPU has FMA.
 #[inline(always)]
 pub(crate) unsafe fn finish_row<const FMA: bool>(
     tmp: &mut [f32],
@@ -594,6 +606,8 @@ pub(crate) unsafe fn finish_row<const FMA: bool>(
     std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
 }
 
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn avx2_kernel<const R: usize>(t: Tile) {
@@ -644,6 +658,9 @@ unsafe fn avx2_kernel<const R: usize>(t: Tile) {
 
 /// Finishes one 16-column output row held in two AVX registers: adds the bias (when
 /// overwriting) or the partial sum already in `dst`, applies `act`, stores `cols` values.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `dst` (and `bias`) are valid for `cols` floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -686,6 +703,8 @@ pub(crate) unsafe fn finish_avx2(
     _mm256_storeu_ps(dst.add(8), hi);
 }
 
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `t` meets the micro-kernel contract written on [`super::sgemm::drive`] (every address it names valid for its rows, columns and padded depth).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
 unsafe fn avx512_kernel<const R: usize>(t: Tile) {
@@ -739,6 +758,9 @@ unsafe fn avx512_kernel<const R: usize>(t: Tile) {
 /// Finishes one 32-column output row held in two AVX-512 registers: adds the bias (when
 /// overwriting) or the partial sum already in `dst`, applies `act`, stores `cols` values.
 /// Columns past `cols` are masked off: never read (bias, partial sums) nor written.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen); `dst` (and `bias`) are valid for `cols` floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
 #[inline]
@@ -774,11 +796,19 @@ pub(crate) unsafe fn finish_avx512(
     _mm512_mask_storeu_ps(dst.wrapping_add(16), m_hi, hi);
 }
 
+/// Never chosen off x86-64.
+///
+/// # Safety
+/// Never called.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn avx2_kernel<const R: usize>(_: Tile) {
     unreachable!("sgemm is only called when AVX2+FMA is present")
 }
 
+/// Never chosen off x86-64.
+///
+/// # Safety
+/// Never called.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn avx512_kernel<const R: usize>(_: Tile) {
     unreachable!("sgemm is only called when AVX-512F is present")
