@@ -43,9 +43,10 @@ fetch-mpnet:
 fetch-embeddinggemma:
 	scripts/fetch-embeddinggemma.sh
 
-## Engine benchmark beside ONNX Runtime (prepares ../shared/bench's venv and ONNX model once).
+## Engine benchmark beside ONNX Runtime (prepares ../shared/bench's venv and ONNX model once),
+## then openembed-bench's own workloads (the benchmark binary; `openembed` ships without it).
 bench: model
 	../shared/bench/setup.sh $(MODEL_DIR) target/bench
-	cargo build --release -p openembed
+	cargo build --release -p openembed -p openembed-bench
 	python3 scripts/bench_vs_ort.py --rounds 3
-	target/release/openembed bench --model $(MODEL_DIR)
+	target/release/openembed-bench --model $(MODEL_DIR)

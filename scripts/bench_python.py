@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`openembed.Model.encode` beside `openembed bench` on the same texts: the first --limit texts of
+"""`openembed.Model.encode` beside `openembed-bench` on the same texts: the first --limit texts of
 the mixed corpus, 2 threads, float32 (or --dtype). Python's figure is end to end (tokenization
 included), so it is compared with the engine's text-to-vectors figure of the same run.
 sentence-transformers' own encode is measured too when it is installed in the same interpreter.
@@ -18,6 +18,7 @@ import openembed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target/release/openembed")
+BENCH_BIN = os.path.join(ROOT, "target", "release", "openembed-bench")
 MODEL = os.path.join(ROOT, "models/all-MiniLM-L6-v2")
 CORPUS = os.path.join(ROOT, "../shared/bench/corpus/mixed.jsonl")
 
@@ -34,7 +35,7 @@ def texts(limit):
 
 
 def engine(limit, dtype):
-    out = subprocess.run([BIN, "bench", "--model", MODEL, "--workloads", "packed", "--threads", "2",
+    out = subprocess.run([BENCH_BIN, "--model", MODEL, "--workloads", "packed", "--threads", "2",
                           "--limit", str(limit), "--dtype", dtype, "--batch-tokens", "8192"],
                          check=True, capture_output=True, text=True, cwd=ROOT).stdout
     results = json.loads(out.strip().splitlines()[-1])["results"]

@@ -23,6 +23,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target/release/openembed")
+BENCH_BIN = os.path.join(ROOT, "target", "release", "openembed-bench")
 CORPUS = os.path.join(ROOT, "../shared/bench/corpus/mixed.jsonl")
 SOURCE = os.path.join(ROOT, "models/all-MiniLM-L6-v2")
 MODEL = os.path.join(ROOT, "target/bench/cross-encoder-minilm")
@@ -96,7 +97,7 @@ def pairs():
 
 
 def engine():
-    out = subprocess.run([BIN, "bench", "--model", MODEL, "--workloads", "rerank", "--threads", "2", "--limit", "200"],
+    out = subprocess.run([BENCH_BIN, "--model", MODEL, "--workloads", "rerank", "--threads", "2", "--limit", "200"],
                          check=True, capture_output=True, text=True, cwd=ROOT).stdout
     result = json.loads(out.strip().splitlines()[-1])["results"]
     return next(r["pairs_per_s"] for r in result if r.get("workload") == "rerank")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Server benchmark beside the engine's own: runs `openembed bench` (corpus workload) and then
+"""Server benchmark beside the engine's own: runs `openembed-bench` (corpus workload) and then
 `openembed serve` under ../shared/bench/loadgen.py in the three scenarios of issue #3:
 
   A. batch 32, concurrency 4        -> server tokens/s vs engine tokens/s (target >= 90%)
@@ -22,6 +22,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target/release/openembed")
+BENCH_BIN = os.path.join(ROOT, "target", "release", "openembed-bench")
 PY = os.path.join(ROOT, "target/bench/venv/bin/python")
 CORPUS = os.path.join(ROOT, "../shared/bench/corpus/mixed.jsonl")
 LOADGEN = os.path.join(ROOT, "../shared/bench/loadgen.py")
@@ -39,7 +40,7 @@ def last_json(text):
 
 def engine_tokens_per_s(limit, dtype):
     out = subprocess.run(
-        [BIN, "bench", "--model", MODEL, "--corpus", CORPUS, "--limit", str(limit), "--threads", "2",
+        [BENCH_BIN, "--model", MODEL, "--corpus", CORPUS, "--limit", str(limit), "--threads", "2",
          "--workloads", "corpus", "--batch", "32", "--dtype", dtype],
         check=True, capture_output=True, text=True, cwd=ROOT).stdout
     results = last_json(out)["results"]

@@ -2,7 +2,7 @@
 """Engine benchmark beside the yardsticks: ONNX Runtime (../shared/bench/engine_ort.py) in fp32 and
 dynamic int8, OpenVINO on the same ONNX in bf16 (`ov-bf16`, AMX tiles where the CPU has them) and
 OpenVINO's static int8 (`ov-int8`: an IR quantized with NNCF by make_ov_int8.py, built on first
-use), and `openembed bench` in each --dtype, alternately, several rounds, on the same texts, at
+use), and `openembed-bench` in each --dtype, alternately, several rounds, on the same texts, at
 the all-MiniLM-L6-v2 shape or the BERT-base shape. Prints medians in texts/s and tokens/s and
 every dtype's ratio to each yardstick. These machines are noisy: only ratios from one run mean
 anything.
@@ -26,6 +26,7 @@ SHARED = os.path.join(ROOT, "..", "shared", "bench")
 BENCH = os.path.join(ROOT, "target", "bench")
 PY = os.path.join(BENCH, "venv", "bin", "python")
 BIN = os.path.join(ROOT, "target", "release", "openembed")
+BENCH_BIN = os.path.join(ROOT, "target", "release", "openembed-bench")
 MINILM = os.path.join(ROOT, "models", "all-MiniLM-L6-v2")
 
 
@@ -89,7 +90,7 @@ def main():
             rows[name].append(ort["results"][v]["tokens_per_s"])
             text_rows[name].append(ort["results"][v]["texts_per_s"])
         for d in dtypes:
-            ours = last_json([BIN, "bench", "--model", model, "--corpus", mixed, "--limit", str(len(texts)),
+            ours = last_json([BENCH_BIN, "--model", model, "--corpus", mixed, "--limit", str(len(texts)),
                               "--threads", str(a.threads), "--workloads", "corpus", "--dtype", d])
             for res in ours["results"]:
                 if res["workload"] == "corpus sorted batches":

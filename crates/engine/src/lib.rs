@@ -1,7 +1,10 @@
 //! openembed's inference engine: loads Hugging Face / sentence-transformers model folders and
 //! turns text into the vectors sentence-transformers produces, on the CPU, fast.
 //!
-//! It knows nothing of HTTP or async. The flow is
+//! It owns model loading (one file per architecture in [`models`]), tokenization, the forward
+//! pass and its kernels, pooling and reranker scoring. It knows nothing of requests, HTTP or
+//! async: what a request means (prompts, tasks, limits, batching across requests) is the
+//! `openembed-pipeline` crate's. The flow is
 //! [`Model::tokenize`] → [`Model::embed_ids`] (packed batch → transformer → pooling → Dense →
 //! normalize) → optionally [`truncate_dimensions`].
 //!

@@ -1,8 +1,9 @@
-//! `openembed`: the command line of the openembed embedding server.
+//! `openembed`: the command line of the openembed embedding server. `serve` starts the HTTP
+//! front end (`openembed-server`); `embed` and `batch` translate their flags and files into
+//! requests of the pipeline (`openembed-pipeline`) and its answers into files, so they give the
+//! server's vectors and refusals; `rerank`, `models` and `fetch` are tools around models.
 
 mod batch_file;
-mod bench;
-mod bench_arch;
 mod embed;
 mod fetch;
 mod models;
@@ -37,8 +38,6 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Measure the engine: tokens/s and per-batch latency on fixed workloads.
-    Bench(bench::BenchArgs),
     /// Embed texts from arguments or stdin and print JSON lines.
     Embed(embed::EmbedArgs),
     /// Serve the OpenAI embeddings API over HTTP.
@@ -69,7 +68,6 @@ impl std::error::Error for UsageError {}
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Bench(args) => bench::run(&args),
         Command::Embed(args) => embed::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Batch(args) => batch_file::run(&args),

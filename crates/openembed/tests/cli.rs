@@ -349,7 +349,7 @@ fn models_lists_local_folders() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["serve", "embed", "batch", "models", "bench", "rerank", "fetch"] {
+    for sub in ["serve", "embed", "batch", "models", "rerank", "fetch"] {
         let out = bin().args([sub, "--help"]).output().unwrap();
         assert!(out.status.success(), "{sub} --help");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));

@@ -1,4 +1,4 @@
-//! `openembed bench --workloads architectures`: every architecture on its tiny reference fixture
+//! `openembed-bench --workloads architectures`: every architecture on its tiny reference fixture
 //! (correctness), then tokens/s of models at realistic sizes built with random weights at the
 //! real shapes (speed does not depend on the values): BERT-base, nomic-embed-text-v1.5,
 //! gte-modernbert-base, Qwen3-Embedding-0.6B, gte-base-en-v1.5, jina-embeddings-v2-base-en,

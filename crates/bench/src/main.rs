@@ -1,14 +1,24 @@
-//! `openembed bench`: the engine benchmark. Prints tokens/s and per-batch latency (medians) for
-//! fixed workloads on 1 and on 2 threads; the last line is one JSON object.
+//! `openembed-bench`: the engine benchmark (a separate binary: the `openembed` command ships
+//! without it). Prints tokens/s and per-batch latency (medians) for fixed workloads on 1 and on
+//! 2 threads; the last line is one JSON object. `scripts/bench_*.py` drive it beside the
+//! yardsticks and the server.
+
+mod architectures;
 
 use anyhow::{Context, Result};
+use clap::Parser;
 use openembed_engine::{DType, LoadOptions, Model, Truncation};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Options of `openembed bench`.
-#[derive(clap::Args)]
+/// mimalloc, as the `openembed` command uses, so allocation costs are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Measure the engine: tokens/s and per-batch latency on fixed workloads.
+#[derive(Parser)]
+#[command(name = "openembed-bench", version, about)]
 pub struct BenchArgs {
     /// Model folder.
     #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
@@ -52,16 +62,26 @@ pub struct BenchArgs {
 /// The first `limit` texts (all when 0) of a JSON-lines corpus.
 fn read_corpus(path: &PathBuf, limit: usize) -> Result<Vec<String>> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot read corpus {}", path.display()))?;
-    let mut texts = crate::embed::read_texts(std::io::BufReader::new(file), true, &path.display().to_string())?;
-    if limit > 0 {
-        texts.truncate(limit);
+    let mut texts = Vec::new();
+    for (n, line) in std::io::BufRead::lines(std::io::BufReader::new(file)).enumerate() {
+        if limit > 0 && texts.len() == limit {
+            break;
+        }
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        texts.push(
+            serde_json::from_str::<String>(&line)
+                .with_context(|| format!("{}:{}: expected a JSON string", path.display(), n + 1))?,
+        );
     }
     Ok(texts)
 }
 
 /// The rerank pairs of the benchmarks: the 10 shortest of texts 100…199 as queries, each against
 /// texts 0…99 as documents (the same pairs `scripts/bench_rerank.py` sends to the server).
-pub fn rerank_pairs(texts: &[String]) -> Vec<(String, Vec<String>)> {
+fn rerank_pairs(texts: &[String]) -> Vec<(String, Vec<String>)> {
     let docs: Vec<String> = texts.iter().take(100).cloned().collect();
     let mut candidates: Vec<&String> = texts.iter().skip(100).take(100).collect();
     candidates.sort_by_key(|t| (t.len(), t.as_str()));
@@ -133,12 +153,22 @@ fn fixed_length_inputs(model: &Model, docs: &[String], len: usize, count: usize)
     Ok(out)
 }
 
-/// Entry point of `openembed bench`.
-pub fn run(args: &BenchArgs) -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run(&BenchArgs::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the chosen workloads.
+fn run(args: &BenchArgs) -> Result<()> {
     let mut results = Vec::new();
     if args.workloads.iter().any(|w| w == "architectures") {
         let threads = args.threads.iter().copied().max().unwrap_or(2);
-        crate::bench_arch::run(&args.fixtures, threads, args.repeat.min(3), &mut results)?;
+        architectures::run(&args.fixtures, threads, args.repeat.min(3), &mut results)?;
         if args.workloads.len() == 1 {
             println!("{}", json!({"results": results}));
             return Ok(());
@@ -156,7 +186,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             },
         )
         .with_context(|| format!("cannot load {}", args.model.display()))?;
-        crate::return_freed_memory();
+        // SAFETY: `mi_collect` has no preconditions; it frees nothing still allocated.
+        unsafe { libmimalloc_sys::mi_collect(true) }
         let info = model.info();
         let resident = resident_mib();
         println!(
