@@ -352,7 +352,7 @@ impl RawBody {
 }
 
 /// A JSON integer, as JSON Schema counts them: `5` and also `5.0` (a number without a fraction).
-fn integer_value(v: &Value) -> Option<i64> {
+pub(crate) fn integer_value(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
             (Some(i), _, _) => Some(i),
@@ -727,6 +727,36 @@ impl EmbeddingsResponse {
             },
         }
     }
+}
+
+/// The errors every POST route may answer, each with OpenAI's error body (the OpenAPI document's
+/// responses of those routes besides their 200).
+#[derive(utoipa::IntoResponses)]
+pub enum PostErrors {
+    /// Invalid request (a field, an input, a limit; or the wrong kind of model for the route)
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+    /// Missing or wrong API key
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Unknown model
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// Body over the limit
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Body is not JSON
+    #[response(status = 415)]
+    NotJson(ErrorBody),
+    /// Queue full; see Retry-After
+    #[response(status = 429)]
+    Busy(ErrorBody),
+    /// Internal failure
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// Shutting down; see Retry-After
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
 }
 
 /// The error body: `{"error": {...}}`.

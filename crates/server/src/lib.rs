@@ -22,11 +22,10 @@ pub mod state;
 use crate::auth::ApiKeys;
 use crate::error::ApiError;
 use crate::state::{AppState, Limits};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post, MethodRouter};
 use axum::Router;
 use openembed_engine::LoadOptions;
 use openembed_pipeline::{Alias, Defaults, ModelSpec, Registry, SchedulerConfig};
@@ -34,6 +33,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
 /// Everything `openembed serve` can be told.
 #[derive(Debug, Clone)]
@@ -70,60 +71,91 @@ pub struct RequestId(pub String);
 
 const REQUEST_ID: &str = "x-request-id";
 
-/// Every route as (method, path). The router is built from this table (see [`router`]), so
-/// tests can walk every route, e.g. to prove that API keys guard all but the public ones.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/v1/embeddings"),
-    ("POST", "/embeddings"),
-    ("POST", "/v1/rerank"),
-    ("POST", "/v2/rerank"),
-    ("POST", "/rerank"),
-    ("GET", "/v1/models"),
-    ("GET", "/v1/models/{model}"),
-    ("GET", "/health"),
-    ("GET", "/ready"),
-    ("GET", "/metrics"),
-    ("GET", "/openapi.json"),
-];
+/// The API, every route declared once: its handler's `#[utoipa::path]` attribute gives the
+/// method, path and OpenAPI operation; the router, the OpenAPI document ([`openapi::document`]),
+/// the metrics label (the matched path) and [`routes`] all read these lines. A second path of
+/// the same route (another client's spelling) is named beside it and left out of the document.
+fn api() -> Api {
+    Api::new(openapi::base())
+        .route(routes!(routes::embeddings), &["/embeddings"])
+        .route(routes!(routes::rerank), &["/v2/rerank"])
+        .route(routes!(routes::tei_rerank), &[])
+        .route(routes!(routes::list_models), &[])
+        .route(routes!(routes::get_model), &[])
+        .route(routes!(routes::health), &[])
+        .route(routes!(routes::ready), &[])
+        .route(routes!(routes::metrics), &[])
+        .route(routes!(routes::openapi), &[])
+}
 
-/// The handler of a path in [`ROUTES`].
-fn handler(path: &str) -> MethodRouter<Arc<AppState>> {
-    match path {
-        "/v1/embeddings" | "/embeddings" => post(routes::embeddings),
-        "/v1/rerank" | "/v2/rerank" => post(routes::rerank),
-        "/rerank" => post(routes::tei_rerank),
-        "/v1/models" => get(routes::list_models),
-        "/v1/models/{model}" => get(routes::get_model),
-        "/health" => get(routes::health),
-        "/ready" => get(routes::ready),
-        "/metrics" => get(routes::metrics),
-        "/openapi.json" => get(routes::openapi),
-        _ => any(not_found),
+/// The routes being declared, with the (method, path) pairs they serve.
+struct Api {
+    router: OpenApiRouter<Arc<AppState>>,
+    routes: Vec<(String, String)>,
+}
+
+impl Api {
+    fn new(doc: utoipa::openapi::OpenApi) -> Self {
+        Self {
+            router: OpenApiRouter::with_openapi(doc),
+            routes: Vec::new(),
+        }
+    }
+
+    /// Adds a documented route, also served at `aliases`.
+    fn route(mut self, route: UtoipaMethodRouter<Arc<AppState>>, aliases: &[&str]) -> Self {
+        let (_, paths, method_router) = &route;
+        for (path, item) in &paths.paths {
+            let methods = path_methods(item);
+            for alias in aliases.iter().copied().chain([path.as_str()]) {
+                self.routes
+                    .extend(methods.iter().map(|m| (m.to_string(), alias.to_string())));
+            }
+        }
+        for alias in aliases {
+            self.router = self.router.route(alias, method_router.clone());
+        }
+        self.router = self.router.routes(route);
+        self
     }
 }
 
-/// The route pattern a path matches, for metric labels (unknown paths are labelled `other`).
-fn route_label(path: &str) -> &'static str {
-    if let Some((_, route)) = ROUTES.iter().find(|(_, r)| *r == path) {
-        return route;
-    }
-    if path
-        .strip_prefix("/v1/models/")
-        .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
-    {
-        return "/v1/models/{model}";
-    }
-    "other"
+/// The HTTP methods of an OpenAPI path item.
+fn path_methods(item: &utoipa::openapi::PathItem) -> Vec<&'static str> {
+    [
+        ("GET", item.get.is_some()),
+        ("POST", item.post.is_some()),
+        ("PUT", item.put.is_some()),
+        ("DELETE", item.delete.is_some()),
+        ("PATCH", item.patch.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(m, has)| has.then_some(m))
+    .collect()
+}
+
+/// Every route as (method, path pattern), aliases included: tests walk them (e.g. to prove that
+/// API keys guard all but the public ones).
+pub fn routes() -> Vec<(String, String)> {
+    api().routes
+}
+
+/// The OpenAPI document of the declared routes (without the served models' details).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api().router.into_openapi()
+}
+
+/// The route pattern a request matched, for metric labels (`other` when none did).
+fn route_label(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "other".to_string(), |p| p.as_str().to_string())
 }
 
 /// Builds the router over loaded state.
 pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
-    let mut api = Router::new();
-    let mut paths: Vec<&str> = ROUTES.iter().map(|(_, path)| *path).collect();
-    paths.dedup();
-    for path in paths {
-        api = api.route(path, handler(path));
-    }
+    let (api, _) = api().router.split_for_parts();
     let api = api
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
@@ -223,7 +255,7 @@ async fn observe(mut request: Request, next: Next) -> Response {
         .map(str::to_owned)
         .unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()));
     let method = request.method().clone();
-    let route = route_label(request.uri().path());
+    let route = route_label(&request);
     request.extensions_mut().insert(RequestId(id.clone()));
     let mut response = next.run(request).await;
     let elapsed = started.elapsed();
@@ -236,7 +268,7 @@ async fn observe(mut request: Request, next: Next) -> Response {
             response.headers_mut().insert("openai-processing-ms", v);
         }
     }
-    metrics::request(route, method.as_str(), status.as_u16(), elapsed);
+    metrics::request(&route, method.as_str(), status.as_u16(), elapsed);
     tracing::debug!(request_id = %id, %method, route, status = status.as_u16(), ms = log_ms(elapsed), "request");
     response
 }
@@ -348,9 +380,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn route_labels_are_bounded() {
-        assert_eq!(route_label("/v1/embeddings"), "/v1/embeddings");
-        assert_eq!(route_label("/v1/models/abc"), "/v1/models/{model}");
-        assert_eq!(route_label("/random/123"), "other");
+    fn every_route_is_declared_once_with_its_aliases() {
+        let routes = routes();
+        for expected in [
+            ("POST", "/v1/embeddings"),
+            ("POST", "/embeddings"),
+            ("POST", "/v1/rerank"),
+            ("POST", "/v2/rerank"),
+            ("POST", "/rerank"),
+            ("GET", "/v1/models/{model}"),
+            ("GET", "/openapi.json"),
+        ] {
+            assert!(
+                routes.iter().any(|(m, p)| m == expected.0 && p == expected.1),
+                "{expected:?} in {routes:?}"
+            );
+        }
+        let doc = openapi_document();
+        assert!(doc.paths.paths.contains_key("/v1/embeddings"));
+        assert!(
+            !doc.paths.paths.contains_key("/embeddings"),
+            "aliases stay out of the document"
+        );
     }
 }

@@ -1,10 +1,6 @@
-//! `GET /openapi.json`: the API contract generated from the handlers' and types' annotations.
+//! `GET /openapi.json`: the API contract generated from the route declarations (the handlers'
+//! annotations) and the types' annotations, made exact for the served models.
 
-use crate::api::{
-    EmbeddingObject, EmbeddingValue, EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, ErrorBody, ErrorDetail,
-    Inputs, ModelList, ModelObject, Usage,
-};
-use crate::routes;
 use openembed_pipeline::Registry;
 use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -31,48 +27,32 @@ impl Modify for BearerAuth {
                        ids (cl100k_base by default), decoded to text and tokenized by the model; a model served \
                        with --token-ids native takes ids of its own vocabulary. GET /v1/models/{id} shows which."
     ),
-    paths(
-        routes::embeddings,
-        routes::rerank,
-        routes::tei_rerank,
-        routes::list_models,
-        routes::get_model,
-        routes::health,
-        routes::ready,
-        routes::metrics,
-        routes::openapi
-    ),
-    components(schemas(
-        EmbeddingsRequest,
-        Inputs,
-        EncodingFormat,
-        EmbeddingsResponse,
-        EmbeddingObject,
-        EmbeddingValue,
-        Usage,
-        ErrorBody,
-        ErrorDetail,
-        ModelObject,
-        ModelList,
-        crate::rerank::RerankRequest,
-        crate::rerank::RerankDocument,
-        crate::rerank::RerankResponse,
-        crate::rerank::RerankResult,
-        crate::rerank::ResultDocument,
-        crate::rerank::RerankUsage,
-        crate::rerank::TeiRerankRequest,
-        crate::rerank::TeiRerankResult
-    )),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
+
+/// The document's frame (info, shared schemas, the bearer scheme); the paths are added by the
+/// route declarations in [`crate::routes`]' attributes, as the router is built.
+pub fn base() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
 
 /// The OpenAPI document as JSON, made exact for the served models: `model` lists the names of
 /// the embedding models (and of the rerankers on the rerank routes, which are left out when none
 /// is served), token ids are bounded by the smallest vocabulary, `dimensions` by the smallest
 /// dimension, `prompt_name` and `task` list what every embedding model has.
 pub fn document(registry: &Registry) -> Result<String, String> {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).map_err(|e| e.to_string())?;
+    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let base = match DOC.get() {
+        Some(doc) => doc.clone(),
+        None => DOC
+            .get_or_init(|| serde_json::to_value(crate::openapi_document()).unwrap_or(Value::Null))
+            .clone(),
+    };
+    if base.is_null() {
+        return Err("the OpenAPI document could not be built".into());
+    }
+    let mut doc = base;
     let is_reranker = |m: &openembed_pipeline::ServedModel| m.model.info().rerank.is_some();
     let names: Vec<&str> = registry
         .names()

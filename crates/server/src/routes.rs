@@ -1,6 +1,8 @@
 //! The HTTP handlers: embeddings, models, and the operational endpoints.
 
-use crate::api::{decode_json, is_json, unsupported_media_type, EmbeddingsResponse, ErrorBody, ModelList, ModelObject};
+use crate::api::{
+    decode_json, is_json, unsupported_media_type, EmbeddingsResponse, ErrorBody, ModelList, ModelObject, PostErrors,
+};
 use crate::budget::Reservation;
 use crate::error::ApiError;
 use crate::rerank::{
@@ -180,14 +182,7 @@ async fn run_rerank(
     request_body(content = RerankRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Results, best first", body = RerankResponse),
-        (status = 400, description = "Invalid request, or not a reranker", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
-        (status = 500, description = "Internal failure", body = ErrorBody),
-        (status = 503, description = "Shutting down; see Retry-After", body = ErrorBody),
+        PostErrors,
     ),
     security((), ("bearer" = []))
 )]
@@ -247,14 +242,7 @@ pub async fn rerank(
     request_body(content = TeiRerankRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Results, best first", body = [TeiRerankResult]),
-        (status = 400, description = "Invalid request, or not a reranker", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
-        (status = 500, description = "Internal failure", body = ErrorBody),
-        (status = 503, description = "Shutting down; see Retry-After", body = ErrorBody),
+        PostErrors,
     ),
     security((), ("bearer" = []))
 )]
@@ -306,14 +294,7 @@ async fn blocking<T: Send + 'static>(
     request_body(content = crate::api::EmbeddingsRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The vectors, in input order", body = EmbeddingsResponse),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
-        (status = 500, description = "Internal failure", body = ErrorBody),
-        (status = 503, description = "Shutting down; see Retry-After", body = ErrorBody),
+        PostErrors,
     ),
     security((), ("bearer" = []))
 )]

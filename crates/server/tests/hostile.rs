@@ -9,7 +9,7 @@ use openembed_engine::{LoadOptions, Truncation};
 use openembed_pipeline::{Defaults, ModelSpec, Registry, SchedulerConfig, TokenIds};
 use openembed_server::auth::ApiKeys;
 use openembed_server::state::{AppState, Limits};
-use openembed_server::{api, router, ROUTES};
+use openembed_server::{api, router, routes};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::{Arc, OnceLock};
@@ -309,7 +309,10 @@ fn explicit_hostile_cases() {
 fn api_keys_guard_every_route_in_the_routers_table() {
     let app = router(state(&["sk-right"]), &[]);
     let public = openembed_server::auth::PUBLIC_ROUTES;
-    for &(method, pattern) in ROUTES {
+    let table = routes();
+    assert!(table.len() >= 11, "{table:?}");
+    for (method, pattern) in &table {
+        let (method, pattern) = (method.as_str(), pattern.as_str());
         let path = pattern.replace("{model}", "all-MiniLM-L6-v2");
         let build = |key: Option<&str>| {
             let mut req = Request::builder().method(method.parse::<Method>().unwrap()).uri(&path);
