@@ -2,8 +2,8 @@
 embed``, ``openembed batch`` and ``openembed.Model.encode`` give identical vectors, and the same
 bad input gets the same category of error from each (400 / exit 1 / a 400 line / ValueError).
 
-Uses the release binary that ``make test`` builds (``cargo test --release``) and starts its server
-on 127.0.0.1 with a free port.
+Uses the release binary that ``make test`` builds (``cargo test --release``; in ``$CARGO_TARGET_DIR``
+when set) and starts its server on 127.0.0.1 with a free port.
 """
 
 import base64
@@ -20,7 +20,8 @@ import pytest
 import openembed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BINARY = os.path.join(ROOT, "target", "release", "openembed")
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+BINARY = os.path.join(TARGET, "release", "openembed")
 MINILM = os.path.join(ROOT, "models", "all-MiniLM-L6-v2")
 TINY = os.path.join(ROOT, "..", "shared", "fixtures", "tiny")
 GEMMA = os.path.join(TINY, "gemma3_embedding")
@@ -33,7 +34,10 @@ IDS = [[101, 7592, 2088, 102], [101, 2023, 2003, 1037, 3231, 102]]  # MiniLM's o
 
 @pytest.fixture(scope="module", autouse=True)
 def binary():
-    assert os.access(BINARY, os.X_OK), f"{BINARY} is missing: run `make test` (or cargo build --release)"
+    """The release binary `make test` built; built here when missing (a run of this file alone)."""
+    if not os.access(BINARY, os.X_OK):
+        subprocess.run(["cargo", "build", "--release", "-p", "openembed"], cwd=ROOT, check=True)
+    assert os.access(BINARY, os.X_OK), f"{BINARY} is missing after cargo build"
 
 
 class Server:
