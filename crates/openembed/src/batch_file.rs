@@ -47,7 +47,7 @@ pub struct BatchFileArgs {
     #[arg(long, env = "OPENEMBED_DTYPE", default_value = "float32")]
     dtype: DType,
     /// Token budget of one engine batch.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = openembed_pipeline::scheduler::OFFLINE_BATCH_TOKENS)]
     batch_tokens: usize,
     /// Task adapter for request bodies that name no `task` (models with tasks, such as
     /// jina-embeddings-v3). Default: no adapter.

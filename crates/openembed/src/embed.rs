@@ -3,7 +3,7 @@
 
 use crate::output::{OutputFormat, VectorWriter};
 use anyhow::{bail, Context, Result};
-use openembed_engine::{DType, LoadOptions, Model};
+use openembed_engine::{DType, LoadOptions};
 use openembed_pipeline::{Defaults, EmbedRequest, Input, ModelSpec, SchedulerConfig, ServedModel, TokenIds};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -151,23 +151,6 @@ pub fn load_served(
         .with_context(|| format!("cannot load model {source}"))?;
     crate::return_freed_memory();
     Ok(served)
-}
-
-/// Loads a model from a folder or hub id (the default model when `spec` is `None`).
-pub fn load_model(spec: Option<&str>, threads: Option<usize>, dtype: DType) -> Result<Model> {
-    let dir = model_dir(spec)?;
-    let spec = spec.map_or_else(|| dir.display().to_string(), str::to_owned);
-    let model = Model::load(
-        &dir,
-        &LoadOptions {
-            threads,
-            dtype,
-            ..LoadOptions::default()
-        },
-    )
-    .with_context(|| format!("cannot load model {spec}"))?;
-    crate::return_freed_memory();
-    Ok(model)
 }
 
 /// Says on a terminal that texts are awaited on stdin, so a bare command does not look hung.

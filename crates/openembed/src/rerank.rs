@@ -1,9 +1,11 @@
 //! `openembed rerank`: score documents against a query with a reranker and print them best
 //! first, one JSON line each (`index`, `score`, `document`).
 
-use crate::embed::{load_model, read_texts, stdin_hint};
+use crate::embed::{load_served, read_texts, stdin_hint};
 use anyhow::{bail, Context, Result};
-use openembed_engine::{budget_batches, DType, Truncation};
+use openembed_engine::{DType, Truncation};
+use openembed_pipeline::rerank::RerankJob;
+use openembed_pipeline::TokenIds;
 use std::path::PathBuf;
 
 /// Options of `openembed rerank`.
@@ -40,8 +42,6 @@ pub struct RerankArgs {
 }
 
 /// Tokens per engine batch.
-const BATCH_TOKENS: usize = 8192;
-
 /// Entry point of `openembed rerank`.
 pub fn run(args: &RerankArgs) -> Result<()> {
     let documents: Vec<String> = if !args.documents.is_empty() {
@@ -57,22 +57,36 @@ pub fn run(args: &RerankArgs) -> Result<()> {
     if documents.is_empty() {
         bail!("no documents to rerank: give them as arguments, with --input, or on stdin");
     }
-    let model = load_model(Some(&args.model), args.threads, args.dtype)?;
-    if model.info().rerank.is_none() {
+    let served = load_served(Some(&args.model), args.threads, args.dtype, TokenIds::default())?;
+    if served.model.info().rerank.is_none() {
         bail!(
             "{} is an embedding model, not a reranker (use `openembed embed`)",
             args.model
         );
     }
-    let refs: Vec<&str> = documents.iter().map(String::as_str).collect();
-    let pairs = model.tokenize_pairs(&args.query, &refs, args.instruction.as_deref(), Truncation::End, None)?;
-    let lengths: Vec<usize> = pairs.iter().map(|p| p.tokens()).collect();
-    let mut scores = Vec::with_capacity(pairs.len());
-    for range in budget_batches(&lengths, BATCH_TOKENS) {
-        let ids: Vec<&[u32]> = pairs[range].iter().map(|p| p.ids.as_slice()).collect();
-        scores.extend(model.score_ids(&ids, args.raw_scores)?);
+    // The request rules of the server's rerank routes (at most 1,000 documents per query),
+    // over-long pairs cut as Cohere's API does.
+    let mut ranked = Vec::with_capacity(documents.len());
+    for (chunk, first) in documents
+        .chunks(openembed_pipeline::rerank::MAX_DOCUMENTS)
+        .zip((0..).step_by(openembed_pipeline::rerank::MAX_DOCUMENTS))
+    {
+        let job = RerankJob::new(
+            args.query.clone(),
+            chunk.to_vec(),
+            args.instruction.clone(),
+            Truncation::End,
+            None,
+        )?;
+        ranked.extend(
+            served
+                .rerank_blocking(&job, args.raw_scores, usize::MAX)?
+                .into_iter()
+                .map(|(i, score)| (first + i, score)),
+        );
     }
-    let mut ranked = openembed_engine::rerank::rank_by_score(scores);
+    // Best first over all chunks; equal scores keep their input order.
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     ranked.truncate(args.top_n.unwrap_or(ranked.len()));
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (index, score) in ranked {

@@ -13,6 +13,7 @@
 //!   over-limit rule, long-input windows and the per-request token limit.
 //! - [`scheduler`]: the token-budget batch queue of one model — fairness between requests,
 //!   short requests between a long batch's layers, per-request failure isolation.
+//! - [`rerank`]: a rerank request (its rules, pair tokenization, ranking) on the same scheduler.
 //! - [`embed`]: one request through those steps ([`ServedModel::submit`], or
 //!   [`ServedModel::embed_chunked`] for large offline inputs).
 //! - [`error`]: the error categories front ends map to their protocol.
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod plan;
 pub mod prepare;
 pub mod registry;
+pub mod rerank;
 pub mod scheduler;
 pub mod token_ids;
 

@@ -102,7 +102,7 @@ pub fn document(registry: &Registry) -> Result<String, String> {
             }
         }
     } else {
-        let max = crate::rerank::MAX_DOCUMENTS;
+        let max = openembed_pipeline::rerank::MAX_DOCUMENTS;
         for (schema, list) in [("RerankRequest", "documents"), ("TeiRerankRequest", "texts")] {
             let s = &mut doc["components"]["schemas"][schema];
             s["properties"]["model"]["enum"] = rerankers.iter().map(|r| json!(r)).chain([Value::Null]).collect();

@@ -1,14 +1,9 @@
-//! Reranking over HTTP: Cohere's `/v1/rerank` and `/v2/rerank` (also Jina's and vLLM's shape)
-//! and TEI's `/rerank`. Pairs go through the same scheduler as embedding inputs; the engine
-//! returns one logit per pair, turned into the model's score here.
+//! Reranking over HTTP: the request and response types of Cohere's `/v1/rerank` and
+//! `/v2/rerank` (also Jina's and vLLM's shape) and TEI's `/rerank`. What a rerank request means
+//! (its rules, tokenization, the scheduler, ranking) is the pipeline's (`openembed_pipeline::rerank`).
 
-use crate::error::ApiError;
-use openembed_engine::{Model, Truncation};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-
-/// Most documents in one rerank request.
-pub const MAX_DOCUMENTS: usize = 1000;
 
 /// A document: a string, or an object with `text` (Cohere v1 / Jina).
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -142,97 +137,4 @@ fn json_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>,
                 .ok_or_else(|| D::Error::custom(format!("expected a non-negative integer, found {n}"))),
         },
     }
-}
-
-/// A validated rerank request, ready to tokenize.
-pub struct RerankJob {
-    /// The query.
-    pub query: String,
-    /// Document texts.
-    pub documents: Vec<String>,
-    /// Instruction override.
-    pub instruction: Option<String>,
-    /// Truncation of over-long pairs.
-    pub truncation: Truncation,
-    /// Per-document token cap.
-    pub max_tokens_per_doc: Option<usize>,
-}
-
-impl RerankJob {
-    /// Checks the common rules: a query, 1…1,000 documents.
-    pub fn new(
-        query: String,
-        documents: Vec<String>,
-        instruction: Option<String>,
-        truncation: Truncation,
-        max_tokens_per_doc: Option<usize>,
-    ) -> Result<Self, ApiError> {
-        if query.is_empty() {
-            return Err(ApiError::invalid("'query' must not be empty.", Some("query")));
-        }
-        if documents.is_empty() {
-            return Err(ApiError::invalid(
-                "'documents' must hold at least one document.",
-                Some("documents"),
-            ));
-        }
-        if documents.len() > MAX_DOCUMENTS {
-            return Err(ApiError::invalid(
-                format!(
-                    "'documents' holds {} documents; at most {MAX_DOCUMENTS} are allowed.",
-                    documents.len()
-                ),
-                Some("documents"),
-            ));
-        }
-        if max_tokens_per_doc == Some(0) {
-            return Err(ApiError::invalid(
-                "'max_tokens_per_doc' must be at least 1.",
-                Some("max_tokens_per_doc"),
-            ));
-        }
-        Ok(Self {
-            query,
-            documents,
-            instruction,
-            truncation,
-            max_tokens_per_doc,
-        })
-    }
-
-    /// Tokenizes the pairs: their ids and the total token count, refusing over-long pairs when
-    /// truncation is off and requests over `max_tokens`.
-    pub fn tokenize(&self, model: &Model, max_tokens: usize) -> Result<(Vec<Vec<u32>>, usize), ApiError> {
-        let docs: Vec<&str> = self.documents.iter().map(String::as_str).collect();
-        let toks = model
-            .tokenize_pairs(
-                &self.query,
-                &docs,
-                self.instruction.as_deref(),
-                self.truncation,
-                self.max_tokens_per_doc,
-            )
-            .map_err(|e| ApiError::invalid(e.to_string(), None))?;
-        if let Some((i, t)) = toks.iter().enumerate().find(|(_, t)| t.over_limit && !t.truncated()) {
-            return Err(ApiError::invalid(
-                format!(
-                    "Document {i} with the query is {} tokens, more than the model's limit of {}; send \
-                     \"truncate\": true (or start the server with --auto-truncate) to cut the document.",
-                    t.untruncated_tokens,
-                    model.info().max_input_tokens
-                ),
-                Some("documents"),
-            ));
-        }
-        let total: usize = toks.iter().map(|t| t.tokens()).sum();
-        if total > max_tokens {
-            return Err(openembed_pipeline::prepare::too_many_tokens(total, max_tokens, "documents").into());
-        }
-        Ok((toks.into_iter().map(|t| t.ids).collect(), total))
-    }
-}
-
-/// Scores from the engine's logits, ranked best first (stable: ties keep request order).
-pub fn rank(model: &Model, logits: &[Vec<f32>], raw: bool) -> Vec<(usize, f32)> {
-    openembed_engine::rerank::rank_by_score(model.scores_from_logits(logits, raw))
 }

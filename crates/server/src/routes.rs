@@ -6,8 +6,7 @@ use crate::api::{
 use crate::budget::Reservation;
 use crate::error::ApiError;
 use crate::rerank::{
-    rank, RerankJob, RerankRequest, RerankResponse, RerankResult, RerankUsage, ResultDocument, TeiRerankRequest,
-    TeiRerankResult,
+    RerankRequest, RerankResponse, RerankResult, RerankUsage, ResultDocument, TeiRerankRequest, TeiRerankResult,
 };
 use crate::state::{AppState, InFlight};
 use crate::RequestId;
@@ -18,9 +17,14 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use http_body_util::BodyExt;
 use openembed_engine::Truncation;
+use openembed_pipeline::rerank::RerankJob;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// How a rerank client turns truncation on (ends the over-limit message).
+const RERANK_TRUNCATE_HINT: &str =
+    "send \"truncate\": true (or start the server with --auto-truncate) to cut the document.";
 
 /// Body bytes reserved at a time when the client did not declare a length.
 const READ_STEP: usize = 64 * 1024;
@@ -165,6 +169,8 @@ async fn run_rerank(
     served.scheduler.check_room()?;
     let model = Arc::clone(&served.model);
     let max_tokens = state.limits.max_request_tokens;
+    let mut job = job;
+    job.truncate_hint = RERANK_TRUNCATE_HINT;
     let (ids, tokens, job) = blocking("Tokenization", move || {
         let (ids, tokens) = job.tokenize(&model, max_tokens)?;
         Ok((ids, tokens, job))
@@ -172,7 +178,7 @@ async fn run_rerank(
     .await?;
     reservation.resize(tokens * 4 + job.documents.iter().map(String::len).sum::<usize>())?;
     let output = served.scheduler.submit(ids, None)?.wait().await?;
-    Ok((rank(&served.model, &output.vectors, raw), tokens, job))
+    Ok((served.rank(&output.vectors, raw), tokens, job))
 }
 
 /// Ranks documents by relevance to a query (Cohere v1/v2, Jina and vLLM shape).
