@@ -17,7 +17,7 @@
 //! ```
 
 pub mod attention;
-pub mod batch;
+pub mod packed;
 pub mod config;
 pub mod dtype;
 pub mod error;
@@ -33,7 +33,7 @@ pub mod tokenize;
 pub mod transformer;
 pub mod weights;
 
-pub use batch::{budget_batches, fits_in_budget, PackedBatch};
+pub use packed::{budget_batches, fits_in_budget, PackedBatch};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use model::{compute_pool, LoadOptions, Model, ModelInfo, RerankInfo};

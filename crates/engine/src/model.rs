@@ -1,6 +1,6 @@
 //! A loaded embedding model: tokenizer + transformer + pooling pipeline + compute threads.
 
-use crate::batch::PackedBatch;
+use crate::packed::PackedBatch;
 use crate::config::SentenceConfig;
 use crate::dtype::DType;
 use crate::error::{Error, Result};

@@ -6,7 +6,7 @@
 //! with grouped-query heads, and mask kinds are all expressed here.
 
 use crate::attention::{attention, HeadLayout, Mask, RelativeBias};
-use crate::batch::PackedBatch;
+use crate::packed::PackedBatch;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::kernels::activation::Activation;
