@@ -17,13 +17,13 @@
 //! ```
 
 pub mod attention;
-pub mod packed;
 pub mod config;
 pub mod dtype;
 pub mod error;
 pub mod kernels;
 pub mod model;
 pub mod models;
+pub mod packed;
 pub mod parallel;
 pub mod pooling;
 pub mod rerank;
@@ -33,9 +33,9 @@ pub mod tokenize;
 pub mod transformer;
 pub mod weights;
 
-pub use packed::{budget_batches, fits_in_budget, PackedBatch};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use model::{compute_pool, LoadOptions, Model, ModelInfo, RerankInfo};
+pub use packed::{budget_batches, fits_in_budget, PackedBatch};
 pub use pooling::{normalize, truncate_dimensions, Pooling};
 pub use tokenize::{TokenizedInput, Truncation};

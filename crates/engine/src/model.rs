@@ -1,10 +1,10 @@
 //! A loaded embedding model: tokenizer + transformer + pooling pipeline + compute threads.
 
-use crate::packed::PackedBatch;
 use crate::config::SentenceConfig;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::models;
+use crate::packed::PackedBatch;
 use crate::pooling::{normalize, Dense, Pooling};
 use crate::rerank::{RerankHead, RerankKind, ScoreActivation, YesNoTemplate};
 use crate::static_embedding::{Model2VecConfig, StaticEmbedding, StaticFormat};
@@ -202,14 +202,15 @@ impl Model {
                 // and any head.
                 let cfg = crate::config::ConfigJson::load(&st.transformer_dir)?;
                 let architecture = models::architecture_of(&cfg)?;
-                let weights = Weights::open(&st.transformer_dir, architecture.name)?.with_dtype(options.dtype);
+                let weights = Weights::open(&st.transformer_dir, architecture.name, architecture.weight_prefixes)?
+                    .with_dtype(options.dtype);
                 // Packing and quantizing the weights runs on the compute threads too.
                 let transformer = pool.install(|| (architecture.load)(&cfg, &weights))?;
                 let mut limit = st
                     .max_seq_length
                     .unwrap_or(transformer.max_positions)
                     .min(transformer.max_positions);
-                if RerankKind::detect(&st.transformer_dir, &cfg) == Some(RerankKind::YesNo) {
+                if RerankKind::detect(&st.transformer_dir, &cfg, architecture) == Some(RerankKind::YesNo) {
                     limit = limit.min(YES_NO_TOKEN_LIMIT);
                 }
                 let tokenizer = TextTokenizer::load_with(&st.transformer_dir, limit, st.do_lower_case)?;
@@ -321,7 +322,7 @@ impl Model {
         tokenizer: &TextTokenizer,
     ) -> Result<(Option<RerankParts>, Option<RerankInfo>)> {
         let (cfg, weights) = (&folder.cfg, &folder.weights);
-        let Some(kind) = RerankKind::detect(dir, cfg) else {
+        let Some(kind) = RerankKind::detect(dir, cfg, folder.architecture) else {
             return Ok((None, None));
         };
         let h = transformer.hidden;
@@ -352,8 +353,10 @@ impl Model {
                         ),
                     })
                 };
+                let tables = folder.architecture.yes_no.map_or(&[][..], |y| y.tables);
                 let head = RerankHead::yes_no(
                     weights,
+                    tables,
                     transformer.vocab_size,
                     h,
                     id(&template.yes_token)?,

@@ -166,7 +166,7 @@ impl Dense {
             .unwrap_or("torch.nn.modules.activation.Tanh");
         let activation = Activation::from_name(act_name)
             .ok_or_else(|| Error::Unsupported(format!("{}: activation_function `{act_name}`", cfg_path.display())))?;
-        let weights = Weights::open(dir, "Dense")?;
+        let weights = Weights::open(dir, "Dense", &[])?;
         Ok(Self {
             linear: Linear::load(&weights, "linear", inf, outf, bias)?,
             activation,

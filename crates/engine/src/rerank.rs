@@ -125,14 +125,12 @@ pub enum RerankKind {
 }
 
 impl RerankKind {
-    /// Detects a reranker folder: a sequence-classification class, or a `Qwen3ForCausalLM`
-    /// without sentence-transformers files (Qwen3-Embedding ships them; Qwen3-Reranker does not).
-    pub fn detect(dir: &Path, cfg: &ConfigJson) -> Option<Self> {
-        let classes = cfg.value.get("architectures").and_then(|a| a.as_array())?;
-        let has = |f: &dyn Fn(&str) -> bool| classes.iter().filter_map(|c| c.as_str()).any(f);
-        if has(&|c| c.ends_with("ForSequenceClassification")) {
+    /// Detects a reranker folder of `architecture`: a sequence-classification class, or what the
+    /// architecture's file says marks its yes/no rerankers.
+    pub fn detect(dir: &Path, cfg: &ConfigJson, architecture: &Architecture) -> Option<Self> {
+        if crate::models::has_class(cfg, |c| c.ends_with("ForSequenceClassification")) {
             Some(Self::CrossEncoder)
-        } else if has(&|c| c == "Qwen3ForCausalLM") && !dir.join("modules.json").exists() {
+        } else if architecture.yes_no.is_some_and(|y| (y.detect)(dir, cfg)) {
             Some(Self::YesNo)
         } else {
             None
@@ -210,14 +208,15 @@ impl RerankHead {
         Ok((head, ScoreActivation::from_config(cfg)?))
     }
 
-    /// The yes/no head of a causal LM: rows of `lm_head.weight`, or of the word embeddings
-    /// when they are tied.
-    pub fn yes_no(w: &Weights, vocab: usize, hidden: usize, yes: u32, no: u32) -> Result<Self> {
-        let table = if w.contains("lm_head.weight") {
-            "lm_head.weight"
-        } else {
-            "embed_tokens.weight"
-        };
+    /// The yes/no head of a causal LM: the two rows of the first of `tables` present (its output
+    /// embedding, or the word embeddings when they are tied).
+    pub fn yes_no(w: &Weights, tables: &[&str], vocab: usize, hidden: usize, yes: u32, no: u32) -> Result<Self> {
+        let table = tables
+            .iter()
+            .copied()
+            .find(|t| w.contains(t))
+            .or(tables.last().copied())
+            .unwrap_or("lm_head.weight");
         let t = w.get(table, &[vocab, hidden])?;
         Ok(Self::YesNo {
             yes: t.row(yes as usize).to_vec(),

@@ -88,7 +88,7 @@ impl StaticEmbedding {
     /// sentence-transformers, `embeddings` (+ optional `weights`, `mapping`) for model2vec.
     /// `unknown_id` is the tokenizer's unknown token, dropped by model2vec.
     pub fn load(dir: &Path, format: StaticFormat, unknown_id: Option<u32>) -> Result<Self> {
-        let w = Weights::open(dir, "static")?;
+        let w = Weights::open(dir, "static", &[])?;
         let key = match format {
             StaticFormat::SentenceTransformers => "embedding.weight",
             StaticFormat::Model2Vec => "embeddings",

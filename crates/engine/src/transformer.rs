@@ -6,7 +6,6 @@
 //! with grouped-query heads, and mask kinds are all expressed here.
 
 use crate::attention::{attention, HeadLayout, Mask, RelativeBias};
-use crate::packed::PackedBatch;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::kernels::activation::Activation;
@@ -15,6 +14,7 @@ use crate::kernels::int8::{gemm_int8, Int8Isa, Int8Weight};
 use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm, rms_norm_in_place};
 use crate::kernels::sgemm::{sgemm, Isa, PackedWeight};
 use crate::kernels::{buffer, par_rows, par_rows_mut, ROWS_PER_TASK};
+use crate::packed::PackedBatch;
 use crate::rotary::Rotary;
 use crate::weights::{Tensor, Weights};
 

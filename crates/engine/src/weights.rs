@@ -12,9 +12,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Prefixes that model classes put in front of tensor names; stripped when indexing.
-const MODEL_PREFIXES: &[&str] = &["bert.", "roberta.", "distilbert.", "mpnet.", "model.", "xlm_roberta."];
-
 /// f32 tensors at least this large are used from the file mapping; smaller ones (biases, norm
 /// parameters) are copied, so that once the model is built (the [`Weights`] dropped) every
 /// page can go back to the OS, and the large tensors still read at run time (embedding tables) fault in
@@ -105,7 +102,8 @@ pub struct Weights {
 
 impl Weights {
     /// Opens `model.safetensors` or the shards listed in `model.safetensors.index.json` in `dir`.
-    pub fn open(dir: &Path, architecture: &str) -> Result<Self> {
+    /// Names starting with one of `prefixes` (a model class's, e.g. `bert.`) are indexed without it.
+    pub fn open(dir: &Path, architecture: &str, prefixes: &[&str]) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if single.exists() {
@@ -138,11 +136,11 @@ impl Weights {
                 expected: "the model weights (model.safetensors or model.safetensors.index.json)".into(),
             });
         };
-        Self::open_files(&files, architecture)
+        Self::open_files(&files, architecture, prefixes)
     }
 
     /// Opens the given safetensors files as one set of weights.
-    pub fn open_files(files: &[PathBuf], architecture: &str) -> Result<Self> {
+    pub fn open_files(files: &[PathBuf], architecture: &str, prefixes: &[&str]) -> Result<Self> {
         let mut shards = Vec::new();
         let mut entries = HashMap::new();
         for path in files {
@@ -164,7 +162,7 @@ impl Weights {
             for (name, view) in st.tensors() {
                 let data = view.data();
                 let start = data.as_ptr() as usize - base;
-                let key = strip_prefix(&name).to_owned();
+                let key = strip_prefix(&name, prefixes).to_owned();
                 entries.insert(
                     key,
                     Entry {
@@ -398,8 +396,8 @@ impl Drop for Weights {
     }
 }
 
-fn strip_prefix(name: &str) -> &str {
-    for p in MODEL_PREFIXES {
+fn strip_prefix<'a>(name: &'a str, prefixes: &[&str]) -> &'a str {
+    for p in prefixes {
         if let Some(rest) = name.strip_prefix(p) {
             return rest;
         }

@@ -352,7 +352,7 @@ impl RawBody {
 }
 
 /// A JSON integer, as JSON Schema counts them: `5` and also `5.0` (a number without a fraction).
-pub(crate) fn integer_value(v: &Value) -> Option<i64> {
+fn integer_value(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
             (Some(i), _, _) => Some(i),

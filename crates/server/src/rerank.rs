@@ -129,12 +129,11 @@ fn json_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>,
     use serde::de::Error;
     match Option::<serde_json::Number>::deserialize(d)? {
         None => Ok(None),
-        Some(n) => match n.as_u64() {
-            Some(u) => Ok(Some(usize::try_from(u).unwrap_or(usize::MAX))),
-            None => crate::api::integer_value(&serde_json::Value::Number(n.clone()))
-                .and_then(|i| usize::try_from(i).ok())
-                .map(Some)
-                .ok_or_else(|| D::Error::custom(format!("expected a non-negative integer, found {n}"))),
+        // Counts past usize (JSON allows them; schema fuzzers send them) are clamped, not refused.
+        Some(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(u), _) => Ok(Some(usize::try_from(u).unwrap_or(usize::MAX))),
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f.min(usize::MAX as f64) as usize)),
+            _ => Err(D::Error::custom(format!("expected a non-negative integer, found {n}"))),
         },
     }
 }

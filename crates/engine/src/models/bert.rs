@@ -10,7 +10,7 @@ use crate::transformer::{Embeddings, GateOrder, Layer, Linear, Mlp, Norm, NormPl
 use crate::weights::Weights;
 
 /// The architecture this file declares.
-pub const ARCHITECTURE: Architecture = Architecture::new("bert", &["bert"], load).with_classifier(classifier);
+pub const ARCHITECTURE: Architecture = Architecture::new("bert", &["bert"], load).with_classifier(classifier).with_weight_prefixes(&["bert.", "model."]);
 
 /// Builds a BERT encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {

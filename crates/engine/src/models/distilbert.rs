@@ -9,7 +9,7 @@ use crate::transformer::{Embeddings, Norm, NormPlacement, Transformer};
 use crate::weights::Weights;
 
 /// The architecture this file declares.
-pub const ARCHITECTURE: Architecture = Architecture::new("distilbert", &["distilbert"], load);
+pub const ARCHITECTURE: Architecture = Architecture::new("distilbert", &["distilbert"], load).with_weight_prefixes(&["distilbert.", "model."]);
 
 /// Builds a DistilBERT encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {

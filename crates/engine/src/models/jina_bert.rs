@@ -18,7 +18,7 @@ pub const ARCHITECTURE: Architecture = Architecture::new("jina_bert", &["bert", 
             || (model_type_in(cfg, &["bert"])
                 && (cfg.str_opt(&["position_embedding_type"]) == Some("alibi")
                     || has_class(cfg, |c| c.starts_with("JinaBert"))))
-    });
+    }).with_weight_prefixes(&["bert.", "model."]);
 
 /// ALiBi slopes as the original code computes them: a geometric series starting at
 /// `2^(-8/n)` for a power-of-two head count, else the nearest lower power of two's series

@@ -16,7 +16,7 @@ use crate::weights::{Tensor, Weights};
 
 /// The architecture this file declares: `xlm-roberta` folders of class `XLMRobertaLoRA`
 /// (registered before RoBERTa).
-pub const ARCHITECTURE: Architecture = Architecture::new("jina_v3", &["xlm-roberta"], load).claiming(|cfg| model_type_in(cfg, &["xlm-roberta"]) && has_class(cfg, |c| c == "XLMRobertaLoRA")).with_tasks(tasks);
+pub const ARCHITECTURE: Architecture = Architecture::new("jina_v3", &["xlm-roberta"], load).claiming(|cfg| model_type_in(cfg, &["xlm-roberta"]) && has_class(cfg, |c| c == "XLMRobertaLoRA")).with_tasks(tasks).with_weight_prefixes(&["roberta.", "xlm_roberta.", "model."]);
 
 /// The weight of a parametrized (LoRA) module, or its plain weight.
 fn base_name(w: &Weights, prefix: &str) -> String {

@@ -33,6 +33,19 @@ pub struct Architecture {
     pub classifier: Option<ClassifierLoader>,
     /// Its task adapters, if it has them.
     pub tasks: Option<fn(&ConfigJson) -> Tasks>,
+    /// Its causal-LM folders that rerank by their yes/no logits, if it has such.
+    pub yes_no: Option<YesNoReranker>,
+    /// Prefixes its model classes put in front of tensor names (stripped when indexing).
+    pub weight_prefixes: &'static [&'static str],
+}
+
+/// A causal LM that reranks by the logits of a yes and a no token (Qwen3-Reranker).
+#[derive(Debug, Clone, Copy)]
+pub struct YesNoReranker {
+    /// Whether a folder (`dir`, its config) is such a reranker.
+    pub detect: fn(&Path, &ConfigJson) -> bool,
+    /// The output-embedding tables to take the yes and no rows from, the first present.
+    pub tables: &'static [&'static str],
 }
 
 /// Task adapters of an architecture that has them (jina-embeddings-v3).
@@ -61,6 +74,24 @@ impl Architecture {
             load,
             classifier: None,
             tasks: None,
+            yes_no: None,
+            weight_prefixes: &["model."],
+        }
+    }
+
+    /// The same, with the tensor-name prefixes of its model classes (besides `model.`).
+    pub const fn with_weight_prefixes(self, weight_prefixes: &'static [&'static str]) -> Self {
+        Self {
+            weight_prefixes,
+            ..self
+        }
+    }
+
+    /// The same, with yes/no rerankers.
+    pub const fn with_yes_no(self, yes_no: YesNoReranker) -> Self {
+        Self {
+            yes_no: Some(yes_no),
+            ..self
         }
     }
 
@@ -181,7 +212,7 @@ pub fn load_transformer(dir: &Path) -> Result<Transformer> {
 pub fn load_transformer_with(dir: &Path, dtype: DType) -> Result<Transformer> {
     let cfg = ConfigJson::load(dir)?;
     let architecture = architecture_of(&cfg)?;
-    let weights = Weights::open(dir, architecture.name)?.with_dtype(dtype);
+    let weights = Weights::open(dir, architecture.name, architecture.weight_prefixes)?.with_dtype(dtype);
     (architecture.load)(&cfg, &weights)
 }
 

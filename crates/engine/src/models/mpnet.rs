@@ -10,7 +10,7 @@ use crate::transformer::{BucketedPositionBias, PositionBias, Embeddings, Norm, N
 use crate::weights::Weights;
 
 /// The architecture this file declares.
-pub const ARCHITECTURE: Architecture = Architecture::new("mpnet", &["mpnet"], load);
+pub const ARCHITECTURE: Architecture = Architecture::new("mpnet", &["mpnet"], load).with_weight_prefixes(&["mpnet.", "model."]);
 
 /// Builds an MPNet encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {

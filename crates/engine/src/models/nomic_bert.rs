@@ -13,7 +13,7 @@ use crate::transformer::{Embeddings, GateOrder, Layer, Linear, Mlp, Norm, NormPl
 use crate::weights::Weights;
 
 /// The architecture this file declares.
-pub const ARCHITECTURE: Architecture = Architecture::new("nomic_bert", &["nomic_bert"], load);
+pub const ARCHITECTURE: Architecture = Architecture::new("nomic_bert", &["nomic_bert"], load).with_weight_prefixes(&["bert.", "model."]);
 
 /// Refuses configs whose flags ask for something this file does not compute (any value but the
 /// one computed here is refused rather than ignored): scaled or dynamic rotary

@@ -4,7 +4,7 @@
 
 use crate::attention::{HeadLayout, Mask};
 use crate::config::{ConfigJson, Dims};
-use crate::models::Architecture;
+use crate::models::{has_class, Architecture, YesNoReranker};
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
 use crate::rotary::Rotary;
@@ -13,8 +13,12 @@ use crate::transformer::{
 };
 use crate::weights::Weights;
 
-/// The architecture this file declares.
-pub const ARCHITECTURE: Architecture = Architecture::new("qwen3", &["qwen3"], load);
+/// The architecture this file declares; its `Qwen3ForCausalLM` folders without
+/// sentence-transformers files are yes/no rerankers (Qwen3-Reranker; Qwen3-Embedding ships them).
+pub const ARCHITECTURE: Architecture = Architecture::new("qwen3", &["qwen3"], load).with_yes_no(YesNoReranker {
+    detect: |dir, cfg| has_class(cfg, |c| c == "Qwen3ForCausalLM") && !dir.join("modules.json").exists(),
+    tables: &["lm_head.weight", "embed_tokens.weight"],
+});
 
 /// Builds a Qwen3 decoder stack.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {

@@ -9,7 +9,7 @@ use crate::transformer::{Linear, Transformer};
 use crate::weights::Weights;
 
 /// The architecture this file declares.
-pub const ARCHITECTURE: Architecture = Architecture::new("roberta", &["roberta", "xlm-roberta", "camembert"], load).with_classifier(classifier);
+pub const ARCHITECTURE: Architecture = Architecture::new("roberta", &["roberta", "xlm-roberta", "camembert"], load).with_classifier(classifier).with_weight_prefixes(&["roberta.", "xlm_roberta.", "model."]);
 
 /// Builds a RoBERTa-family encoder.
 pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
