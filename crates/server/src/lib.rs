@@ -14,6 +14,7 @@ pub mod budget;
 pub mod error;
 pub mod listener;
 pub mod metrics;
+pub mod ollama;
 pub mod openapi;
 pub mod rerank;
 pub mod routes;
@@ -86,6 +87,12 @@ fn api() -> Api {
         .route(routes!(routes::ready), &[])
         .route(routes!(routes::metrics), &[])
         .route(routes!(routes::openapi), &[])
+        .route(routes!(ollama::embed_route), &[])
+        .route(routes!(ollama::embeddings_route), &[])
+        .route(routes!(ollama::tags), &[])
+        .route(routes!(ollama::ps), &[])
+        .route(routes!(ollama::show), &[])
+        .route(routes!(ollama::version), &[])
 }
 
 /// The routes being declared, with the (method, path) pairs they serve.
@@ -161,6 +168,7 @@ pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), authenticate))
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(protocol_errors))
         .layer(middleware::from_fn(observe))
         .with_state(state);
     if cors_origins.is_empty() {
@@ -242,6 +250,30 @@ async fn json_errors(request: Request, next: Next) -> Response {
         parts.headers.insert(name.clone(), value.clone());
     }
     Response::from_parts(parts, rewritten.into_body())
+}
+
+/// Errors in the protocol of the route: every failure is first an OpenAI error body (the
+/// handlers' [`ApiError`], the safety net above); on Ollama's routes (`/api/…`) it becomes
+/// Ollama's `{"error": "…"}`, same status and headers.
+async fn protocol_errors(request: Request, next: Next) -> Response {
+    let ollama = request.uri().path().starts_with("/api/");
+    let response = next.run(request).await;
+    let status = response.status();
+    if !ollama || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+    let body = serde_json::json!({ "error": message }).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// Request id, `openai-processing-ms`, metrics and the access log.

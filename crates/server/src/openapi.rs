@@ -95,6 +95,14 @@ pub fn document(registry: &Registry) -> Result<String, String> {
     let mut tasks: Vec<&String> = infos.first().map(|i| i.tasks.iter().collect()).unwrap_or_default();
     tasks.retain(|t| infos.iter().all(|i| i.tasks.contains(t)));
     props["task"]["enum"] = tasks.into_iter().map(|t| json!(t)).chain([Value::Null]).collect();
+    // Ollama's routes: the embedding models' names, and at most MAX_INPUTS texts.
+    for schema in ["OllamaEmbedBody", "OllamaLegacyBody", "OllamaShowBody"] {
+        doc["components"]["schemas"][schema]["properties"]["model"]["enum"] = json!(names);
+    }
+    if let Some(many) = doc["components"]["schemas"]["OllamaEmbedInput"]["oneOf"].get_mut(1) {
+        many["maxItems"] = json!(crate::api::MAX_INPUTS);
+    }
+    doc["components"]["schemas"]["OllamaEmbedBody"]["properties"]["dimensions"]["maximum"] = json!(max_dims);
     if rerankers.is_empty() {
         if let Some(paths) = doc["paths"].as_object_mut() {
             for path in ["/v1/rerank", "/v2/rerank", "/rerank"] {

@@ -37,12 +37,12 @@ pub struct RerankRequest {
     /// The candidates, 1 to 1,000.
     pub documents: Vec<RerankDocument>,
     /// Return only the best `top_n` results (default: all).
-    #[serde(default, deserialize_with = "json_integer")]
+    #[serde(default, deserialize_with = "crate::api::json_count")]
     pub top_n: Option<usize>,
     /// Include each result's document text.
     pub return_documents: Option<bool>,
     /// Cut each document to this many tokens first (cross-encoders; default: the model limit).
-    #[serde(default, deserialize_with = "json_integer")]
+    #[serde(default, deserialize_with = "crate::api::json_count")]
     pub max_tokens_per_doc: Option<usize>,
     /// Extension: the instruction of an instruction-following reranker (Qwen3-Reranker).
     pub instruction: Option<String>,
@@ -122,18 +122,4 @@ pub struct TeiRerankResult {
     /// The text, with `return_text`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
-}
-
-/// An optional non-negative integer as JSON Schema counts them: `5` and also `5.0`.
-fn json_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
-    use serde::de::Error;
-    match Option::<serde_json::Number>::deserialize(d)? {
-        None => Ok(None),
-        // Counts past usize (JSON allows them; schema fuzzers send them) are clamped, not refused.
-        Some(n) => match (n.as_u64(), n.as_f64()) {
-            (Some(u), _) => Ok(Some(usize::try_from(u).unwrap_or(usize::MAX))),
-            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f.min(usize::MAX as f64) as usize)),
-            _ => Err(D::Error::custom(format!("expected a non-negative integer, found {n}"))),
-        },
-    }
 }

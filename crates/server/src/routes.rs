@@ -18,6 +18,7 @@ use axum::{Extension, Json};
 use http_body_util::BodyExt;
 use openembed_engine::Truncation;
 use openembed_pipeline::rerank::RerankJob;
+use openembed_pipeline::{Defaults, EmbedRequest, Embedded, Input, ServedModel};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -106,7 +107,11 @@ async fn refuse<T>(error: ApiError, body: &mut Body) -> Result<T, ApiError> {
 }
 
 /// A JSON request body read under the in-flight budget (415 unless JSON), with its reservation.
-async fn json_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(Vec<u8>, Reservation), ApiError> {
+pub(crate) async fn json_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Vec<u8>, Reservation), ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     if !is_json(content_type) {
         return Err(unsupported_media_type());
@@ -118,7 +123,7 @@ async fn json_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
 
 /// The served reranker a rerank request names (or the only one): 404 for an unknown name,
 /// 400 for an embedding model.
-fn reranker(state: &AppState, model: Option<&str>) -> Result<(String, Arc<openembed_pipeline::ServedModel>), ApiError> {
+fn reranker(state: &AppState, model: Option<&str>) -> Result<(String, Arc<ServedModel>), ApiError> {
     let name = match model {
         Some(name) => name.to_string(),
         None => {
@@ -154,14 +159,14 @@ fn reranker(state: &AppState, model: Option<&str>) -> Result<(String, Arc<openem
 }
 
 /// Decodes a JSON body into `T`: 400 naming where it is wrong.
-fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("Invalid request body: {e}."), None))
 }
 
 /// Tokenizes a rerank job, runs its pairs through the model's scheduler and ranks them.
 async fn run_rerank(
     state: &AppState,
-    served: &Arc<openembed_pipeline::ServedModel>,
+    served: &Arc<ServedModel>,
     job: RerankJob,
     raw: bool,
     reservation: &mut Reservation,
@@ -293,6 +298,42 @@ async fn blocking<T: Send + 'static>(
         .map_err(|_| ApiError::internal(format!("{what} failed unexpectedly.")))?
 }
 
+/// Runs one embeddings request through the pipeline for any route: plans it (before any
+/// tokenization), refuses it early when the model's queue is full, tokenizes on a blocking
+/// thread, reserves the memory its ids and answer will hold, queues it and waits.
+pub(crate) async fn embed(
+    state: &AppState,
+    served: &Arc<ServedModel>,
+    request: &EmbedRequest,
+    inputs: Vec<Input>,
+    reservation: &mut Reservation,
+) -> Result<Embedded, ApiError> {
+    embed_with(state, &state.defaults, served, request, inputs, reservation).await
+}
+
+/// [`embed`] with a route's own defaults (another protocol's truncation hint).
+pub(crate) async fn embed_with(
+    state: &AppState,
+    defaults: &Defaults,
+    served: &Arc<ServedModel>,
+    request: &EmbedRequest,
+    inputs: Vec<Input>,
+    reservation: &mut Reservation,
+) -> Result<Embedded, ApiError> {
+    let plan = served.plan(request, defaults)?;
+    served.scheduler.check_room()?;
+    let max_tokens = state.limits.max_request_tokens;
+    let for_tokenizer = Arc::clone(served);
+    let (prepared, plan) = blocking("Tokenization", move || {
+        let prepared = for_tokenizer.prepare(&inputs, &plan, max_tokens)?;
+        Ok((prepared, plan))
+    })
+    .await?;
+    let n_inputs = prepared.layout.inputs();
+    reservation.resize(prepared.tokens * 4 + response_bytes(n_inputs, served.model.info().dimension))?;
+    Ok(served.enqueue(prepared, plan)?.wait().await?)
+}
+
 /// Creates an embedding vector representing the input text.
 #[utoipa::path(
     post,
@@ -317,21 +358,10 @@ pub async fn embeddings(
     let request = blocking("Decoding", move || decode_json(&body)).await?;
     reservation.resize(request.heap_bytes())?;
     let served = state.registry.find(&request.model)?.clone();
-    let plan = served.plan(&request.to_request(), &state.defaults)?;
-    served.scheduler.check_room()?;
-    let max_tokens = state.limits.max_request_tokens;
-    let (encoding, model_name) = (request.encoding_format, request.model);
-    let inputs = request.input.0;
-    let for_tokenizer = Arc::clone(&served);
-    let (prepared, plan) = blocking("Tokenization", move || {
-        let prepared = for_tokenizer.prepare(&inputs, &plan, max_tokens)?;
-        Ok((prepared, plan))
-    })
-    .await?;
-    let tokens = prepared.tokens;
-    let n_inputs = prepared.layout.inputs();
-    reservation.resize(prepared.tokens * 4 + response_bytes(n_inputs, served.model.info().dimension))?;
-    let done = served.enqueue(prepared, plan)?.wait().await?;
+    let (encoding, model_name) = (request.encoding_format, request.model.clone());
+    let pipeline_request = request.to_request();
+    let done = embed(&state, &served, &pipeline_request, request.input.0, &mut reservation).await?;
+    let (tokens, n_inputs) = (done.tokens, done.vectors.len());
     let (queue_time, inference_time) = (done.queue_time, done.inference_time);
     let name = model_name.clone();
     let body = blocking("Building the response", move || {
@@ -356,7 +386,7 @@ pub async fn embeddings(
         .into_response())
 }
 
-fn model_object(id: &str, served: &openembed_pipeline::ServedModel) -> ModelObject {
+fn model_object(id: &str, served: &ServedModel) -> ModelObject {
     let info = served.model.info();
     ModelObject {
         id: id.to_string(),

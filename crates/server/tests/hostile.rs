@@ -333,8 +333,9 @@ fn api_keys_guard_every_route_in_the_routers_table() {
                 StatusCode::UNAUTHORIZED,
                 "{method} {path}"
             );
-            // Past the key check: the rerank routes then refuse this embeddings body (400).
-            let want = if pattern.contains("rerank") {
+            // Past the key check: the rerank routes and Ollama's legacy route (it wants `prompt`)
+            // then refuse this embeddings body (400).
+            let want = if pattern.contains("rerank") || pattern == "/api/embeddings" {
                 StatusCode::BAD_REQUEST
             } else {
                 StatusCode::OK
