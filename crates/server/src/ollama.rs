@@ -7,6 +7,7 @@
 //! Model names as Ollama users write them: a served name or `--alias`, with `NAME` and
 //! `NAME:latest` the same model (Ollama's default tag); `/api/tags` lists untagged names with it.
 
+use crate::budget::Reservation;
 use crate::error::ApiError;
 use crate::routes::{decode_body, embed_with, json_body};
 use crate::state::{AppState, InFlight};
@@ -245,6 +246,48 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// A JSON body of type `T` read under the in-flight budget (its decoded strings included).
+async fn read_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(T, Reservation), ApiError> {
+    let (bytes, mut reservation) = json_body(state, headers, body).await?;
+    reservation.resize(bytes.len().saturating_mul(2))?;
+    Ok((decode_body(&bytes)?, reservation))
+}
+
+/// Embeds texts on the model named `model` as Ollama's routes do (over-long inputs cut unless
+/// `truncate` is false); returns the vectors and the tokens embedded.
+async fn embed_texts(
+    state: &AppState,
+    model: &str,
+    texts: Vec<String>,
+    truncate: bool,
+    dimensions: Option<usize>,
+    reservation: &mut Reservation,
+) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+    let served = embedding_model(state, model)?;
+    if texts.len() > crate::api::MAX_INPUTS {
+        return Err(ApiError::invalid(
+            format!("too many inputs: {} (at most {})", texts.len(), crate::api::MAX_INPUTS),
+            Some("input"),
+        ));
+    }
+    if texts.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
+    let request = EmbedRequest {
+        model: model.to_string(),
+        truncate: Some(truncate),
+        dimensions,
+        ..EmbedRequest::default()
+    };
+    let inputs = texts.into_iter().map(Input::Text).collect();
+    let done = embed_with(state, &ollama_defaults(state), &served, &request, inputs, reservation).await?;
+    Ok((done.vectors, done.tokens))
+}
+
 /// Generates embeddings from a model (Ollama's `/api/embed`).
 #[utoipa::path(
     post,
@@ -260,41 +303,21 @@ pub async fn embed_route(
 ) -> Result<Json<OllamaEmbedReply>, ApiError> {
     let started = Instant::now();
     let _in_flight = InFlight::enter(&state)?;
-    let (bytes, mut reservation) = json_body(&state, &headers, body).await?;
-    reservation.resize(bytes.len().saturating_mul(2))?;
-    let request: OllamaEmbedBody = decode_body(&bytes)?;
-    drop(bytes);
-    let served = embedding_model(&state, &request.model)?;
-    let inputs: Vec<Input> = match request.input {
-        OllamaEmbedInput::One(text) => vec![Input::Text(text)],
-        OllamaEmbedInput::Many(texts) => texts.into_iter().map(Input::Text).collect(),
+    let (request, mut reservation): (OllamaEmbedBody, _) = read_body(&state, &headers, body).await?;
+    let texts = match request.input {
+        OllamaEmbedInput::One(text) => vec![text],
+        OllamaEmbedInput::Many(texts) => texts,
     };
-    if inputs.len() > crate::api::MAX_INPUTS {
-        return Err(ApiError::invalid(
-            format!("too many inputs: {} (at most {})", inputs.len(), crate::api::MAX_INPUTS),
-            Some("input"),
-        ));
-    }
-    let (embeddings, tokens) = if inputs.is_empty() {
-        (Vec::new(), 0)
-    } else {
-        let pipeline_request = EmbedRequest {
-            model: request.model.clone(),
-            truncate: Some(request.truncate.unwrap_or(true)),
-            dimensions: request.dimensions,
-            ..EmbedRequest::default()
-        };
-        let done = embed_with(
-            &state,
-            &ollama_defaults(&state),
-            &served,
-            &pipeline_request,
-            inputs,
-            &mut reservation,
-        )
-        .await?;
-        (done.vectors, done.tokens)
-    };
+    let truncate = request.truncate.unwrap_or(true);
+    let (embeddings, tokens) = embed_texts(
+        &state,
+        &request.model,
+        texts,
+        truncate,
+        request.dimensions,
+        &mut reservation,
+    )
+    .await?;
     Ok(Json(OllamaEmbedReply {
         model: request.model,
         embeddings,
@@ -318,31 +341,17 @@ pub async fn embeddings_route(
     body: Body,
 ) -> Result<Json<OllamaLegacyReply>, ApiError> {
     let _in_flight = InFlight::enter(&state)?;
-    let (bytes, mut reservation) = json_body(&state, &headers, body).await?;
-    reservation.resize(bytes.len().saturating_mul(2))?;
-    let request: OllamaLegacyBody = decode_body(&bytes)?;
-    drop(bytes);
-    let served = embedding_model(&state, &request.model)?;
-    if request.prompt.is_empty() {
-        return Ok(Json(OllamaLegacyReply { embedding: Vec::new() }));
-    }
-    let pipeline_request = EmbedRequest {
-        model: request.model.clone(),
-        truncate: Some(true),
-        ..EmbedRequest::default()
+    let (request, mut reservation): (OllamaLegacyBody, _) = read_body(&state, &headers, body).await?;
+    // An empty prompt gets an empty vector, as Ollama answers (the model is still checked).
+    let texts = if request.prompt.is_empty() {
+        embedding_model(&state, &request.model)?;
+        Vec::new()
+    } else {
+        vec![request.prompt]
     };
-    let inputs = vec![Input::Text(request.prompt)];
-    let done = embed_with(
-        &state,
-        &ollama_defaults(&state),
-        &served,
-        &pipeline_request,
-        inputs,
-        &mut reservation,
-    )
-    .await?;
+    let (vectors, _) = embed_texts(&state, &request.model, texts, true, None, &mut reservation).await?;
     Ok(Json(OllamaLegacyReply {
-        embedding: done.vectors.into_iter().next().unwrap_or_default(),
+        embedding: vectors.into_iter().next().unwrap_or_default(),
     }))
 }
 
@@ -411,8 +420,7 @@ pub async fn show(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<OllamaShowReply>, ApiError> {
-    let (bytes, _reservation) = json_body(&state, &headers, body).await?;
-    let request: OllamaShowBody = decode_body(&bytes)?;
+    let (request, _reservation): (OllamaShowBody, _) = read_body(&state, &headers, body).await?;
     let name = request.model;
     let served = embedding_model(&state, &name)?;
     let info = served.model.info();
