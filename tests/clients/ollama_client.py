@@ -16,6 +16,7 @@ import urllib.request
 import numpy as np
 import ollama
 from langchain_ollama import OllamaEmbeddings
+from reference import untruncated_lines
 
 
 def openai_vectors(base_url, texts, **fields):
@@ -28,8 +29,7 @@ def openai_vectors(base_url, texts, **fields):
 
 def main() -> int:
     base_url, reference = sys.argv[1], sys.argv[2]
-    lines = [json.loads(l) for l in open(reference, encoding="utf-8").read().splitlines()[1:]]
-    lines = [l for l in lines if l["tokens"] == l["untruncated_tokens"]]
+    lines = untruncated_lines(reference)
     texts = [l["text"] for l in lines]
     want = np.array([l["embedding"] for l in lines], dtype=np.float32)
     same = openai_vectors(base_url, texts)

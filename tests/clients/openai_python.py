@@ -4,17 +4,16 @@ Usage: openai_python.py BASE_URL REFERENCE_JSONL
 Checks client.embeddings.create with default settings (the client asks for base64) and with
 encoding_format="float" against the sentence-transformers reference vectors. Exits 1 on a mismatch.
 """
-import json
 import sys
 
 import numpy as np
 import openai
+from reference import untruncated_lines
 
 
 def main() -> int:
     base_url, reference = sys.argv[1], sys.argv[2]
-    lines = [json.loads(l) for l in open(reference, encoding="utf-8").read().splitlines()[1:]]
-    lines = [l for l in lines if l["tokens"] == l["untruncated_tokens"]]
+    lines = untruncated_lines(reference)
     texts = [l["text"] for l in lines]
     want = np.array([l["embedding"] for l in lines], dtype=np.float32)
     client = openai.OpenAI(base_url=base_url, api_key="sk-test", max_retries=0)

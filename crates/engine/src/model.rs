@@ -105,11 +105,13 @@ enum Encoder {
 /// every token (the request size limits still apply).
 const STATIC_TOKEN_LIMIT: usize = 1 << 20;
 
-/// A transformer folder as read at load: its config, architecture and open weights.
+/// A transformer folder as read at load: its config, architecture, open weights and the kind
+/// of reranker it holds, if any.
 struct Folder {
     cfg: crate::config::ConfigJson,
     architecture: &'static models::Architecture,
     weights: Weights,
+    rerank: Option<RerankKind>,
 }
 
 /// `matryoshka_dimensions` of a config, if it lists them.
@@ -200,17 +202,15 @@ impl Model {
             (None, None) => {
                 // The folder's config is read once and its weights opened once, for the encoder
                 // and any head.
-                let cfg = crate::config::ConfigJson::load(&st.transformer_dir)?;
-                let architecture = models::architecture_of(&cfg)?;
-                let weights = Weights::open(&st.transformer_dir, architecture.name, architecture.weight_prefixes)?
-                    .with_dtype(options.dtype);
+                let (cfg, architecture, weights) = models::open(&st.transformer_dir, options.dtype)?;
                 // Packing and quantizing the weights runs on the compute threads too.
                 let transformer = pool.install(|| (architecture.load)(&cfg, &weights))?;
+                let rerank = RerankKind::detect(&st.transformer_dir, &cfg, architecture);
                 let mut limit = st
                     .max_seq_length
                     .unwrap_or(transformer.max_positions)
                     .min(transformer.max_positions);
-                if RerankKind::detect(&st.transformer_dir, &cfg, architecture) == Some(RerankKind::YesNo) {
+                if rerank == Some(RerankKind::YesNo) {
                     limit = limit.min(YES_NO_TOKEN_LIMIT);
                 }
                 let tokenizer = TextTokenizer::load_with(&st.transformer_dir, limit, st.do_lower_case)?;
@@ -218,6 +218,7 @@ impl Model {
                     cfg,
                     architecture,
                     weights,
+                    rerank,
                 };
                 (
                     Encoder::Transformer(Box::new(transformer)),
@@ -322,7 +323,7 @@ impl Model {
         tokenizer: &TextTokenizer,
     ) -> Result<(Option<RerankParts>, Option<RerankInfo>)> {
         let (cfg, weights) = (&folder.cfg, &folder.weights);
-        let Some(kind) = RerankKind::detect(dir, cfg, folder.architecture) else {
+        let Some(kind) = folder.rerank else {
             return Ok((None, None));
         };
         let h = transformer.hidden;

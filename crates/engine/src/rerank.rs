@@ -211,12 +211,13 @@ impl RerankHead {
     /// The yes/no head of a causal LM: the two rows of the first of `tables` present (its output
     /// embedding, or the word embeddings when they are tied).
     pub fn yes_no(w: &Weights, tables: &[&str], vocab: usize, hidden: usize, yes: u32, no: u32) -> Result<Self> {
+        // None present: the last one's error names what was looked for.
         let table = tables
             .iter()
             .copied()
             .find(|t| w.contains(t))
             .or(tables.last().copied())
-            .unwrap_or("lm_head.weight");
+            .ok_or_else(|| Error::Unsupported("a yes/no reranker without an output table".into()))?;
         let t = w.get(table, &[vocab, hidden])?;
         Ok(Self::YesNo {
             yes: t.row(yes as usize).to_vec(),

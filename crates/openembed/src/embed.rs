@@ -235,12 +235,14 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     let plan = served.plan(&request, &defaults)?;
     let inputs: Vec<Input> = kept.iter().map(|&i| all_inputs[i].clone()).collect();
     drop(all_inputs);
-    let mut writer: Option<VectorWriter> = None;
+    // The output is created with the first vectors: an input refused while tokenizing leaves none.
     let dim = plan.output_dimension(info.dimension);
+    let create = || VectorWriter::create(args.output.as_deref(), format, dim);
+    let mut writer: Option<VectorWriter> = None;
     served.embed_chunked(&plan, &inputs, WRITE_CHUNK, |first, vectors, tokens| -> Result<()> {
         let writer = match &mut writer {
             Some(w) => w,
-            None => writer.insert(VectorWriter::create(args.output.as_deref(), format, dim)?),
+            None => writer.insert(create()?),
         };
         for (i, (v, &n)) in vectors.iter().zip(tokens).enumerate() {
             writer.write(kept[first + i], n, v)?;
@@ -249,7 +251,7 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     })?;
     match writer {
         Some(writer) => writer.finish(),
-        None => VectorWriter::create(args.output.as_deref(), format, dim)?.finish(),
+        None => create()?.finish(),
     }
 }
 

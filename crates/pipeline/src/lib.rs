@@ -35,6 +35,6 @@ pub mod token_ids;
 pub use embed::{Embedded, Submitted};
 pub use error::{ErrorKind, RequestError};
 pub use plan::{Defaults, EmbedRequest, Input, Plan};
-pub use registry::{Alias, ModelSpec, Registry, ServedModel};
+pub use registry::{Alias, LoadError, ModelSpec, Registry, ServedModel};
 pub use scheduler::SchedulerConfig;
 pub use token_ids::TokenIds;

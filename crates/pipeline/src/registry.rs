@@ -111,22 +111,60 @@ pub struct ServedModel {
     pub default_task: Option<String>,
 }
 
+/// Why a model could not be served: its source did not resolve, the engine could not load it
+/// (the engine's error kept, so a front end can tell a missing file from a bad one), or it
+/// could not be started (a bad default task, no worker thread).
+#[derive(Debug)]
+pub enum LoadError {
+    /// The folder or hub id did not resolve.
+    Resolve(String),
+    /// The engine refused the folder.
+    Model {
+        /// The model's source as given.
+        source: String,
+        /// The engine's error.
+        error: openembed_engine::Error,
+    },
+    /// The model loaded but cannot be served.
+    Start(String),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Resolve(message) | Self::Start(message) => f.write_str(message),
+            Self::Model { source, error } => write!(f, "model '{source}': {error}"),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+impl From<LoadError> for String {
+    fn from(e: LoadError) -> Self {
+        e.to_string()
+    }
+}
+
 impl ServedModel {
     /// Loads the model of `spec` (resolving a hub id) and starts its scheduler.
-    pub fn load(spec: &ModelSpec, options: &LoadOptions, scheduler: SchedulerConfig) -> Result<Self, String> {
-        let dir = hub::resolve(&spec.source)?;
+    pub fn load(spec: &ModelSpec, options: &LoadOptions, scheduler: SchedulerConfig) -> Result<Self, LoadError> {
+        let dir = hub::resolve(&spec.source).map_err(LoadError::Resolve)?;
         spec.token_ids.warm_up();
         let options = LoadOptions {
             dtype: spec.dtype,
             ..options.clone()
         };
-        let model = Model::load(&dir, &options).map_err(|e| format!("model '{}': {e}", spec.source))?;
-        Self::start(spec, &dir, model, scheduler)
+        let model = Model::load(&dir, &options).map_err(|error| LoadError::Model {
+            source: spec.source.clone(),
+            error,
+        })?;
+        Self::start(spec, &dir, model, scheduler).map_err(LoadError::Start)
     }
 
     /// Serves a loaded `model` (from folder `dir`) as `spec` says: checks its default task and
     /// starts its scheduler.
-    pub fn start(
+    fn start(
         spec: &ModelSpec,
         dir: &std::path::Path,
         model: Model,

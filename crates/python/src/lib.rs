@@ -6,7 +6,8 @@
 
 use openembed_engine::{DType, Error, LoadOptions, Truncation};
 use openembed_pipeline::{
-    Defaults, EmbedRequest, ErrorKind, Input, ModelSpec, RequestError, SchedulerConfig, ServedModel, TokenIds,
+    Defaults, EmbedRequest, ErrorKind, Input, LoadError, ModelSpec, RequestError, SchedulerConfig, ServedModel,
+    TokenIds,
 };
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -85,19 +86,20 @@ impl Model {
             if looks_local && !local.is_dir() {
                 return Err(PyFileNotFoundError::new_err(format!("model folder not found: {path}")));
             }
-            let dir = openembed_pipeline::hub::resolve(&path).map_err(PyOSError::new_err)?;
-            let options = LoadOptions {
-                threads,
-                dtype,
-                ..LoadOptions::default()
-            };
-            let model = openembed_engine::Model::load(&dir, &options).map_err(py_error)?;
             let spec = ModelSpec {
                 token_ids,
                 dtype,
-                ..ModelSpec::named(&dir, &path)
+                ..ModelSpec::named(&path, &path)
             };
-            ServedModel::start(&spec, &dir, model, SchedulerConfig::offline()).map_err(PyOSError::new_err)
+            let options = LoadOptions {
+                threads,
+                ..LoadOptions::default()
+            };
+            ServedModel::load(&spec, &options, SchedulerConfig::offline()).map_err(|e| match e {
+                // The engine's own error keeps its exception type (a missing file, a bad tensor …).
+                LoadError::Model { error, .. } => py_error(error),
+                other => PyOSError::new_err(other.to_string()),
+            })
         })?;
         let served = Arc::new(served);
         Ok(Self {

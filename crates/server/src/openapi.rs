@@ -42,17 +42,14 @@ pub fn base() -> utoipa::openapi::OpenApi {
 /// is served), token ids are bounded by the smallest vocabulary, `dimensions` by the smallest
 /// dimension, `prompt_name` and `task` list what every embedding model has.
 pub fn document(registry: &Registry) -> Result<String, String> {
+    // The declared routes' document, built once per process.
     static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-    let base = match DOC.get() {
-        Some(doc) => doc.clone(),
-        None => DOC
-            .get_or_init(|| serde_json::to_value(crate::openapi_document()).unwrap_or(Value::Null))
-            .clone(),
-    };
-    if base.is_null() {
+    let mut doc = DOC
+        .get_or_init(|| serde_json::to_value(crate::openapi_document()).unwrap_or(Value::Null))
+        .clone();
+    if doc.is_null() {
         return Err("the OpenAPI document could not be built".into());
     }
-    let mut doc = base;
     let is_reranker = |m: &openembed_pipeline::ServedModel| m.model.info().rerank.is_some();
     let names: Vec<&str> = registry
         .names()

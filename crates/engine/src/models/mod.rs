@@ -210,10 +210,17 @@ pub fn load_transformer(dir: &Path) -> Result<Transformer> {
 
 /// [`load_transformer`] with the dense layers in `dtype`.
 pub fn load_transformer_with(dir: &Path, dtype: DType) -> Result<Transformer> {
+    let (cfg, architecture, weights) = open(dir, dtype)?;
+    (architecture.load)(&cfg, &weights)
+}
+
+/// A transformer folder's config (read once), its architecture and its weights (opened once,
+/// with the architecture's tensor-name prefixes, dense layers to be built in `dtype`).
+pub(crate) fn open(dir: &Path, dtype: DType) -> Result<(ConfigJson, &'static Architecture, Weights)> {
     let cfg = ConfigJson::load(dir)?;
     let architecture = architecture_of(&cfg)?;
     let weights = Weights::open(dir, architecture.name, architecture.weight_prefixes)?.with_dtype(dtype);
-    (architecture.load)(&cfg, &weights)
+    Ok((cfg, architecture, weights))
 }
 
 /// A transformer of `config` (a `config.json` value) with random weights at the shapes its
