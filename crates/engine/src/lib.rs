@@ -35,7 +35,8 @@ pub mod weights;
 
 pub use dtype::DType;
 pub use error::{Error, Result};
-pub use model::{compute_pool, LoadOptions, Model, ModelInfo, RerankInfo};
+pub use model::{compute_pool, LoadOptions, Model, ModelInfo, ModelKind, RerankInfo};
 pub use packed::{budget_batches, fits_in_budget, PackedBatch};
 pub use pooling::{normalize, truncate_dimensions, Pooling};
+pub use rerank::{ClassifierInfo, LabelFunction};
 pub use tokenize::{TokenizedInput, Truncation};

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::models;
 use crate::packed::PackedBatch;
 use crate::pooling::{normalize, Dense, Pooling};
-use crate::rerank::{RerankHead, RerankKind, ScoreActivation, YesNoTemplate};
+use crate::rerank::{ClassifierInfo, RerankHead, RerankKind, ScoreActivation, YesNoTemplate};
 use crate::static_embedding::{Model2VecConfig, StaticEmbedding, StaticFormat};
 use crate::tokenize::{TextTokenizer, TokenizedInput, Truncation};
 use crate::transformer::{Scratch, Transformer};
@@ -80,6 +80,48 @@ pub struct ModelInfo {
     /// Set for rerankers: the model scores (query, document) pairs instead of embedding texts;
     /// its output per input is one raw logit.
     pub rerank: Option<RerankInfo>,
+    /// Set for sequence-classification models (classifiers, and cross-encoder rerankers): the
+    /// labels of its outputs, one raw logit per label per input (a text or a pair).
+    pub classifier: Option<ClassifierInfo>,
+}
+
+/// What a model's outputs are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// Vectors of texts.
+    Embedding,
+    /// Relevance scores of (query, document) pairs; a one-label cross-encoder also classifies.
+    Reranker,
+    /// Label scores of texts or pairs.
+    Classifier,
+}
+
+impl ModelKind {
+    /// `embedding`, `reranker` or `classifier`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Embedding => "embedding",
+            Self::Reranker => "reranker",
+            Self::Classifier => "classifier",
+        }
+    }
+}
+
+impl ModelInfo {
+    /// What the model's outputs are for.
+    pub fn kind(&self) -> ModelKind {
+        match (&self.rerank, &self.classifier) {
+            (Some(_), _) => ModelKind::Reranker,
+            (None, Some(_)) => ModelKind::Classifier,
+            (None, None) => ModelKind::Embedding,
+        }
+    }
+
+    /// Whether the model's outputs are vectors to embed with (not a reranker's or classifier's
+    /// logits).
+    pub fn embeds(&self) -> bool {
+        self.kind() == ModelKind::Embedding
+    }
 }
 
 /// What a reranker is and how its logits become scores.
@@ -138,8 +180,8 @@ impl ModelInfo {
     }
 }
 
-/// The parts of a reranker beside its transformer.
-struct RerankParts {
+/// The head of a reranker or classifier beside its transformer.
+struct HeadParts {
     head: RerankHead,
     segment_boundary: Option<u32>,
     template_ids: Option<(Vec<u32>, Vec<u32>)>,
@@ -153,9 +195,9 @@ pub struct Model {
     info: ModelInfo,
     tokenizer: TextTokenizer,
     encoder: Encoder,
-    /// Reranker head, with the token after which a pair's second segment starts (type 1) and
-    /// a yes/no reranker's template ids (prefix, suffix).
-    rerank: Option<RerankParts>,
+    /// Reranker or classifier head, with the token after which a pair's second segment starts
+    /// (type 1) and a yes/no reranker's template ids (prefix, suffix).
+    head: Option<HeadParts>,
     dense: Vec<Dense>,
     threads: usize,
     pool: Arc<rayon::ThreadPool>,
@@ -270,13 +312,14 @@ impl Model {
         if tasks.normalizes && !dir.join("modules.json").exists() {
             st.normalize = true; // the original `encode` normalizes by default
         }
-        let (rerank, rerank_info) = match (&encoder, &folder) {
-            (Encoder::Transformer(t), Some(folder)) => Self::load_rerank(&st.transformer_dir, folder, t, &tokenizer)?,
-            _ => (None, None),
+        let (head, rerank_info, classifier) = match (&encoder, &folder) {
+            (Encoder::Transformer(t), Some(folder)) => Self::load_head(&st.transformer_dir, folder, t, &tokenizer)?,
+            _ => (None, None, None),
         };
-        if rerank.is_some() {
-            // A reranker's output is its logit: no pooling, Dense heads or normalization.
-            dimension = 1;
+        if let Some(head) = &head {
+            // A reranker's or classifier's output is its logits: no pooling, Dense heads or
+            // normalization.
+            dimension = head.head.labels();
             st.normalize = false;
         }
         let matryoshka_dimensions = folder
@@ -302,12 +345,13 @@ impl Model {
             task_instructions: tasks.instructions,
             matryoshka_dimensions,
             rerank: rerank_info,
+            classifier,
         };
         Ok(Self {
             info,
             tokenizer,
             encoder,
-            rerank,
+            head,
             dense,
             threads,
             pool,
@@ -315,22 +359,32 @@ impl Model {
         })
     }
 
-    /// The reranker parts of a folder that holds a reranker (see [`RerankKind::detect`]).
-    fn load_rerank(
+    /// The head of a folder that holds a reranker or classifier (see [`RerankKind::detect`]):
+    /// a sequence-classification head reranks when it has one label and classifies with its
+    /// labels either way; a yes/no head only reranks.
+    fn load_head(
         dir: &Path,
         folder: &Folder,
         transformer: &Transformer,
         tokenizer: &TextTokenizer,
-    ) -> Result<(Option<RerankParts>, Option<RerankInfo>)> {
+    ) -> Result<(Option<HeadParts>, Option<RerankInfo>, Option<ClassifierInfo>)> {
         let (cfg, weights) = (&folder.cfg, &folder.weights);
         let Some(kind) = folder.rerank else {
-            return Ok((None, None));
+            return Ok((None, None, None));
         };
         let h = transformer.hidden;
-        let (parts, activation, template) = match kind {
+        match kind {
             RerankKind::CrossEncoder => {
-                let (head, activation) = RerankHead::cross_encoder(cfg, weights, folder.architecture, h)?;
-                let parts = RerankParts {
+                let (head, classifier) = RerankHead::classifier(cfg, weights, folder.architecture, h)?;
+                let rerank = match classifier.labels.len() {
+                    1 => Some(RerankInfo {
+                        kind,
+                        activation: ScoreActivation::from_config(cfg)?,
+                        template: None,
+                    }),
+                    _ => None,
+                };
+                let parts = HeadParts {
                     head,
                     segment_boundary: transformer
                         .embeddings
@@ -340,7 +394,7 @@ impl Model {
                         .and_then(|_| tokenizer.segment_boundary()),
                     template_ids: None,
                 };
-                (parts, activation, None)
+                Ok((Some(parts), rerank, Some(classifier)))
             }
             RerankKind::YesNo => {
                 let template = YesNoTemplate::load(dir)?;
@@ -364,22 +418,19 @@ impl Model {
                     id(&template.no_token)?,
                 )?;
                 let ids = (tokenizer.ids_of(&template.prefix)?, tokenizer.ids_of(&template.suffix)?);
-                let parts = RerankParts {
+                let parts = HeadParts {
                     head,
                     segment_boundary: None,
                     template_ids: Some(ids),
                 };
-                (parts, ScoreActivation::Sigmoid, Some(template))
+                let rerank = RerankInfo {
+                    kind,
+                    activation: ScoreActivation::Sigmoid,
+                    template: Some(template),
+                };
+                Ok((Some(parts), Some(rerank), None))
             }
-        };
-        Ok((
-            Some(parts),
-            Some(RerankInfo {
-                kind,
-                activation,
-                template,
-            }),
-        ))
+        }
     }
 
     /// Tokenizes (query, document) pairs for a reranker: the tokenizer's pair template for a
@@ -394,7 +445,7 @@ impl Model {
         truncation: Truncation,
         max_doc_tokens: Option<usize>,
     ) -> Result<Vec<TokenizedInput>> {
-        let Some(parts) = &self.rerank else {
+        let Some(parts) = &self.head else {
             return Err(Error::Unsupported("this model embeds texts; it does not rerank".into()));
         };
         let template = self.info.rerank.as_ref().and_then(|r| r.template.as_ref());
@@ -561,7 +612,7 @@ impl Model {
             }
             batch = batch.with_tasks(tasks);
         }
-        if let Some(boundary) = self.rerank.as_ref().and_then(|r| r.segment_boundary) {
+        if let Some(boundary) = self.head.as_ref().and_then(|r| r.segment_boundary) {
             // A pair's second segment (after the template's first separator) is token type 1.
             let mut types = Vec::with_capacity(batch.total_tokens());
             for ids in inputs {
@@ -599,7 +650,8 @@ impl Model {
         })
     }
 
-    /// Pooled rows (`inputs × hidden·modes`) before any Dense module; a reranker's logits.
+    /// Pooled rows (`inputs × hidden·modes`) before any Dense module; a reranker's or
+    /// classifier's logits (`inputs × labels`).
     fn pooled(
         &self,
         inputs: &[&[u32]],
@@ -607,14 +659,15 @@ impl Model {
         between_layers: &mut (dyn FnMut() + Send),
     ) -> Result<Vec<f32>> {
         let h = self.info.hidden_size;
-        if let Some(parts) = &self.rerank {
+        if let Some(parts) = &self.head {
+            let labels = parts.head.labels();
             return self.with_hidden(inputs, tasks, between_layers, |batch, hidden| {
-                (0..batch.len())
-                    .map(|i| {
-                        let r = batch.range(i);
-                        parts.head.logit(&hidden[r.start * h..r.end * h], h)
-                    })
-                    .collect()
+                let mut logits = vec![0.0f32; batch.len() * labels];
+                for (i, out) in logits.chunks_exact_mut(labels).enumerate() {
+                    let r = batch.range(i);
+                    parts.head.logits(&hidden[r.start * h..r.end * h], h, out);
+                }
+                logits
             });
         }
         if let Encoder::Static(table) = &self.encoder {
@@ -663,7 +716,7 @@ impl Model {
 
     /// [`Self::embed_ids`] with a task adapter per input (`None` = the base weights), mixed
     /// freely inside the one packed batch. `tasks` indexes [`ModelInfo::tasks`].
-    /// For a reranker each output is the pair's raw logit (one element).
+    /// For a reranker or classifier each output is the input's raw logits (one per label).
     pub fn embed_ids_with_tasks(&self, inputs: &[&[u32]], tasks: Option<&[Option<usize>]>) -> Result<Vec<Vec<f32>>> {
         self.embed_ids_yielding(inputs, tasks, &mut || {})
     }
@@ -679,8 +732,8 @@ impl Model {
         between_layers: &mut (dyn FnMut() + Send),
     ) -> Result<Vec<Vec<f32>>> {
         let mut pooled = self.pooled(inputs, tasks, between_layers)?;
-        let mut dim = if self.rerank.is_some() {
-            1
+        let mut dim = if let Some(parts) = &self.head {
+            parts.head.labels()
         } else {
             self.info.hidden_size * self.info.pooling.len()
         };

@@ -38,7 +38,7 @@ impl ScoreActivation {
 
     /// What `config.json` names (`sentence_transformers.activation_fn` or the legacy
     /// `sbert_ce_default_activation_function`), Sigmoid when it names none.
-    fn from_config(cfg: &ConfigJson) -> Result<Self> {
+    pub(crate) fn from_config(cfg: &ConfigJson) -> Result<Self> {
         let named = cfg
             .value
             .get("sentence_transformers")
@@ -170,30 +170,18 @@ pub enum RerankHead {
 }
 
 impl RerankHead {
-    /// Loads the classification head of a cross-encoder of `architecture` (its file says how)
-    /// and its activation.
-    pub fn cross_encoder(
+    /// Loads the sequence-classification head of `architecture` (its file says how) with the
+    /// folder's labels: a one-label cross-encoder (a reranker) or a classifier.
+    pub fn classifier(
         cfg: &ConfigJson,
         w: &Weights,
         architecture: &Architecture,
         hidden: usize,
-    ) -> Result<(Self, ScoreActivation)> {
-        let labels = cfg
-            .value
-            .get("id2label")
-            .and_then(|m| m.as_object())
-            .map(|m| m.len())
-            .or(cfg.usize_opt(&["num_labels"]))
-            .unwrap_or(1);
-        if labels != 1 {
-            return Err(Error::Unsupported(format!(
-                "{}: a reranker with {labels} labels (openembed scores one-label cross-encoders)",
-                cfg.path.display()
-            )));
-        }
-        let classifier = architecture.classifier.ok_or_else(|| {
+    ) -> Result<(Self, ClassifierInfo)> {
+        let info = ClassifierInfo::from_config(cfg)?;
+        let loader = architecture.classifier.ok_or_else(|| {
             Error::Unsupported(format!(
-                "{}: a `{}` sequence-classification reranker (openembed serves the cross-encoders of {})",
+                "{}: a `{}` sequence-classification model (openembed serves those of {})",
                 cfg.path.display(),
                 architecture.name,
                 crate::models::ARCHITECTURES
@@ -204,8 +192,8 @@ impl RerankHead {
                     .join(", ")
             ))
         })?;
-        let head = classifier(cfg, w, hidden)?;
-        Ok((head, ScoreActivation::from_config(cfg)?))
+        let head = loader(cfg, w, hidden, info.labels.len())?;
+        Ok((head, info))
     }
 
     /// The yes/no head of a causal LM: the two rows of the first of `tables` present (its output
@@ -225,26 +213,34 @@ impl RerankHead {
         })
     }
 
-    /// The logit of one pair from its hidden states (`tokens × hidden`).
-    pub fn logit(&self, hidden_states: &[f32], hidden: usize) -> f32 {
+    /// How many logits the head gives per input.
+    pub fn labels(&self) -> usize {
+        match self {
+            Self::FirstTokenTanh { out, .. } | Self::Pooled { out, .. } => out.out_features,
+            Self::YesNo { .. } => 1,
+        }
+    }
+
+    /// The logits of one input (a text or a pair) from its hidden states (`tokens × hidden`),
+    /// written to `out` (`labels()` long).
+    pub fn logits(&self, hidden_states: &[f32], hidden: usize, out: &mut [f32]) {
         let tokens = hidden_states.len() / hidden.max(1);
         if tokens == 0 {
-            return 0.0;
+            out.fill(0.0);
+            return;
         }
         match self {
-            Self::FirstTokenTanh { dense, out } => {
+            Self::FirstTokenTanh { dense, out: proj } => {
                 let mut x = vec![0.0f32; hidden];
                 dense.forward_act(&hidden_states[..hidden], 1, &mut x, Activation::Tanh, 1);
-                let mut y = [0.0f32];
-                out.forward(&x, 1, &mut y, 1);
-                y[0]
+                proj.forward(&x, 1, out, 1);
             }
             Self::Pooled {
                 pooling,
                 dense,
                 activation,
                 norm,
-                out,
+                out: proj,
             } => {
                 let mut pooled = vec![0.0f32; hidden];
                 pooling.pool(hidden_states, hidden, &mut pooled);
@@ -252,16 +248,108 @@ impl RerankHead {
                 dense.forward_act(&pooled, 1, &mut x, *activation, 1);
                 let mut normed = vec![0.0f32; hidden];
                 norm.apply(&x, &mut normed, hidden);
-                let mut y = [0.0f32];
-                out.forward(&normed, 1, &mut y, 1);
-                y[0]
+                proj.forward(&normed, 1, out, 1);
             }
             Self::YesNo { yes, no } => {
                 let last = &hidden_states[(tokens - 1) * hidden..tokens * hidden];
                 let dot = |w: &[f32]| last.iter().zip(w).map(|(a, b)| a * b).sum::<f32>();
-                dot(yes) - dot(no)
+                out[0] = dot(yes) - dot(no);
             }
         }
+    }
+}
+
+/// What turns a classifier's logits into its scores, as transformers' text-classification
+/// pipeline names them (`function_to_apply`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelFunction {
+    /// `e^x / Σ e^x` over the labels (one label per text).
+    Softmax,
+    /// `1 / (1 + e^-x)` per label (several labels per text, or one-label models).
+    Sigmoid,
+    /// The logits themselves.
+    None,
+}
+
+impl LabelFunction {
+    /// `softmax`, `sigmoid` or `none`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "softmax" => Some(Self::Softmax),
+            "sigmoid" => Some(Self::Sigmoid),
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
+
+    /// The name `from_name` reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Softmax => "softmax",
+            Self::Sigmoid => "sigmoid",
+            Self::None => "none",
+        }
+    }
+
+    /// The scores of one input's logits (float32, as the pipeline computes them).
+    pub fn apply(self, logits: &[f32]) -> Vec<f32> {
+        match self {
+            Self::Softmax => {
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let exp: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+                let sum: f32 = exp.iter().sum();
+                exp.into_iter().map(|e| e / sum).collect()
+            }
+            Self::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+            Self::None => logits.to_vec(),
+        }
+    }
+}
+
+/// The labels of a sequence-classification model and its default score function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassifierInfo {
+    /// Label names in logit order (`id2label`; `LABEL_i` where the config names none).
+    pub labels: Vec<String>,
+    /// What the pipeline applies by default: `sigmoid` for `multi_label_classification` or one
+    /// label, `softmax` for several, `none` for `regression`.
+    pub function: LabelFunction,
+}
+
+impl ClassifierInfo {
+    /// Reads `id2label` (or `num_labels`) and `problem_type` of a `config.json`.
+    pub fn from_config(cfg: &ConfigJson) -> Result<Self> {
+        let named = cfg.value.get("id2label").and_then(|m| m.as_object());
+        let count = named
+            .map(|m| m.len())
+            .or(cfg.usize_opt(&["num_labels"]))
+            .unwrap_or(1)
+            .max(1);
+        let mut labels: Vec<String> = (0..count).map(|i| format!("LABEL_{i}")).collect();
+        for (id, name) in named.into_iter().flatten() {
+            let slot = id.parse::<usize>().ok().and_then(|i| labels.get_mut(i));
+            match (slot, name.as_str()) {
+                (Some(slot), Some(name)) => *slot = name.to_owned(),
+                _ => {
+                    return Err(cfg.invalid(&format!(
+                        "id2label entry {id:?}: {name} (expected ids 0..{count} with label names)"
+                    )))
+                }
+            }
+        }
+        let function = match cfg.str_opt(&["problem_type"]) {
+            Some("regression") => LabelFunction::None,
+            Some("multi_label_classification") => LabelFunction::Sigmoid,
+            _ if count == 1 => LabelFunction::Sigmoid,
+            _ => LabelFunction::Softmax,
+        };
+        Ok(Self { labels, function })
+    }
+
+    /// Every label with its score (`function`, else the model's default), best first; equal
+    /// scores keep label order.
+    pub fn ranked(&self, logits: &[f32], function: Option<LabelFunction>) -> Vec<(usize, f32)> {
+        rank_by_score(function.unwrap_or(self.function).apply(logits))
     }
 }
 

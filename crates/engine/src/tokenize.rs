@@ -378,10 +378,70 @@ impl TextTokenizer {
 
     /// Decodes ids back to text (special tokens skipped).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.decode_with(ids, true)
+    }
+
+    /// Decodes ids back to text, keeping special tokens unless `skip_special_tokens`.
+    pub fn decode_with(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.inner
-            .decode(ids, true)
+            .decode(ids, skip_special_tokens)
             .map_err(|e| Error::Tokenizer(e.to_string()))
     }
+
+    /// The tokens of a text (with `prefix`, a prompt, in front; lowercased when the model
+    /// says so) as the model sees them, untruncated: id, the piece of the text it covers (the
+    /// token itself for special tokens), and its byte span in that text.
+    pub fn pieces(
+        &self,
+        text: &str,
+        prefix: Option<&str>,
+        add_special_tokens: bool,
+    ) -> Result<(String, Vec<TokenPiece>)> {
+        let seen = self.full_text(prefix, text).into_owned();
+        let encoding = self
+            .inner
+            .encode(seen.as_str(), add_special_tokens && self.add_special_tokens)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let pieces = encoding
+            .get_ids()
+            .iter()
+            .zip(encoding.get_offsets())
+            .zip(encoding.get_special_tokens_mask())
+            .zip(encoding.get_tokens())
+            .map(|(((&id, &(start, stop)), &special), token)| {
+                if special == 1 {
+                    TokenPiece {
+                        id,
+                        text: token.clone(),
+                        special: true,
+                        span: None,
+                    }
+                } else {
+                    let bytes = seen.as_bytes().get(start..stop.max(start)).unwrap_or_default();
+                    TokenPiece {
+                        id,
+                        text: String::from_utf8_lossy(bytes).into_owned(),
+                        special: false,
+                        span: Some((start, stop)),
+                    }
+                }
+            })
+            .collect();
+        Ok((seen, pieces))
+    }
+}
+
+/// One token of a text (see [`TextTokenizer::pieces`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenPiece {
+    /// Token id.
+    pub id: u32,
+    /// The text it covers, or the special token's own text.
+    pub text: String,
+    /// Whether the tokenizer's template added it (`[CLS]`, `</s>` …).
+    pub special: bool,
+    /// Byte span in the text (none for special tokens).
+    pub span: Option<(usize, usize)>,
 }
 
 /// The largest char boundary at or below `i`.

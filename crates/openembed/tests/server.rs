@@ -1155,3 +1155,210 @@ fn ollama_routes_answer_errors_in_ollamas_shape() {
     );
     assert_eq!((status, reply["embeddings"].as_array().map(Vec::len)), (200, Some(0)));
 }
+
+/// TEI's routes answer bad requests in TEI's shape, `{"error", "error_type"}`, with TEI's
+/// statuses (422 invalid, 400 empty), and serve the first model of the kind they need.
+#[test]
+fn tei_routes_answer_errors_in_teis_shape() {
+    let fixtures = root().join("../shared/fixtures/tiny");
+    let default = format!("{}=all-MiniLM-L6-v2", common::model_dir().display());
+    let classifier = format!("{}=sentiment", fixtures.join("classifier_bert").display());
+    let server = Server::start(&["--model", &default, "--model", &classifier]);
+    let c = client();
+    let post = |path: &str, content_type: &str, body: &str| {
+        let resp = c
+            .post(server.at(path))
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().unwrap_or(Value::Null))
+    };
+    let long = "word ".repeat(600);
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        ("/embed", "application/json", "{\"inputs\": ".into(), 422, "Validation"),
+        (
+            "/embed",
+            "application/json",
+            r#"{"inputs": 5}"#.into(),
+            422,
+            "Validation",
+        ),
+        ("/embed", "application/json", r#"{"inputs": []}"#.into(), 400, "Empty"),
+        (
+            "/embed",
+            "application/json",
+            r#"{"inputs": "x", "model": "nope"}"#.into(),
+            404,
+            "Validation",
+        ),
+        (
+            "/embed",
+            "application/json",
+            r#"{"inputs": "x", "model": "sentiment"}"#.into(),
+            422,
+            "Validation",
+        ),
+        ("/embed", "text/plain", r#"{"inputs": "x"}"#.into(), 415, "Validation"),
+        (
+            "/embed",
+            "application/json",
+            json!({"inputs": long}).to_string(),
+            422,
+            "Validation",
+        ),
+        (
+            "/embed",
+            "application/json",
+            json!({"inputs": vec!["x"; 2049]}).to_string(),
+            422,
+            "Validation",
+        ),
+        (
+            "/embed",
+            "application/json",
+            r#"{"inputs": "x", "prompt_name": "nope"}"#.into(),
+            422,
+            "Validation",
+        ),
+        (
+            "/embed",
+            "application/json",
+            r#"{"inputs": "x", "dimensions": 0}"#.into(),
+            422,
+            "Validation",
+        ),
+        ("/predict", "application/json", r#"{"inputs": []}"#.into(), 400, "Empty"),
+        (
+            "/predict",
+            "application/json",
+            r#"{"inputs": ["a", "b", "c"]}"#.into(),
+            422,
+            "Validation",
+        ),
+        (
+            "/predict",
+            "application/json",
+            r#"{"inputs": [["a"], []]}"#.into(),
+            422,
+            "Validation",
+        ),
+        (
+            "/predict",
+            "application/json",
+            r#"{"inputs": "x", "model": "all-MiniLM-L6-v2"}"#.into(),
+            422,
+            "Validation",
+        ),
+        (
+            "/predict",
+            "application/json",
+            json!({"inputs": vec![long.clone(); 1]}).to_string(),
+            422,
+            "Validation",
+        ),
+        (
+            "/rerank",
+            "application/json",
+            r#"{"query": "q", "texts": ["d"]}"#.into(),
+            422,
+            "Validation",
+        ),
+        (
+            "/similarity",
+            "application/json",
+            r#"{"inputs": {"source_sentence": "a", "sentences": []}}"#.into(),
+            400,
+            "Empty",
+        ),
+        (
+            "/tokenize",
+            "application/json",
+            r#"{"inputs": []}"#.into(),
+            400,
+            "Empty",
+        ),
+        (
+            "/tokenize",
+            "application/json",
+            r#"{"inputs": "x", "prompt_name": "nope"}"#.into(),
+            422,
+            "Validation",
+        ),
+        (
+            "/decode",
+            "application/json",
+            r#"{"ids": [999999]}"#.into(),
+            422,
+            "Validation",
+        ),
+        ("/decode", "application/json", r#"{"ids": []}"#.into(), 400, "Empty"),
+        ("/", "application/json", r#"{"inputs": 5}"#.into(), 422, "Validation"),
+        (
+            "/",
+            "application/json",
+            r#"{"inputs": "x", "model": "sentiment", "parameters": {"function_to_apply": "tanh"}}"#.into(),
+            422,
+            "Validation",
+        ),
+    ];
+    for (path, content_type, body, want, kind) in &cases {
+        let (status, reply) = post(path, content_type, body);
+        assert_eq!(status, *want, "{path} {body:.80}: {reply}");
+        assert!(
+            reply["error"].as_str().is_some_and(|m| !m.is_empty())
+                && reply["error_type"] == json!(kind)
+                && reply.as_object().unwrap().len() == 2,
+            "{path} {body:.80}: not TEI's error shape: {reply}"
+        );
+    }
+    // Wrong method: the router's 405, reshaped too.
+    let resp = c.get(server.at("/embed")).send().unwrap();
+    assert_eq!(resp.status(), 405);
+    assert!(resp.json::<Value>().unwrap()["error_type"].is_string());
+
+    // Each route serves the first model of its kind; `/` follows the first model's kind.
+    let (status, vectors) = post("/embed", "application/json", r#"{"inputs": ["a b", "c"]}"#);
+    assert_eq!((status, vectors.as_array().map(Vec::len)), (200, Some(2)));
+    let (_, same) = post("/", "application/json", r#"{"inputs": ["a b", "c"]}"#);
+    assert_eq!(same, vectors);
+    let (_, cut) = post(
+        "/embed",
+        "application/json",
+        &json!({"inputs": long, "truncate": true}).to_string(),
+    );
+    assert_eq!(cut[0].as_array().map(Vec::len), Some(384));
+    let (status, labels) = post("/predict", "application/json", r#"{"inputs": "good"}"#);
+    assert_eq!(status, 200, "{labels}");
+    let labels = labels.as_array().unwrap();
+    assert_eq!(labels.len(), 3, "one text: every label, best first");
+    assert!(labels
+        .windows(2)
+        .all(|w| w[0]["score"].as_f64() >= w[1]["score"].as_f64()));
+    let total: f64 = labels.iter().map(|l| l["score"].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-5, "softmax scores sum to 1: {total}");
+    let (_, batch) = post("/predict", "application/json", r#"{"inputs": [["good"], ["a", "b"]]}"#);
+    assert_eq!(batch.as_array().map(Vec::len), Some(2));
+    let (_, top) = post(
+        "/",
+        "application/json",
+        r#"{"inputs": "good", "model": "sentiment", "parameters": {"top_k": 1}}"#,
+    );
+    assert_eq!(top, json!([[labels[0]]]), "the Inference API's shape");
+    let (_, tokens) = post("/tokenize", "application/json", r#"{"inputs": "Hello naïve world"}"#);
+    let tokens = tokens[0].as_array().unwrap();
+    assert_eq!(tokens.first().unwrap()["special"], json!(true));
+    assert_eq!(tokens[2]["text"], json!("naïve"));
+    assert_eq!(
+        (tokens[2]["start"].as_u64(), tokens[2]["stop"].as_u64()),
+        (Some(6), Some(12))
+    );
+    let ids: Vec<Value> = tokens.iter().map(|t| t["id"].clone()).collect();
+    let (_, text) = post("/decode", "application/json", &json!({"ids": ids}).to_string());
+    assert_eq!(text, json!(["hello naive world"]));
+    let info: Value = c.get(server.at("/info")).send().unwrap().json().unwrap();
+    assert_eq!(info["model_id"], json!("all-MiniLM-L6-v2"));
+    assert_eq!(info["model_type"]["embedding"]["pooling"], json!("mean"));
+    assert_eq!(info["max_input_length"], json!(256));
+}

@@ -14,11 +14,14 @@
 //! - [`scheduler`]: the token-budget batch queue of one model — fairness between requests,
 //!   short requests between a long batch's layers, per-request failure isolation.
 //! - [`rerank`]: a rerank request (its rules, pair tokenization, ranking) on the same scheduler.
+//! - [`classify`]: a classification request (texts or pairs → every label's score) on the same
+//!   scheduler.
 //! - [`embed`]: one request through those steps ([`ServedModel::submit`], or
 //!   [`ServedModel::embed_chunked`] for large offline inputs).
 //! - [`error`]: the error categories front ends map to their protocol.
 //! - [`metrics`]: queue and batch metrics (through the `metrics` facade).
 
+pub mod classify;
 pub mod embed;
 pub mod error;
 pub mod fault;
@@ -32,6 +35,7 @@ pub mod rerank;
 pub mod scheduler;
 pub mod token_ids;
 
+pub use classify::{ClassifyInput, ClassifyJob};
 pub use embed::{Embedded, Submitted};
 pub use error::{ErrorKind, RequestError};
 pub use plan::{Defaults, EmbedRequest, Input, Plan};

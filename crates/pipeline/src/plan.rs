@@ -4,7 +4,7 @@
 
 use crate::error::RequestError;
 use crate::prepare::WindowLayout;
-use openembed_engine::{normalize, truncate_dimensions, ModelInfo, Truncation};
+use openembed_engine::{normalize, truncate_dimensions, ModelInfo, ModelKind, Truncation};
 
 /// One input as a front end received it.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +97,16 @@ impl Default for Defaults {
     }
 }
 
+/// Where a model that does not embed is served (the server's routes; the CLI's commands are
+/// named alike), or `None` for an embedding model.
+pub fn not_embedding(kind: ModelKind) -> Option<&'static str> {
+    match kind {
+        ModelKind::Embedding => None,
+        ModelKind::Reranker => Some("POST /v1/rerank (or `openembed rerank`)"),
+        ModelKind::Classifier => Some("POST /predict (or `openembed classify`)"),
+    }
+}
+
 /// Checks `dimensions`, the prompt and `task` against the model and settles truncation and
 /// normalization; `default_task` applies when the request names no task.
 pub fn plan(
@@ -105,11 +115,12 @@ pub fn plan(
     defaults: &Defaults,
     default_task: Option<&str>,
 ) -> Result<Plan, RequestError> {
-    if info.rerank.is_some() {
+    if let Some(route) = not_embedding(info.kind()) {
         return Err(RequestError::invalid(
             format!(
-                "The model '{}' is a reranker, not an embedding model; use POST /v1/rerank.",
-                request.model
+                "The model '{}' is a {}, not an embedding model; use {route}.",
+                request.model,
+                info.kind().name()
             ),
             Some("model"),
         ));

@@ -84,23 +84,33 @@ impl RerankJob {
                 self.max_tokens_per_doc,
             )
             .map_err(|e| RequestError::invalid(e.to_string(), None))?;
-        if let Some((i, t)) = toks.iter().enumerate().find(|(_, t)| t.over_limit && !t.truncated()) {
-            return Err(RequestError::invalid(
-                format!(
-                    "Document {i} with the query is {} tokens, more than the model's limit of {}; {}",
-                    t.untruncated_tokens,
-                    model.info().max_input_tokens,
-                    self.truncate_hint
-                ),
-                Some("documents"),
-            ));
-        }
-        let total: usize = toks.iter().map(|t| t.tokens()).sum();
-        if total > max_tokens {
-            return Err(too_many_tokens(total, max_tokens, "documents"));
-        }
-        Ok((toks.into_iter().map(|t| t.ids).collect(), total))
+        checked_ids(toks, max_tokens, "documents", |i, tokens| {
+            format!(
+                "Document {i} with the query is {tokens} tokens, more than the model's limit of {}; {}",
+                model.info().max_input_tokens,
+                self.truncate_hint
+            )
+        })
     }
+}
+
+/// The ids of tokenized inputs (texts or pairs) and their total, refusing an input over the
+/// model's limit that was not cut (`too_long` words the message from its index and tokens) and
+/// a total over `max_tokens`; `param` names the request field.
+pub(crate) fn checked_ids(
+    toks: Vec<openembed_engine::TokenizedInput>,
+    max_tokens: usize,
+    param: &str,
+    too_long: impl Fn(usize, usize) -> String,
+) -> Result<(Vec<Vec<u32>>, usize), RequestError> {
+    if let Some((i, t)) = toks.iter().enumerate().find(|(_, t)| t.over_limit && !t.truncated()) {
+        return Err(RequestError::invalid(too_long(i, t.untruncated_tokens), Some(param)));
+    }
+    let total: usize = toks.iter().map(|t| t.tokens()).sum();
+    if total > max_tokens {
+        return Err(too_many_tokens(total, max_tokens, param));
+    }
+    Ok((toks.into_iter().map(|t| t.ids).collect(), total))
 }
 
 /// Scores from the engine's logits, ranked best first (stable: ties keep request order).

@@ -825,8 +825,8 @@ pub struct ModelObject {
     pub normalized: bool,
     /// Extension: prompt names usable as `prompt_name`.
     pub prompts: Vec<String>,
-    /// Extension: what the model serves: `embeddings` (POST /v1/embeddings) or `rerank`
-    /// (POST /v1/rerank, /v2/rerank, /rerank).
+    /// Extension: what the model serves: `embeddings` (POST /v1/embeddings), `rerank`
+    /// (POST /v1/rerank) or `classify` (POST /predict).
     pub serves: &'static str,
     /// Extension: task adapters usable as `task` (empty for models without tasks).
     pub tasks: Vec<String>,

@@ -1,4 +1,6 @@
-//! The one place where failures become OpenAI-shaped JSON errors with an HTTP status.
+//! The one place where failures become JSON errors with an HTTP status: every handler fails
+//! with an [`ApiError`] (OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`), and
+//! a route of another protocol answers it in that protocol's shape ([`Protocol::answer`]).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -150,5 +152,46 @@ impl IntoResponse for ApiError {
             }
         }
         resp
+    }
+}
+
+/// The protocol a route speaks, which decides the shape (and for TEI the status) of its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// `{"error": {"message", "type", "param", "code"}}`.
+    #[default]
+    OpenAi,
+    /// Ollama: `{"error": "…"}`.
+    Ollama,
+    /// Text Embeddings Inference: `{"error": "…", "error_type": "…"}`, with TEI's statuses (422
+    /// for an invalid request, 400 for an empty one).
+    Tei,
+    /// Cohere: `{"message": "…"}`.
+    Cohere,
+}
+
+/// `code` of an error about empty inputs (TEI answers those 400 `Empty`, not 422).
+pub const EMPTY_INPUT: &str = "empty_input";
+
+impl Protocol {
+    /// The status and body of an error on this protocol's routes, from the OpenAI-shaped
+    /// error's status, message and code.
+    pub fn answer(self, status: StatusCode, message: &str, code: Option<&str>) -> (StatusCode, serde_json::Value) {
+        match self {
+            Self::OpenAi => (status, serde_json::Value::Null),
+            Self::Ollama => (status, serde_json::json!({ "error": message })),
+            Self::Cohere => (status, serde_json::json!({ "message": message })),
+            Self::Tei => {
+                let (status, kind) = match status {
+                    StatusCode::BAD_REQUEST if code == Some(EMPTY_INPUT) => (status, "Empty"),
+                    StatusCode::BAD_REQUEST => (StatusCode::UNPROCESSABLE_ENTITY, "Validation"),
+                    StatusCode::TOO_MANY_REQUESTS => (status, "Overloaded"),
+                    StatusCode::SERVICE_UNAVAILABLE => (status, "Unhealthy"),
+                    s if s.is_server_error() => (s, "Backend"),
+                    s => (s, "Validation"),
+                };
+                (status, serde_json::json!({ "error": message, "error_type": kind }))
+            }
+        }
     }
 }

@@ -19,9 +19,10 @@ pub mod openapi;
 pub mod rerank;
 pub mod routes;
 pub mod state;
+pub mod tei;
 
 use crate::auth::ApiKeys;
-use crate::error::ApiError;
+use crate::error::{ApiError, Protocol};
 use crate::state::{AppState, Limits};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -80,25 +81,37 @@ fn api() -> Api {
     Api::new(openapi::base())
         .route(routes!(routes::embeddings), &["/embeddings"])
         .route(routes!(routes::rerank), &["/v2/rerank"])
-        .route(routes!(routes::tei_rerank), &[])
         .route(routes!(routes::list_models), &[])
         .route(routes!(routes::get_model), &[])
         .route(routes!(routes::health), &[])
         .route(routes!(routes::ready), &[])
         .route(routes!(routes::metrics), &[])
         .route(routes!(routes::openapi), &[])
+        .speaking(Protocol::Ollama)
         .route(routes!(ollama::embed_route), &[])
         .route(routes!(ollama::embeddings_route), &[])
         .route(routes!(ollama::tags), &[])
         .route(routes!(ollama::ps), &[])
         .route(routes!(ollama::show), &[])
         .route(routes!(ollama::version), &[])
+        .speaking(Protocol::Tei)
+        .route(routes!(tei::embed), &[])
+        .route(routes!(tei::predict), &[])
+        .route(routes!(tei::rerank), &[])
+        .route(routes!(tei::similarity), &[])
+        .route(routes!(tei::tokenize), &[])
+        .route(routes!(tei::decode), &[])
+        .route(routes!(tei::info), &[])
+        .route(routes!(tei::inference), &[])
 }
 
-/// The routes being declared, with the (method, path) pairs they serve.
+/// The routes being declared, with the (method, path) pairs they serve and the protocol of
+/// those that do not speak OpenAI's.
 struct Api {
     router: OpenApiRouter<Arc<AppState>>,
     routes: Vec<(String, String)>,
+    protocols: Protocols,
+    speaking: Protocol,
 }
 
 impl Api {
@@ -106,7 +119,15 @@ impl Api {
         Self {
             router: OpenApiRouter::with_openapi(doc),
             routes: Vec::new(),
+            protocols: Protocols::new(),
+            speaking: Protocol::OpenAi,
         }
+    }
+
+    /// The routes declared next speak `protocol` (their errors take its shape).
+    fn speaking(mut self, protocol: Protocol) -> Self {
+        self.speaking = protocol;
+        self
     }
 
     /// Adds a documented route, also served at `aliases`.
@@ -117,6 +138,9 @@ impl Api {
             for alias in aliases.iter().copied().chain([path.as_str()]) {
                 self.routes
                     .extend(methods.iter().map(|m| (m.to_string(), alias.to_string())));
+                if self.speaking != Protocol::OpenAi {
+                    self.protocols.insert(alias.to_string(), self.speaking);
+                }
             }
         }
         for alias in aliases {
@@ -162,13 +186,14 @@ fn route_label(request: &Request) -> String {
 
 /// Builds the router over loaded state.
 pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
-    let (api, _) = api().router.split_for_parts();
+    let Api { router, protocols, .. } = api();
+    let (api, _) = router.split_for_parts();
     let api = api
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), authenticate))
         .layer(middleware::from_fn(json_errors))
-        .layer(middleware::from_fn(protocol_errors))
+        .layer(middleware::from_fn_with_state(Arc::new(protocols), protocol_errors))
         .layer(middleware::from_fn(observe))
         .with_state(state);
     if cors_origins.is_empty() {
@@ -253,28 +278,39 @@ async fn json_errors(request: Request, next: Next) -> Response {
 }
 
 /// Errors in the protocol of the route: every failure is first an OpenAI error body (the
-/// handlers' [`ApiError`], the safety net above); on Ollama's routes (`/api/…`) it becomes
-/// Ollama's `{"error": "…"}`, same status and headers.
-async fn protocol_errors(request: Request, next: Next) -> Response {
-    let ollama = request.uri().path().starts_with("/api/");
+/// handlers' [`ApiError`], the safety net above); on a route declared with another protocol
+/// (and on unknown paths under Ollama's `/api/`) it is answered in that protocol's shape.
+async fn protocol_errors(State(protocols): State<Arc<Protocols>>, request: Request, next: Next) -> Response {
+    let protocol = match request.extensions().get::<MatchedPath>() {
+        Some(path) => protocols.get(path.as_str()).copied().unwrap_or_default(),
+        None if request.uri().path().starts_with("/api/") => Protocol::Ollama,
+        None => Protocol::OpenAi,
+    };
     let response = next.run(request).await;
     let status = response.status();
-    if !ollama || !(status.is_client_error() || status.is_server_error()) {
+    if protocol == Protocol::OpenAi || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
     let (mut parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
-    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
-    let body = serde_json::json!({ "error": message }).to_string();
+    let error = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+    let field = |name: &str| {
+        error
+            .as_ref()
+            .and_then(|v| v["error"][name].as_str().map(str::to_owned))
+    };
+    let message = field("message").unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+    let (status, body) = protocol.answer(status, &message, field("code").as_deref());
+    parts.status = status;
     parts.headers.remove(header::CONTENT_LENGTH);
     parts
         .headers
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Response::from_parts(parts, axum::body::Body::from(body))
+    Response::from_parts(parts, axum::body::Body::from(body.to_string()))
 }
+
+/// The protocol of each route pattern that does not speak OpenAI's.
+type Protocols = std::collections::HashMap<String, Protocol>;
 
 /// Request id, `openai-processing-ms`, metrics and the access log.
 async fn observe(mut request: Request, next: Next) -> Response {

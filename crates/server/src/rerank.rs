@@ -1,5 +1,5 @@
 //! Reranking over HTTP: the request and response types of Cohere's `/v1/rerank` and
-//! `/v2/rerank` (also Jina's and vLLM's shape) and TEI's `/rerank`. What a rerank request means
+//! `/v2/rerank` (also Jina's and vLLM's shape); TEI's `/rerank` is in [`crate::tei`]. What a rerank request means
 //! (its rules, tokenization, the scheduler, ranking) is the pipeline's (`openembed_pipeline::rerank`).
 
 use serde::{Deserialize, Serialize};
@@ -91,35 +91,4 @@ pub struct RerankResponse {
     pub meta: serde_json::Value,
     /// Jina / vLLM usage.
     pub usage: RerankUsage,
-}
-
-/// `POST /rerank`: TEI's request.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct TeiRerankRequest {
-    /// Extension: a served reranker (TEI serves one; default: the only reranker).
-    pub model: Option<String>,
-    /// The query.
-    pub query: String,
-    /// The candidates.
-    pub texts: Vec<String>,
-    /// Logits instead of scores.
-    pub raw_scores: Option<bool>,
-    /// Include each text.
-    pub return_text: Option<bool>,
-    /// Cut over-long pairs instead of refusing them (default: the server's --auto-truncate).
-    pub truncate: Option<bool>,
-    /// Extension: the instruction of an instruction-following reranker.
-    pub instruction: Option<String>,
-}
-
-/// One TEI result.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TeiRerankResult {
-    /// Position of the text in the request.
-    pub index: usize,
-    /// Score (or logit with `raw_scores`).
-    pub score: f32,
-    /// The text, with `return_text`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
 }

@@ -5,9 +5,7 @@ use crate::api::{
 };
 use crate::budget::Reservation;
 use crate::error::ApiError;
-use crate::rerank::{
-    RerankRequest, RerankResponse, RerankResult, RerankUsage, ResultDocument, TeiRerankRequest, TeiRerankResult,
-};
+use crate::rerank::{RerankRequest, RerankResponse, RerankResult, RerankUsage, ResultDocument};
 use crate::state::{AppState, InFlight};
 use crate::RequestId;
 use axum::body::Body;
@@ -16,7 +14,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use http_body_util::BodyExt;
-use openembed_engine::Truncation;
+use openembed_engine::{ModelKind, Truncation};
 use openembed_pipeline::rerank::RerankJob;
 use openembed_pipeline::{Defaults, EmbedRequest, Embedded, Input, ServedModel};
 use serde_json::json;
@@ -164,7 +162,7 @@ pub(crate) fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result
 }
 
 /// Tokenizes a rerank job, runs its pairs through the model's scheduler and ranks them.
-async fn run_rerank(
+pub(crate) async fn run_rerank(
     state: &AppState,
     served: &Arc<ServedModel>,
     job: RerankJob,
@@ -246,50 +244,8 @@ pub async fn rerank(
     }))
 }
 
-/// Ranks texts by relevance to a query (Text Embeddings Inference's shape).
-#[utoipa::path(
-    post,
-    path = "/rerank",
-    request_body(content = TeiRerankRequest, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Results, best first", body = [TeiRerankResult]),
-        PostErrors,
-    ),
-    security((), ("bearer" = []))
-)]
-pub async fn tei_rerank(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Vec<TeiRerankResult>>, ApiError> {
-    let _in_flight = InFlight::enter(&state)?;
-    let (body, mut reservation) = json_body(&state, &headers, body).await?;
-    let request: TeiRerankRequest = decode_body(&body)?;
-    drop(body);
-    let (_, served) = reranker(&state, request.model.as_deref())?;
-    let truncation = if request.truncate.unwrap_or(state.defaults.auto_truncate) {
-        Truncation::End
-    } else {
-        Truncation::None
-    };
-    let job = RerankJob::new(request.query, request.texts, request.instruction, truncation, None)?;
-    let raw = request.raw_scores.unwrap_or(false);
-    let (ranked, _, mut job) = run_rerank(&state, &served, job, raw, &mut reservation).await?;
-    let with_text = request.return_text.unwrap_or(false);
-    Ok(Json(
-        ranked
-            .into_iter()
-            .map(|(index, score)| TeiRerankResult {
-                index,
-                score,
-                text: with_text.then(|| std::mem::take(&mut job.documents[index])),
-            })
-            .collect(),
-    ))
-}
-
 /// Runs CPU work (decoding, tokenization, serialization) off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     what: &str,
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -407,7 +363,11 @@ fn model_object(id: &str, served: &ServedModel) -> ModelObject {
             .join("+"),
         normalized: info.normalize,
         prompts: info.prompts.keys().cloned().collect(),
-        serves: if info.rerank.is_some() { "rerank" } else { "embeddings" },
+        serves: match info.kind() {
+            ModelKind::Embedding => "embeddings",
+            ModelKind::Reranker => "rerank",
+            ModelKind::Classifier => "classify",
+        },
         tasks: info.tasks.clone(),
         default_task: served.default_task.clone(),
         matryoshka_dimensions: info.matryoshka_dimensions.clone(),

@@ -68,11 +68,11 @@ pub fn load_with_position_offset(cfg: &ConfigJson, w: &Weights, position_offset:
     })
 }
 
-/// BERT's cross-encoder head: `classifier(tanh(pooler.dense(h[0])))`.
-fn classifier(_: &ConfigJson, w: &Weights, hidden: usize) -> Result<RerankHead> {
+/// BERT's sequence-classification head (cross-encoders, classifiers): `classifier(tanh(pooler.dense(h[0])))`.
+fn classifier(_: &ConfigJson, w: &Weights, hidden: usize, labels: usize) -> Result<RerankHead> {
     Ok(RerankHead::FirstTokenTanh {
         dense: Linear::load(w, "pooler.dense", hidden, hidden, true)?,
-        out: Linear::load(w, "classifier", hidden, 1, true)?,
+        out: Linear::load(w, "classifier", hidden, labels, true)?,
     })
 }
 

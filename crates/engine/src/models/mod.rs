@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Builds a classifier head from a config, the weights and the hidden width.
-pub type ClassifierLoader = fn(&ConfigJson, &Weights, usize) -> Result<RerankHead>;
+pub type ClassifierLoader = fn(&ConfigJson, &Weights, usize, usize) -> Result<RerankHead>;
 
 /// What an architecture file declares.
 pub struct Architecture {

@@ -93,9 +93,9 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
     })
 }
 
-/// ModernBERT's cross-encoder head: `classifier(head.norm(act(head.dense(pool(h)))))`, pooled
+/// ModernBERT's sequence-classification head: `classifier(head.norm(act(head.dense(pool(h)))))`, pooled
 /// by `classifier_pooling`, activated by `classifier_activation`.
-fn classifier(cfg: &ConfigJson, w: &Weights, hidden: usize) -> Result<RerankHead> {
+fn classifier(cfg: &ConfigJson, w: &Weights, hidden: usize, labels: usize) -> Result<RerankHead> {
     let pooling = match cfg.str_opt(&["classifier_pooling"]).unwrap_or("cls") {
         "cls" => Pooling::Cls,
         "mean" => Pooling::Mean,
@@ -113,6 +113,6 @@ fn classifier(cfg: &ConfigJson, w: &Weights, hidden: usize) -> Result<RerankHead
         activation: Activation::from_name(act)
             .ok_or_else(|| cfg.invalid(&format!("unsupported classifier_activation `{act}`")))?,
         norm: Norm::layer(w, "head.norm", hidden, cfg.f64_opt(&["norm_eps"]).unwrap_or(1e-5))?,
-        out: Linear::load_opt_bias(w, "classifier", hidden, 1)?,
+        out: Linear::load_opt_bias(w, "classifier", hidden, labels)?,
     })
 }

@@ -17,10 +17,10 @@ pub fn load(cfg: &ConfigJson, w: &Weights) -> Result<Transformer> {
     super::bert::load_with_position_offset(cfg, w, pad + 1)
 }
 
-/// XLM-RoBERTa's cross-encoder head: `classifier.out_proj(tanh(classifier.dense(h[0])))`.
-fn classifier(_: &ConfigJson, w: &Weights, hidden: usize) -> Result<RerankHead> {
+/// XLM-RoBERTa's sequence-classification head: `classifier.out_proj(tanh(classifier.dense(h[0])))`.
+fn classifier(_: &ConfigJson, w: &Weights, hidden: usize, labels: usize) -> Result<RerankHead> {
     Ok(RerankHead::FirstTokenTanh {
         dense: Linear::load(w, "classifier.dense", hidden, hidden, true)?,
-        out: Linear::load(w, "classifier.out_proj", hidden, 1, true)?,
+        out: Linear::load(w, "classifier.out_proj", hidden, labels, true)?,
     })
 }

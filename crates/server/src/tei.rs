@@ -1,0 +1,948 @@
+//! Text Embeddings Inference's API, so clients written for TEI (`huggingface_hub`'s
+//! `InferenceClient`, langchain's `HuggingFaceEndpointEmbeddings`, llama-index's
+//! `TextEmbeddingsInference`, Haystack's TEI embedders) use openembed unchanged: `POST /embed`,
+//! `/predict`, `/rerank`, `/similarity`, `/tokenize`, `/decode`, `GET /info`, and `POST /`, the
+//! Inference API's task route that `InferenceClient(model=URL)` posts to. Requests run through
+//! the same pipeline as `/v1/embeddings`; errors have TEI's shape, `{"error", "error_type"}`,
+//! and statuses (422 invalid, 400 empty; see [`crate::error::Protocol`]).
+//!
+//! TEI serves one model per process. openembed may serve several: each route serves the first
+//! served model of the kind it needs (an embedding model for `/embed`, a classifier for
+//! `/predict` …), unless the body names another in a `model` field.
+
+use crate::api::MAX_INPUTS;
+use crate::budget::Reservation;
+use crate::error::{ApiError, EMPTY_INPUT};
+use crate::routes::{blocking, decode_body, embed_with, json_body, run_rerank};
+use crate::state::{AppState, InFlight};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use openembed_engine::{LabelFunction, ModelInfo, ModelKind, Truncation};
+use openembed_pipeline::rerank::RerankJob;
+use openembed_pipeline::{ClassifyInput, ClassifyJob, Defaults, EmbedRequest, Input, ServedModel};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use utoipa::ToSchema;
+
+/// How a TEI client turns truncation on (ends the over-limit message).
+const TRUNCATE_HINT: &str = "Send \"truncate\": true (or start the server with --auto-truncate) to cut it instead.";
+
+/// One input of `/embed`: a text, or the model's token ids.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TeiInput {
+    /// A text.
+    Text(String),
+    /// Token ids of the model's vocabulary.
+    Ids(Vec<i64>),
+}
+
+/// `inputs` of `/embed`: one input or a list.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TeiInputs {
+    /// One input.
+    One(TeiInput),
+    /// Inputs, in order.
+    Many(Vec<TeiInput>),
+}
+
+/// Which end truncation cuts.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+pub enum TruncationDirection {
+    /// Keep the end of the text.
+    #[serde(alias = "left")]
+    Left,
+    /// Keep the beginning of the text.
+    #[default]
+    #[serde(alias = "right")]
+    Right,
+}
+
+/// `POST /embed` (also `POST /` for an embedding model).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TeiEmbedRequest {
+    /// The text(s) or token ids to embed.
+    pub inputs: TeiInputs,
+    /// Cut over-long inputs instead of refusing them (default: the server's --auto-truncate).
+    pub truncate: Option<bool>,
+    /// Which end `truncate` cuts (default right: the beginning is kept).
+    pub truncation_direction: Option<TruncationDirection>,
+    /// One of the model's named prompts.
+    pub prompt_name: Option<String>,
+    /// L2-normalize the vectors (default true). A model whose pipeline ends in a Normalize
+    /// module gives normalized vectors either way, as sentence-transformers does.
+    pub normalize: Option<bool>,
+    /// Cut vectors to this many dimensions.
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::api::json_count")]
+    pub dimensions: Option<usize>,
+    /// Extension: a served model (default: the first embedding model).
+    pub model: Option<String>,
+}
+
+/// `inputs` of `/predict`: a text, a pair `[text, text]`, or a batch of `[text]` and
+/// `[text, text]`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TeiPredictInputs {
+    /// One text.
+    Text(String),
+    /// One text (`[text]`) or one pair (`[text, text]`).
+    One(Vec<String>),
+    /// Texts and pairs.
+    Batch(Vec<Vec<String>>),
+}
+
+/// `POST /predict` (also `POST /` for a classifier).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TeiPredictRequest {
+    /// What to classify.
+    pub inputs: TeiPredictInputs,
+    /// Cut over-long inputs instead of refusing them (default: the server's --auto-truncate).
+    pub truncate: Option<bool>,
+    /// Which end `truncate` cuts.
+    pub truncation_direction: Option<TruncationDirection>,
+    /// The logits instead of the scores.
+    #[serde(default)]
+    pub raw_scores: bool,
+    /// Extension: a served classifier (default: the first one).
+    pub model: Option<String>,
+}
+
+/// One label and its score.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TeiPrediction {
+    /// The score (softmax or sigmoid of the logit, as the model's problem type says).
+    pub score: f32,
+    /// The label (`id2label`).
+    pub label: String,
+}
+
+/// `/predict`'s answer: every label, best first, for one input; a list of those for a batch.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TeiPredictResponse {
+    /// One input.
+    One(Vec<TeiPrediction>),
+    /// A batch.
+    Batch(Vec<Vec<TeiPrediction>>),
+}
+
+/// `POST /rerank`: TEI's request.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TeiRerankRequest {
+    /// Extension: a served reranker (default: the first one).
+    pub model: Option<String>,
+    /// The query.
+    pub query: String,
+    /// The candidates.
+    pub texts: Vec<String>,
+    /// Logits instead of scores.
+    pub raw_scores: Option<bool>,
+    /// Include each text.
+    pub return_text: Option<bool>,
+    /// Cut over-long pairs instead of refusing them (default: the server's --auto-truncate).
+    pub truncate: Option<bool>,
+    /// Extension: the instruction of an instruction-following reranker.
+    pub instruction: Option<String>,
+}
+
+/// One TEI rerank result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TeiRerankResult {
+    /// Position of the text in the request.
+    pub index: usize,
+    /// Score (or logit with `raw_scores`).
+    pub score: f32,
+    /// The text, with `return_text`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// `inputs` of `/similarity`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SimilarityInputs {
+    /// The text the others are compared with.
+    pub source_sentence: String,
+    /// The texts compared with it.
+    pub sentences: Vec<String>,
+}
+
+/// `parameters` of `/similarity`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct SimilarityParameters {
+    /// Cut over-long inputs instead of refusing them (default: the server's --auto-truncate).
+    pub truncate: Option<bool>,
+    /// Which end `truncate` cuts.
+    pub truncation_direction: Option<TruncationDirection>,
+    /// One of the model's named prompts.
+    pub prompt_name: Option<String>,
+}
+
+/// `POST /similarity` (also `POST /` with `source_sentence`).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TeiSimilarityRequest {
+    /// The texts.
+    pub inputs: SimilarityInputs,
+    /// Options.
+    pub parameters: Option<SimilarityParameters>,
+    /// Extension: a served embedding model (default: the first one).
+    pub model: Option<String>,
+}
+
+/// `inputs` of `/tokenize`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TokenizeInputs {
+    /// One text.
+    One(String),
+    /// Texts.
+    Many(Vec<String>),
+}
+
+/// `POST /tokenize`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TeiTokenizeRequest {
+    /// The text(s).
+    pub inputs: TokenizeInputs,
+    /// Add the model's special tokens (default true).
+    pub add_special_tokens: Option<bool>,
+    /// One of the model's named prompts, put in front of the text.
+    pub prompt_name: Option<String>,
+    /// Extension: a served model (default: the first one).
+    pub model: Option<String>,
+}
+
+/// One token of `/tokenize`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TeiToken {
+    /// Token id.
+    pub id: u32,
+    /// The text it covers (a special token's own text).
+    pub text: String,
+    /// Added by the tokenizer's template.
+    pub special: bool,
+    /// First byte in the text (null for special tokens).
+    pub start: Option<usize>,
+    /// Byte after the last (null for special tokens).
+    pub stop: Option<usize>,
+}
+
+/// `ids` of `/decode`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum DecodeIds {
+    /// One sequence.
+    One(Vec<u32>),
+    /// Sequences.
+    Many(Vec<Vec<u32>>),
+}
+
+/// `POST /decode`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TeiDecodeRequest {
+    /// Token ids.
+    pub ids: DecodeIds,
+    /// Leave special tokens out (default true).
+    pub skip_special_tokens: Option<bool>,
+    /// Extension: a served model (default: the first one).
+    pub model: Option<String>,
+}
+
+/// What the model is, in TEI's `/info` (`{"embedding": {"pooling"}}`, `{"classifier":
+/// {"id2label", "label2id"}}` or `{"reranker": …}`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TeiModelType {
+    /// An embedding model.
+    Embedding {
+        /// Pooling, e.g. `mean` or `cls`.
+        pooling: String,
+    },
+    /// A classifier.
+    Classifier {
+        /// Labels by id.
+        id2label: BTreeMap<String, String>,
+        /// Ids by label.
+        label2id: BTreeMap<String, usize>,
+    },
+    /// A reranker.
+    Reranker {
+        /// Labels by id.
+        id2label: BTreeMap<String, String>,
+        /// Ids by label.
+        label2id: BTreeMap<String, usize>,
+    },
+}
+
+/// `GET /info`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TeiInfo {
+    /// The model's name as served.
+    pub model_id: String,
+    /// Not known (null).
+    pub model_sha: Option<String>,
+    /// Precision of the dense layers.
+    pub model_dtype: String,
+    /// The same as `model_id`.
+    pub served_model_name: String,
+    /// What it is.
+    pub model_type: TeiModelType,
+    /// Requests served at once (0: bounded by memory, not by count).
+    pub max_concurrent_requests: usize,
+    /// Most tokens per input.
+    pub max_input_length: usize,
+    /// Most tokens per request.
+    pub max_batch_tokens: usize,
+    /// Not bounded by count (null).
+    pub max_batch_requests: Option<usize>,
+    /// Most inputs per request.
+    pub max_client_batch_size: usize,
+    /// Whether over-long inputs are cut by default.
+    pub auto_truncate: bool,
+    /// Threads that tokenize (the compute threads).
+    pub tokenization_workers: usize,
+    /// openembed's version.
+    pub version: String,
+    /// Not known (null).
+    pub sha: Option<String>,
+    /// Not known (null).
+    pub docker_label: Option<String>,
+}
+
+/// TEI's error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TeiError {
+    /// What went wrong.
+    pub error: String,
+    /// `Validation`, `Empty`, `Overloaded`, `Unhealthy` or `Backend`.
+    pub error_type: String,
+}
+
+/// The errors TEI's routes may answer, each with TEI's error body.
+#[derive(utoipa::IntoResponses)]
+pub enum TeiErrors {
+    /// Empty input
+    #[response(status = 400)]
+    Empty(TeiError),
+    /// Missing or wrong API key
+    #[response(status = 401)]
+    Unauthorized(TeiError),
+    /// Unknown model
+    #[response(status = 404)]
+    NotFound(TeiError),
+    /// Body over the limit
+    #[response(status = 413)]
+    TooLarge(TeiError),
+    /// Body is not JSON
+    #[response(status = 415)]
+    NotJson(TeiError),
+    /// Invalid request
+    #[response(status = 422)]
+    Invalid(TeiError),
+    /// Queue full; see Retry-After
+    #[response(status = 429)]
+    Busy(TeiError),
+    /// Internal failure
+    #[response(status = 500)]
+    Internal(TeiError),
+    /// Shutting down; see Retry-After
+    #[response(status = 503)]
+    Unavailable(TeiError),
+}
+
+/// 400 `Empty`.
+fn empty(field: &str) -> ApiError {
+    ApiError::invalid(format!("`{field}` cannot be empty"), Some(field)).code(EMPTY_INPUT)
+}
+
+/// The served model a request names, else the first served model for which `fits` holds.
+fn model_for(
+    state: &AppState,
+    named: Option<&str>,
+    fits: fn(&ModelInfo) -> bool,
+    what: &str,
+) -> Result<Arc<ServedModel>, ApiError> {
+    let served = match named {
+        Some(name) => Arc::clone(state.registry.find(name)?),
+        None => {
+            return state
+                .registry
+                .models()
+                .iter()
+                .find(|m| fits(m.model.info()))
+                .cloned()
+                .ok_or_else(|| ApiError::invalid(format!("No {what} is served."), Some("model")))
+        }
+    };
+    if !fits(served.model.info()) {
+        return Err(ApiError::invalid(
+            format!(
+                "The model '{}' is a {}, not {what}.",
+                served.name,
+                served.model.info().kind().name()
+            ),
+            Some("model"),
+        ));
+    }
+    Ok(served)
+}
+
+fn embedder(info: &ModelInfo) -> bool {
+    info.embeds()
+}
+
+fn classifier(info: &ModelInfo) -> bool {
+    info.classifier.is_some()
+}
+
+fn reranker(info: &ModelInfo) -> bool {
+    info.rerank.is_some()
+}
+
+fn any_model(_: &ModelInfo) -> bool {
+    true
+}
+
+/// The server's defaults with TEI's truncation side and hint.
+fn tei_defaults(state: &AppState, direction: Option<TruncationDirection>) -> Defaults {
+    Defaults {
+        truncation_side: match direction.unwrap_or_default() {
+            TruncationDirection::Left => Truncation::Start,
+            TruncationDirection::Right => Truncation::End,
+        },
+        truncate_hint: TRUNCATE_HINT,
+        ..state.defaults.clone()
+    }
+}
+
+/// Truncation of a request that says `truncate` (or not).
+fn truncation(state: &AppState, truncate: Option<bool>, direction: Option<TruncationDirection>) -> Truncation {
+    if truncate.unwrap_or(state.defaults.auto_truncate) {
+        tei_defaults(state, direction).truncation_side
+    } else {
+        Truncation::None
+    }
+}
+
+/// A JSON body of type `T` read under the in-flight budget (its decoded strings included).
+async fn read_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(T, Reservation), ApiError> {
+    let (bytes, mut reservation) = json_body(state, headers, body).await?;
+    reservation.resize(bytes.len().saturating_mul(2))?;
+    Ok((decode_body(&bytes)?, reservation))
+}
+
+/// Embeds `inputs` for a TEI route.
+async fn run_embed(
+    state: &AppState,
+    request: TeiEmbedRequest,
+    reservation: &mut Reservation,
+) -> Result<Vec<Vec<f32>>, ApiError> {
+    let served = model_for(state, request.model.as_deref(), embedder, "an embedding model")?;
+    let inputs: Vec<Input> = match request.inputs {
+        // `[]` reads as one list of ids: an empty request.
+        TeiInputs::One(TeiInput::Ids(ids)) if ids.is_empty() => return Err(empty("inputs")),
+        TeiInputs::One(one) => vec![one],
+        TeiInputs::Many(many) if many.is_empty() => return Err(empty("inputs")),
+        TeiInputs::Many(many) => many,
+    }
+    .into_iter()
+    .map(|i| match i {
+        TeiInput::Text(t) => Ok(Input::Text(t)),
+        TeiInput::Ids(ids) if ids.is_empty() => Err(empty("inputs")),
+        TeiInput::Ids(ids) => Ok(Input::Tokens(ids)),
+    })
+    .collect::<Result<_, _>>()?;
+    if inputs.len() > MAX_INPUTS {
+        return Err(ApiError::invalid(
+            format!("batch size {} > maximum allowed batch size {MAX_INPUTS}", inputs.len()),
+            Some("inputs"),
+        ));
+    }
+    let embed_request = EmbedRequest {
+        model: served.name.clone(),
+        prompt_name: request.prompt_name,
+        truncate: request.truncate,
+        dimensions: request.dimensions,
+        normalize: Some(request.normalize.unwrap_or(true)),
+        ..EmbedRequest::default()
+    };
+    let defaults = tei_defaults(state, request.truncation_direction);
+    let done = embed_with(state, &defaults, &served, &embed_request, inputs, reservation).await?;
+    Ok(done.vectors)
+}
+
+/// Embeds texts (TEI's `/embed`).
+#[utoipa::path(
+    post,
+    path = "/embed",
+    request_body(content = TeiEmbedRequest, content_type = "application/json"),
+    responses((status = 200, description = "One vector per input, in order", body = Vec<Vec<f32>>), TeiErrors),
+    security((), ("bearer" = []))
+)]
+pub async fn embed(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
+    let _in_flight = InFlight::enter(&state)?;
+    let (request, mut reservation) = read_json(&state, &headers, body).await?;
+    Ok(Json(run_embed(&state, request, &mut reservation).await?))
+}
+
+/// Labels with scores of a classification request, per input, best first.
+async fn run_predict(
+    state: &AppState,
+    served: &Arc<ServedModel>,
+    inputs: Vec<ClassifyInput>,
+    truncation: Truncation,
+    function: Option<LabelFunction>,
+    reservation: &mut Reservation,
+) -> Result<Vec<Vec<(String, f32)>>, ApiError> {
+    let job = ClassifyJob::new(inputs, truncation, TRUNCATE_HINT)?;
+    served.classifier()?;
+    served.scheduler.check_room()?;
+    let model = Arc::clone(&served.model);
+    let max_tokens = state.limits.max_request_tokens;
+    let (ids, tokens) = blocking("Tokenization", move || Ok(job.tokenize(&model, max_tokens)?)).await?;
+    let labels = served.model.info().dimension;
+    reservation.resize(tokens * 4 + ids.len() * labels * 64)?;
+    let output = served.scheduler.submit(ids, None)?.wait().await?;
+    Ok(served.labels(&output.vectors, function)?)
+}
+
+/// The inputs of `/predict` and whether it was one input (not a batch).
+fn predict_inputs(inputs: TeiPredictInputs) -> Result<(Vec<ClassifyInput>, bool), ApiError> {
+    let sequence = |mut texts: Vec<String>| match texts.len() {
+        1 => Ok(ClassifyInput::Text(texts.remove(0))),
+        2 => {
+            let second = texts.remove(1);
+            Ok(ClassifyInput::Pair(texts.remove(0), second))
+        }
+        n => Err(ApiError::invalid(
+            format!("an input is a string or a pair of strings [string, string]; got {n} strings"),
+            Some("inputs"),
+        )),
+    };
+    match inputs {
+        TeiPredictInputs::Text(text) => Ok((vec![ClassifyInput::Text(text)], true)),
+        TeiPredictInputs::One(texts) if texts.is_empty() => Err(empty("inputs")),
+        TeiPredictInputs::One(texts) => Ok((vec![sequence(texts)?], true)),
+        TeiPredictInputs::Batch(batch) => Ok((batch.into_iter().map(sequence).collect::<Result<_, _>>()?, false)),
+    }
+}
+
+fn predictions(labels: Vec<(String, f32)>) -> Vec<TeiPrediction> {
+    labels
+        .into_iter()
+        .map(|(label, score)| TeiPrediction { score, label })
+        .collect()
+}
+
+/// Classifies texts or text pairs: every label with its score, best first (TEI's `/predict`).
+#[utoipa::path(
+    post,
+    path = "/predict",
+    request_body(content = TeiPredictRequest, content_type = "application/json"),
+    responses((status = 200, description = "Labels with scores, best first", body = TeiPredictResponse), TeiErrors),
+    security((), ("bearer" = []))
+)]
+pub async fn predict(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<TeiPredictResponse>, ApiError> {
+    let _in_flight = InFlight::enter(&state)?;
+    let (request, mut reservation): (TeiPredictRequest, _) = read_json(&state, &headers, body).await?;
+    let served = model_for(&state, request.model.as_deref(), classifier, "a classifier")?;
+    let (inputs, one) = predict_inputs(request.inputs)?;
+    let function = request.raw_scores.then_some(LabelFunction::None);
+    let truncation = truncation(&state, request.truncate, request.truncation_direction);
+    let mut labels = run_predict(&state, &served, inputs, truncation, function, &mut reservation).await?;
+    Ok(Json(if one {
+        TeiPredictResponse::One(predictions(labels.remove(0)))
+    } else {
+        TeiPredictResponse::Batch(labels.into_iter().map(predictions).collect())
+    }))
+}
+
+/// Ranks texts by relevance to a query (TEI's `/rerank`).
+#[utoipa::path(
+    post,
+    path = "/rerank",
+    request_body(content = TeiRerankRequest, content_type = "application/json"),
+    responses((status = 200, description = "Results, best first", body = [TeiRerankResult]), TeiErrors),
+    security((), ("bearer" = []))
+)]
+pub async fn rerank(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<TeiRerankResult>>, ApiError> {
+    let _in_flight = InFlight::enter(&state)?;
+    let (request, mut reservation): (TeiRerankRequest, _) = read_json(&state, &headers, body).await?;
+    Ok(Json(run_tei_rerank(&state, request, &mut reservation).await?))
+}
+
+async fn run_tei_rerank(
+    state: &AppState,
+    request: TeiRerankRequest,
+    reservation: &mut Reservation,
+) -> Result<Vec<TeiRerankResult>, ApiError> {
+    let served = model_for(state, request.model.as_deref(), reranker, "a reranker")?;
+    if request.texts.is_empty() {
+        return Err(empty("texts"));
+    }
+    let job = RerankJob::new(
+        request.query,
+        request.texts,
+        request.instruction,
+        truncation(state, request.truncate, None),
+        None,
+    )?;
+    let raw = request.raw_scores.unwrap_or(false);
+    let (ranked, _, mut job) = run_rerank(state, &served, job, raw, reservation).await?;
+    let with_text = request.return_text.unwrap_or(false);
+    Ok(ranked
+        .into_iter()
+        .map(|(index, score)| TeiRerankResult {
+            index,
+            score,
+            text: with_text.then(|| std::mem::take(&mut job.documents[index])),
+        })
+        .collect())
+}
+
+/// Cosine similarity of `source_sentence` with each of `sentences`.
+async fn run_similarity(
+    state: &AppState,
+    request: TeiSimilarityRequest,
+    reservation: &mut Reservation,
+) -> Result<Vec<f32>, ApiError> {
+    if request.inputs.sentences.is_empty() {
+        return Err(empty("sentences"));
+    }
+    let parameters = request.parameters.unwrap_or_default();
+    let mut texts = vec![TeiInput::Text(request.inputs.source_sentence)];
+    texts.extend(request.inputs.sentences.into_iter().map(TeiInput::Text));
+    let vectors = run_embed(
+        state,
+        TeiEmbedRequest {
+            inputs: TeiInputs::Many(texts),
+            truncate: parameters.truncate,
+            truncation_direction: parameters.truncation_direction,
+            prompt_name: parameters.prompt_name,
+            normalize: Some(true),
+            dimensions: None,
+            model: request.model,
+        },
+        reservation,
+    )
+    .await?;
+    let (source, others) = vectors
+        .split_first()
+        .ok_or_else(|| ApiError::internal("no vectors came back"))?;
+    Ok(others
+        .iter()
+        .map(|v| source.iter().zip(v).map(|(a, b)| a * b).sum())
+        .collect())
+}
+
+/// Cosine similarity of a text with others (TEI's `/similarity`).
+#[utoipa::path(
+    post,
+    path = "/similarity",
+    request_body(content = TeiSimilarityRequest, content_type = "application/json"),
+    responses((status = 200, description = "One similarity per sentence, in order", body = Vec<f32>), TeiErrors),
+    security((), ("bearer" = []))
+)]
+pub async fn similarity(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<f32>>, ApiError> {
+    let _in_flight = InFlight::enter(&state)?;
+    let (request, mut reservation) = read_json(&state, &headers, body).await?;
+    Ok(Json(run_similarity(&state, request, &mut reservation).await?))
+}
+
+/// Tokens of texts as the model sees them (TEI's `/tokenize`).
+#[utoipa::path(
+    post,
+    path = "/tokenize",
+    request_body(content = TeiTokenizeRequest, content_type = "application/json"),
+    responses((status = 200, description = "Each text's tokens", body = Vec<Vec<TeiToken>>), TeiErrors),
+    security((), ("bearer" = []))
+)]
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<Vec<TeiToken>>>, ApiError> {
+    let _in_flight = InFlight::enter(&state)?;
+    let (request, mut reservation): (TeiTokenizeRequest, _) = read_json(&state, &headers, body).await?;
+    let served = model_for(&state, request.model.as_deref(), any_model, "a model")?;
+    let texts = match request.inputs {
+        TokenizeInputs::One(text) => vec![text],
+        TokenizeInputs::Many(texts) if texts.is_empty() => return Err(empty("inputs")),
+        TokenizeInputs::Many(texts) => texts,
+    };
+    if texts.len() > MAX_INPUTS {
+        return Err(ApiError::invalid(
+            format!("batch size {} > maximum allowed batch size {MAX_INPUTS}", texts.len()),
+            Some("inputs"),
+        ));
+    }
+    let info = served.model.info();
+    let prompt = match &request.prompt_name {
+        None => None,
+        Some(name) => Some(info.prompts.get(name).cloned().ok_or_else(|| {
+            ApiError::invalid(
+                format!(
+                    "prompt_name '{name}' is not one of the model's prompts ({}).",
+                    info.prompts.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                Some("prompt_name"),
+            )
+        })?),
+    };
+    // A token's entry takes about 64 bytes of memory while the answer is built.
+    reservation.resize(reservation.bytes() + texts.iter().map(String::len).sum::<usize>() * 64)?;
+    let add_special = request.add_special_tokens.unwrap_or(true);
+    let model = Arc::clone(&served.model);
+    let tokens = blocking("Tokenization", move || {
+        texts
+            .iter()
+            .map(|text| {
+                let (_, pieces) = model
+                    .tokenizer()
+                    .pieces(text, prompt.as_deref(), add_special)
+                    .map_err(|e| ApiError::invalid(format!("The input could not be tokenized: {e}"), Some("inputs")))?;
+                Ok(pieces
+                    .into_iter()
+                    .map(|p| TeiToken {
+                        id: p.id,
+                        text: p.text,
+                        special: p.special,
+                        start: p.span.map(|s| s.0),
+                        stop: p.span.map(|s| s.1),
+                    })
+                    .collect())
+            })
+            .collect::<Result<Vec<_>, ApiError>>()
+    })
+    .await?;
+    Ok(Json(tokens))
+}
+
+/// Texts of token ids (TEI's `/decode`).
+#[utoipa::path(
+    post,
+    path = "/decode",
+    request_body(content = TeiDecodeRequest, content_type = "application/json"),
+    responses((status = 200, description = "One text per id sequence", body = Vec<String>), TeiErrors),
+    security((), ("bearer" = []))
+)]
+pub async fn decode(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let _in_flight = InFlight::enter(&state)?;
+    let (request, _reservation): (TeiDecodeRequest, _) = read_json(&state, &headers, body).await?;
+    let served = model_for(&state, request.model.as_deref(), any_model, "a model")?;
+    let sequences = match request.ids {
+        DecodeIds::One(ids) if ids.is_empty() => return Err(empty("ids")),
+        DecodeIds::One(ids) => vec![ids],
+        DecodeIds::Many(many) if many.is_empty() => return Err(empty("ids")),
+        DecodeIds::Many(many) => many,
+    };
+    if sequences.len() > MAX_INPUTS {
+        return Err(ApiError::invalid(
+            format!(
+                "batch size {} > maximum allowed batch size {MAX_INPUTS}",
+                sequences.len()
+            ),
+            Some("ids"),
+        ));
+    }
+    let vocab = served.model.info().vocab_size;
+    if let Some(id) = sequences.iter().flatten().find(|&&id| id as usize >= vocab) {
+        return Err(ApiError::invalid(
+            format!("token id {id} is out of the model's vocabulary (ids 0..{vocab})"),
+            Some("ids"),
+        ));
+    }
+    let skip = request.skip_special_tokens.unwrap_or(true);
+    let model = Arc::clone(&served.model);
+    let texts = blocking("Decoding", move || {
+        sequences
+            .iter()
+            .map(|ids| {
+                model
+                    .tokenizer()
+                    .decode_with(ids, skip)
+                    .map_err(|e| ApiError::invalid(format!("The ids could not be decoded: {e}"), Some("ids")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    Ok(Json(texts))
+}
+
+/// `id2label` and `label2id` of a classifier's labels.
+fn label_maps(labels: &[String]) -> (BTreeMap<String, String>, BTreeMap<String, usize>) {
+    (
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), l.clone()))
+            .collect(),
+        labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect(),
+    )
+}
+
+/// The first served model, in TEI's words (TEI's `/info`).
+#[utoipa::path(get, path = "/info", responses((status = 200, body = TeiInfo), TeiErrors), security((), ("bearer" = [])))]
+pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<TeiInfo>, ApiError> {
+    let served = model_for(&state, None, any_model, "a model")?;
+    let info = served.model.info();
+    let labels = info.classifier.as_ref().map(|c| label_maps(&c.labels));
+    let model_type = match (info.kind(), labels) {
+        (ModelKind::Classifier, Some((id2label, label2id))) => TeiModelType::Classifier { id2label, label2id },
+        (ModelKind::Reranker, labels) => {
+            let (id2label, label2id) = labels.unwrap_or_else(|| label_maps(&["LABEL_0".to_string()]));
+            TeiModelType::Reranker { id2label, label2id }
+        }
+        _ => TeiModelType::Embedding {
+            pooling: info
+                .pooling
+                .iter()
+                .map(|p| p.name().to_string())
+                .collect::<Vec<_>>()
+                .join("+"),
+        },
+    };
+    Ok(Json(TeiInfo {
+        model_id: served.name.clone(),
+        model_sha: None,
+        model_dtype: info.dtype.to_string(),
+        served_model_name: served.name.clone(),
+        model_type,
+        max_concurrent_requests: 0,
+        max_input_length: info.max_input_tokens,
+        max_batch_tokens: state.limits.max_request_tokens,
+        max_batch_requests: None,
+        max_client_batch_size: MAX_INPUTS,
+        auto_truncate: state.defaults.auto_truncate,
+        tokenization_workers: served.model.threads(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        sha: None,
+        docker_label: None,
+    }))
+}
+
+/// `parameters` of the Inference API's text-classification task.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct ClassificationParameters {
+    /// Keep the best `top_k` labels (default: all).
+    #[serde(default, deserialize_with = "crate::api::json_count")]
+    pub top_k: Option<usize>,
+    /// `softmax`, `sigmoid` or `none` (default: the model's).
+    pub function_to_apply: Option<String>,
+}
+
+/// `POST /` with a classifier: the Inference API's text-classification task.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ClassificationRequest {
+    /// What to classify (as `/predict` takes it).
+    pub inputs: TeiPredictInputs,
+    /// Options.
+    pub parameters: Option<ClassificationParameters>,
+    /// Cut over-long inputs instead of refusing them (default: the server's --auto-truncate).
+    pub truncate: Option<bool>,
+    /// Extension: a served classifier.
+    pub model: Option<String>,
+}
+
+/// The Inference API's task route, where `InferenceClient(model=URL)` posts: a body with
+/// `inputs.source_sentence` is a sentence-similarity request; otherwise the model's kind picks
+/// the task, as TEI's `POST /` does — feature extraction (`/embed`'s body and answer), text
+/// classification (`inputs` as `/predict` takes them, `parameters.top_k` and
+/// `parameters.function_to_apply`; answered as the Inference API does, a list of labels per
+/// input, `[[{"label", "score"}, …]]`), or reranking (`/rerank`'s body and answer). The model
+/// is the one the body names in `model`, else the first served.
+#[utoipa::path(
+    post,
+    path = "/",
+    request_body(content = TeiEmbedRequest, content_type = "application/json",
+        description = "For an embedding model, `/embed`'s body (or `/similarity`'s); for a classifier, `inputs` and \
+                       `parameters` (`top_k`, `function_to_apply`); for a reranker, `/rerank`'s body"),
+    responses((status = 200, description = "The task's answer", body = Vec<Vec<f32>>), TeiErrors),
+    security((), ("bearer" = []))
+)]
+pub async fn inference(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let _in_flight = InFlight::enter(&state)?;
+    let (value, mut reservation): (Value, _) = read_json(&state, &headers, body).await?;
+    let reservation = &mut reservation;
+    if value["inputs"].get("source_sentence").is_some() {
+        let request = from_value(value)?;
+        return Ok(Json(run_similarity(&state, request, reservation).await?).into_response());
+    }
+    let named = value.get("model").and_then(Value::as_str);
+    let served = model_for(&state, named, any_model, "a model")?;
+    match served.model.info().kind() {
+        ModelKind::Embedding => {
+            let request = from_value(value)?;
+            Ok(Json(run_embed(&state, request, reservation).await?).into_response())
+        }
+        ModelKind::Reranker => {
+            let request = from_value(value)?;
+            Ok(Json(run_tei_rerank(&state, request, reservation).await?).into_response())
+        }
+        ModelKind::Classifier => {
+            let request: ClassificationRequest = from_value(value)?;
+            let parameters = request.parameters.unwrap_or_default();
+            let function = match parameters.function_to_apply.as_deref() {
+                None => None,
+                Some(name) => Some(LabelFunction::from_name(&name.to_ascii_lowercase()).ok_or_else(|| {
+                    ApiError::invalid(
+                        format!("function_to_apply '{name}' is not one of softmax, sigmoid, none."),
+                        Some("parameters.function_to_apply"),
+                    )
+                })?),
+            };
+            if parameters.top_k == Some(0) {
+                return Err(ApiError::invalid("top_k must be at least 1.", Some("parameters.top_k")));
+            }
+            let (inputs, _) = predict_inputs(request.inputs)?;
+            let truncation = truncation(&state, request.truncate, None);
+            let labels = run_predict(&state, &served, inputs, truncation, function, reservation).await?;
+            let keep = parameters.top_k.unwrap_or(usize::MAX);
+            let answer: Vec<Vec<TeiPrediction>> = labels
+                .into_iter()
+                .map(|l| predictions(l.into_iter().take(keep).collect()))
+                .collect();
+            Ok(Json(answer).into_response())
+        }
+    }
+}
+
+/// A request body of type `T` from JSON already read.
+fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_json::from_value(value).map_err(|e| ApiError::invalid(format!("Invalid request body: {e}."), None))
+}
