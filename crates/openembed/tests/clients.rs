@@ -1,5 +1,6 @@
 //! Real clients, not hand-made JSON: the official `openai` Python package and the official
-//! `openai` npm package call a running server; their vectors must equal the reference. And
+//! `openai` npm package, Ollama's and TEI's clients (huggingface_hub, llama-index, Haystack) and
+//! Cohere's SDK call a running server; their vectors must equal the reference. And
 //! schemathesis fuzzes the server against its own `/openapi.json`.
 //! `scripts/setup-clients.sh` (run by `make test`) installs both into target/clients.
 
@@ -54,6 +55,34 @@ fn ollama_client_and_langchain_ollama() {
         python.to_str().unwrap(),
         &[script.to_string_lossy().into_owned(), server.url.clone(), reference()],
         &[],
+    );
+}
+
+#[test]
+fn tei_clients_huggingface_hub_llama_index_and_haystack() {
+    let fixtures = root().join("../shared/fixtures/tiny");
+    let embedder = Server::start(&[]);
+    let classifier = format!("{}=sentiment", fixtures.join("classifier_bert").display());
+    let classifier = Server::start(&["--model", &classifier]);
+    let python = root().join("target/clients/venv/bin/python");
+    let script = root().join("tests/clients/tei_clients.py");
+    run_client(
+        python.to_str().unwrap(),
+        &[
+            script.to_string_lossy().into_owned(),
+            embedder.url.clone(),
+            classifier.url.clone(),
+            reference(),
+            fixtures
+                .join("classifier_bert/reference.json")
+                .to_string_lossy()
+                .into_owned(),
+        ],
+        // Loopback only: no telemetry (the clients are given URLs, so no hub lookups).
+        &[
+            ("HAYSTACK_TELEMETRY_ENABLED", "False".into()),
+            ("HF_HUB_DISABLE_TELEMETRY", "1".into()),
+        ],
     );
 }
 
