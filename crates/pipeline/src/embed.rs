@@ -65,7 +65,13 @@ impl ServedModel {
 
     /// Token ids of `inputs` under `plan`, at most `max_tokens` in all.
     pub fn prepare(&self, inputs: &[Input], plan: &Plan, max_tokens: usize) -> Result<Prepared, RequestError> {
-        prepare(&self.model, inputs, self.token_ids, plan, max_tokens)
+        prepare(
+            &self.model,
+            inputs,
+            plan.token_ids.unwrap_or(self.token_ids),
+            plan,
+            max_tokens,
+        )
     }
 
     /// Queues prepared ids (all or nothing; refused when the queue is full).

@@ -4,6 +4,7 @@
 
 use crate::error::RequestError;
 use crate::prepare::WindowLayout;
+use crate::token_ids::TokenIds;
 use openembed_engine::{normalize, truncate_dimensions, ModelInfo, ModelKind, Truncation};
 
 /// One input as a front end received it.
@@ -45,6 +46,9 @@ pub struct EmbedRequest {
     /// L2-normalize the vectors handed back; `None`: when the model's pipeline normalizes (so a
     /// cut vector of such a model is normalized again, as OpenAI's `dimensions` are).
     pub normalize: Option<bool>,
+    /// What token-id inputs mean; `None`: as the model is served (`--token-ids`). A protocol
+    /// whose ids are always the model's own (TEI's) says `Native`.
+    pub token_ids: Option<TokenIds>,
 }
 
 /// How to run one validated request on its model.
@@ -66,6 +70,8 @@ pub struct Plan {
     pub model_normalizes: bool,
     /// Long-input mode: split over-long inputs into windows sharing this many tokens.
     pub windows: Option<usize>,
+    /// What token-id inputs mean, when the request says (else as the model is served).
+    pub token_ids: Option<TokenIds>,
 }
 
 /// A front end's defaults that a request may override.
@@ -192,6 +198,7 @@ pub fn plan(
         normalize: request.normalize.unwrap_or(info.normalize),
         model_normalizes: info.normalize,
         windows: defaults.long_input_windows,
+        token_ids: request.token_ids,
     })
 }
 

@@ -143,6 +143,7 @@ impl Model {
             truncate: Some(truncate),
             dimensions,
             normalize: Some(normalize),
+            token_ids: None,
         };
         let result = py.detach(move || -> Result<(Vec<u8>, usize, usize), Stop> {
             let defaults = Defaults {

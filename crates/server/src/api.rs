@@ -103,6 +103,7 @@ impl EmbeddingsRequest {
             truncate: self.truncate,
             dimensions: self.dimensions,
             normalize: None,
+            token_ids: None,
         }
     }
 }
@@ -375,6 +376,22 @@ pub(crate) fn json_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Optio
             (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f.min(usize::MAX as f64) as usize)),
             _ => Err(D::Error::custom(format!("expected a non-negative integer, found {n}"))),
         },
+    }
+}
+
+/// An integer as JSON Schema counts them (`5` and also `5.0`), e.g. a token id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[schema(value_type = i64)]
+pub struct JsonInt(pub i64);
+
+impl<'de> Deserialize<'de> for JsonInt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let n = serde_json::Number::deserialize(d)?;
+        n.as_i64()
+            .or_else(|| n.as_f64().and_then(float_integer))
+            .map(JsonInt)
+            .ok_or_else(|| D::Error::custom(format!("expected an integer, found {n}")))
     }
 }
 

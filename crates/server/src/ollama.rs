@@ -274,15 +274,17 @@ async fn embed_texts(
             Some("input"),
         ));
     }
-    if texts.is_empty() {
-        return Ok((Vec::new(), 0));
-    }
     let request = EmbedRequest {
         model: model.to_string(),
         truncate: Some(truncate),
         dimensions,
         ..EmbedRequest::default()
     };
+    if texts.is_empty() {
+        // Nothing to embed, but the request's fields are still checked.
+        served.plan(&request, &ollama_defaults(state))?;
+        return Ok((Vec::new(), 0));
+    }
     let inputs = texts.into_iter().map(Input::Text).collect();
     let done = embed_with(state, &ollama_defaults(state), &served, &request, inputs, reservation).await?;
     Ok((done.vectors, done.tokens))

@@ -27,7 +27,8 @@ impl Modify for BearerAuth {
                        ids (cl100k_base by default), decoded to text and tokenized by the model; a model served \
                        with --token-ids native takes ids of its own vocabulary. GET /v1/models/{id} shows which."
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth),
+    components(schemas(crate::ollama::OllamaError, crate::tei::TeiError))
 )]
 struct ApiDoc;
 
@@ -74,8 +75,7 @@ pub fn document(registry: &Registry) -> Result<String, String> {
         .min()
         .unwrap_or(0);
     let max_dims = infos.iter().map(|i| i.dimension).min().unwrap_or(1);
-    let mut prompts: Vec<&String> = infos.first().map(|i| i.prompts.keys().collect()).unwrap_or_default();
-    prompts.retain(|p| infos.iter().all(|i| i.prompts.contains_key(*p)));
+    let prompts = prompts_of(&infos);
     // The schemas come from the request type; only what depends on the served models is added.
     let schemas = &mut doc["components"]["schemas"];
     for (shape, id) in [(2, "/items"), (3, "/items/items")] {
@@ -100,6 +100,7 @@ pub fn document(registry: &Registry) -> Result<String, String> {
         many["maxItems"] = json!(crate::api::MAX_INPUTS);
     }
     doc["components"]["schemas"]["OllamaEmbedBody"]["properties"]["dimensions"]["maximum"] = json!(max_dims);
+    tei(&mut doc, registry, &prompts_of(&infos), max_dims);
     if rerankers.is_empty() {
         if let Some(paths) = doc["paths"].as_object_mut() {
             for path in ["/v1/rerank", "/v2/rerank", "/rerank"] {
@@ -109,13 +110,14 @@ pub fn document(registry: &Registry) -> Result<String, String> {
     } else {
         let max = openembed_pipeline::rerank::MAX_DOCUMENTS;
         for (schema, list) in [("RerankRequest", "documents"), ("TeiRerankRequest", "texts")] {
+            let required_model = schema == "RerankRequest" && rerankers.len() > 1;
             let s = &mut doc["components"]["schemas"][schema];
             s["properties"]["model"]["enum"] = rerankers.iter().map(|r| json!(r)).chain([Value::Null]).collect();
             s["properties"]["query"]["minLength"] = json!(1);
             s["properties"][list]["minItems"] = json!(1);
             s["properties"][list]["maxItems"] = json!(max);
-            if rerankers.len() > 1 {
-                // Without a model name the request is ambiguous.
+            if required_model {
+                // Without a model name the request is ambiguous (TEI's routes take the first).
                 if let Some(required) = s["required"].as_array_mut() {
                     required.push(json!("model"));
                 }
@@ -126,4 +128,141 @@ pub fn document(registry: &Registry) -> Result<String, String> {
         props["max_tokens_per_doc"]["minimum"] = json!(1);
     }
     serde_json::to_string(&doc).map_err(|e| e.to_string())
+}
+
+/// The prompt names every one of `infos` has.
+fn prompts_of(infos: &[&openembed_engine::ModelInfo]) -> Vec<String> {
+    let mut prompts: Vec<String> = infos
+        .first()
+        .map(|i| i.prompts.keys().cloned().collect())
+        .unwrap_or_default();
+    prompts.retain(|p| infos.iter().all(|i| i.prompts.contains_key(p)));
+    prompts
+}
+
+/// TEI's routes made exact for the served models: `model` lists the models each route takes
+/// (a route no served model can answer is left out), `prompt_name` the common prompts, token
+/// ids the smallest vocabulary, inputs at most MAX_INPUTS, pairs one or two texts.
+fn tei(doc: &mut Value, registry: &Registry, prompts: &[String], max_dims: usize) {
+    let names = |fits: fn(&openembed_engine::ModelInfo) -> bool| -> Vec<Value> {
+        registry
+            .names()
+            .filter(|(_, m)| fits(m.model.info()))
+            .map(|(n, _)| json!(n))
+            .chain([Value::Null])
+            .collect()
+    };
+    let embedders = names(|i| i.embeds());
+    let classifiers = names(|i| i.classifier.is_some());
+    let all = names(|_| true);
+    let prompt_enum: Value = prompts.iter().map(|p| json!(p)).chain([Value::Null]).collect();
+    let schemas = &mut doc["components"]["schemas"];
+    for (schema, models) in [
+        ("TeiSimilarityRequest", &embedders),
+        ("TeiPredictRequest", &classifiers),
+        ("ClassificationRequest", &classifiers),
+        ("TeiTokenizeRequest", &all),
+    ] {
+        schemas[schema]["properties"]["model"]["enum"] = Value::Array(models.clone());
+    }
+    for schema in ["TeiEmbedRequest", "TeiTokenizeRequest", "SimilarityParameters"] {
+        schemas[schema]["properties"]["prompt_name"]["enum"] = prompt_enum.clone();
+    }
+    schemas["TeiEmbedRequest"]["properties"]["dimensions"]["maximum"] = json!(max_dims);
+    schemas["SimilarityInputs"]["properties"]["sentences"]["minItems"] = json!(1);
+    schemas["SimilarityInputs"]["properties"]["sentences"]["maxItems"] = json!(crate::api::MAX_INPUTS - 1);
+    // Token ids are bounded by the vocabulary of the model a request names: one variant of
+    // the body per vocabulary size.
+    let many = |item: Value| json!({"type": "array", "items": item, "minItems": 1, "maxItems": crate::api::MAX_INPUTS});
+    by_vocabulary(
+        registry,
+        schemas,
+        "TeiEmbedRequest",
+        "inputs",
+        |i| i.embeds(),
+        |max_id| {
+            let ids =
+                json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": max_id}, "minItems": 1});
+            let one = json!({"oneOf": [{"type": "string"}, ids]});
+            json!({"oneOf": [one.clone(), many(one)]})
+        },
+    );
+    by_vocabulary(
+        registry,
+        schemas,
+        "TeiDecodeRequest",
+        "ids",
+        |_| true,
+        |max_id| {
+            let ids =
+                json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": max_id}, "minItems": 1});
+            json!({"oneOf": [ids.clone(), many(ids)]})
+        },
+    );
+    // A sequence of /predict is one text or a pair.
+    schemas["TeiPredictInputs"]["oneOf"][1]["minItems"] = json!(1);
+    schemas["TeiPredictInputs"]["oneOf"][1]["maxItems"] = json!(2);
+    schemas["TeiPredictInputs"]["oneOf"][2]["minItems"] = json!(1);
+    schemas["TeiPredictInputs"]["oneOf"][2]["maxItems"] = json!(crate::api::MAX_INPUTS);
+    schemas["TeiPredictInputs"]["oneOf"][2]["items"]["minItems"] = json!(1);
+    schemas["TeiPredictInputs"]["oneOf"][2]["items"]["maxItems"] = json!(2);
+    schemas["TokenizeInputs"]["oneOf"][1]["minItems"] = json!(1);
+    schemas["TokenizeInputs"]["oneOf"][1]["maxItems"] = json!(crate::api::MAX_INPUTS);
+    let paths = doc["paths"].as_object_mut();
+    if let Some(paths) = paths {
+        if classifiers.len() == 1 {
+            paths.remove("/predict");
+        }
+        if embedders.len() == 1 {
+            paths.remove("/embed");
+            paths.remove("/similarity");
+        }
+    }
+}
+
+/// Replaces the body schema `schema` by one variant per vocabulary size of the models it takes
+/// (those for which `fits` holds): each names its models in `model` (the first fitting model's
+/// variant also takes no model) and bounds `field` by `ids(max_id)`.
+fn by_vocabulary(
+    registry: &Registry,
+    schemas: &mut Value,
+    schema: &str,
+    field: &str,
+    fits: fn(&openembed_engine::ModelInfo) -> bool,
+    ids: impl Fn(usize) -> Value,
+) {
+    let default = registry
+        .models()
+        .iter()
+        .find(|m| fits(m.model.info()))
+        .map(|m| m.name.clone());
+    let mut groups: std::collections::BTreeMap<usize, Vec<(String, bool)>> = Default::default();
+    for (name, served) in registry.names().filter(|(_, m)| fits(m.model.info())) {
+        let max_id = served.model.info().vocab_size.saturating_sub(1);
+        groups
+            .entry(max_id)
+            .or_default()
+            .push((name.to_string(), default.as_deref() == Some(served.name.as_str())));
+    }
+    let base = schemas[schema].clone();
+    let variants: Vec<Value> = groups
+        .into_iter()
+        .map(|(max_id, names)| {
+            let mut variant = base.clone();
+            let takes_default = names.iter().any(|(_, d)| *d);
+            let mut models: Vec<Value> = names.into_iter().map(|(n, _)| json!(n)).collect();
+            if takes_default {
+                models.push(Value::Null);
+            } else if let Some(required) = variant["required"].as_array_mut() {
+                required.push(json!("model"));
+            }
+            variant["properties"]["model"] = json!({"enum": models});
+            variant["properties"][field] = ids(max_id);
+            variant
+        })
+        .collect();
+    schemas[schema] = match variants.len() {
+        1 => variants.into_iter().next().unwrap_or_default(),
+        _ => json!({"oneOf": variants}),
+    };
 }

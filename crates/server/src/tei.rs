@@ -10,7 +10,7 @@
 //! served model of the kind it needs (an embedding model for `/embed`, a classifier for
 //! `/predict` …), unless the body names another in a `model` field.
 
-use crate::api::MAX_INPUTS;
+use crate::api::{JsonInt, MAX_INPUTS};
 use crate::budget::Reservation;
 use crate::error::{ApiError, EMPTY_INPUT};
 use crate::routes::{blocking, decode_body, embed_with, json_body, run_rerank};
@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openembed_engine::{LabelFunction, ModelInfo, ModelKind, Truncation};
 use openembed_pipeline::rerank::RerankJob;
-use openembed_pipeline::{ClassifyInput, ClassifyJob, Defaults, EmbedRequest, Input, ServedModel};
+use openembed_pipeline::{ClassifyInput, ClassifyJob, Defaults, EmbedRequest, Input, ServedModel, TokenIds};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -38,8 +38,8 @@ const TRUNCATE_HINT: &str = "Send \"truncate\": true (or start the server with -
 pub enum TeiInput {
     /// A text.
     Text(String),
-    /// Token ids of the model's vocabulary.
-    Ids(Vec<i64>),
+    /// Token ids of the model's own vocabulary (whatever `--token-ids` says for OpenAI's route).
+    Ids(Vec<JsonInt>),
 }
 
 /// `inputs` of `/embed`: one input or a list.
@@ -239,9 +239,9 @@ pub struct TeiToken {
 #[serde(untagged)]
 pub enum DecodeIds {
     /// One sequence.
-    One(Vec<u32>),
+    One(Vec<JsonInt>),
     /// Sequences.
-    Many(Vec<Vec<u32>>),
+    Many(Vec<Vec<JsonInt>>),
 }
 
 /// `POST /decode`.
@@ -460,7 +460,7 @@ async fn run_embed(
     .map(|i| match i {
         TeiInput::Text(t) => Ok(Input::Text(t)),
         TeiInput::Ids(ids) if ids.is_empty() => Err(empty("inputs")),
-        TeiInput::Ids(ids) => Ok(Input::Tokens(ids)),
+        TeiInput::Ids(ids) => Ok(Input::Tokens(ids.into_iter().map(|id| id.0).collect())),
     })
     .collect::<Result<_, _>>()?;
     if inputs.len() > MAX_INPUTS {
@@ -475,6 +475,7 @@ async fn run_embed(
         truncate: request.truncate,
         dimensions: request.dimensions,
         normalize: Some(request.normalize.unwrap_or(true)),
+        token_ids: Some(TokenIds::Native),
         ..EmbedRequest::default()
     };
     let defaults = tei_defaults(state, request.truncation_direction);
@@ -777,12 +778,27 @@ pub async fn decode(
         ));
     }
     let vocab = served.model.info().vocab_size;
-    if let Some(id) = sequences.iter().flatten().find(|&&id| id as usize >= vocab) {
-        return Err(ApiError::invalid(
-            format!("token id {id} is out of the model's vocabulary (ids 0..{vocab})"),
-            Some("ids"),
-        ));
+    if sequences.iter().any(Vec::is_empty) {
+        return Err(empty("ids"));
     }
+    let sequences = sequences
+        .into_iter()
+        .map(|ids| {
+            ids.into_iter()
+                .map(|JsonInt(id)| {
+                    u32::try_from(id)
+                        .ok()
+                        .filter(|&id| (id as usize) < vocab)
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                format!("token id {id} is out of the model's vocabulary (ids 0..{vocab})"),
+                                Some("ids"),
+                            )
+                        })
+                })
+                .collect::<Result<Vec<u32>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let skip = request.skip_special_tokens.unwrap_or(true);
     let model = Arc::clone(&served.model);
     let texts = blocking("Decoding", move || {
