@@ -99,6 +99,30 @@ class Model:
             return out[0]
         return out if convert_to_numpy else list(out)
 
+    def classify(
+        self,
+        texts: Union[str, Sequence[str]],
+        text_pair: Union[None, str, Sequence[str]] = None,
+        top_k: Optional[int] = None,
+        function_to_apply: Optional[str] = None,
+        truncate: bool = False,
+    ) -> Union[List[Dict[str, object]], List[List[Dict[str, object]]]]:
+        """Labels of a sequence-classification model, as transformers' ``text-classification``
+        pipeline gives them with ``top_k=None``: for each text (paired with ``text_pair`` when
+        given), every label with its score, best first — ``top_k`` keeps the best ``k``.
+        ``function_to_apply`` (``"softmax"``, ``"sigmoid"``, ``"none"``) replaces the model's
+        default (sigmoid for multi-label models). One text in, one list out."""
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        pairs = None
+        if text_pair is not None:
+            pairs = [text_pair] * len(texts) if isinstance(text_pair, str) else list(text_pair)
+        if top_k is not None and top_k < 1:
+            raise ValueError("top_k must be at least 1")
+        labels = self._model.classify(texts, pairs, function_to_apply, truncate)
+        out = [[{"label": label, "score": score} for label, score in per_text[:top_k]] for per_text in labels]
+        return out[0] if single else out
+
     def tokenize(self, texts: Union[str, Sequence[str]], prompt: Optional[str] = None) -> List[List[int]]:
         """Token ids of each text, special tokens included, cut at the model limit."""
         return self._model.tokenize([texts] if isinstance(texts, str) else list(texts), prompt)

@@ -130,3 +130,29 @@ def test_threads_share_one_model_and_the_gil_is_released(model):
     counter.join()
     during = [t for t in counts if start <= t <= end]
     assert len(during) >= 10, f"the counter advanced {len(during)} times during encode"
+
+
+@pytest.mark.parametrize("fixture", ["classifier_bert", "classifier_multilabel"])
+def test_classify_equals_the_transformers_pipeline(fixture):
+    folder = os.path.join(SHARED, "fixtures", "tiny", fixture)
+    with open(os.path.join(folder, "reference.json")) as f:
+        reference = json.load(f)
+    model = openembed.Model(folder)
+    texts = [case["text"] for case in reference["cases"]]
+    got = model.classify(texts)
+    for labels, case in zip(got, reference["cases"]):
+        want = case["pipeline_top_k_none"]
+        assert [l["label"] for l in labels] == [w["label"] for w in want]
+        assert max(abs(l["score"] - w["score"]) for l, w in zip(labels, want)) <= 1e-5
+    top = model.classify(texts[0], top_k=1)
+    assert top == [got[0][0]]
+    raw = model.classify(texts[0], function_to_apply="none")
+    logits = reference["cases"][0]["logits"]
+    assert sorted(l["score"] for l in raw) == pytest.approx(sorted(logits), abs=1e-5)
+    with pytest.raises(ValueError):
+        model.classify(texts[0], function_to_apply="tanh")
+
+
+def test_an_embedding_model_does_not_classify(model):
+    with pytest.raises(ValueError, match="not a classifier"):
+        model.classify("hello")

@@ -4,6 +4,7 @@
 //! server's vectors and refusals; `rerank`, `models` and `fetch` are tools around models.
 
 mod batch_file;
+mod classify;
 mod embed;
 mod fetch;
 mod models;
@@ -46,6 +47,9 @@ enum Command {
     Batch(batch_file::BatchFileArgs),
     /// Score documents against a query with a reranker; prints them best first, as JSON lines.
     Rerank(rerank::RerankArgs),
+    /// Label texts with a classifier (sentiment, toxicity, intent …); prints every label's
+    /// score per text, best first, as JSON lines.
+    Classify(classify::ClassifyArgs),
     /// List the models the server would find (local folders, the openembed home, the hub cache).
     Models(models::ModelsArgs),
     /// Install the default model into the openembed home, or download a hub model into the
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(&args),
         Command::Batch(args) => batch_file::run(&args),
         Command::Rerank(args) => rerank::run(&args),
+        Command::Classify(args) => classify::run(&args),
         Command::Models(args) => models::run(&args),
         Command::Fetch(args) => fetch::run(&args),
     };

@@ -688,3 +688,41 @@ fn serve_checks_the_port_before_loading_models() {
     );
     assert!(!stderr.contains("no such folder"), "{stderr}");
 }
+
+#[test]
+fn classify_prints_every_label_as_the_transformers_pipeline_does() {
+    for fixture in ["classifier_bert", "classifier_multilabel"] {
+        let dir = common::root().join("../shared/fixtures/tiny").join(fixture);
+        let reference: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let cases = reference["cases"].as_array().unwrap();
+        let mut cmd = bin();
+        cmd.args(["classify", "--model", dir.to_str().unwrap()]);
+        for c in cases {
+            cmd.arg(c["text"].as_str().unwrap());
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), cases.len());
+        for (line, case) in lines.iter().zip(cases) {
+            let got = line["labels"].as_array().unwrap();
+            let want = case["pipeline_top_k_none"].as_array().unwrap();
+            assert_eq!(got.len(), want.len(), "{fixture}: every label");
+            for (g, w) in got.iter().zip(want) {
+                assert_eq!(g["label"], w["label"], "{fixture} {}: order", case["text"]);
+                assert!((g["score"].as_f64().unwrap() - w["score"].as_f64().unwrap()).abs() <= 1e-5);
+            }
+        }
+    }
+    // An embedding model has no labels.
+    let out = bin()
+        .args(["classify", "--model", common::model_dir().to_str().unwrap(), "hello"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a classifier"));
+}

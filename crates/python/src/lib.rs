@@ -4,10 +4,10 @@
 //! pure-Python package `openembed` (python/openembed) wraps it with numpy, tqdm and
 //! sentence-transformers' `encode` signature.
 
-use openembed_engine::{DType, Error, LoadOptions, Truncation};
+use openembed_engine::{DType, Error, LabelFunction, LoadOptions, Truncation};
 use openembed_pipeline::{
-    Defaults, EmbedRequest, ErrorKind, Input, LoadError, ModelSpec, RequestError, SchedulerConfig, ServedModel,
-    TokenIds,
+    ClassifyInput, ClassifyJob, Defaults, EmbedRequest, ErrorKind, Input, LoadError, ModelSpec, RequestError,
+    SchedulerConfig, ServedModel, TokenIds,
 };
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -169,6 +169,56 @@ impl Model {
             Err(Stop::Request(e)) => Err(request_error(e)),
             Err(Stop::Python(e)) => Err(e),
         }
+    }
+
+    /// Every label with its score for each input (a text, or a pair with `second`), best
+    /// first, as one classification request of the pipeline; `function` (softmax, sigmoid,
+    /// none) replaces the model's; over-long inputs are refused unless `truncate`.
+    #[pyo3(signature = (texts, pairs = None, function = None, truncate = false))]
+    fn classify(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        pairs: Option<Vec<String>>,
+        function: Option<String>,
+        truncate: bool,
+    ) -> PyResult<Vec<Vec<(String, f32)>>> {
+        let function = match function.as_deref() {
+            None => None,
+            Some(name) => Some(LabelFunction::from_name(name).ok_or_else(|| {
+                PyValueError::new_err(format!("function_to_apply '{name}': expected softmax, sigmoid or none"))
+            })?),
+        };
+        let inputs: Vec<ClassifyInput> = match pairs {
+            None => texts.into_iter().map(ClassifyInput::Text).collect(),
+            Some(pairs) if pairs.len() == texts.len() => texts
+                .into_iter()
+                .zip(pairs)
+                .map(|(a, b)| ClassifyInput::Pair(a, b))
+                .collect(),
+            Some(pairs) => {
+                return Err(PyValueError::new_err(format!(
+                    "{} texts but {} text pairs",
+                    texts.len(),
+                    pairs.len()
+                )))
+            }
+        };
+        let served = Arc::clone(&self.served);
+        let truncation = if truncate { Truncation::End } else { Truncation::None };
+        py.detach(move || -> Result<_, RequestError> {
+            let mut labels = Vec::with_capacity(inputs.len());
+            for chunk in inputs.chunks(openembed_pipeline::classify::MAX_INPUTS) {
+                let job = ClassifyJob::new(
+                    chunk.to_vec(),
+                    truncation,
+                    "Pass truncate=True to cut it at the limit instead.",
+                )?;
+                labels.extend(served.classify_blocking(&job, function, usize::MAX)?);
+            }
+            Ok(labels)
+        })
+        .map_err(request_error)
     }
 
     /// Token ids of each text (special tokens included, `prompt` in front, cut at the limit).
