@@ -9,7 +9,7 @@
 
 use crate::budget::Reservation;
 use crate::error::ApiError;
-use crate::routes::{decode_body, embed_with, json_body};
+use crate::routes::{embed_with, read_json};
 use crate::state::{AppState, InFlight};
 use axum::body::Body;
 use axum::extract::State;
@@ -246,17 +246,6 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// A JSON body of type `T` read under the in-flight budget (its decoded strings included).
-async fn read_body<T: serde::de::DeserializeOwned>(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(T, Reservation), ApiError> {
-    let (bytes, mut reservation) = json_body(state, headers, body).await?;
-    reservation.resize(bytes.len().saturating_mul(2))?;
-    Ok((decode_body(&bytes)?, reservation))
-}
-
 /// Embeds texts on the model named `model` as Ollama's routes do (over-long inputs cut unless
 /// `truncate` is false); returns the vectors and the tokens embedded.
 async fn embed_texts(
@@ -305,7 +294,7 @@ pub async fn embed_route(
 ) -> Result<Json<OllamaEmbedReply>, ApiError> {
     let started = Instant::now();
     let _in_flight = InFlight::enter(&state)?;
-    let (request, mut reservation): (OllamaEmbedBody, _) = read_body(&state, &headers, body).await?;
+    let (request, mut reservation): (OllamaEmbedBody, _) = read_json(&state, &headers, body).await?;
     let texts = match request.input {
         OllamaEmbedInput::One(text) => vec![text],
         OllamaEmbedInput::Many(texts) => texts,
@@ -343,7 +332,7 @@ pub async fn embeddings_route(
     body: Body,
 ) -> Result<Json<OllamaLegacyReply>, ApiError> {
     let _in_flight = InFlight::enter(&state)?;
-    let (request, mut reservation): (OllamaLegacyBody, _) = read_body(&state, &headers, body).await?;
+    let (request, mut reservation): (OllamaLegacyBody, _) = read_json(&state, &headers, body).await?;
     // An empty prompt gets an empty vector, as Ollama answers (the model is still checked).
     let texts = if request.prompt.is_empty() {
         embedding_model(&state, &request.model)?;
@@ -422,7 +411,7 @@ pub async fn show(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<OllamaShowReply>, ApiError> {
-    let (request, _reservation): (OllamaShowBody, _) = read_body(&state, &headers, body).await?;
+    let (request, _reservation): (OllamaShowBody, _) = read_json(&state, &headers, body).await?;
     let name = request.model;
     let served = embedding_model(&state, &name)?;
     let info = served.model.info();

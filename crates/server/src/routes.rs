@@ -156,6 +156,17 @@ fn reranker(state: &AppState, model: Option<&str>) -> Result<(String, Arc<Served
     Ok((name, served))
 }
 
+/// A JSON body of type `T` read under the in-flight budget (its decoded strings included).
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(T, Reservation), ApiError> {
+    let (bytes, mut reservation) = json_body(state, headers, body).await?;
+    reservation.resize(bytes.len().saturating_mul(2))?;
+    Ok((decode_body(&bytes)?, reservation))
+}
+
 /// Decodes a JSON body into `T`: 400 naming where it is wrong.
 pub(crate) fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("Invalid request body: {e}."), None))

@@ -13,7 +13,7 @@
 use crate::api::{JsonInt, MAX_INPUTS};
 use crate::budget::Reservation;
 use crate::error::{ApiError, EMPTY_INPUT};
-use crate::routes::{blocking, decode_body, embed_with, json_body, run_rerank};
+use crate::routes::{blocking, embed_with, read_json, run_rerank};
 use crate::state::{AppState, InFlight};
 use axum::body::Body;
 use axum::extract::State;
@@ -429,17 +429,6 @@ fn truncation(state: &AppState, truncate: Option<bool>, direction: Option<Trunca
     } else {
         Truncation::None
     }
-}
-
-/// A JSON body of type `T` read under the in-flight budget (its decoded strings included).
-async fn read_json<T: serde::de::DeserializeOwned>(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(T, Reservation), ApiError> {
-    let (bytes, mut reservation) = json_body(state, headers, body).await?;
-    reservation.resize(bytes.len().saturating_mul(2))?;
-    Ok((decode_body(&bytes)?, reservation))
 }
 
 /// Embeds `inputs` for a TEI route.
