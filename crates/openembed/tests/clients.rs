@@ -153,6 +153,25 @@ fn langchain_long_texts_get_openais_400_without_auto_truncate() {
 }
 
 #[test]
+fn cohere_sdk_embeds_with_every_embedding_type() {
+    let server = Server::start(&[]);
+    let python = root().join("target/clients/venv/bin/python");
+    let script = root().join("tests/clients/cohere_embed.py");
+    run_client(
+        python.to_str().unwrap(),
+        &[
+            script.to_string_lossy().into_owned(),
+            server.url.clone(),
+            root()
+                .join("../shared/bench/corpus/mixed.jsonl")
+                .to_string_lossy()
+                .into_owned(),
+        ],
+        &[],
+    );
+}
+
+#[test]
 fn cohere_sdk_reranks_like_the_reference() {
     let fixture = root().join("../shared/fixtures/tiny/rerank_bert");
     let spec = format!("{}=rerank-bert", fixture.display());

@@ -1362,3 +1362,104 @@ fn tei_routes_answer_errors_in_teis_shape() {
     assert_eq!(info["model_type"]["embedding"]["pooling"], json!("mean"));
     assert_eq!(info["max_input_length"], json!(256));
 }
+
+/// Cohere's embed routes answer bad requests in Cohere's shape, `{"message": "…"}`.
+#[test]
+fn cohere_routes_answer_errors_in_coheres_shape() {
+    let server = Server::start(&[]);
+    let c = client();
+    let post = |path: &str, body: &str| {
+        let resp = c
+            .post(server.at(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().unwrap_or(Value::Null))
+    };
+    let m = "all-MiniLM-L6-v2";
+    let long = "word ".repeat(600);
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("/v2/embed", "{\"model\": ".into(), 400),
+        (
+            "/v2/embed",
+            json!({"model": m, "texts": 5, "input_type": "search_query"}).to_string(),
+            400,
+        ),
+        (
+            "/v2/embed",
+            json!({"model": m, "texts": [], "input_type": "search_query"}).to_string(),
+            400,
+        ),
+        ("/v2/embed", json!({"model": m, "texts": ["x"]}).to_string(), 400),
+        (
+            "/v2/embed",
+            json!({"model": "nope", "texts": ["x"], "input_type": "search_query"}).to_string(),
+            404,
+        ),
+        (
+            "/v2/embed",
+            json!({"model": m, "texts": vec!["x"; 2049], "input_type": "search_query"}).to_string(),
+            400,
+        ),
+        (
+            "/v2/embed",
+            json!({"model": m, "texts": [long], "input_type": "search_query", "truncate": "NONE"}).to_string(),
+            400,
+        ),
+        (
+            "/v2/embed",
+            json!({"model": m, "texts": ["x"], "input_type": "search_query", "truncate": "MIDDLE"}).to_string(),
+            400,
+        ),
+        (
+            "/v2/embed",
+            json!({"model": m, "texts": ["x"], "input_type": "search_query", "embedding_types": ["int4"]}).to_string(),
+            400,
+        ),
+        (
+            "/v2/embed",
+            json!({"model": m, "texts": ["x"], "inputs": [], "input_type": "search_query"}).to_string(),
+            400,
+        ),
+        (
+            "/v2/embed",
+            json!({"model": m, "inputs": [{"content": [{"type": "image_url"}]}], "input_type": "search_query"})
+                .to_string(),
+            400,
+        ),
+        (
+            "/v1/embed",
+            json!({"model": m, "texts": ["x"], "output_dimension": 0}).to_string(),
+            400,
+        ),
+    ];
+    for (path, body, want) in &cases {
+        let (status, reply) = post(path, body);
+        assert_eq!(status, *want, "{path} {body:.80}: {reply}");
+        assert!(
+            reply["message"].as_str().is_some_and(|m| !m.is_empty()) && reply.as_object().unwrap().len() == 1,
+            "{path} {body:.80}: not Cohere's error shape: {reply}"
+        );
+    }
+    // Over-long texts are cut by default (truncate END), and v2 inputs of text parts embed.
+    let (status, reply) = post(
+        "/v2/embed",
+        &json!({"model": m, "texts": [long], "input_type": "search_document", "embedding_types": ["float", "ubinary"]})
+            .to_string(),
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["embeddings"]["float"][0].as_array().map(Vec::len), Some(384));
+    assert_eq!(reply["embeddings"]["ubinary"][0].as_array().map(Vec::len), Some(48));
+    assert!(reply["meta"]["billed_units"]["input_tokens"].as_u64() >= Some(256));
+    let (_, parts) = post(
+        "/v2/embed",
+        &json!({"model": m, "inputs": [{"content": [{"type": "text", "text": "hello"}]}], "input_type": "search_query"}).to_string(),
+    );
+    let (_, texts) = post(
+        "/v2/embed",
+        &json!({"model": m, "texts": ["hello"], "input_type": "search_query"}).to_string(),
+    );
+    assert_eq!(parts["embeddings"], texts["embeddings"]);
+}

@@ -18,6 +18,8 @@
 //!   scheduler.
 //! - [`embed`]: one request through those steps ([`ServedModel::submit`], or
 //!   [`ServedModel::embed_chunked`] for large offline inputs).
+//! - [`quantize`]: compressed outputs (`int8`, `uint8`, `binary`, `ubinary`) and the calibrated
+//!   ranges of the byte codes.
 //! - [`error`]: the error categories front ends map to their protocol.
 //! - [`metrics`]: queue and batch metrics (through the `metrics` facade).
 
@@ -30,6 +32,7 @@ pub mod hub;
 pub mod metrics;
 pub mod plan;
 pub mod prepare;
+pub mod quantize;
 pub mod registry;
 pub mod rerank;
 pub mod scheduler;
@@ -39,6 +42,7 @@ pub use classify::{ClassifyInput, ClassifyJob};
 pub use embed::{Embedded, Submitted};
 pub use error::{ErrorKind, RequestError};
 pub use plan::{Defaults, EmbedRequest, Input, Plan};
+pub use quantize::{Codes, EmbeddingType};
 pub use registry::{Alias, LoadError, ModelSpec, Registry, ServedModel};
 pub use scheduler::SchedulerConfig;
 pub use token_ids::TokenIds;

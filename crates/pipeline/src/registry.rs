@@ -109,6 +109,10 @@ pub struct ServedModel {
     pub token_ids: TokenIds,
     /// Task for requests that name none (`--default-task`).
     pub default_task: Option<String>,
+    /// Calibrated `int8` / `uint8` ranges, by `dimensions` and normalization (see
+    /// [`crate::quantize`]).
+    pub(crate) ranges:
+        std::sync::Mutex<std::collections::HashMap<crate::quantize::RangesKey, Arc<crate::quantize::Ranges>>>,
 }
 
 /// Why a model could not be served: its source did not resolve, the engine could not load it
@@ -202,6 +206,7 @@ impl ServedModel {
             created,
             token_ids: spec.token_ids,
             default_task: spec.default_task.clone(),
+            ranges: Default::default(),
         })
     }
 }

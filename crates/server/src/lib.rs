@@ -11,6 +11,7 @@
 pub mod api;
 pub mod auth;
 pub mod budget;
+pub mod cohere;
 pub mod error;
 pub mod listener;
 pub mod metrics;
@@ -103,6 +104,9 @@ fn api() -> Api {
         .route(routes!(tei::decode), &[])
         .route(routes!(tei::info), &[])
         .route(routes!(tei::inference), &[])
+        .speaking(Protocol::Cohere)
+        .route(routes!(cohere::embed_v2), &[])
+        .route(routes!(cohere::embed_v1), &[])
 }
 
 /// The routes being declared, with the (method, path) pairs they serve and the protocol of

@@ -28,7 +28,7 @@ impl Modify for BearerAuth {
                        with --token-ids native takes ids of its own vocabulary. GET /v1/models/{id} shows which."
     ),
     modifiers(&BearerAuth),
-    components(schemas(crate::ollama::OllamaError, crate::tei::TeiError))
+    components(schemas(crate::ollama::OllamaError, crate::tei::TeiError, crate::cohere::CohereError))
 )]
 struct ApiDoc;
 
@@ -101,6 +101,7 @@ pub fn document(registry: &Registry) -> Result<String, String> {
     }
     doc["components"]["schemas"]["OllamaEmbedBody"]["properties"]["dimensions"]["maximum"] = json!(max_dims);
     tei(&mut doc, registry, &prompts_of(&infos), max_dims);
+    cohere(&mut doc, &names, &infos, max_dims);
     if rerankers.is_empty() {
         if let Some(paths) = doc["paths"].as_object_mut() {
             for path in ["/v1/rerank", "/v2/rerank", "/rerank"] {
@@ -265,4 +266,55 @@ fn by_vocabulary(
         1 => variants.into_iter().next().unwrap_or_default(),
         _ => json!({"oneOf": variants}),
     };
+}
+
+/// Cohere's embed routes made exact for the served models: the embedding models' names, the
+/// input types and embedding types, `texts` or `inputs` (one of them), v2's required
+/// `input_type`.
+fn cohere(doc: &mut Value, names: &[&str], infos: &[&openembed_engine::ModelInfo], max_dims: usize) {
+    if names.is_empty() {
+        if let Some(paths) = doc["paths"].as_object_mut() {
+            paths.remove("/v1/embed");
+            paths.remove("/v2/embed");
+        }
+        return;
+    }
+    let max_limit = infos.iter().map(|i| i.max_input_tokens).max().unwrap_or(1);
+    let schemas = &mut doc["components"]["schemas"];
+    let s = &mut schemas["CohereEmbedRequest"];
+    let props = &mut s["properties"];
+    props["model"]["enum"] = json!(names);
+    props["input_type"]["enum"] = crate::cohere::INPUT_TYPES
+        .iter()
+        .map(|t| json!(t.0))
+        .chain([Value::Null])
+        .collect();
+    props["embedding_types"]["items"]["enum"] = json!(["float", "int8", "uint8", "binary", "ubinary", "base64"]);
+    props["embedding_types"]["minItems"] = json!(1);
+    props["truncate"]["enum"] = json!(["NONE", "START", "END", null]);
+    props["output_dimension"]["maximum"] = json!(max_dims);
+    props["max_tokens"]["minimum"] = json!(max_limit);
+    props["images"]["maxItems"] = json!(0);
+    for list in ["texts", "inputs"] {
+        props[list]["minItems"] = json!(1);
+        props[list]["maxItems"] = json!(crate::api::MAX_INPUTS);
+    }
+    // Exactly one of `texts` and `inputs` (null is the same as left out).
+    let one_of = |given: &str, other: &str| {
+        json!({"required": [given], "properties": {given: {"type": "array"}},
+               "anyOf": [{"not": {"required": [other]}}, {"properties": {other: {"type": "null"}}}]})
+    };
+    s["oneOf"] = json!([one_of("texts", "inputs"), one_of("inputs", "texts")]);
+    schemas["CohereInput"]["properties"]["content"]["minItems"] = json!(1);
+    schemas["CohereContent"]["properties"]["type"]["enum"] = json!(["text"]);
+    if let Some(required) = schemas["CohereContent"]["required"].as_array_mut() {
+        required.push(json!("text"));
+    }
+    schemas["CohereContent"]["properties"]["text"]["type"] = json!("string");
+    let mut v2 = schemas["CohereEmbedRequest"].clone();
+    if let Some(required) = v2["required"].as_array_mut() {
+        required.push(json!("input_type"));
+    }
+    v2["properties"]["input_type"]["enum"] = crate::cohere::INPUT_TYPES.iter().map(|t| json!(t.0)).collect();
+    doc["paths"]["/v2/embed"]["post"]["requestBody"]["content"]["application/json"]["schema"] = v2;
 }
