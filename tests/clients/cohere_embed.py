@@ -80,6 +80,20 @@ def main() -> int:
         failures.append("a text's int8 / uint8 codes depend on the batch it is in")
     print(f"v2 types {TYPES}: base64, binary, ubinary exact; int8/uint8 codes independent of the batch")
 
+    # The same codes through the other protocols' extension field.
+    def post(path, body):
+        request = urllib.request.Request(base_url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request) as response:
+            return json.load(response)
+
+    for t in ["int8", "uint8", "binary", "ubinary"]:
+        openai = post("/v1/embeddings", {"model": MODEL, "input": texts, "embedding_type": t, "truncate": True})
+        tei = post("/embed", {"inputs": texts, "embedding_type": t, "truncate": True})
+        want = getattr(resp.embeddings, t)
+        if [d["embedding"] for d in openai["data"]] != want or tei != want:
+            failures.append(f"{t}: /v1/embeddings or /embed codes differ from Cohere's")
+    print("embedding_type on /v1/embeddings and /embed: the same codes")
+
     v1 = cohere.Client(api_key="unused", base_url=base_url).embed(texts=texts[:3], model=MODEL, input_type="search_query")
     if not np.allclose(np.asarray(v1.embeddings, dtype=np.float32), same[:3], atol=1e-6):
         failures.append("v1 embed floats differ")

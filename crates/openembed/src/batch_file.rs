@@ -13,14 +13,15 @@
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use openembed_engine::{DType, LoadOptions, Truncation};
-use openembed_pipeline::{Alias, Defaults, ModelSpec, Registry, SchedulerConfig, Submitted, TokenIds};
-use openembed_server::api::{decode_json, EmbeddingsResponse, EncodingFormat};
+use openembed_pipeline::{Alias, Defaults, ModelSpec, Registry, SchedulerConfig, ServedModel, Submitted, TokenIds};
+use openembed_server::api::{decode_json, ResponseSpec};
 use openembed_server::error::ApiError;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Options of `openembed batch`.
@@ -79,8 +80,8 @@ enum Line {
     /// Queued on the model's scheduler.
     Pending {
         custom_id: String,
-        model: String,
-        encoding: EncodingFormat,
+        spec: ResponseSpec,
+        served: Arc<ServedModel>,
         submitted: Box<Submitted>,
         inputs: usize,
     },
@@ -165,10 +166,10 @@ impl Runner {
         }
         let body = line.body.map_or("null", RawValue::get);
         Some(match self.submit(body.as_bytes()) {
-            Ok((model, encoding, submitted, inputs)) => Line::Pending {
+            Ok((spec, served, submitted, inputs)) => Line::Pending {
                 custom_id,
-                model,
-                encoding,
+                spec,
+                served,
                 submitted: Box::new(submitted),
                 inputs,
             },
@@ -189,16 +190,12 @@ impl Runner {
     }
 
     /// Decodes a body as the server does and queues it on its model.
-    fn submit(&self, body: &[u8]) -> Result<(String, EncodingFormat, Submitted, usize), ApiError> {
+    fn submit(&self, body: &[u8]) -> Result<(ResponseSpec, Arc<ServedModel>, Submitted, usize), ApiError> {
         let request = decode_json(body)?;
-        let served = self.registry.find(&request.model)?;
-        let submitted = served.submit(
-            &request.to_request(),
-            request.inputs(),
-            &self.defaults,
-            self.max_request_tokens,
-        )?;
-        Ok((request.model, request.encoding_format, submitted, request.input.0.len()))
+        let served = Arc::clone(self.registry.find(&request.model)?);
+        let spec = request.response_spec();
+        let submitted = served.submit(&spec.request, request.inputs(), &self.defaults, self.max_request_tokens)?;
+        Ok((spec, served, submitted, request.input.0.len()))
     }
 }
 
@@ -219,19 +216,17 @@ fn answer(line: Line) -> Result<Answer> {
         Line::Done(answer) => Ok(answer),
         Line::Pending {
             custom_id,
-            model,
-            encoding,
+            spec,
+            served,
             submitted,
             ..
-        } => match submitted.wait_blocking() {
-            Ok(done) => {
-                let body = EmbeddingsResponse::new(&model, done.vectors, done.tokens, encoding);
-                Ok((response_line(&custom_id, 200, body)?, true))
-            }
-            Err(e) => {
-                let e = ApiError::from(e);
-                Ok((response_line(&custom_id, e.status.as_u16(), e.body())?, false))
-            }
+        } => match submitted
+            .wait_blocking()
+            .map_err(ApiError::from)
+            .and_then(|done| spec.respond(&served, done.vectors, done.tokens))
+        {
+            Ok(body) => Ok((response_line(&custom_id, 200, body)?, true)),
+            Err(e) => Ok((response_line(&custom_id, e.status.as_u16(), e.body())?, false)),
         },
     }
 }

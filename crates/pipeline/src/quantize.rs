@@ -166,6 +166,26 @@ pub fn encode(ty: EmbeddingType, vectors: &[Vec<f32>], ranges: Option<&Ranges>) 
 pub type RangesKey = (Option<usize>, bool);
 
 impl ServedModel {
+    /// The vectors of a finished `request` as `ty` (its `int8` / `uint8` scale calibrated for the
+    /// request's `dimensions` and normalization; blocking the first time).
+    pub fn codes(
+        &self,
+        ty: EmbeddingType,
+        request: &EmbedRequest,
+        vectors: Vec<Vec<f32>>,
+    ) -> Result<Codes, RequestError> {
+        if ty == EmbeddingType::Float {
+            return Ok(Codes::Float(vectors));
+        }
+        let ranges = if ty.needs_ranges() {
+            let normalize = request.normalize.unwrap_or(self.model.info().normalize);
+            Some(self.ranges(request.dimensions, normalize)?)
+        } else {
+            None
+        };
+        encode(ty, &vectors, ranges.as_deref())
+    }
+
     /// The `int8` / `uint8` ranges of vectors cut to `dimensions` and normalized or not, from
     /// the built-in calibration texts embedded by this model (computed once per key, blocking:
     /// the texts run on the model's scheduler like any request).

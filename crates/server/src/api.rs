@@ -6,6 +6,7 @@
 //! request schema of `/openapi.json`.
 
 use crate::error::ApiError;
+use openembed_pipeline::{Codes, EmbeddingType, ServedModel};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -80,6 +81,11 @@ pub struct EmbeddingsRequest {
     /// `retrieval.query`, `retrieval.passage`, `text-matching`, …); its instruction is put in
     /// front of every text.
     pub task: Option<String>,
+    /// Extension: compressed vectors: `int8`, `uint8` (one calibrated scale per model),
+    /// `binary`, `ubinary` (sign bits packed 8 per byte) or `float` (the default). As JSON
+    /// integers, or with `encoding_format: base64` their bytes in base64.
+    #[schema(value_type = Option<String>)]
+    pub embedding_type: Option<EmbeddingType>,
 }
 
 impl EmbeddingsRequest {
@@ -161,6 +167,7 @@ const FIELDS: &[&str] = &[
     "truncate",
     "prompt_name",
     "task",
+    "embedding_type",
 ];
 
 /// Compound values of the small fields larger than this are not parsed (only their type matters).
@@ -339,7 +346,21 @@ impl RawBody {
                 ))
             }
         };
+        let embedding_type = match obj.get("embedding_type") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(
+                EmbeddingType::from_name(s)
+                    .ok_or_else(|| ApiError::from(EmbeddingType::unknown(s, "embedding_type")))?,
+            ),
+            Some(_) => {
+                return Err(ApiError::invalid_field(
+                    "embedding_type",
+                    "one of float, int8, uint8, binary, ubinary",
+                ))
+            }
+        };
         Ok(EmbeddingsRequest {
+            embedding_type,
             model,
             input: Inputs(input),
             encoding_format,
@@ -712,6 +733,8 @@ pub enum EmbeddingValue {
     Float(Vec<f32>),
     /// Little-endian f32 bytes, base64 with padding.
     Base64(String),
+    /// Integer codes (`embedding_type` int8, uint8, binary, ubinary).
+    Codes(Vec<i16>),
 }
 
 /// Token counts.
@@ -737,15 +760,36 @@ pub struct EmbeddingsResponse {
 }
 
 impl EmbeddingsResponse {
-    /// The body for `vectors` (in input order), as the client addressed `model`.
-    pub fn new(model: &str, vectors: Vec<Vec<f32>>, tokens: usize, encoding: EncodingFormat) -> Self {
-        let data = vectors
+    /// The body for `codes` (one vector per input, in input order), as the client addressed
+    /// `model`.
+    pub fn new(model: &str, codes: Codes, tokens: usize, encoding: EncodingFormat) -> Self {
+        let values: Vec<EmbeddingValue> = match codes {
+            Codes::Float(v) => v.into_iter().map(|v| encode(v, encoding)).collect(),
+            Codes::Signed(v) => v
+                .into_iter()
+                .map(|c| {
+                    encode_codes(
+                        c.iter().map(|&x| x as u8).collect(),
+                        c.into_iter().map(i16::from).collect(),
+                        encoding,
+                    )
+                })
+                .collect(),
+            Codes::Unsigned(v) => v
+                .into_iter()
+                .map(|c| {
+                    let ints = c.iter().map(|&x| i16::from(x)).collect();
+                    encode_codes(c, ints, encoding)
+                })
+                .collect(),
+        };
+        let data = values
             .into_iter()
             .enumerate()
-            .map(|(index, v)| EmbeddingObject {
+            .map(|(index, embedding)| EmbeddingObject {
                 object: "embedding",
                 index,
-                embedding: encode(v, encoding),
+                embedding,
             })
             .collect();
         Self {
@@ -757,6 +801,54 @@ impl EmbeddingsResponse {
                 total_tokens: tokens,
             },
         }
+    }
+}
+
+/// Integer codes as JSON numbers, or their bytes in base64.
+fn encode_codes(bytes: Vec<u8>, ints: Vec<i16>, encoding: EncodingFormat) -> EmbeddingValue {
+    use base64::Engine;
+    match encoding {
+        EncodingFormat::Float => EmbeddingValue::Codes(ints),
+        EncodingFormat::Base64 => EmbeddingValue::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
+    }
+}
+
+/// What of an embeddings request its answer needs (kept while its inputs run, without them).
+#[derive(Debug, Clone)]
+pub struct ResponseSpec {
+    /// The model as the client addressed it.
+    pub model: String,
+    /// `float` or `base64`.
+    pub encoding: EncodingFormat,
+    /// Float or compressed codes.
+    pub embedding_type: EmbeddingType,
+    /// The pipeline request (its `dimensions` and normalization pick the codes' scale).
+    pub request: openembed_pipeline::EmbedRequest,
+}
+
+impl EmbeddingsRequest {
+    /// What the answer to this request needs.
+    pub fn response_spec(&self) -> ResponseSpec {
+        ResponseSpec {
+            model: self.model.clone(),
+            encoding: self.encoding_format,
+            embedding_type: self.embedding_type.unwrap_or(EmbeddingType::Float),
+            request: self.to_request(),
+        }
+    }
+}
+
+impl ResponseSpec {
+    /// The body for a finished request's vectors (blocking the first time a model's `int8`
+    /// scale is calibrated).
+    pub fn respond(
+        &self,
+        served: &ServedModel,
+        vectors: Vec<Vec<f32>>,
+        tokens: usize,
+    ) -> Result<EmbeddingsResponse, ApiError> {
+        let codes = served.codes(self.embedding_type, &self.request, vectors)?;
+        Ok(EmbeddingsResponse::new(&self.model, codes, tokens, self.encoding))
     }
 }
 
@@ -868,14 +960,17 @@ pub struct ModelList {
 
 /// Encodes a vector in the requested format.
 pub fn encode(v: Vec<f32>, format: EncodingFormat) -> EmbeddingValue {
-    use base64::Engine;
     match format {
         EncodingFormat::Float => EmbeddingValue::Float(v),
-        EncodingFormat::Base64 => {
-            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            EmbeddingValue::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
-        }
+        EncodingFormat::Base64 => EmbeddingValue::Base64(base64_floats(&v)),
     }
+}
+
+/// A vector as base64 of its little-endian float32 bytes.
+pub fn base64_floats(v: &[f32]) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]

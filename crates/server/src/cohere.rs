@@ -12,9 +12,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
-use base64::Engine;
 use openembed_engine::{ModelInfo, Truncation};
-use openembed_pipeline::quantize::encode;
 use openembed_pipeline::{Codes, Defaults, EmbedRequest, EmbeddingType, Input, ServedModel};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -220,17 +218,6 @@ fn served_embedder(state: &AppState, name: &str) -> Result<Arc<ServedModel>, Api
     Ok(served)
 }
 
-/// The float vectors as base64 of little-endian float32 bytes.
-fn base64_floats(vectors: &[Vec<f32>]) -> Vec<String> {
-    vectors
-        .iter()
-        .map(|v| {
-            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        })
-        .collect()
-}
-
 fn codes_json(codes: Codes) -> Value {
     match codes {
         Codes::Float(v) => json!(v),
@@ -329,16 +316,8 @@ async fn run(
         truncate_hint: "Send \"truncate\": \"END\" (Cohere's default) to cut over-long texts instead.",
         ..state.defaults.clone()
     };
-    let plan_normalizes = embed.normalize.unwrap_or(info.normalize);
     let inputs = texts.iter().cloned().map(Input::Text).collect();
     let done = embed_with(state, &defaults, &served, &embed, inputs, reservation).await?;
-    let ranges = if kinds.iter().flatten().any(|k| k.needs_ranges()) {
-        let for_ranges = Arc::clone(&served);
-        let dims = request.output_dimension;
-        Some(blocking("Calibration", move || Ok(for_ranges.ranges(dims, plan_normalizes)?)).await?)
-    } else {
-        None
-    };
     let meta = json!({"api_version": {"version": if v1 { "1" } else { "2" }},
                       "billed_units": {"input_tokens": done.tokens}});
     let id = uuid::Uuid::new_v4().to_string();
@@ -351,14 +330,23 @@ async fn run(
             meta,
         });
     }
-    let mut by_type = Map::new();
-    for (name, kind) in types.iter().zip(kinds) {
-        let value = match kind {
-            None => json!(base64_floats(&done.vectors)),
-            Some(kind) => codes_json(encode(kind, &done.vectors, ranges.as_deref())?),
-        };
-        by_type.insert(name.clone(), value);
-    }
+    let vectors = Arc::new(done.vectors);
+    let for_codes = Arc::clone(&vectors);
+    let by_type = blocking("Encoding", move || {
+        let mut by_type = Map::new();
+        for (name, kind) in types.iter().zip(kinds) {
+            let value = match kind {
+                None => json!(for_codes
+                    .iter()
+                    .map(|v| crate::api::base64_floats(v))
+                    .collect::<Vec<_>>()),
+                Some(kind) => codes_json(served.codes(kind, &embed, for_codes.to_vec())?),
+            };
+            by_type.insert(name.clone(), value);
+        }
+        Ok(by_type)
+    })
+    .await?;
     Ok(CohereEmbedResponse {
         id,
         response_type: "embeddings_by_type",

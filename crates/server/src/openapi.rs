@@ -92,6 +92,14 @@ pub fn document(registry: &Registry) -> Result<String, String> {
     let mut tasks: Vec<&String> = infos.first().map(|i| i.tasks.iter().collect()).unwrap_or_default();
     tasks.retain(|t| infos.iter().all(|i| i.tasks.contains(t)));
     props["task"]["enum"] = tasks.into_iter().map(|t| json!(t)).chain([Value::Null]).collect();
+    props["embedding_type"]["enum"] = embedding_types();
+    // Float vectors and integer codes are both arrays of numbers (`[1.0]` is both).
+    if let Some(variants) = schemas["EmbeddingValue"]
+        .as_object_mut()
+        .and_then(|o| o.remove("oneOf"))
+    {
+        schemas["EmbeddingValue"]["anyOf"] = variants;
+    }
     // Ollama's routes: the embedding models' names, and at most MAX_INPUTS texts.
     for schema in ["OllamaEmbedBody", "OllamaLegacyBody", "OllamaShowBody"] {
         doc["components"]["schemas"][schema]["properties"]["model"]["enum"] = json!(names);
@@ -170,6 +178,7 @@ fn tei(doc: &mut Value, registry: &Registry, prompts: &[String], max_dims: usize
         schemas[schema]["properties"]["prompt_name"]["enum"] = prompt_enum.clone();
     }
     schemas["TeiEmbedRequest"]["properties"]["dimensions"]["maximum"] = json!(max_dims);
+    schemas["TeiEmbedRequest"]["properties"]["embedding_type"]["enum"] = embedding_types();
     schemas["SimilarityInputs"]["properties"]["sentences"]["minItems"] = json!(1);
     schemas["SimilarityInputs"]["properties"]["sentences"]["maxItems"] = json!(crate::api::MAX_INPUTS - 1);
     // Token ids are bounded by the vocabulary of the model a request names: one variant of
@@ -317,4 +326,13 @@ fn cohere(doc: &mut Value, names: &[&str], infos: &[&openembed_engine::ModelInfo
     }
     v2["properties"]["input_type"]["enum"] = crate::cohere::INPUT_TYPES.iter().map(|t| json!(t.0)).collect();
     doc["paths"]["/v2/embed"]["post"]["requestBody"]["content"]["application/json"]["schema"] = v2;
+}
+
+/// The `embedding_type` values (and null).
+fn embedding_types() -> Value {
+    openembed_pipeline::EmbeddingType::ALL
+        .iter()
+        .map(|t| json!(t.name()))
+        .chain([Value::Null])
+        .collect()
 }

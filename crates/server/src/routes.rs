@@ -325,14 +325,13 @@ pub async fn embeddings(
     let request = blocking("Decoding", move || decode_json(&body)).await?;
     reservation.resize(request.heap_bytes())?;
     let served = state.registry.find(&request.model)?.clone();
-    let (encoding, model_name) = (request.encoding_format, request.model.clone());
-    let pipeline_request = request.to_request();
-    let done = embed(&state, &served, &pipeline_request, request.input.0, &mut reservation).await?;
+    let spec = request.response_spec();
+    let model_name = spec.model.clone();
+    let done = embed(&state, &served, &spec.request, request.input.0, &mut reservation).await?;
     let (tokens, n_inputs) = (done.tokens, done.vectors.len());
     let (queue_time, inference_time) = (done.queue_time, done.inference_time);
-    let name = model_name.clone();
     let body = blocking("Building the response", move || {
-        let response = EmbeddingsResponse::new(&name, done.vectors, tokens, encoding);
+        let response = spec.respond(&served, done.vectors, tokens)?;
         serde_json::to_vec(&response).map_err(|e| ApiError::internal(e.to_string()))
     })
     .await?;

@@ -22,7 +22,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openembed_engine::{LabelFunction, ModelInfo, ModelKind, Truncation};
 use openembed_pipeline::rerank::RerankJob;
-use openembed_pipeline::{ClassifyInput, ClassifyJob, Defaults, EmbedRequest, Input, ServedModel, TokenIds};
+use openembed_pipeline::{
+    ClassifyInput, ClassifyJob, Codes, Defaults, EmbedRequest, EmbeddingType, Input, ServedModel, TokenIds,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -84,6 +86,9 @@ pub struct TeiEmbedRequest {
     pub dimensions: Option<usize>,
     /// Extension: a served model (default: the first embedding model).
     pub model: Option<String>,
+    /// Extension: compressed vectors, `int8`, `uint8`, `binary` or `ubinary` (JSON integers;
+    /// default `float`).
+    pub embedding_type: Option<String>,
 }
 
 /// `inputs` of `/predict`: a text, a pair `[text, text]`, or a batch of `[text]` and
@@ -436,8 +441,12 @@ async fn run_embed(
     state: &AppState,
     request: TeiEmbedRequest,
     reservation: &mut Reservation,
-) -> Result<Vec<Vec<f32>>, ApiError> {
+) -> Result<Codes, ApiError> {
     let served = model_for(state, request.model.as_deref(), embedder, "an embedding model")?;
+    let embedding_type = match request.embedding_type.as_deref() {
+        None => EmbeddingType::Float,
+        Some(name) => EmbeddingType::from_name(name).ok_or_else(|| EmbeddingType::unknown(name, "embedding_type"))?,
+    };
     let inputs: Vec<Input> = match request.inputs {
         // `[]` reads as one list of ids: an empty request.
         TeiInputs::One(TeiInput::Ids(ids)) if ids.is_empty() => return Err(empty("inputs")),
@@ -469,7 +478,22 @@ async fn run_embed(
     };
     let defaults = tei_defaults(state, request.truncation_direction);
     let done = embed_with(state, &defaults, &served, &embed_request, inputs, reservation).await?;
-    Ok(done.vectors)
+    if embedding_type == EmbeddingType::Float {
+        return Ok(Codes::Float(done.vectors));
+    }
+    blocking("Encoding", move || {
+        Ok(served.codes(embedding_type, &embed_request, done.vectors)?)
+    })
+    .await
+}
+
+/// Codes as JSON: `[[f32]]` or `[[int]]`.
+fn codes_json(codes: Codes) -> Value {
+    match codes {
+        Codes::Float(v) => serde_json::json!(v),
+        Codes::Signed(v) => serde_json::json!(v),
+        Codes::Unsigned(v) => serde_json::json!(v),
+    }
 }
 
 /// Embeds texts (TEI's `/embed`).
@@ -484,10 +508,10 @@ pub async fn embed(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let _in_flight = InFlight::enter(&state)?;
     let (request, mut reservation) = read_json(&state, &headers, body).await?;
-    Ok(Json(run_embed(&state, request, &mut reservation).await?))
+    Ok(Json(codes_json(run_embed(&state, request, &mut reservation).await?)))
 }
 
 /// Labels with scores of a classification request, per input, best first.
@@ -635,10 +659,14 @@ async fn run_similarity(
             normalize: Some(true),
             dimensions: None,
             model: request.model,
+            embedding_type: None,
         },
         reservation,
     )
     .await?;
+    let Codes::Float(vectors) = vectors else {
+        return Err(ApiError::internal("similarity needs float vectors"));
+    };
     let (source, others) = vectors
         .split_first()
         .ok_or_else(|| ApiError::internal("no vectors came back"))?;
@@ -913,7 +941,7 @@ pub async fn inference(
     match served.model.info().kind() {
         ModelKind::Embedding => {
             let request = from_value(value)?;
-            Ok(Json(run_embed(&state, request, reservation).await?).into_response())
+            Ok(Json(codes_json(run_embed(&state, request, reservation).await?)).into_response())
         }
         ModelKind::Reranker => {
             let request = from_value(value)?;
