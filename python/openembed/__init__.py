@@ -60,6 +60,7 @@ class Model:
         convert_to_numpy: bool = True,
         task: Optional[str] = None,
         truncate: bool = True,
+        precision: str = "float32",
     ) -> Union[np.ndarray, List[np.ndarray]]:
         """Embeds ``sentences`` as ``SentenceTransformer.encode`` does.
 
@@ -72,7 +73,11 @@ class Model:
         ``normalize_embeddings`` L2-normalizes them (after the cut); ``None`` keeps what the
         model's pipeline does. ``task`` picks a task adapter (jina-embeddings-v3). Inputs run in
         the engine's token-budget batches (the same queue as the server's); ``batch_size`` is
-        accepted for compatibility and must be at least 1.
+        accepted for compatibility and must be at least 1. ``precision`` (``"int8"``,
+        ``"uint8"``, ``"binary"``, ``"ubinary"``) gives compressed codes as the server's
+        ``embedding_type`` does: sign bits packed 8 per byte as sentence-transformers'
+        ``quantize_embeddings``, int8 / uint8 on the model's calibrated scale (the same codes for
+        a text whatever else is encoded with it).
         """
         single = isinstance(sentences, str)
         inputs = [sentences] if single else list(sentences)
@@ -82,7 +87,7 @@ class Model:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         bar = _progress(show_progress_bar, len(inputs))
-        raw, rows, dim = self._model.encode_raw(
+        raw, rows, dim, dtype = self._model.encode_raw(
             [t if isinstance(t, str) else list(t) for t in inputs],
             prompt=prompt,
             prompt_name=prompt_name,
@@ -91,10 +96,11 @@ class Model:
             normalize=bool(normalize_embeddings),
             truncate=truncate,
             progress=bar.update if bar else None,
+            precision=precision,
         )
         if bar:
             bar.close()
-        out = np.frombuffer(raw, dtype="<f4").reshape(rows, dim).copy()
+        out = np.frombuffer(raw, dtype=dtype).reshape(rows, dim).copy()
         if single:
             return out[0]
         return out if convert_to_numpy else list(out)

@@ -156,3 +156,22 @@ def test_classify_equals_the_transformers_pipeline(fixture):
 def test_an_embedding_model_does_not_classify(model):
     with pytest.raises(ValueError, match="not a classifier"):
         model.classify("hello")
+
+
+def test_precision_gives_the_servers_compressed_codes(model):
+    texts = ["hello world", "a second text", "x"]
+    floats = model.encode(texts)
+    ubinary = model.encode(texts, precision="ubinary")
+    assert ubinary.dtype == np.uint8 and ubinary.shape == (3, 48)
+    assert np.array_equal(ubinary, np.packbits(floats > 0, axis=-1))
+    binary = model.encode(texts, precision="binary")
+    assert np.array_equal(binary.astype(np.int16), ubinary.astype(np.int16) - 128)
+    int8 = model.encode(texts, precision="int8")
+    assert int8.dtype == np.int8 and int8.shape == (3, 384)
+    assert np.array_equal(model.encode(texts[1], precision="int8"), int8[1])
+    uint8 = model.encode(texts, precision="uint8")
+    assert np.array_equal(uint8.astype(np.int16), int8.astype(np.int16) + 128)
+    cos = np.sum(int8 * floats, axis=1) / (np.linalg.norm(int8, axis=1) * np.linalg.norm(floats, axis=1))
+    assert cos.min() > 0.99
+    with pytest.raises(ValueError):
+        model.encode(texts, precision="int4")

@@ -1,10 +1,12 @@
 //! `openembed embed`: embed texts from arguments, stdin (one a line) or a file, and write JSON
 //! lines, CSV/TSV, plain text or a numpy `.npy` matrix.
 
-use crate::output::{OutputFormat, VectorWriter};
+use crate::output::{Dtype, OutputFormat, Row, VectorWriter};
 use anyhow::{bail, Context, Result};
 use openembed_engine::{DType, LoadOptions};
-use openembed_pipeline::{Defaults, EmbedRequest, Input, ModelSpec, SchedulerConfig, ServedModel, TokenIds};
+use openembed_pipeline::{
+    Codes, Defaults, EmbedRequest, EmbeddingType, Input, ModelSpec, SchedulerConfig, ServedModel, TokenIds,
+};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +26,10 @@ pub struct EmbedArgs {
     /// Cut vectors to this many dimensions (and renormalize).
     #[arg(long)]
     dimensions: Option<usize>,
+    /// Compressed vectors: int8 or uint8 (the model's calibrated scale), binary or ubinary (sign
+    /// bits packed 8 per byte); .npy files get int8 / uint8 matrices [default: float].
+    #[arg(long, value_parser = parse_embedding_type)]
+    embedding_type: Option<EmbeddingType>,
     /// Truncate over-long inputs to the model limit instead of failing.
     #[arg(long)]
     truncate: bool,
@@ -236,16 +242,40 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     let inputs: Vec<Input> = kept.iter().map(|&i| all_inputs[i].clone()).collect();
     drop(all_inputs);
     // The output is created with the first vectors: an input refused while tokenizing leaves none.
-    let dim = plan.output_dimension(info.dimension);
-    let create = || VectorWriter::create(args.output.as_deref(), format, dim);
+    let ty = args.embedding_type.unwrap_or(EmbeddingType::Float);
+    let dim = match ty {
+        EmbeddingType::Binary | EmbeddingType::Ubinary => plan.output_dimension(info.dimension).div_ceil(8),
+        _ => plan.output_dimension(info.dimension),
+    };
+    let dtype = match ty {
+        EmbeddingType::Float => Dtype::Float32,
+        EmbeddingType::Int8 | EmbeddingType::Binary => Dtype::Int8,
+        EmbeddingType::Uint8 | EmbeddingType::Ubinary => Dtype::Uint8,
+    };
+    let create = || VectorWriter::create(args.output.as_deref(), format, dim, dtype);
     let mut writer: Option<VectorWriter> = None;
     served.embed_chunked(&plan, &inputs, WRITE_CHUNK, |first, vectors, tokens| -> Result<()> {
         let writer = match &mut writer {
             Some(w) => w,
             None => writer.insert(create()?),
         };
-        for (i, (v, &n)) in vectors.iter().zip(tokens).enumerate() {
-            writer.write(kept[first + i], n, v)?;
+        let index = |i: usize| kept[first + i];
+        match served.codes(ty, &request, vectors)? {
+            Codes::Float(rows) => {
+                for (i, (v, &n)) in rows.iter().zip(tokens).enumerate() {
+                    writer.write(index(i), n, Row::Float(v))?;
+                }
+            }
+            Codes::Signed(rows) => {
+                for (i, (v, &n)) in rows.iter().zip(tokens).enumerate() {
+                    writer.write(index(i), n, Row::Signed(v))?;
+                }
+            }
+            Codes::Unsigned(rows) => {
+                for (i, (v, &n)) in rows.iter().zip(tokens).enumerate() {
+                    writer.write(index(i), n, Row::Unsigned(v))?;
+                }
+            }
         }
         Ok(())
     })?;
@@ -253,6 +283,11 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         Some(writer) => writer.finish(),
         None => create()?.finish(),
     }
+}
+
+/// `--embedding-type`: one of the pipeline's types.
+fn parse_embedding_type(name: &str) -> Result<EmbeddingType, String> {
+    EmbeddingType::from_name(name).ok_or_else(|| EmbeddingType::unknown(name, "--embedding-type").message)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Vector output for `openembed embed`: JSON lines, CSV/TSV, plain text, or a numpy `.npy`
-//! float32 matrix written as it streams (the header's row count is filled in at the end).
+//! matrix written as it streams (the header's row count is filled in at the end): float32, or
+//! int8 / uint8 for compressed codes.
 
 use crate::UsageError;
 use anyhow::{Context, Result};
@@ -51,9 +52,70 @@ impl OutputFormat {
 /// The size of the `.npy` preamble we write (magic, version, header length, padded header).
 const NPY_PREAMBLE: usize = 128;
 
-/// The `.npy` 1.0 preamble for a float32 `[rows, dim]` matrix, padded to [`NPY_PREAMBLE`] bytes.
-pub fn npy_header(rows: usize, dim: usize) -> Vec<u8> {
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
+/// One row to write: float values or integer codes.
+#[derive(Debug, Clone, Copy)]
+pub enum Row<'a> {
+    /// float32 values.
+    Float(&'a [f32]),
+    /// Signed byte codes (`int8`, `binary`).
+    Signed(&'a [i8]),
+    /// Unsigned byte codes (`uint8`, `ubinary`).
+    Unsigned(&'a [u8]),
+}
+
+impl Row<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::Float(v) => v.len(),
+            Self::Signed(v) => v.len(),
+            Self::Unsigned(v) => v.len(),
+        }
+    }
+
+    /// The values as text.
+    fn texts(&self) -> Vec<String> {
+        match self {
+            Self::Float(v) => v.iter().map(|x| x.to_string()).collect(),
+            Self::Signed(v) => v.iter().map(|x| x.to_string()).collect(),
+            Self::Unsigned(v) => v.iter().map(|x| x.to_string()).collect(),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        match self {
+            Self::Float(v) => serde_json::json!(v),
+            Self::Signed(v) => serde_json::json!(v),
+            Self::Unsigned(v) => serde_json::json!(v),
+        }
+    }
+}
+
+/// The numpy type of the values a writer takes: `<f4`, `|i1` or `|u1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    /// float32.
+    Float32,
+    /// int8.
+    Int8,
+    /// uint8.
+    Uint8,
+}
+
+impl Dtype {
+    fn descr(self) -> &'static str {
+        match self {
+            Self::Float32 => "<f4",
+            Self::Int8 => "|i1",
+            Self::Uint8 => "|u1",
+        }
+    }
+}
+
+/// The `.npy` 1.0 preamble for a `[rows, dim]` matrix of `dtype`, padded to [`NPY_PREAMBLE`]
+/// bytes.
+pub fn npy_header(rows: usize, dim: usize, dtype: Dtype) -> Vec<u8> {
+    let descr = dtype.descr();
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
     let mut header = dict.into_bytes();
     // magic (6) + version (2) + length (2) + header, ending in '\n', total a multiple of 64.
     let total = NPY_PREAMBLE.max((10 + header.len() + 1).div_ceil(64) * 64);
@@ -92,12 +154,13 @@ pub struct VectorWriter {
     sink: Sink,
     format: OutputFormat,
     dim: usize,
+    dtype: Dtype,
     rows: usize,
 }
 
 impl VectorWriter {
-    /// Opens `path` (or stdout when `None`) for vectors of `dim` values.
-    pub fn create(path: Option<&Path>, format: OutputFormat, dim: usize) -> Result<Self> {
+    /// Opens `path` (or stdout when `None`) for vectors of `dim` values of `dtype`.
+    pub fn create(path: Option<&Path>, format: OutputFormat, dim: usize, dtype: Dtype) -> Result<Self> {
         let mut sink = match path {
             Some(p) => Sink::File(BufWriter::new(
                 std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
@@ -108,7 +171,7 @@ impl VectorWriter {
             if matches!(sink, Sink::Stdout(_)) {
                 anyhow::bail!(".npy output needs --output FILE");
             }
-            sink.write_all(&npy_header(0, dim))?;
+            sink.write_all(&npy_header(0, dim, dtype))?;
         }
         if let OutputFormat::Delimited(sep) = format {
             let sep = sep as char;
@@ -122,36 +185,41 @@ impl VectorWriter {
             sink,
             format,
             dim,
+            dtype,
             rows: 0,
         })
     }
 
-    /// Writes input `index` (with its token count) and its vector.
-    pub fn write(&mut self, index: usize, tokens: usize, v: &[f32]) -> Result<()> {
-        debug_assert_eq!(v.len(), self.dim);
+    /// Writes input `index` (with its token count) and its vector (of the writer's dtype).
+    pub fn write(&mut self, index: usize, tokens: usize, row: Row<'_>) -> Result<()> {
+        debug_assert_eq!(row.len(), self.dim);
         match self.format {
             OutputFormat::JsonLines => {
-                let line = serde_json::json!({"index": index, "tokens": tokens, "embedding": v});
+                let line = serde_json::json!({"index": index, "tokens": tokens, "embedding": row.json()});
                 writeln!(self.sink, "{line}")?;
             }
-            OutputFormat::Text => {
-                let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
-                writeln!(self.sink, "{}", parts.join(" "))?;
-            }
+            OutputFormat::Text => writeln!(self.sink, "{}", row.texts().join(" "))?,
             OutputFormat::Delimited(sep) => {
                 let sep = sep as char;
-                let mut row = format!("{index}{sep}{tokens}");
-                for x in v {
-                    row.push(sep);
-                    row.push_str(&x.to_string());
+                let mut line = format!("{index}{sep}{tokens}");
+                for x in row.texts() {
+                    line.push(sep);
+                    line.push_str(&x);
                 }
-                writeln!(self.sink, "{row}")?;
+                writeln!(self.sink, "{line}")?;
             }
-            OutputFormat::Npy => {
-                for x in v {
-                    self.sink.write_all(&x.to_le_bytes())?;
+            OutputFormat::Npy => match row {
+                Row::Float(v) => {
+                    for x in v {
+                        self.sink.write_all(&x.to_le_bytes())?;
+                    }
                 }
-            }
+                Row::Signed(v) => {
+                    let bytes: Vec<u8> = v.iter().map(|&x| x as u8).collect();
+                    self.sink.write_all(&bytes)?;
+                }
+                Row::Unsigned(v) => self.sink.write_all(v)?,
+            },
         }
         self.rows += 1;
         Ok(())
@@ -161,7 +229,7 @@ impl VectorWriter {
     pub fn finish(mut self) -> Result<()> {
         self.sink.flush()?;
         if let (OutputFormat::Npy, Sink::File(f)) = (self.format, &mut self.sink) {
-            let header = npy_header(self.rows, self.dim);
+            let header = npy_header(self.rows, self.dim, self.dtype);
             anyhow::ensure!(
                 header.len() == NPY_PREAMBLE,
                 "{} rows do not fit the .npy header",
@@ -183,7 +251,7 @@ mod tests {
     #[test]
     fn npy_header_is_aligned_and_fixed_size() {
         for rows in [0, 7, 1_000_000_000_000] {
-            let h = npy_header(rows, 384);
+            let h = npy_header(rows, 384, Dtype::Float32);
             assert_eq!(h.len(), NPY_PREAMBLE);
             assert_eq!(&h[..6], b"\x93NUMPY");
             assert_eq!(*h.last().unwrap(), b'\n');

@@ -726,3 +726,62 @@ fn classify_prints_every_label_as_the_transformers_pipeline_does() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a classifier"));
 }
+
+#[test]
+fn embed_writes_compressed_codes() {
+    let run = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let out = bin()
+            .args([
+                "embed",
+                "--model",
+                common::model_dir().to_str().unwrap(),
+                "hello world",
+                "a second text",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["embedding"].clone())
+            .collect()
+    };
+    let floats = run(&[]);
+    let ubinary = run(&["--embedding-type", "ubinary"]);
+    let binary = run(&["--embedding-type", "binary"]);
+    for ((f, u), b) in floats.iter().zip(&ubinary).zip(&binary) {
+        let f: Vec<f64> = f.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let packed: Vec<i64> = f
+            .chunks(8)
+            .map(|c| {
+                c.iter()
+                    .enumerate()
+                    .fold(0, |b, (i, &x)| if x > 0.0 { b | (0x80 >> i) } else { b })
+            })
+            .collect();
+        let u: Vec<i64> = u.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        let b: Vec<i64> = b.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        assert_eq!(u, packed, "ubinary: sign bits, first dimension highest");
+        assert_eq!(b, packed.iter().map(|x| x - 128).collect::<Vec<_>>());
+    }
+    // int8 codes of a text do not depend on the other texts of the run.
+    let both = run(&["--embedding-type", "int8"]);
+    let out = bin()
+        .args([
+            "embed",
+            "--model",
+            common::model_dir().to_str().unwrap(),
+            "a second text",
+            "--embedding-type",
+            "int8",
+        ])
+        .output()
+        .unwrap();
+    let alone: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(alone["embedding"], both[1]);
+    let codes = both[0].as_array().unwrap();
+    assert_eq!(codes.len(), 384);
+    assert!(codes.iter().all(|c| (-127..=127).contains(&c.as_i64().unwrap())));
+}

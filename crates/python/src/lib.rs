@@ -6,8 +6,8 @@
 
 use openembed_engine::{DType, Error, LabelFunction, LoadOptions, Truncation};
 use openembed_pipeline::{
-    ClassifyInput, ClassifyJob, Defaults, EmbedRequest, ErrorKind, Input, LoadError, ModelSpec, RequestError,
-    SchedulerConfig, ServedModel, TokenIds,
+    ClassifyInput, ClassifyJob, Codes, Defaults, EmbedRequest, EmbeddingType, ErrorKind, Input, LoadError, ModelSpec,
+    RequestError, SchedulerConfig, ServedModel, TokenIds,
 };
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -112,8 +112,9 @@ impl Model {
     /// or `prompt_name` in front of every text (default: the model's default prompt), `task`'s
     /// adapter, over-long inputs cut at the model limit (refused unless `truncate`), vectors cut
     /// to `dimensions` and L2-normalized when `normalize`. `progress(n)` is called as each `n`
-    /// inputs finish. Returns (float32 bytes, rows, dim).
-    #[pyo3(signature = (inputs, prompt = None, prompt_name = None, task = None, dimensions = None, normalize = false, truncate = true, progress = None))]
+    /// inputs finish. `precision` (`int8`, `uint8`, `binary`, `ubinary`) asks for compressed
+    /// codes (see `openembed_pipeline::quantize`). Returns (bytes, rows, dim, numpy dtype).
+    #[pyo3(signature = (inputs, prompt = None, prompt_name = None, task = None, dimensions = None, normalize = false, truncate = true, progress = None, precision = None))]
     #[allow(clippy::too_many_arguments)]
     fn encode_raw<'py>(
         &self,
@@ -126,7 +127,16 @@ impl Model {
         normalize: bool,
         truncate: bool,
         progress: Option<Py<PyAny>>,
-    ) -> PyResult<(Bound<'py, PyBytes>, usize, usize)> {
+        precision: Option<String>,
+    ) -> PyResult<(Bound<'py, PyBytes>, usize, usize, &'static str)> {
+        let ty = match precision.as_deref() {
+            None | Some("float32") => EmbeddingType::Float,
+            Some(name) => EmbeddingType::from_name(name).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "precision '{name}': expected float32, int8, uint8, binary or ubinary"
+                ))
+            })?,
+        };
         let served = Arc::clone(&self.served);
         let inputs: Vec<Input> = inputs
             .into_iter()
@@ -151,21 +161,37 @@ impl Model {
                 ..Defaults::default()
             };
             let plan = served.plan(&request, &defaults)?;
-            let dim = plan.output_dimension(served.model.info().dimension);
+            let mut dim = plan.output_dimension(served.model.info().dimension);
             let mut bytes = Vec::with_capacity(inputs.len() * dim * 4);
             served.embed_chunked(&plan, &inputs, CHUNK, |_, vectors, _| -> Result<(), Stop> {
-                for v in &vectors {
-                    bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+                let n = vectors.len();
+                match served.codes(ty, &request, vectors)? {
+                    Codes::Float(rows) => bytes.extend(rows.iter().flatten().flat_map(|x| x.to_le_bytes())),
+                    Codes::Signed(rows) => {
+                        dim = rows.first().map_or(dim, Vec::len);
+                        bytes.extend(rows.iter().flatten().map(|&x| x as u8));
+                    }
+                    Codes::Unsigned(rows) => {
+                        dim = rows.first().map_or(dim, Vec::len);
+                        bytes.extend(rows.iter().flatten());
+                    }
                 }
                 if let Some(callback) = &progress {
-                    Python::attach(|py| callback.call1(py, (vectors.len(),)).map(drop)).map_err(Stop::Python)?;
+                    Python::attach(|py| callback.call1(py, (n,)).map(drop)).map_err(Stop::Python)?;
                 }
                 Ok(())
             })?;
             Ok((bytes, inputs.len(), dim))
         });
         match result {
-            Ok((bytes, rows, dim)) => Ok((PyBytes::new(py, &bytes), rows, dim)),
+            Ok((bytes, rows, dim)) => {
+                let dtype = match ty {
+                    EmbeddingType::Float => "<f4",
+                    EmbeddingType::Int8 | EmbeddingType::Binary => "i1",
+                    EmbeddingType::Uint8 | EmbeddingType::Ubinary => "u1",
+                };
+                Ok((PyBytes::new(py, &bytes), rows, dim, dtype))
+            }
             Err(Stop::Request(e)) => Err(request_error(e)),
             Err(Stop::Python(e)) => Err(e),
         }
