@@ -1068,16 +1068,7 @@ fn an_offline_hub_cache_missing_a_module_file_fails_naming_it() {
 fn ollama_routes_answer_errors_in_ollamas_shape() {
     let server = Server::start(&[]);
     let c = client();
-    let post = |path: &str, content_type: &str, body: &str| {
-        let resp = c
-            .post(server.at(path))
-            .header("content-type", content_type)
-            .body(body.to_string())
-            .send()
-            .unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json::<Value>().unwrap_or(Value::Null))
-    };
+    let post = |path: &str, content_type: &str, body: &str| common::post_raw(&server, path, content_type, body);
     let long = "word ".repeat(600);
     let cases: Vec<(&str, &str, String, u16)> = vec![
         ("/api/embed", "application/json", "{\"model\": ".into(), 400),
@@ -1165,16 +1156,7 @@ fn tei_routes_answer_errors_in_teis_shape() {
     let classifier = format!("{}=sentiment", fixtures.join("classifier_bert").display());
     let server = Server::start(&["--model", &default, "--model", &classifier]);
     let c = client();
-    let post = |path: &str, content_type: &str, body: &str| {
-        let resp = c
-            .post(server.at(path))
-            .header("content-type", content_type)
-            .body(body.to_string())
-            .send()
-            .unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json::<Value>().unwrap_or(Value::Null))
-    };
+    let post = |path: &str, content_type: &str, body: &str| common::post_raw(&server, path, content_type, body);
     let long = "word ".repeat(600);
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
         ("/embed", "application/json", "{\"inputs\": ".into(), 422, "Validation"),
@@ -1367,17 +1349,7 @@ fn tei_routes_answer_errors_in_teis_shape() {
 #[test]
 fn cohere_routes_answer_errors_in_coheres_shape() {
     let server = Server::start(&[]);
-    let c = client();
-    let post = |path: &str, body: &str| {
-        let resp = c
-            .post(server.at(path))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json::<Value>().unwrap_or(Value::Null))
-    };
+    let post = |path: &str, body: &str| common::post_raw(&server, path, "application/json", body);
     let m = "all-MiniLM-L6-v2";
     let long = "word ".repeat(600);
     let cases: Vec<(&str, String, u16)> = vec![

@@ -100,8 +100,9 @@ impl Ranges {
     }
 }
 
-/// Vectors in one of the [`EmbeddingType`]s.
-#[derive(Debug, Clone, PartialEq)]
+/// Vectors in one of the [`EmbeddingType`]s (serialized as a list of number lists).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
 pub enum Codes {
     /// float32 values.
     Float(Vec<Vec<f32>>),

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use openembed_engine::{ModelInfo, Truncation};
-use openembed_pipeline::{Codes, Defaults, EmbedRequest, EmbeddingType, Input, ServedModel};
+use openembed_pipeline::{Defaults, EmbedRequest, EmbeddingType, Input, ServedModel};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -218,14 +218,6 @@ fn served_embedder(state: &AppState, name: &str) -> Result<Arc<ServedModel>, Api
     Ok(served)
 }
 
-fn codes_json(codes: Codes) -> Value {
-    match codes {
-        Codes::Float(v) => json!(v),
-        Codes::Signed(v) => json!(v),
-        Codes::Unsigned(v) => json!(v),
-    }
-}
-
 /// One embed request of either version; `v1` answers float vectors when no types are asked.
 async fn run(
     state: &AppState,
@@ -340,7 +332,7 @@ async fn run(
                     .iter()
                     .map(|v| crate::api::base64_floats(v))
                     .collect::<Vec<_>>()),
-                Some(kind) => codes_json(served.codes(kind, &embed, for_codes.to_vec())?),
+                Some(kind) => json!(served.codes(kind, &embed, for_codes.to_vec())?),
             };
             by_type.insert(name.clone(), value);
         }
@@ -369,9 +361,7 @@ pub async fn embed_v2(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<CohereEmbedResponse>, ApiError> {
-    let _in_flight = InFlight::enter(&state)?;
-    let (request, mut reservation) = read_json(&state, &headers, body).await?;
-    Ok(Json(run(&state, request, false, &mut reservation).await?))
+    handle(&state, &headers, body, false).await
 }
 
 /// Embeds texts (Cohere's v1 embed): float vectors, or by type with `embedding_types`.
@@ -387,7 +377,17 @@ pub async fn embed_v1(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<CohereEmbedResponse>, ApiError> {
-    let _in_flight = InFlight::enter(&state)?;
-    let (request, mut reservation) = read_json(&state, &headers, body).await?;
-    Ok(Json(run(&state, request, true, &mut reservation).await?))
+    handle(&state, &headers, body, true).await
+}
+
+/// Either route: admission, the body under the budget, the request.
+async fn handle(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Body,
+    v1: bool,
+) -> Result<Json<CohereEmbedResponse>, ApiError> {
+    let _in_flight = InFlight::enter(state)?;
+    let (request, mut reservation) = read_json(state, headers, body).await?;
+    Ok(Json(run(state, request, v1, &mut reservation).await?))
 }

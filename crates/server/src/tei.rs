@@ -487,15 +487,6 @@ async fn run_embed(
     .await
 }
 
-/// Codes as JSON: `[[f32]]` or `[[int]]`.
-fn codes_json(codes: Codes) -> Value {
-    match codes {
-        Codes::Float(v) => serde_json::json!(v),
-        Codes::Signed(v) => serde_json::json!(v),
-        Codes::Unsigned(v) => serde_json::json!(v),
-    }
-}
-
 /// Embeds texts (TEI's `/embed`).
 #[utoipa::path(
     post,
@@ -508,10 +499,10 @@ pub async fn embed(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Codes>, ApiError> {
     let _in_flight = InFlight::enter(&state)?;
     let (request, mut reservation) = read_json(&state, &headers, body).await?;
-    Ok(Json(codes_json(run_embed(&state, request, &mut reservation).await?)))
+    Ok(Json(run_embed(&state, request, &mut reservation).await?))
 }
 
 /// Labels with scores of a classification request, per input, best first.
@@ -941,7 +932,7 @@ pub async fn inference(
     match served.model.info().kind() {
         ModelKind::Embedding => {
             let request = from_value(value)?;
-            Ok(Json(codes_json(run_embed(&state, request, reservation).await?)).into_response())
+            Ok(Json(run_embed(&state, request, reservation).await?).into_response())
         }
         ModelKind::Reranker => {
             let request = from_value(value)?;

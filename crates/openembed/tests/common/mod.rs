@@ -206,6 +206,19 @@ pub fn embed(server: &Server, body: serde_json::Value) -> (u16, reqwest::header:
     (status, headers, json)
 }
 
+/// POSTs `body` as `content_type` to `path`; returns the status and the JSON body (null when
+/// it is not JSON).
+pub fn post_raw(server: &Server, path: &str, content_type: &str, body: &str) -> (u16, serde_json::Value) {
+    let resp = client()
+        .post(server.at(path))
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(serde_json::Value::Null))
+}
+
 /// Asserts the OpenAI error shape and returns the `error` object.
 pub fn assert_error(body: &serde_json::Value) -> &serde_json::Map<String, serde_json::Value> {
     let error = body["error"]
