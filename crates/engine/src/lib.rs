@@ -35,7 +35,7 @@ pub mod weights;
 
 pub use dtype::DType;
 pub use error::{Error, Result};
-pub use model::{compute_pool, LoadOptions, Model, ModelInfo, ModelKind, RerankInfo};
+pub use model::{compute_pool, LoadOptions, Model, ModelInfo, ModelKind, Output, RerankInfo};
 pub use packed::{budget_batches, fits_in_budget, PackedBatch};
 pub use pooling::{normalize, truncate_dimensions, Pooling};
 pub use rerank::{ClassifierInfo, LabelFunction};

@@ -85,6 +85,16 @@ pub struct ModelInfo {
     pub classifier: Option<ClassifierInfo>,
 }
 
+/// What one input of a forward pass hands back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    /// Its vector: pooled, Dense modules, normalized (a reranker's or classifier's logits).
+    #[default]
+    Pooled,
+    /// Its last hidden states, one row per token.
+    Tokens,
+}
+
 /// What a model's outputs are for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
@@ -731,6 +741,23 @@ impl Model {
         tasks: Option<&[Option<usize>]>,
         between_layers: &mut (dyn FnMut() + Send),
     ) -> Result<Vec<Vec<f32>>> {
+        self.run_yielding(inputs, tasks, None, between_layers)
+    }
+
+    /// [`Self::embed_ids_yielding`] with an output kind per input (`None`: all pooled): an input
+    /// marked [`Output::Tokens`] gets its last hidden states (`tokens × hidden_size`, flat; a
+    /// static model's token vectors) instead of its vector, in the same forward pass as the
+    /// others.
+    pub fn run_yielding(
+        &self,
+        inputs: &[&[u32]],
+        tasks: Option<&[Option<usize>]>,
+        outputs: Option<&[Output]>,
+        between_layers: &mut (dyn FnMut() + Send),
+    ) -> Result<Vec<Vec<f32>>> {
+        if let Some(outputs) = outputs.filter(|o| o.contains(&Output::Tokens)) {
+            return self.mixed_outputs(inputs, tasks, outputs, between_layers);
+        }
         let mut pooled = self.pooled(inputs, tasks, between_layers)?;
         let mut dim = if let Some(parts) = &self.head {
             parts.head.labels()
@@ -751,6 +778,77 @@ impl Model {
                 v
             })
             .collect())
+    }
+
+    /// One forward pass whose inputs want different outputs: token rows copied out, the rest
+    /// pooled (or scored by the head), put through the Dense modules and normalized as
+    /// [`Self::embed_ids_yielding`] does.
+    fn mixed_outputs(
+        &self,
+        inputs: &[&[u32]],
+        tasks: Option<&[Option<usize>]>,
+        outputs: &[Output],
+        between_layers: &mut (dyn FnMut() + Send),
+    ) -> Result<Vec<Vec<f32>>> {
+        if outputs.len() != inputs.len() {
+            return Err(Error::Unsupported(format!(
+                "{} output kinds for {} inputs",
+                outputs.len(),
+                inputs.len()
+            )));
+        }
+        let h = self.info.hidden_size;
+        let width = match &self.head {
+            Some(parts) => parts.head.labels(),
+            None if matches!(self.encoder, Encoder::Static(_)) => h,
+            None => h * self.info.pooling.len(),
+        };
+        let (mut out, pooled) = self.with_hidden(inputs, tasks, between_layers, |batch, hidden| {
+            let mut pooled = Vec::new();
+            let out: Vec<Vec<f32>> = (0..batch.len())
+                .map(|i| {
+                    let r = batch.range(i);
+                    let rows = &hidden[r.start * h..r.end * h];
+                    match outputs[i] {
+                        Output::Tokens => rows.to_vec(),
+                        Output::Pooled => {
+                            let start = pooled.len();
+                            pooled.resize(start + width, 0.0);
+                            let row = &mut pooled[start..];
+                            match (&self.head, &self.encoder) {
+                                (Some(parts), _) => parts.head.logits(rows, h, row),
+                                (None, Encoder::Static(table)) => table.mean(inputs[i], row),
+                                (None, Encoder::Transformer(_)) => {
+                                    for (m, mode) in self.info.pooling.iter().enumerate() {
+                                        mode.pool(rows, h, &mut row[m * h..(m + 1) * h]);
+                                    }
+                                }
+                            }
+                            Vec::new()
+                        }
+                    }
+                })
+                .collect();
+            (out, pooled)
+        })?;
+        let n_pooled = pooled.len() / width.max(1);
+        let mut pooled = pooled;
+        let mut dim = width;
+        for d in &self.dense {
+            pooled = d.forward(&pooled, n_pooled);
+            dim = d.out_features();
+        }
+        let mut vectors = pooled.chunks_exact(dim.max(1)).map(|v| {
+            let mut v = v.to_vec();
+            if self.info.normalize {
+                normalize(&mut v);
+            }
+            v
+        });
+        for (slot, _) in out.iter_mut().zip(outputs).filter(|(_, o)| **o == Output::Pooled) {
+            *slot = vectors.next().unwrap_or_default();
+        }
+        Ok(out)
     }
 
     /// Tokenizes and embeds texts in one batch (a convenience for tools and tests).

@@ -1339,6 +1339,25 @@ fn tei_routes_answer_errors_in_teis_shape() {
     let ids: Vec<Value> = tokens.iter().map(|t| t["id"].clone()).collect();
     let (_, text) = post("/decode", "application/json", &json!({"ids": ids}).to_string());
     assert_eq!(text, json!(["hello naive world"]));
+    // /embed_all: one row per token, whose mean (MiniLM's pooling), normalized, is /embed's vector.
+    let (status, rows) = post("/embed_all", "application/json", r#"{"inputs": ["hello world", "a"]}"#);
+    assert_eq!(status, 200, "{rows}");
+    let (_, vectors) = post("/embed", "application/json", r#"{"inputs": ["hello world", "a"]}"#);
+    for (input, want) in [(0, 4), (1, 3)] {
+        let rows = rows[input].as_array().unwrap();
+        assert_eq!(rows.len(), want, "[CLS] … [SEP]");
+        let mut mean = vec![0.0f64; 384];
+        for row in rows {
+            for (m, x) in mean.iter_mut().zip(row.as_array().unwrap()) {
+                *m += x.as_f64().unwrap() / rows.len() as f64;
+            }
+        }
+        let norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt();
+        let vector = vectors[input].as_array().unwrap();
+        for (m, v) in mean.iter().zip(vector) {
+            assert!((m / norm - v.as_f64().unwrap()).abs() < 1e-5);
+        }
+    }
     let info: Value = c.get(server.at("/info")).send().unwrap().json().unwrap();
     assert_eq!(info["model_id"], json!("all-MiniLM-L6-v2"));
     assert_eq!(info["model_type"]["embedding"]["pooling"], json!("mean"));

@@ -19,7 +19,7 @@
 
 use crate::error::RequestError;
 use crate::metrics;
-use openembed_engine::{fits_in_budget, Model};
+use openembed_engine::{fits_in_budget, Model, Output};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,6 +75,8 @@ struct Job {
     admitted: Instant,
     /// Task adapter of every input (jina-embeddings-v3), `None` for the base weights.
     task: Option<usize>,
+    /// What each input hands back: its vector, or its token vectors.
+    output: Output,
     /// Whether some of its inputs still wait in the queue.
     queued: AtomicBool,
     cancelled: AtomicBool,
@@ -90,10 +92,11 @@ struct JobState {
 }
 
 impl Job {
-    fn new(inputs: usize, task: Option<usize>, reply: oneshot::Sender<JobResult>) -> Self {
+    fn new(inputs: usize, task: Option<usize>, output: Output, reply: oneshot::Sender<JobResult>) -> Self {
         Self {
             admitted: Instant::now(),
             task,
+            output,
             queued: AtomicBool::new(true),
             cancelled: AtomicBool::new(false),
             state: Mutex::new(JobState {
@@ -310,8 +313,19 @@ impl Scheduler {
     /// tasks; requests with different tasks share batches), or refuses it with 429 when the
     /// queue is full.
     pub fn submit(&self, inputs: Vec<Vec<u32>>, task: Option<usize>) -> Result<Ticket, RequestError> {
+        self.submit_with(inputs, task, Output::Pooled)
+    }
+
+    /// [`Self::submit`], asking for `output` of every input (token vectors share batches with
+    /// other requests' vectors).
+    pub fn submit_with(
+        &self,
+        inputs: Vec<Vec<u32>>,
+        task: Option<usize>,
+        output: Output,
+    ) -> Result<Ticket, RequestError> {
         let (tx, rx) = oneshot::channel();
-        let job = Arc::new(Job::new(inputs.len(), task, tx));
+        let job = Arc::new(Job::new(inputs.len(), task, output, tx));
         let pending = pending_of(&job, inputs);
         {
             let mut queue = self.shared.lock();
@@ -603,7 +617,9 @@ fn run_engine(shared: &Shared, entries: &[Entry], yielding: bool) -> Result<Vec<
         crate::fault::maybe_panic(&ids);
         let tasks: Vec<Option<usize>> = entries.iter().map(|e| e.job.task).collect();
         let tasks = tasks.iter().any(Option::is_some).then_some(tasks.as_slice());
-        shared.model.embed_ids_yielding(&ids, tasks, &mut between_layers)
+        let outputs: Vec<Output> = entries.iter().map(|e| e.job.output).collect();
+        let outputs = outputs.contains(&Output::Tokens).then_some(outputs.as_slice());
+        shared.model.run_yielding(&ids, tasks, outputs, &mut between_layers)
     }));
     let elapsed = start.elapsed().saturating_sub(others);
     let jobs = distinct_jobs(entries);
@@ -707,7 +723,7 @@ mod tests {
 
     fn job(n: usize) -> Arc<Job> {
         let (tx, _rx) = oneshot::channel();
-        Arc::new(Job::new(n, None, tx))
+        Arc::new(Job::new(n, None, Output::Pooled, tx))
     }
 
     fn push(q: &mut Queue, lens: &[usize]) -> Arc<Job> {

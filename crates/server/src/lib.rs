@@ -97,6 +97,7 @@ fn api() -> Api {
         .route(routes!(ollama::version), &[])
         .speaking(Protocol::Tei)
         .route(routes!(tei::embed), &[])
+        .route(routes!(tei::embed_all), &[])
         .route(routes!(tei::predict), &[])
         .route(routes!(tei::rerank), &[])
         .route(routes!(tei::similarity), &[])

@@ -174,7 +174,12 @@ fn tei(doc: &mut Value, registry: &Registry, prompts: &[String], max_dims: usize
     ] {
         schemas[schema]["properties"]["model"]["enum"] = Value::Array(models.clone());
     }
-    for schema in ["TeiEmbedRequest", "TeiTokenizeRequest", "SimilarityParameters"] {
+    for schema in [
+        "TeiEmbedRequest",
+        "TeiEmbedAllRequest",
+        "TeiTokenizeRequest",
+        "SimilarityParameters",
+    ] {
         schemas[schema]["properties"]["prompt_name"]["enum"] = prompt_enum.clone();
     }
     schemas["TeiEmbedRequest"]["properties"]["dimensions"]["maximum"] = json!(max_dims);
@@ -184,19 +189,21 @@ fn tei(doc: &mut Value, registry: &Registry, prompts: &[String], max_dims: usize
     // Token ids are bounded by the vocabulary of the model a request names: one variant of
     // the body per vocabulary size.
     let many = |item: Value| json!({"type": "array", "items": item, "minItems": 1, "maxItems": crate::api::MAX_INPUTS});
-    by_vocabulary(
-        registry,
-        schemas,
-        "TeiEmbedRequest",
-        "inputs",
-        |i| i.embeds(),
-        |max_id| {
-            let ids =
-                json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": max_id}, "minItems": 1});
-            let one = json!({"oneOf": [{"type": "string"}, ids]});
-            json!({"oneOf": [one.clone(), many(one)]})
-        },
-    );
+    for schema in ["TeiEmbedRequest", "TeiEmbedAllRequest"] {
+        by_vocabulary(
+            registry,
+            schemas,
+            schema,
+            "inputs",
+            |i| i.embeds(),
+            |max_id| {
+                let ids = json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": max_id},
+                                 "minItems": 1});
+                let one = json!({"oneOf": [{"type": "string"}, ids]});
+                json!({"oneOf": [one.clone(), many(one)]})
+            },
+        );
+    }
     by_vocabulary(
         registry,
         schemas,
@@ -225,6 +232,7 @@ fn tei(doc: &mut Value, registry: &Registry, prompts: &[String], max_dims: usize
         }
         if embedders.len() == 1 {
             paths.remove("/embed");
+            paths.remove("/embed_all");
             paths.remove("/similarity");
         }
     }

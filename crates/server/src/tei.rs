@@ -91,6 +91,21 @@ pub struct TeiEmbedRequest {
     pub embedding_type: Option<String>,
 }
 
+/// `POST /embed_all`: token vectors.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TeiEmbedAllRequest {
+    /// The text(s) or token ids.
+    pub inputs: TeiInputs,
+    /// Cut over-long inputs instead of refusing them (default: the server's --auto-truncate).
+    pub truncate: Option<bool>,
+    /// Which end `truncate` cuts (default right: the beginning is kept).
+    pub truncation_direction: Option<TruncationDirection>,
+    /// One of the model's named prompts.
+    pub prompt_name: Option<String>,
+    /// Extension: a served model (default: the first embedding model).
+    pub model: Option<String>,
+}
+
 /// `inputs` of `/predict`: a text, a pair `[text, text]`, or a batch of `[text]` and
 /// `[text, text]`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -436,18 +451,9 @@ fn truncation(state: &AppState, truncate: Option<bool>, direction: Option<Trunca
     }
 }
 
-/// Embeds `inputs` for a TEI route.
-async fn run_embed(
-    state: &AppState,
-    request: TeiEmbedRequest,
-    reservation: &mut Reservation,
-) -> Result<Codes, ApiError> {
-    let served = model_for(state, request.model.as_deref(), embedder, "an embedding model")?;
-    let embedding_type = match request.embedding_type.as_deref() {
-        None => EmbeddingType::Float,
-        Some(name) => EmbeddingType::from_name(name).ok_or_else(|| EmbeddingType::unknown(name, "embedding_type"))?,
-    };
-    let inputs: Vec<Input> = match request.inputs {
+/// The pipeline inputs of `/embed` and `/embed_all`: not empty, at most [`MAX_INPUTS`].
+fn pipeline_inputs(inputs: TeiInputs) -> Result<Vec<Input>, ApiError> {
+    let inputs: Vec<Input> = match inputs {
         // `[]` reads as one list of ids: an empty request.
         TeiInputs::One(TeiInput::Ids(ids)) if ids.is_empty() => return Err(empty("inputs")),
         TeiInputs::One(one) => vec![one],
@@ -467,6 +473,70 @@ async fn run_embed(
             Some("inputs"),
         ));
     }
+    Ok(inputs)
+}
+
+/// Token vectors of texts: each input's last hidden states, one row per token, special tokens
+/// included (TEI's `/embed_all`). They run on the model's scheduler, in batches shared with
+/// other requests.
+#[utoipa::path(
+    post,
+    path = "/embed_all",
+    request_body(content = TeiEmbedAllRequest, content_type = "application/json"),
+    responses((status = 200, description = "Per input, one vector per token", body = Vec<Vec<Vec<f32>>>), TeiErrors),
+    security((), ("bearer" = []))
+)]
+pub async fn embed_all(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<Vec<Vec<f32>>>>, ApiError> {
+    let _in_flight = InFlight::enter(&state)?;
+    let (request, mut reservation): (TeiEmbedAllRequest, _) = read_json(&state, &headers, body).await?;
+    let served = model_for(&state, request.model.as_deref(), embedder, "an embedding model")?;
+    let inputs = pipeline_inputs(request.inputs)?;
+    let embed_request = EmbedRequest {
+        model: served.name.clone(),
+        prompt_name: request.prompt_name,
+        truncate: request.truncate,
+        token_ids: Some(TokenIds::Native),
+        ..EmbedRequest::default()
+    };
+    let mut plan = served.plan(&embed_request, &tei_defaults(&state, request.truncation_direction))?;
+    plan.windows = None;
+    served.scheduler.check_room()?;
+    let max_tokens = state.limits.max_request_tokens;
+    let for_tokenizer = Arc::clone(&served);
+    let (prepared, plan) = blocking("Tokenization", move || {
+        let prepared = for_tokenizer.prepare(&inputs, &plan, max_tokens)?;
+        Ok((prepared, plan))
+    })
+    .await?;
+    // Every token's row, as floats in memory and as JSON text (about 12 bytes a number).
+    let hidden = served.model.info().hidden_size;
+    reservation.resize(prepared.tokens.saturating_mul(hidden).saturating_mul(4 + 12))?;
+    let output = served.enqueue_tokens(prepared, &plan)?.wait().await?;
+    Ok(Json(
+        output
+            .vectors
+            .into_iter()
+            .map(|rows| rows.chunks(hidden.max(1)).map(<[f32]>::to_vec).collect())
+            .collect(),
+    ))
+}
+
+/// Embeds `inputs` for a TEI route.
+async fn run_embed(
+    state: &AppState,
+    request: TeiEmbedRequest,
+    reservation: &mut Reservation,
+) -> Result<Codes, ApiError> {
+    let served = model_for(state, request.model.as_deref(), embedder, "an embedding model")?;
+    let embedding_type = match request.embedding_type.as_deref() {
+        None => EmbeddingType::Float,
+        Some(name) => EmbeddingType::from_name(name).ok_or_else(|| EmbeddingType::unknown(name, "embedding_type"))?,
+    };
+    let inputs = pipeline_inputs(request.inputs)?;
     let embed_request = EmbedRequest {
         model: served.name.clone(),
         prompt_name: request.prompt_name,
