@@ -30,6 +30,9 @@ pub struct SentenceConfig {
     pub prompts: BTreeMap<String, String>,
     /// The prompt applied when none is named.
     pub default_prompt_name: Option<String>,
+    /// SPLADE pooling (`SpladePooling` after an `MLMTransformer`): the model's output is one
+    /// weight per vocabulary entry.
+    pub splade: Option<crate::sparse::SpladePooling>,
 }
 
 /// Reads and parses a JSON file.
@@ -55,6 +58,7 @@ impl SentenceConfig {
             do_lower_case: false,
             prompts: BTreeMap::new(),
             default_prompt_name: None,
+            splade: None,
         };
         let modules_path = dir.join("modules.json");
         if modules_path.exists() {
@@ -68,7 +72,8 @@ impl SentenceConfig {
                 let sub = dir.join(m.get("path").and_then(Value::as_str).unwrap_or_default());
                 let short = kind.rsplit('.').next().unwrap_or(kind);
                 match short {
-                    "Transformer" => cfg.transformer_dir = sub,
+                    "Transformer" | "MLMTransformer" => cfg.transformer_dir = sub,
+                    "SpladePooling" => cfg.splade = Some(crate::sparse::SpladePooling::load(&sub)?),
                     "StaticEmbedding" => {
                         cfg.transformer_dir = sub.clone();
                         cfg.static_dir = Some(sub);
@@ -78,7 +83,8 @@ impl SentenceConfig {
                     "Normalize" => cfg.normalize = true,
                     other => {
                         return Err(Error::Unsupported(format!(
-                            "{}: module type `{other}` (supported: Transformer, StaticEmbedding, Pooling, Dense, Normalize)",
+                            "{}: module type `{other}` (supported: Transformer, MLMTransformer, StaticEmbedding, Pooling, Dense, \
+                             Normalize, SpladePooling)",
                             modules_path.display()
                         )))
                     }

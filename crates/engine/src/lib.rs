@@ -28,6 +28,7 @@ pub mod parallel;
 pub mod pooling;
 pub mod rerank;
 pub mod rotary;
+pub mod sparse;
 pub mod static_embedding;
 pub mod tokenize;
 pub mod transformer;

@@ -7,6 +7,7 @@ use crate::models;
 use crate::packed::PackedBatch;
 use crate::pooling::{normalize, Dense, Pooling};
 use crate::rerank::{ClassifierInfo, RerankHead, RerankKind, ScoreActivation, YesNoTemplate};
+use crate::sparse::{MlmHead, SpladePooling};
 use crate::static_embedding::{Model2VecConfig, StaticEmbedding, StaticFormat};
 use crate::tokenize::{TextTokenizer, TokenizedInput, Truncation};
 use crate::transformer::{Scratch, Transformer};
@@ -83,6 +84,9 @@ pub struct ModelInfo {
     /// Set for sequence-classification models (classifiers, and cross-encoder rerankers): the
     /// labels of its outputs, one raw logit per label per input (a text or a pair).
     pub classifier: Option<ClassifierInfo>,
+    /// Set for learned sparse models (SPLADE): the output is one weight per vocabulary entry
+    /// (`dimension` = the vocabulary), almost all zero.
+    pub sparse: Option<SpladePooling>,
 }
 
 /// What one input of a forward pass hands back.
@@ -104,6 +108,8 @@ pub enum ModelKind {
     Reranker,
     /// Label scores of texts or pairs.
     Classifier,
+    /// Vocabulary weights of texts (learned sparse vectors).
+    Sparse,
 }
 
 impl ModelKind {
@@ -113,6 +119,7 @@ impl ModelKind {
             Self::Embedding => "embedding",
             Self::Reranker => "reranker",
             Self::Classifier => "classifier",
+            Self::Sparse => "sparse model",
         }
     }
 }
@@ -120,10 +127,11 @@ impl ModelKind {
 impl ModelInfo {
     /// What the model's outputs are for.
     pub fn kind(&self) -> ModelKind {
-        match (&self.rerank, &self.classifier) {
-            (Some(_), _) => ModelKind::Reranker,
-            (None, Some(_)) => ModelKind::Classifier,
-            (None, None) => ModelKind::Embedding,
+        match (&self.rerank, &self.classifier, &self.sparse) {
+            (Some(_), _, _) => ModelKind::Reranker,
+            (None, Some(_), _) => ModelKind::Classifier,
+            (None, None, Some(_)) => ModelKind::Sparse,
+            (None, None, None) => ModelKind::Embedding,
         }
     }
 
@@ -208,6 +216,8 @@ pub struct Model {
     /// Reranker or classifier head, with the token after which a pair's second segment starts
     /// (type 1) and a yes/no reranker's template ids (prefix, suffix).
     head: Option<HeadParts>,
+    /// A SPLADE model's masked-LM head and pooling.
+    sparse: Option<(MlmHead, SpladePooling)>,
     dense: Vec<Dense>,
     threads: usize,
     pool: Arc<rayon::ThreadPool>,
@@ -332,6 +342,21 @@ impl Model {
             dimension = head.head.labels();
             st.normalize = false;
         }
+        let sparse = match (st.splade, &folder, &encoder) {
+            (Some(pooling), Some(folder), Encoder::Transformer(t)) => {
+                let head = pool.install(|| MlmHead::load(&folder.cfg, &folder.weights, t.hidden, t.vocab_size))?;
+                dimension = head.vocab;
+                st.normalize = false;
+                Some((head, pooling))
+            }
+            (Some(_), _, _) => {
+                return Err(Error::Unsupported(format!(
+                    "{}: SpladePooling needs a transformer with a masked-LM head",
+                    dir.display()
+                )))
+            }
+            _ => None,
+        };
         let matryoshka_dimensions = folder
             .as_ref()
             .map(|f| matryoshka_dimensions(&f.cfg))
@@ -356,12 +381,14 @@ impl Model {
             matryoshka_dimensions,
             rerank: rerank_info,
             classifier,
+            sparse: sparse.as_ref().map(|(_, p)| *p),
         };
         Ok(Self {
             info,
             tokenizer,
             encoder,
             head,
+            sparse,
             dense,
             threads,
             pool,
@@ -669,6 +696,19 @@ impl Model {
         between_layers: &mut (dyn FnMut() + Send),
     ) -> Result<Vec<f32>> {
         let h = self.info.hidden_size;
+        if let Some((head, pooling)) = &self.sparse {
+            let vocab = head.vocab;
+            return self.with_hidden(inputs, tasks, between_layers, |batch, hidden| {
+                let mut weights = vec![0.0f32; batch.len() * vocab];
+                self.pool.install(|| {
+                    for (i, out) in weights.chunks_exact_mut(vocab).enumerate() {
+                        let r = batch.range(i);
+                        head.weights(&hidden[r.start * h..r.end * h], h, *pooling, out, self.threads);
+                    }
+                });
+                weights
+            });
+        }
         if let Some(parts) = &self.head {
             let labels = parts.head.labels();
             return self.with_hidden(inputs, tasks, between_layers, |batch, hidden| {
@@ -761,6 +801,8 @@ impl Model {
         let mut pooled = self.pooled(inputs, tasks, between_layers)?;
         let mut dim = if let Some(parts) = &self.head {
             parts.head.labels()
+        } else if let Some((head, _)) = &self.sparse {
+            head.vocab
         } else {
             self.info.hidden_size * self.info.pooling.len()
         };
@@ -798,10 +840,11 @@ impl Model {
             )));
         }
         let h = self.info.hidden_size;
-        let width = match &self.head {
-            Some(parts) => parts.head.labels(),
-            None if matches!(self.encoder, Encoder::Static(_)) => h,
-            None => h * self.info.pooling.len(),
+        let width = match (&self.head, &self.sparse) {
+            (Some(parts), _) => parts.head.labels(),
+            (None, Some((head, _))) => head.vocab,
+            (None, None) if matches!(self.encoder, Encoder::Static(_)) => h,
+            (None, None) => h * self.info.pooling.len(),
         };
         let (mut out, pooled) = self.with_hidden(inputs, tasks, between_layers, |batch, hidden| {
             let mut pooled = Vec::new();
@@ -817,6 +860,11 @@ impl Model {
                             let row = &mut pooled[start..];
                             match (&self.head, &self.encoder) {
                                 (Some(parts), _) => parts.head.logits(rows, h, row),
+                                (None, _) if self.sparse.is_some() => {
+                                    if let Some((head, pooling)) = &self.sparse {
+                                        head.weights(rows, h, *pooling, row, 1);
+                                    }
+                                }
                                 (None, Encoder::Static(table)) => table.mean(inputs[i], row),
                                 (None, Encoder::Transformer(_)) => {
                                     for (m, mode) in self.info.pooling.iter().enumerate() {

@@ -162,7 +162,7 @@ impl Weights {
             for (name, view) in st.tensors() {
                 let data = view.data();
                 let start = data.as_ptr() as usize - base;
-                let key = strip_prefix(&name, prefixes).to_owned();
+                let key = legacy_norm_name(strip_prefix(&name, prefixes));
                 entries.insert(
                     key,
                     Entry {
@@ -393,6 +393,17 @@ impl Drop for Weights {
             // borrowing the mapping hold its Arc, so the range stays mapped.
             let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
         }
+    }
+}
+
+/// A norm's legacy tensor names as transformers reads them: `….gamma` is `….weight` and
+/// `….beta` is `….bias` (old checkpoints, and what some `save_pretrained` versions write for
+/// modules named `LayerNorm`).
+fn legacy_norm_name(name: &str) -> String {
+    match (name.strip_suffix(".gamma"), name.strip_suffix(".beta")) {
+        (Some(stem), _) => format!("{stem}.weight"),
+        (_, Some(stem)) => format!("{stem}.bias"),
+        _ => name.to_owned(),
     }
 }
 

@@ -357,8 +357,8 @@ pub fn run(args: &BatchFileArgs) -> Result<()> {
         .with_context(|| format!("cannot load model {}", spec.source))?;
     crate::return_freed_memory();
     anyhow::ensure!(
-        registry.models().iter().all(|m| m.model.info().rerank.is_none()),
-        "{} is a reranker; `openembed batch` runs embeddings requests",
+        registry.models().iter().all(|m| m.model.info().embeds()),
+        "{} is not an embedding model; `openembed batch` runs embeddings requests",
         spec.source
     );
     let done = done_ids(&args.output).with_context(|| format!("cannot read {}", args.output.display()))?;

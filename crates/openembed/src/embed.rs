@@ -220,10 +220,11 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     let kept = non_blank(&all_inputs, args.skip_blank, &source)?;
     let served = load_served(args.model.as_deref(), args.threads, args.dtype, args.token_ids)?;
     let info = served.model.info();
-    if info.rerank.is_some() {
+    if let Some(route) = openembed_pipeline::plan::not_embedding(info.kind()) {
         bail!(
-            "{} is a reranker, not an embedding model (use `openembed rerank`)",
-            args.model.as_deref().unwrap_or("the model")
+            "{} is a {}, not an embedding model (use {route})",
+            args.model.as_deref().unwrap_or("the model"),
+            info.kind().name()
         );
     }
     let request = EmbedRequest {

@@ -1454,3 +1454,54 @@ fn cohere_routes_answer_errors_in_coheres_shape() {
     );
     assert_eq!(parts["embeddings"], texts["embeddings"]);
 }
+
+/// TEI's `/embed_sparse` (and `POST /` of a SPLADE model) answers the non-zero vocabulary
+/// weights sentence-transformers' SparseEncoder gives; dense routes refuse a sparse model.
+#[test]
+fn tei_embed_sparse_equals_the_sparse_encoder() {
+    let dir = root().join("../shared/fixtures/tiny/splade");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let spec = format!("{}=splade", dir.display());
+    let server = Server::start(&["--model", &spec, "--auto-truncate"]);
+    let cases = reference["cases"].as_array().unwrap();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let body = json!({"inputs": texts}).to_string();
+    let (status, got) = common::post_raw(&server, "/embed_sparse", "application/json", &body);
+    assert_eq!(status, 200, "{got}");
+    let (_, root_route) = common::post_raw(&server, "/", "application/json", &body);
+    assert_eq!(root_route, got, "POST / of a SPLADE model is /embed_sparse");
+    for (i, case) in cases.iter().enumerate() {
+        let dense = |entries: &Value| {
+            let mut v = vec![0.0f64; 1000];
+            for e in entries.as_array().unwrap() {
+                v[e["index"].as_u64().unwrap() as usize] = e["value"].as_f64().unwrap();
+            }
+            v
+        };
+        let (g, w) = (dense(&got[i]), dense(&case["encode"]));
+        let diff = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(diff <= 1e-5, "case {i}: {diff}");
+        assert!(got[i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["value"].as_f64() > Some(0.0)));
+    }
+    let (status, reply) = common::post_raw(
+        &server,
+        "/v1/embeddings",
+        "application/json",
+        r#"{"model": "splade", "input": "x"}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"]["message"].as_str().unwrap().contains("/embed_sparse"),
+        "{reply}"
+    );
+    let (status, reply) = common::post_raw(&server, "/embed", "application/json", r#"{"inputs": "x"}"#);
+    assert_eq!(
+        (status, reply["error_type"].as_str()),
+        (422, Some("Validation")),
+        "{reply}"
+    );
+}

@@ -49,6 +49,9 @@ pub struct EmbedRequest {
     /// What token-id inputs mean; `None`: as the model is served (`--token-ids`). A protocol
     /// whose ids are always the model's own (TEI's) says `Native`.
     pub token_ids: Option<TokenIds>,
+    /// Ask a sparse model (SPLADE) for its vocabulary weights (one per vocabulary entry, almost
+    /// all zero) instead of a dense vector.
+    pub sparse: bool,
 }
 
 /// How to run one validated request on its model.
@@ -110,6 +113,7 @@ pub fn not_embedding(kind: ModelKind) -> Option<&'static str> {
         ModelKind::Embedding => None,
         ModelKind::Reranker => Some("POST /v1/rerank (or `openembed rerank`)"),
         ModelKind::Classifier => Some("POST /predict (or `openembed classify`)"),
+        ModelKind::Sparse => Some("POST /embed_sparse"),
     }
 }
 
@@ -121,7 +125,26 @@ pub fn plan(
     defaults: &Defaults,
     default_task: Option<&str>,
 ) -> Result<Plan, RequestError> {
-    if let Some(route) = not_embedding(info.kind()) {
+    match (info.kind(), request.sparse) {
+        (ModelKind::Sparse, true) if request.dimensions.is_some() => {
+            return Err(RequestError::invalid(
+                "'dimensions' does not apply to sparse vectors (one weight per vocabulary entry).",
+                Some("dimensions"),
+            ));
+        }
+        (ModelKind::Embedding, true) => {
+            return Err(RequestError::invalid(
+                format!(
+                    "The model '{}' has no sparse output (it is a dense embedding model); use POST /embed or \
+                     /v1/embeddings.",
+                    request.model
+                ),
+                Some("model"),
+            ))
+        }
+        _ => {}
+    }
+    if let Some(route) = not_embedding(info.kind()).filter(|_| !(request.sparse && info.kind() == ModelKind::Sparse)) {
         return Err(RequestError::invalid(
             format!(
                 "The model '{}' is a {}, not an embedding model; use {route}.",

@@ -154,6 +154,7 @@ impl Model {
             dimensions,
             normalize: Some(normalize),
             token_ids: None,
+            sparse: false,
         };
         let result = py.detach(move || -> Result<(Vec<u8>, usize, usize), Stop> {
             let defaults = Defaults {

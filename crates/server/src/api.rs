@@ -110,6 +110,7 @@ impl EmbeddingsRequest {
             dimensions: self.dimensions,
             normalize: None,
             token_ids: None,
+            sparse: false,
         }
     }
 }
@@ -935,7 +936,7 @@ pub struct ModelObject {
     /// Extension: prompt names usable as `prompt_name`.
     pub prompts: Vec<String>,
     /// Extension: what the model serves: `embeddings` (POST /v1/embeddings), `rerank`
-    /// (POST /v1/rerank) or `classify` (POST /predict).
+    /// (POST /v1/rerank), `classify` (POST /predict) or `embed_sparse` (POST /embed_sparse).
     pub serves: &'static str,
     /// Extension: task adapters usable as `task` (empty for models without tasks).
     pub tasks: Vec<String>,

@@ -98,6 +98,7 @@ fn api() -> Api {
         .speaking(Protocol::Tei)
         .route(routes!(tei::embed), &[])
         .route(routes!(tei::embed_all), &[])
+        .route(routes!(tei::embed_sparse), &[])
         .route(routes!(tei::predict), &[])
         .route(routes!(tei::rerank), &[])
         .route(routes!(tei::similarity), &[])

@@ -225,9 +225,12 @@ fn embedding_model(state: &AppState, name: &str) -> Result<Arc<ServedModel>, Api
                 format!("model \"{name}\" not found, try pulling it first"),
             )
         })?;
-    if served.model.info().rerank.is_some() {
+    if !served.model.info().embeds() {
         return Err(ApiError::invalid(
-            format!("\"{name}\" does not support embeddings (it is a reranker)"),
+            format!(
+                "\"{name}\" does not support embeddings (it is a {})",
+                served.model.info().kind().name()
+            ),
             Some("model"),
         ));
     }
@@ -367,7 +370,7 @@ fn model_list(state: &AppState) -> OllamaModelList {
     let models = state
         .registry
         .names()
-        .filter(|(_, served)| served.model.info().rerank.is_none())
+        .filter(|(_, served)| served.model.info().embeds())
         .map(|(name, served)| {
             let name = if name.contains(':') {
                 name.to_string()

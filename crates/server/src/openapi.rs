@@ -52,9 +52,10 @@ pub fn document(registry: &Registry) -> Result<String, String> {
         return Err("the OpenAPI document could not be built".into());
     }
     let is_reranker = |m: &openembed_pipeline::ServedModel| m.model.info().rerank.is_some();
+    let embeds = |m: &openembed_pipeline::ServedModel| m.model.info().embeds();
     let names: Vec<&str> = registry
         .names()
-        .filter(|(_, m)| !is_reranker(m))
+        .filter(|(_, m)| embeds(m))
         .map(|(name, _)| name)
         .collect();
     let rerankers: Vec<&str> = registry
@@ -63,7 +64,7 @@ pub fn document(registry: &Registry) -> Result<String, String> {
         .map(|(name, _)| name)
         .collect();
     let embedders: Vec<&std::sync::Arc<openembed_pipeline::ServedModel>> =
-        registry.models().iter().filter(|m| !is_reranker(m)).collect();
+        registry.models().iter().filter(|m| embeds(m)).collect();
     let infos: Vec<&openembed_engine::ModelInfo> = embedders.iter().map(|m| m.model.info()).collect();
     let max_id = embedders
         .iter()
@@ -163,6 +164,7 @@ fn tei(doc: &mut Value, registry: &Registry, prompts: &[String], max_dims: usize
     };
     let embedders = names(|i| i.embeds());
     let classifiers = names(|i| i.classifier.is_some());
+    let sparse = names(|i| i.sparse.is_some());
     let all = names(|_| true);
     let prompt_enum: Value = prompts.iter().map(|p| json!(p)).chain([Value::Null]).collect();
     let schemas = &mut doc["components"]["schemas"];
@@ -177,6 +179,7 @@ fn tei(doc: &mut Value, registry: &Registry, prompts: &[String], max_dims: usize
     for schema in [
         "TeiEmbedRequest",
         "TeiEmbedAllRequest",
+        "TeiEmbedSparseRequest",
         "TeiTokenizeRequest",
         "SimilarityParameters",
     ] {
@@ -189,20 +192,17 @@ fn tei(doc: &mut Value, registry: &Registry, prompts: &[String], max_dims: usize
     // Token ids are bounded by the vocabulary of the model a request names: one variant of
     // the body per vocabulary size.
     let many = |item: Value| json!({"type": "array", "items": item, "minItems": 1, "maxItems": crate::api::MAX_INPUTS});
-    for schema in ["TeiEmbedRequest", "TeiEmbedAllRequest"] {
-        by_vocabulary(
-            registry,
-            schemas,
-            schema,
-            "inputs",
-            |i| i.embeds(),
-            |max_id| {
-                let ids = json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": max_id},
+    for (schema, fits) in [
+        ("TeiEmbedRequest", embeds as fn(&openembed_engine::ModelInfo) -> bool),
+        ("TeiEmbedAllRequest", embeds),
+        ("TeiEmbedSparseRequest", is_sparse),
+    ] {
+        by_vocabulary(registry, schemas, schema, "inputs", fits, |max_id| {
+            let ids = json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": max_id},
                                  "minItems": 1});
-                let one = json!({"oneOf": [{"type": "string"}, ids]});
-                json!({"oneOf": [one.clone(), many(one)]})
-            },
-        );
+            let one = json!({"oneOf": [{"type": "string"}, ids]});
+            json!({"oneOf": [one.clone(), many(one)]})
+        });
     }
     by_vocabulary(
         registry,
@@ -229,6 +229,9 @@ fn tei(doc: &mut Value, registry: &Registry, prompts: &[String], max_dims: usize
     if let Some(paths) = paths {
         if classifiers.len() == 1 {
             paths.remove("/predict");
+        }
+        if sparse.len() == 1 {
+            paths.remove("/embed_sparse");
         }
         if embedders.len() == 1 {
             paths.remove("/embed");
@@ -280,6 +283,7 @@ fn by_vocabulary(
         })
         .collect();
     schemas[schema] = match variants.len() {
+        0 => return, // no model takes it: its route is left out of the document
         1 => variants.into_iter().next().unwrap_or_default(),
         _ => json!({"oneOf": variants}),
     };
@@ -343,4 +347,12 @@ fn embedding_types() -> Value {
         .map(|t| json!(t.name()))
         .chain([Value::Null])
         .collect()
+}
+
+fn embeds(info: &openembed_engine::ModelInfo) -> bool {
+    info.embeds()
+}
+
+fn is_sparse(info: &openembed_engine::ModelInfo) -> bool {
+    info.sparse.is_some()
 }

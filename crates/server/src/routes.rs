@@ -377,6 +377,7 @@ fn model_object(id: &str, served: &ServedModel) -> ModelObject {
             ModelKind::Embedding => "embeddings",
             ModelKind::Reranker => "rerank",
             ModelKind::Classifier => "classify",
+            ModelKind::Sparse => "embed_sparse",
         },
         tasks: info.tasks.clone(),
         default_task: served.default_task.clone(),

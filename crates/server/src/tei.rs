@@ -91,6 +91,30 @@ pub struct TeiEmbedRequest {
     pub embedding_type: Option<String>,
 }
 
+/// `POST /embed_sparse`: vocabulary weights of a sparse model.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TeiEmbedSparseRequest {
+    /// The text(s) or token ids.
+    pub inputs: TeiInputs,
+    /// Cut over-long inputs instead of refusing them (default: the server's --auto-truncate).
+    pub truncate: Option<bool>,
+    /// Which end `truncate` cuts (default right: the beginning is kept).
+    pub truncation_direction: Option<TruncationDirection>,
+    /// One of the model's named prompts.
+    pub prompt_name: Option<String>,
+    /// Extension: a served sparse model (default: the first one).
+    pub model: Option<String>,
+}
+
+/// One non-zero weight of a sparse vector.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SparseValue {
+    /// Vocabulary entry (token id).
+    pub index: usize,
+    /// Its weight (> 0).
+    pub value: f32,
+}
+
 /// `POST /embed_all`: token vectors.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct TeiEmbedAllRequest {
@@ -426,6 +450,10 @@ fn reranker(info: &ModelInfo) -> bool {
     info.rerank.is_some()
 }
 
+fn sparse_model(info: &ModelInfo) -> bool {
+    info.sparse.is_some()
+}
+
 fn any_model(_: &ModelInfo) -> bool {
     true
 }
@@ -523,6 +551,56 @@ pub async fn embed_all(
             .map(|rows| rows.chunks(hidden.max(1)).map(<[f32]>::to_vec).collect())
             .collect(),
     ))
+}
+
+/// Non-zero vocabulary weights of a sparse model, per input.
+async fn run_sparse(
+    state: &AppState,
+    request: TeiEmbedSparseRequest,
+    reservation: &mut Reservation,
+) -> Result<Vec<Vec<SparseValue>>, ApiError> {
+    let served = model_for(state, request.model.as_deref(), sparse_model, "a sparse model")?;
+    let inputs = pipeline_inputs(request.inputs)?;
+    let embed_request = EmbedRequest {
+        model: served.name.clone(),
+        prompt_name: request.prompt_name,
+        truncate: request.truncate,
+        token_ids: Some(TokenIds::Native),
+        sparse: true,
+        ..EmbedRequest::default()
+    };
+    let defaults = tei_defaults(state, request.truncation_direction);
+    let done = embed_with(state, &defaults, &served, &embed_request, inputs, reservation).await?;
+    Ok(done
+        .vectors
+        .into_iter()
+        .map(|v| {
+            v.into_iter()
+                .enumerate()
+                .filter(|(_, x)| *x != 0.0)
+                .map(|(index, value)| SparseValue { index, value })
+                .collect()
+        })
+        .collect())
+}
+
+/// Learned sparse vectors of texts: each input's non-zero vocabulary weights, by index (TEI's
+/// `/embed_sparse`; SPLADE models).
+#[utoipa::path(
+    post,
+    path = "/embed_sparse",
+    request_body(content = TeiEmbedSparseRequest, content_type = "application/json"),
+    responses((status = 200, description = "Per input, its non-zero weights by index", body = Vec<Vec<SparseValue>>), TeiErrors),
+    security((), ("bearer" = []))
+)]
+pub async fn embed_sparse(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<Vec<SparseValue>>>, ApiError> {
+    let _in_flight = InFlight::enter(&state)?;
+    let (request, mut reservation) = read_json(&state, &headers, body).await?;
+    Ok(Json(run_sparse(&state, request, &mut reservation).await?))
 }
 
 /// Embeds `inputs` for a TEI route.
@@ -918,6 +996,9 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<TeiInfo>, A
             let (id2label, label2id) = labels.unwrap_or_else(|| label_maps(&["LABEL_0".to_string()]));
             TeiModelType::Reranker { id2label, label2id }
         }
+        (ModelKind::Sparse, _) => TeiModelType::Embedding {
+            pooling: "splade".to_string(),
+        },
         _ => TeiModelType::Embedding {
             pooling: info
                 .pooling
@@ -1007,6 +1088,10 @@ pub async fn inference(
         ModelKind::Reranker => {
             let request = from_value(value)?;
             Ok(Json(run_tei_rerank(&state, request, reservation).await?).into_response())
+        }
+        ModelKind::Sparse => {
+            let request = from_value(value)?;
+            Ok(Json(run_sparse(&state, request, reservation).await?).into_response())
         }
         ModelKind::Classifier => {
             let request: ClassificationRequest = from_value(value)?;
