@@ -20,11 +20,22 @@ pub enum SpladeStrategy {
     Sum,
 }
 
+/// What turns a logit into a token's weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpladeActivation {
+    /// `log(1 + relu(x))` (`relu`).
+    Relu,
+    /// `log(1 + log(1 + relu(x)))` (`log1p_relu`, OpenSearch's inference-free documents).
+    Log1pRelu,
+}
+
 /// `SpladePooling`'s configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpladePooling {
     /// Max or sum over tokens.
     pub strategy: SpladeStrategy,
+    /// The activation before pooling.
+    pub activation: SpladeActivation,
 }
 
 impl SpladePooling {
@@ -46,16 +57,17 @@ impl SpladePooling {
                 })
             }
         };
-        match v.get("activation_function").and_then(|s| s.as_str()).unwrap_or("relu") {
-            "relu" => {}
+        let activation = match v.get("activation_function").and_then(|s| s.as_str()).unwrap_or("relu") {
+            "relu" => SpladeActivation::Relu,
+            "log1p_relu" => SpladeActivation::Log1pRelu,
             other => {
                 return Err(Error::Unsupported(format!(
-                    "{}: SPLADE activation_function `{other}` (openembed applies relu: log(1 + relu(x)))",
+                    "{}: SPLADE activation_function `{other}` (openembed applies relu or log1p_relu)",
                     path.display()
                 )))
             }
-        }
-        Ok(Self { strategy })
+        };
+        Ok(Self { strategy, activation })
     }
 }
 
@@ -71,7 +83,7 @@ pub struct MlmHead {
 }
 
 /// Tensor names of a family's MLM head: (dense, norm, own decoder, tied table, bias).
-const HEADS: [(&str, &str, &str, &str, &str); 2] = [
+const HEADS: [(&str, &str, &str, &str, &str); 3] = [
     // BERT (`BertForMaskedLM`).
     (
         "cls.predictions.transform.dense",
@@ -88,10 +100,18 @@ const HEADS: [(&str, &str, &str, &str, &str); 2] = [
         "embeddings.word_embeddings",
         "lm_head.bias",
     ),
+    // DistilBERT (`DistilBertForMaskedLM`).
+    (
+        "vocab_transform",
+        "vocab_layer_norm",
+        "vocab_projector",
+        "embeddings.word_embeddings",
+        "vocab_projector.bias",
+    ),
 ];
 
 impl MlmHead {
-    /// Loads the head of a `*ForMaskedLM` checkpoint (BERT or RoBERTa layout).
+    /// Loads the head of a `*ForMaskedLM` checkpoint (BERT, RoBERTa or DistilBERT layout).
     pub fn load(cfg: &ConfigJson, w: &Weights, hidden: usize, vocab: usize) -> Result<Self> {
         let (dense, norm, own, tied, bias) = HEADS
             .iter()
@@ -99,11 +119,11 @@ impl MlmHead {
             .find(|(dense, ..)| w.contains(&format!("{dense}.weight")))
             .ok_or_else(|| {
                 Error::Unsupported(format!(
-                    "{}: a SPLADE model without a BERT or RoBERTa masked-LM head (cls.predictions.* or lm_head.*)",
+                    "{}: a SPLADE model without a BERT, RoBERTa or DistilBERT masked-LM head (cls.predictions.*, lm_head.*, vocab_transform.*)",
                     cfg.path.display()
                 ))
             })?;
-        let act = cfg.str_opt(&["hidden_act"]).unwrap_or("gelu");
+        let act = cfg.str_opt(&["hidden_act", "activation"]).unwrap_or("gelu");
         let activation =
             Activation::from_name(act).ok_or_else(|| cfg.invalid(&format!("unsupported hidden_act `{act}`")))?;
         let eps = cfg.f64_opt(&["layer_norm_eps"]).unwrap_or(1e-12);
@@ -150,7 +170,10 @@ impl MlmHead {
         self.decoder.forward(&normed, tokens, &mut logits, threads);
         for row in logits.chunks_exact(self.vocab) {
             for (o, &l) in out.iter_mut().zip(row) {
-                let v = l.max(0.0).ln_1p();
+                let v = match pooling.activation {
+                    SpladeActivation::Relu => l.max(0.0).ln_1p(),
+                    SpladeActivation::Log1pRelu => l.max(0.0).ln_1p().ln_1p(),
+                };
                 match pooling.strategy {
                     SpladeStrategy::Max => *o = o.max(v),
                     SpladeStrategy::Sum => *o += v,
