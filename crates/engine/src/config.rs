@@ -33,6 +33,9 @@ pub struct SentenceConfig {
     /// SPLADE pooling (`SpladePooling` after an `MLMTransformer`): the model's output is one
     /// weight per vocabulary entry.
     pub splade: Option<crate::sparse::SpladePooling>,
+    /// The query side of an inference-free sparse model (a `Router` whose `query` route is a
+    /// `SparseStaticEmbedding`): its folder.
+    pub sparse_query_dir: Option<PathBuf>,
 }
 
 /// Reads and parses a JSON file.
@@ -59,6 +62,7 @@ impl SentenceConfig {
             prompts: BTreeMap::new(),
             default_prompt_name: None,
             splade: None,
+            sparse_query_dir: None,
         };
         let modules_path = dir.join("modules.json");
         if modules_path.exists() {
@@ -74,6 +78,7 @@ impl SentenceConfig {
                 match short {
                     "Transformer" | "MLMTransformer" => cfg.transformer_dir = sub,
                     "SpladePooling" => cfg.splade = Some(crate::sparse::SpladePooling::load(&sub)?),
+                    "Router" => cfg.route(&sub)?,
                     "StaticEmbedding" => {
                         cfg.transformer_dir = sub.clone();
                         cfg.static_dir = Some(sub);
@@ -84,7 +89,7 @@ impl SentenceConfig {
                     other => {
                         return Err(Error::Unsupported(format!(
                             "{}: module type `{other}` (supported: Transformer, MLMTransformer, StaticEmbedding, Pooling, Dense, \
-                             Normalize, SpladePooling)",
+                             Normalize, SpladePooling, Router)",
                             modules_path.display()
                         )))
                     }
@@ -115,6 +120,58 @@ impl SentenceConfig {
             cfg.default_prompt_name = v.get("default_prompt_name").and_then(Value::as_str).map(str::to_owned);
         }
         Ok(cfg)
+    }
+}
+
+impl SentenceConfig {
+    /// Reads a `Router` module (`router_config.json`): the document route's modules become the
+    /// model's (a sparse encoder: `MLMTransformer` + `SpladePooling`), a query route of one
+    /// `SparseStaticEmbedding` its query side. Other routes are refused.
+    fn route(&mut self, dir: &Path) -> Result<()> {
+        let path = dir.join("router_config.json");
+        let v = read_json(&path)?;
+        let invalid = |message: String| Error::Unsupported(format!("{}: {message}", path.display()));
+        let types = v.get("types").and_then(Value::as_object).cloned().unwrap_or_default();
+        let short = |name: &str| -> String {
+            let kind = types.get(name).and_then(Value::as_str).unwrap_or_default();
+            kind.rsplit('.').next().unwrap_or(kind).to_owned()
+        };
+        let structure = v
+            .get("structure")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        for (route, modules) in &structure {
+            let names: Vec<&str> = modules
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let kinds: Vec<String> = names.iter().map(|n| short(n)).collect();
+            match (
+                route.as_str(),
+                kinds.iter().map(String::as_str).collect::<Vec<_>>().as_slice(),
+            ) {
+                ("document", ["MLMTransformer", "SpladePooling"]) => {
+                    self.transformer_dir = dir.join(names[0]);
+                    self.splade = Some(crate::sparse::SpladePooling::load(&dir.join(names[1]))?);
+                }
+                ("query", ["SparseStaticEmbedding"]) => self.sparse_query_dir = Some(dir.join(names[0])),
+                (route, kinds) => {
+                    return Err(invalid(format!(
+                        "route `{route}` of {kinds:?} (openembed serves inference-free sparse routers: query = \
+                         SparseStaticEmbedding, document = MLMTransformer + SpladePooling)"
+                    )))
+                }
+            }
+        }
+        if self.splade.is_none() {
+            return Err(invalid(
+                "a router without a document route of MLMTransformer + SpladePooling".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@ use crate::models;
 use crate::packed::PackedBatch;
 use crate::pooling::{normalize, Dense, Pooling};
 use crate::rerank::{ClassifierInfo, RerankHead, RerankKind, ScoreActivation, YesNoTemplate};
-use crate::sparse::{MlmHead, SpladePooling};
+use crate::sparse::{MlmHead, SparseStatic, SpladePooling};
 use crate::static_embedding::{Model2VecConfig, StaticEmbedding, StaticFormat};
 use crate::tokenize::{TextTokenizer, TokenizedInput, Truncation};
 use crate::transformer::{Scratch, Transformer};
@@ -87,6 +87,8 @@ pub struct ModelInfo {
     /// Set for learned sparse models (SPLADE): the output is one weight per vocabulary entry
     /// (`dimension` = the vocabulary), almost all zero.
     pub sparse: Option<SpladePooling>,
+    /// Whether a sparse model has a query side of its own (inference-free: a table lookup).
+    pub sparse_query: bool,
 }
 
 /// What one input of a forward pass hands back.
@@ -218,6 +220,8 @@ pub struct Model {
     head: Option<HeadParts>,
     /// A SPLADE model's masked-LM head and pooling.
     sparse: Option<(MlmHead, SpladePooling)>,
+    /// An inference-free model's query side.
+    sparse_query: Option<SparseStatic>,
     dense: Vec<Dense>,
     threads: usize,
     pool: Arc<rayon::ThreadPool>,
@@ -382,6 +386,7 @@ impl Model {
             rerank: rerank_info,
             classifier,
             sparse: sparse.as_ref().map(|(_, p)| *p),
+            sparse_query: st.sparse_query_dir.is_some(),
         };
         Ok(Self {
             info,
@@ -389,6 +394,7 @@ impl Model {
             encoder,
             head,
             sparse,
+            sparse_query: st.sparse_query_dir.as_deref().map(SparseStatic::load).transpose()?,
             dense,
             threads,
             pool,
@@ -897,6 +903,19 @@ impl Model {
             *slot = vectors.next().unwrap_or_default();
         }
         Ok(out)
+    }
+
+    /// The query weights of an inference-free sparse model (one per vocabulary entry, dense):
+    /// each text tokenized without special tokens (cut at the query tokenizer's limit), each
+    /// distinct id's table weight. `None` when the model has no query side.
+    pub fn sparse_queries(&self, texts: &[&str]) -> Result<Option<Vec<Vec<f32>>>> {
+        let Some(query) = &self.sparse_query else {
+            return Ok(None);
+        };
+        let toks = self
+            .pool
+            .install(|| query.tokenizer().tokenize(texts, None, Truncation::End))?;
+        Ok(Some(toks.iter().map(|t| query.weights(&t.ids)).collect()))
     }
 
     /// Tokenizes and embeds texts in one batch (a convenience for tools and tests).

@@ -182,3 +182,55 @@ impl MlmHead {
         }
     }
 }
+
+/// The query side of an inference-free sparse model (sentence-transformers'
+/// `SparseStaticEmbedding`, as OpenSearch's inference-free encoders ship it): no transformer —
+/// a query's weight of each distinct token id it contains is that id's entry of a fixed table.
+pub struct SparseStatic {
+    weights: Vec<f32>,
+    tokenizer: crate::tokenize::TextTokenizer,
+}
+
+impl SparseStatic {
+    /// Loads a `SparseStaticEmbedding` folder: `model.safetensors` (`weight`, one per vocabulary
+    /// entry) and its tokenizer, used without special tokens and cut at `model_max_length`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let limit = read_json(&dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|v| v.get("model_max_length").and_then(|n| n.as_u64()))
+            .filter(|&n| n > 0 && n < 1 << 20)
+            .map_or(512, |n| n as usize);
+        let tokenizer = crate::tokenize::TextTokenizer::load(dir, limit)?.without_special_tokens();
+        let w = Weights::open(dir, "SparseStaticEmbedding", &[])?;
+        let shape = w.shape_of("weight").map(<[usize]>::to_vec).unwrap_or_default();
+        let [vocab] = shape[..] else {
+            return Err(Error::InvalidFile {
+                path: dir.join("model.safetensors"),
+                message: format!("expected a one-dimensional `weight` (one per vocabulary entry), found {shape:?}"),
+            });
+        };
+        let weights = w.get("weight", &[vocab])?.data().to_vec();
+        Ok(Self { weights, tokenizer })
+    }
+
+    /// The tokenizer of queries (no special tokens).
+    pub fn tokenizer(&self) -> &crate::tokenize::TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// Entries of the table.
+    pub fn vocab(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// A query's weights from its token ids: each distinct id once, dense (`vocab` long).
+    pub fn weights(&self, ids: &[u32]) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.weights.len()];
+        for &id in ids {
+            if let (Some(o), Some(&w)) = (out.get_mut(id as usize), self.weights.get(id as usize)) {
+                *o = w;
+            }
+        }
+        out
+    }
+}

@@ -37,34 +37,35 @@ fn splade_equals_sentence_transformers_sparse_encoder() {
     }
 }
 
-/// The document side of OpenSearch's inference-free model (DistilBERT masked-LM head,
-/// `log1p_relu`), read through a folder whose modules.json names the fixture's document modules.
+/// OpenSearch's inference-free model as sentence-transformers saves it (a `Router`): documents
+/// through the DistilBERT masked-LM head with `log1p_relu`, queries by table lookup.
 #[test]
-fn distilbert_log1p_relu_document_side_equals_the_sparse_encoder() {
-    let fixture = shared_dir().join("fixtures/tiny/sparse_inference_free");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap()).unwrap();
-    let dir = std::env::temp_dir().join(format!("oe-inference-free-doc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let modules = serde_json::json!([
-        {"idx": 0, "name": "0", "path": fixture.join("document_0_MLMTransformer"),
-         "type": "sentence_transformers.sparse_encoder.models.MLMTransformer"},
-        {"idx": 1, "name": "1", "path": fixture.join("document_1_SpladePooling"),
-         "type": "sentence_transformers.sparse_encoder.models.SpladePooling"},
-    ]);
-    std::fs::write(dir.join("modules.json"), modules.to_string()).unwrap();
+fn inference_free_router_equals_the_sparse_encoder() {
+    let dir = shared_dir().join("fixtures/tiny/sparse_inference_free");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let model = Model::load(&dir, &LoadOptions::default()).unwrap();
     assert_eq!(model.info().kind(), ModelKind::Sparse);
-    for (i, case) in r["cases"].as_array().unwrap().iter().enumerate() {
-        let text = case["text"].as_str().unwrap();
-        let tok = model.tokenize(&[text], None, Truncation::End).unwrap().remove(0);
-        assert_eq!(tok.ids, common::ids(&case["document_input_ids"]), "case {i}: ids");
-        let got = model.embed_ids(&[tok.ids.as_slice()]).unwrap().remove(0);
-        let mut want = vec![0.0f32; got.len()];
-        for entry in case["encode_document"].as_array().unwrap() {
-            want[entry["index"].as_u64().unwrap() as usize] = entry["value"].as_f64().unwrap() as f32;
+    assert!(model.info().sparse_query);
+    let dense = |entries: &Value, n: usize| {
+        let mut v = vec![0.0f32; n];
+        for e in entries.as_array().unwrap() {
+            v[e["index"].as_u64().unwrap() as usize] = e["value"].as_f64().unwrap() as f32;
         }
-        let diff = max_abs_diff(&got, &want);
-        assert!(diff <= 1e-5, "case {i}: max abs diff {diff}");
+        v
+    };
+    let cases = r["cases"].as_array().unwrap();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let queries = model.sparse_queries(&texts).unwrap().expect("a query side");
+    for (i, case) in cases.iter().enumerate() {
+        let tok = model.tokenize(&[texts[i]], None, Truncation::End).unwrap().remove(0);
+        assert_eq!(tok.ids, common::ids(&case["document_input_ids"]), "case {i}: ids");
+        let doc = model.embed_ids(&[tok.ids.as_slice()]).unwrap().remove(0);
+        let diff = max_abs_diff(&doc, &dense(&case["encode_document"], doc.len()));
+        assert!(diff <= 1e-5, "case {i} document: max abs diff {diff}");
+        let diff = max_abs_diff(&queries[i], &dense(&case["encode_query"], queries[i].len()));
+        assert!(diff <= 1e-6, "case {i} query: max abs diff {diff}");
     }
-    std::fs::remove_dir_all(&dir).ok();
+    // A plain SPLADE model has no query side of its own.
+    let splade = Model::load(&shared_dir().join("fixtures/tiny/splade"), &LoadOptions::default()).unwrap();
+    assert!(splade.sparse_queries(&["x"]).unwrap().is_none());
 }

@@ -1505,3 +1505,43 @@ fn tei_embed_sparse_equals_the_sparse_encoder() {
         "{reply}"
     );
 }
+
+/// An inference-free model over TEI's `/embed_sparse`: documents through the transformer,
+/// queries (`is_query`) by table lookup, each equal to sentence-transformers' SparseEncoder.
+#[test]
+fn tei_embed_sparse_serves_inference_free_queries_and_documents() {
+    let dir = root().join("../shared/fixtures/tiny/sparse_inference_free");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let spec = format!("{}=inference-free", dir.display());
+    let server = Server::start(&["--model", &spec, "--auto-truncate"]);
+    let cases = reference["cases"].as_array().unwrap();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    for (is_query, field) in [(false, "encode_document"), (true, "encode_query")] {
+        let body = json!({"inputs": texts, "is_query": is_query}).to_string();
+        let (status, got) = common::post_raw(&server, "/embed_sparse", "application/json", &body);
+        assert_eq!(status, 200, "{got}");
+        for (i, case) in cases.iter().enumerate() {
+            let dense = |entries: &Value| {
+                let mut v = vec![0.0f64; 1000];
+                for e in entries.as_array().unwrap() {
+                    v[e["index"].as_u64().unwrap() as usize] = e["value"].as_f64().unwrap();
+                }
+                v
+            };
+            let (g, w) = (dense(&got[i]), dense(&case[field]));
+            let diff = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(diff <= 1e-5, "{field} case {i}: {diff}");
+        }
+    }
+    let (status, reply) = common::post_raw(
+        &server,
+        "/embed_sparse",
+        "application/json",
+        r#"{"inputs": [[5, 6]], "is_query": true}"#,
+    );
+    assert_eq!(
+        (status, reply["error_type"].as_str()),
+        (422, Some("Validation")),
+        "{reply}"
+    );
+}

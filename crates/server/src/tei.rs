@@ -104,6 +104,9 @@ pub struct TeiEmbedSparseRequest {
     pub prompt_name: Option<String>,
     /// Extension: a served sparse model (default: the first one).
     pub model: Option<String>,
+    /// The inputs are queries: an inference-free model looks their weights up in its query
+    /// table (no transformer); other models encode queries as documents (default false).
+    pub is_query: Option<bool>,
 }
 
 /// One non-zero weight of a sparse vector.
@@ -561,6 +564,29 @@ async fn run_sparse(
 ) -> Result<Vec<Vec<SparseValue>>, ApiError> {
     let served = model_for(state, request.model.as_deref(), sparse_model, "a sparse model")?;
     let inputs = pipeline_inputs(request.inputs)?;
+    if request.is_query == Some(true) && served.model.info().sparse_query {
+        let texts = inputs
+            .into_iter()
+            .map(|i| match i {
+                Input::Text(t) => Ok(t),
+                Input::Tokens(_) => Err(ApiError::invalid(
+                    "queries of an inference-free model are texts (its query tokenizer makes their ids)",
+                    Some("inputs"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        reservation.resize(reservation.bytes() + texts.len() * served.model.info().dimension * 4)?;
+        let model = Arc::clone(&served.model);
+        let weights = blocking("Query lookup", move || {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            model
+                .sparse_queries(&refs)
+                .map_err(|e| ApiError::invalid(format!("The input could not be tokenized: {e}"), Some("inputs")))?
+                .ok_or_else(|| ApiError::internal("the model's query side is gone"))
+        })
+        .await?;
+        return Ok(weights.into_iter().map(nonzero).collect());
+    }
     let embed_request = EmbedRequest {
         model: served.name.clone(),
         prompt_name: request.prompt_name,
@@ -571,17 +597,16 @@ async fn run_sparse(
     };
     let defaults = tei_defaults(state, request.truncation_direction);
     let done = embed_with(state, &defaults, &served, &embed_request, inputs, reservation).await?;
-    Ok(done
-        .vectors
-        .into_iter()
-        .map(|v| {
-            v.into_iter()
-                .enumerate()
-                .filter(|(_, x)| *x != 0.0)
-                .map(|(index, value)| SparseValue { index, value })
-                .collect()
-        })
-        .collect())
+    Ok(done.vectors.into_iter().map(nonzero).collect())
+}
+
+/// The non-zero entries of a dense vocabulary-weight vector.
+fn nonzero(v: Vec<f32>) -> Vec<SparseValue> {
+    v.into_iter()
+        .enumerate()
+        .filter(|(_, x)| *x != 0.0)
+        .map(|(index, value)| SparseValue { index, value })
+        .collect()
 }
 
 /// Learned sparse vectors of texts: each input's non-zero vocabulary weights, by index (TEI's
