@@ -129,6 +129,22 @@ class Model:
         out = [[{"label": label, "score": score} for label, score in per_text[:top_k]] for per_text in labels]
         return out[0] if single else out
 
+    def encode_sparse(
+        self, texts: Union[str, Sequence[str]], *, is_query: bool = False, truncate: bool = True
+    ) -> Union[Dict[int, float], List[Dict[int, float]]]:
+        """A sparse model's (SPLADE, inference-free) vocabulary weights of each text, as
+        ``{token_id: weight}`` with the non-zero entries only — what sentence-transformers'
+        ``SparseEncoder.encode`` gives as a sparse tensor. ``is_query=True`` is
+        ``encode_query``: an inference-free model looks queries up in its table (no
+        transformer); other models encode them as documents. One text in, one dict out."""
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        out = [
+            dict(zip(indices, values))
+            for indices, values in self._model.encode_sparse(texts, is_query=is_query, truncate=truncate)
+        ]
+        return out[0] if single else out
+
     def tokenize(self, texts: Union[str, Sequence[str]], prompt: Optional[str] = None) -> List[List[int]]:
         """Token ids of each text, special tokens included, cut at the model limit."""
         return self._model.tokenize([texts] if isinstance(texts, str) else list(texts), prompt)

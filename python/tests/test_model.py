@@ -175,3 +175,27 @@ def test_precision_gives_the_servers_compressed_codes(model):
     assert cos.min() > 0.99
     with pytest.raises(ValueError):
         model.encode(texts, precision="int4")
+
+
+@pytest.mark.parametrize("fixture,field,is_query", [
+    ("splade", "encode", False),
+    ("sparse_inference_free", "encode_document", False),
+    ("sparse_inference_free", "encode_query", True),
+])
+def test_encode_sparse_equals_the_sparse_encoder(fixture, field, is_query):
+    folder = os.path.join(SHARED, "fixtures", "tiny", fixture)
+    with open(os.path.join(folder, "reference.json")) as f:
+        cases = json.load(f)["cases"]
+    model = openembed.Model(folder)
+    got = model.encode_sparse([c["text"] for c in cases], is_query=is_query)
+    for weights, case in zip(got, cases):
+        want = {e["index"]: e["value"] for e in case[field]}
+        for index in set(weights) | set(want):
+            assert abs(weights.get(index, 0.0) - want.get(index, 0.0)) <= 1e-5
+        assert all(v > 0 for v in weights.values())
+    assert model.encode_sparse(cases[0]["text"], is_query=is_query) == got[0]
+
+
+def test_a_dense_model_has_no_sparse_output(model):
+    with pytest.raises(ValueError, match="no sparse output"):
+        model.encode_sparse("hello")

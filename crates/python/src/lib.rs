@@ -248,6 +248,58 @@ impl Model {
         .map_err(request_error)
     }
 
+    /// A sparse model's non-zero vocabulary weights of each text, as (indices, values): one
+    /// request of the pipeline (documents through the model; with `is_query`, an
+    /// inference-free model's query table). Over-long texts are cut unless `truncate` is false.
+    #[pyo3(signature = (texts, is_query = false, truncate = true))]
+    fn encode_sparse(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        is_query: bool,
+        truncate: bool,
+    ) -> PyResult<Vec<(Vec<u32>, Vec<f32>)>> {
+        let served = Arc::clone(&self.served);
+        let nonzero = |v: Vec<f32>| -> (Vec<u32>, Vec<f32>) {
+            v.into_iter()
+                .enumerate()
+                .filter(|(_, x)| *x != 0.0)
+                .map(|(i, x)| (i as u32, x))
+                .unzip()
+        };
+        py.detach(move || -> Result<Vec<(Vec<u32>, Vec<f32>)>, RequestError> {
+            if is_query {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let queries = served
+                    .model
+                    .sparse_queries(&refs)
+                    .map_err(|e| RequestError::invalid(format!("The input could not be tokenized: {e}"), None))?;
+                if let Some(queries) = queries {
+                    return Ok(queries.into_iter().map(nonzero).collect());
+                }
+            }
+            let request = EmbedRequest {
+                model: served.name.clone(),
+                truncate: Some(truncate),
+                sparse: true,
+                ..EmbedRequest::default()
+            };
+            let defaults = Defaults {
+                truncate_hint: "Pass truncate=True to cut over-long inputs at the limit instead.",
+                ..Defaults::default()
+            };
+            let plan = served.plan(&request, &defaults)?;
+            let inputs: Vec<Input> = texts.into_iter().map(Input::Text).collect();
+            let mut out = Vec::with_capacity(inputs.len());
+            served.embed_chunked(&plan, &inputs, CHUNK, |_, vectors, _| -> Result<(), RequestError> {
+                out.extend(vectors.into_iter().map(nonzero));
+                Ok(())
+            })?;
+            Ok(out)
+        })
+        .map_err(request_error)
+    }
+
     /// Token ids of each text (special tokens included, `prompt` in front, cut at the limit).
     #[pyo3(signature = (texts, prompt = None))]
     fn tokenize(&self, py: Python<'_>, texts: Vec<String>, prompt: Option<String>) -> PyResult<Vec<Vec<u32>>> {
