@@ -15,6 +15,9 @@ use pyo3::types::PyBytes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// A sparse vector's non-zero entries: (token ids, weights).
+type SparseWeights = (Vec<u32>, Vec<f32>);
+
 /// Inputs handed back at a time (the progress callback's step).
 const CHUNK: usize = 1024;
 
@@ -258,16 +261,16 @@ impl Model {
         texts: Vec<String>,
         is_query: bool,
         truncate: bool,
-    ) -> PyResult<Vec<(Vec<u32>, Vec<f32>)>> {
+    ) -> PyResult<Vec<SparseWeights>> {
         let served = Arc::clone(&self.served);
-        let nonzero = |v: Vec<f32>| -> (Vec<u32>, Vec<f32>) {
+        let nonzero = |v: Vec<f32>| -> SparseWeights {
             v.into_iter()
                 .enumerate()
                 .filter(|(_, x)| *x != 0.0)
                 .map(|(i, x)| (i as u32, x))
                 .unzip()
         };
-        py.detach(move || -> Result<Vec<(Vec<u32>, Vec<f32>)>, RequestError> {
+        py.detach(move || -> Result<Vec<SparseWeights>, RequestError> {
             if is_query {
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
                 let queries = served
