@@ -702,31 +702,8 @@ impl Model {
         between_layers: &mut (dyn FnMut() + Send),
     ) -> Result<Vec<f32>> {
         let h = self.info.hidden_size;
-        if let Some((head, pooling)) = &self.sparse {
-            let vocab = head.vocab;
-            return self.with_hidden(inputs, tasks, between_layers, |batch, hidden| {
-                let mut weights = vec![0.0f32; batch.len() * vocab];
-                self.pool.install(|| {
-                    for (i, out) in weights.chunks_exact_mut(vocab).enumerate() {
-                        let r = batch.range(i);
-                        head.weights(&hidden[r.start * h..r.end * h], h, *pooling, out, self.threads);
-                    }
-                });
-                weights
-            });
-        }
-        if let Some(parts) = &self.head {
-            let labels = parts.head.labels();
-            return self.with_hidden(inputs, tasks, between_layers, |batch, hidden| {
-                let mut logits = vec![0.0f32; batch.len() * labels];
-                for (i, out) in logits.chunks_exact_mut(labels).enumerate() {
-                    let r = batch.range(i);
-                    parts.head.logits(&hidden[r.start * h..r.end * h], h, out);
-                }
-                logits
-            });
-        }
-        if let Encoder::Static(table) = &self.encoder {
+        if let (Encoder::Static(table), None) = (&self.encoder, &self.head) {
+            // A table's mean needs only the ids, not the token vectors.
             self.validate(inputs)?;
             let mut pooled = vec![0.0f32; inputs.len() * h];
             self.pool.install(|| {
@@ -738,18 +715,44 @@ impl Model {
             });
             return Ok(pooled);
         }
-        let modes = &self.info.pooling;
-        let width = h * modes.len();
+        let width = self.pooled_width();
         self.with_hidden(inputs, tasks, between_layers, |batch, hidden| {
             let mut pooled = vec![0.0f32; batch.len() * width];
-            for (i, out) in pooled.chunks_exact_mut(width).enumerate() {
-                let r = batch.range(i);
-                for (m, mode) in modes.iter().enumerate() {
-                    mode.pool(&hidden[r.start * h..r.end * h], h, &mut out[m * h..(m + 1) * h]);
+            self.pool.install(|| {
+                for (i, out) in pooled.chunks_exact_mut(width).enumerate() {
+                    let r = batch.range(i);
+                    self.pool_one(inputs[i], &hidden[r.start * h..r.end * h], out, self.threads);
                 }
-            }
+            });
             pooled
         })
+    }
+
+    /// Length of one input's row before the Dense modules: a head's labels, a sparse model's
+    /// vocabulary, or the hidden size per pooling mode.
+    fn pooled_width(&self) -> usize {
+        match (&self.head, &self.sparse, &self.encoder) {
+            (Some(parts), _, _) => parts.head.labels(),
+            (None, Some((head, _)), _) => head.vocab,
+            (None, None, Encoder::Static(_)) => self.info.hidden_size,
+            (None, None, Encoder::Transformer(_)) => self.info.hidden_size * self.info.pooling.len(),
+        }
+    }
+
+    /// One input's row before the Dense modules, from its ids and token vectors (`rows`):
+    /// a head's logits, a sparse model's vocabulary weights, or the pooled modes.
+    fn pool_one(&self, ids: &[u32], rows: &[f32], out: &mut [f32], threads: usize) {
+        let h = self.info.hidden_size;
+        match (&self.head, &self.sparse, &self.encoder) {
+            (Some(parts), _, _) => parts.head.logits(rows, h, out),
+            (None, Some((head, pooling)), _) => head.weights(rows, h, *pooling, out, threads),
+            (None, None, Encoder::Static(table)) => table.mean(ids, out),
+            (None, None, Encoder::Transformer(_)) => {
+                for (m, mode) in self.info.pooling.iter().enumerate() {
+                    mode.pool(rows, h, &mut out[m * h..(m + 1) * h]);
+                }
+            }
+        }
     }
 
     /// Embeds token-id inputs in one packed forward pass: pooled, Dense, normalized as the
@@ -804,20 +807,21 @@ impl Model {
         if let Some(outputs) = outputs.filter(|o| o.contains(&Output::Tokens)) {
             return self.mixed_outputs(inputs, tasks, outputs, between_layers);
         }
-        let mut pooled = self.pooled(inputs, tasks, between_layers)?;
-        let mut dim = if let Some(parts) = &self.head {
-            parts.head.labels()
-        } else if let Some((head, _)) = &self.sparse {
-            head.vocab
-        } else {
-            self.info.hidden_size * self.info.pooling.len()
-        };
+        let pooled = self.pooled(inputs, tasks, between_layers)?;
+        Ok(self.finish(pooled))
+    }
+
+    /// Vectors from pooled rows (`rows × pooled_width`): through the Dense modules, then
+    /// normalized when the model's pipeline says so.
+    fn finish(&self, mut pooled: Vec<f32>) -> Vec<Vec<f32>> {
+        let rows = pooled.len() / self.pooled_width().max(1);
+        let mut dim = self.pooled_width();
         for d in &self.dense {
-            pooled = d.forward(&pooled, inputs.len());
+            pooled = d.forward(&pooled, rows);
             dim = d.out_features();
         }
-        Ok(pooled
-            .chunks_exact(dim)
+        pooled
+            .chunks_exact(dim.max(1))
             .map(|v| {
                 let mut v = v.to_vec();
                 if self.info.normalize {
@@ -825,7 +829,7 @@ impl Model {
                 }
                 v
             })
-            .collect())
+            .collect()
     }
 
     /// One forward pass whose inputs want different outputs: token rows copied out, the rest
@@ -846,12 +850,7 @@ impl Model {
             )));
         }
         let h = self.info.hidden_size;
-        let width = match (&self.head, &self.sparse) {
-            (Some(parts), _) => parts.head.labels(),
-            (None, Some((head, _))) => head.vocab,
-            (None, None) if matches!(self.encoder, Encoder::Static(_)) => h,
-            (None, None) => h * self.info.pooling.len(),
-        };
+        let width = self.pooled_width();
         let (mut out, pooled) = self.with_hidden(inputs, tasks, between_layers, |batch, hidden| {
             let mut pooled = Vec::new();
             let out: Vec<Vec<f32>> = (0..batch.len())
@@ -863,21 +862,7 @@ impl Model {
                         Output::Pooled => {
                             let start = pooled.len();
                             pooled.resize(start + width, 0.0);
-                            let row = &mut pooled[start..];
-                            match (&self.head, &self.encoder) {
-                                (Some(parts), _) => parts.head.logits(rows, h, row),
-                                (None, _) if self.sparse.is_some() => {
-                                    if let Some((head, pooling)) = &self.sparse {
-                                        head.weights(rows, h, *pooling, row, 1);
-                                    }
-                                }
-                                (None, Encoder::Static(table)) => table.mean(inputs[i], row),
-                                (None, Encoder::Transformer(_)) => {
-                                    for (m, mode) in self.info.pooling.iter().enumerate() {
-                                        mode.pool(rows, h, &mut row[m * h..(m + 1) * h]);
-                                    }
-                                }
-                            }
+                            self.pool_one(inputs[i], rows, &mut pooled[start..], 1);
                             Vec::new()
                         }
                     }
@@ -885,20 +870,7 @@ impl Model {
                 .collect();
             (out, pooled)
         })?;
-        let n_pooled = pooled.len() / width.max(1);
-        let mut pooled = pooled;
-        let mut dim = width;
-        for d in &self.dense {
-            pooled = d.forward(&pooled, n_pooled);
-            dim = d.out_features();
-        }
-        let mut vectors = pooled.chunks_exact(dim.max(1)).map(|v| {
-            let mut v = v.to_vec();
-            if self.info.normalize {
-                normalize(&mut v);
-            }
-            v
-        });
+        let mut vectors = self.finish(pooled).into_iter();
         for (slot, _) in out.iter_mut().zip(outputs).filter(|(_, o)| **o == Output::Pooled) {
             *slot = vectors.next().unwrap_or_default();
         }

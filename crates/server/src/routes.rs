@@ -15,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use http_body_util::BodyExt;
 use openembed_engine::{ModelKind, Truncation};
+use openembed_pipeline::prepare::Prepared;
 use openembed_pipeline::rerank::RerankJob;
-use openembed_pipeline::{Defaults, EmbedRequest, Embedded, Input, ServedModel};
+use openembed_pipeline::{Defaults, EmbedRequest, Embedded, Input, Plan, ServedModel};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -288,17 +289,28 @@ pub(crate) async fn embed_with(
     reservation: &mut Reservation,
 ) -> Result<Embedded, ApiError> {
     let plan = served.plan(request, defaults)?;
-    served.scheduler.check_room()?;
-    let max_tokens = state.limits.max_request_tokens;
-    let for_tokenizer = Arc::clone(served);
-    let (prepared, plan) = blocking("Tokenization", move || {
-        let prepared = for_tokenizer.prepare(&inputs, &plan, max_tokens)?;
-        Ok((prepared, plan))
-    })
-    .await?;
+    let (prepared, plan) = prepare(state, served, plan, inputs).await?;
     let n_inputs = prepared.layout.inputs();
     reservation.resize(prepared.tokens * 4 + response_bytes(n_inputs, served.model.info().dimension))?;
     Ok(served.enqueue(prepared, plan)?.wait().await?)
+}
+
+/// The token ids of a planned request, tokenized off the async workers under the request token
+/// limit (refused at once when the model's queue is full).
+pub(crate) async fn prepare(
+    state: &AppState,
+    served: &Arc<ServedModel>,
+    plan: Plan,
+    inputs: Vec<Input>,
+) -> Result<(Prepared, Plan), ApiError> {
+    served.scheduler.check_room()?;
+    let max_tokens = state.limits.max_request_tokens;
+    let for_tokenizer = Arc::clone(served);
+    blocking("Tokenization", move || {
+        let prepared = for_tokenizer.prepare(&inputs, &plan, max_tokens)?;
+        Ok((prepared, plan))
+    })
+    .await
 }
 
 /// Creates an embedding vector representing the input text.

@@ -13,7 +13,7 @@
 use crate::api::{JsonInt, MAX_INPUTS};
 use crate::budget::Reservation;
 use crate::error::{ApiError, EMPTY_INPUT};
-use crate::routes::{blocking, embed_with, read_json, run_rerank};
+use crate::routes::{blocking, embed_with, prepare, read_json, run_rerank};
 use crate::state::{AppState, InFlight};
 use axum::body::Body;
 use axum::extract::State;
@@ -461,13 +461,18 @@ fn any_model(_: &ModelInfo) -> bool {
     true
 }
 
+/// The end TEI's `truncation_direction` cuts.
+fn side(direction: Option<TruncationDirection>) -> Truncation {
+    match direction.unwrap_or_default() {
+        TruncationDirection::Left => Truncation::Start,
+        TruncationDirection::Right => Truncation::End,
+    }
+}
+
 /// The server's defaults with TEI's truncation side and hint.
 fn tei_defaults(state: &AppState, direction: Option<TruncationDirection>) -> Defaults {
     Defaults {
-        truncation_side: match direction.unwrap_or_default() {
-            TruncationDirection::Left => Truncation::Start,
-            TruncationDirection::Right => Truncation::End,
-        },
+        truncation_side: side(direction),
         truncate_hint: TRUNCATE_HINT,
         ..state.defaults.clone()
     }
@@ -476,7 +481,7 @@ fn tei_defaults(state: &AppState, direction: Option<TruncationDirection>) -> Def
 /// Truncation of a request that says `truncate` (or not).
 fn truncation(state: &AppState, truncate: Option<bool>, direction: Option<TruncationDirection>) -> Truncation {
     if truncate.unwrap_or(state.defaults.auto_truncate) {
-        tei_defaults(state, direction).truncation_side
+        side(direction)
     } else {
         Truncation::None
     }
@@ -535,14 +540,7 @@ pub async fn embed_all(
     };
     let mut plan = served.plan(&embed_request, &tei_defaults(&state, request.truncation_direction))?;
     plan.windows = None;
-    served.scheduler.check_room()?;
-    let max_tokens = state.limits.max_request_tokens;
-    let for_tokenizer = Arc::clone(&served);
-    let (prepared, plan) = blocking("Tokenization", move || {
-        let prepared = for_tokenizer.prepare(&inputs, &plan, max_tokens)?;
-        Ok((prepared, plan))
-    })
-    .await?;
+    let (prepared, plan) = prepare(&state, &served, plan, inputs).await?;
     // Every token's row, as floats in memory and as JSON text (about 12 bytes a number).
     let hidden = served.model.info().hidden_size;
     reservation.resize(prepared.tokens.saturating_mul(hidden).saturating_mul(4 + 12))?;
@@ -746,9 +744,9 @@ pub async fn predict(
     let (inputs, one) = predict_inputs(request.inputs)?;
     let function = request.raw_scores.then_some(LabelFunction::None);
     let truncation = truncation(&state, request.truncate, request.truncation_direction);
-    let mut labels = run_predict(&state, &served, inputs, truncation, function, &mut reservation).await?;
+    let labels = run_predict(&state, &served, inputs, truncation, function, &mut reservation).await?;
     Ok(Json(if one {
-        TeiPredictResponse::One(predictions(labels.remove(0)))
+        TeiPredictResponse::One(predictions(labels.into_iter().next().unwrap_or_default()))
     } else {
         TeiPredictResponse::Batch(labels.into_iter().map(predictions).collect())
     }))
