@@ -48,6 +48,11 @@ pub struct BenchArgs {
     /// Repetitions of each fixed-shape workload (median reported).
     #[arg(long, default_value_t = 5)]
     repeat: usize,
+    /// Untimed batches run before each mixed-corpus run, taken from the middle of the sorted
+    /// batches on (as ../shared/bench/engine_ort.py's option of the same name): a count past
+    /// the end takes every batch from the middle to the longest.
+    #[arg(long, default_value_t = 3)]
+    warmup_batches: usize,
     /// Tiny reference models (one folder per architecture) for the `architectures` workload.
     #[arg(long, default_value = "../shared/fixtures/tiny")]
     fixtures: PathBuf,
@@ -279,7 +284,10 @@ fn run(args: &BenchArgs) -> Result<()> {
             }
             for (label, batches) in runs {
                 let mid = batches.len() / 2;
-                run_batches(&model, &batches[mid..(mid + 3).min(batches.len())])?;
+                run_batches(
+                    &model,
+                    &batches[mid..mid.saturating_add(args.warmup_batches).min(batches.len())],
+                )?;
                 let (secs, lat) = run_batches(&model, &batches)?;
                 let tps = *total as f64 / secs;
                 let med = median(lat);
