@@ -31,6 +31,7 @@ pub mod rotary;
 pub mod sparse;
 pub mod static_embedding;
 pub mod tokenize;
+pub mod torch_pickle;
 pub mod transformer;
 pub mod weights;
 
