@@ -72,19 +72,21 @@ thread_local! {
 }
 
 /// Computes attention for every sequence of a packed batch: reads `qkv` (`tokens × qkv_width`),
-/// writes `out` (`tokens × out_width`).
+/// writes `out` (`tokens × out_width`). `attended`, when given, limits each sequence's keys to
+/// its first `attended[s]` tokens (on top of `mask`).
 pub fn attention(
     qkv: &[f32],
     out: &mut [f32],
     offsets: &[usize],
+    attended: Option<&[usize]>,
     layout: HeadLayout,
     mask: Mask,
     bias: Option<&RelativeBias>,
 ) {
     match Isa::detect() {
-        Isa::Avx512 => attention_with::<Avx512>(qkv, out, offsets, layout, mask, bias),
-        Isa::Avx2 => attention_with::<Avx2>(qkv, out, offsets, layout, mask, bias),
-        Isa::Portable => attention_with::<Portable>(qkv, out, offsets, layout, mask, bias),
+        Isa::Avx512 => attention_with::<Avx512>(qkv, out, offsets, attended, layout, mask, bias),
+        Isa::Avx2 => attention_with::<Avx2>(qkv, out, offsets, attended, layout, mask, bias),
+        Isa::Portable => attention_with::<Portable>(qkv, out, offsets, attended, layout, mask, bias),
     }
 }
 
@@ -92,6 +94,7 @@ fn attention_with<K: MicroKernel>(
     qkv: &[f32],
     out: &mut [f32],
     offsets: &[usize],
+    attended: Option<&[usize]>,
     layout: HeadLayout,
     mask: Mask,
     bias: Option<&RelativeBias>,
@@ -105,11 +108,13 @@ fn attention_with<K: MicroKernel>(
         assert!(b.span >= longest && b.values.len() >= layout.heads * (2 * b.span - 1));
     }
     let seqs = offsets.len().saturating_sub(1);
+    assert!(attended.is_none_or(|a| a.len() >= seqs));
     let out_ptr = OutPtr(out.as_mut_ptr());
     let out_ptr = &out_ptr;
     crate::parallel::for_each_index(seqs * layout.heads, |task| {
         let (s, h) = (task / layout.heads, task % layout.heads);
         let (start, end) = (offsets[s], offsets[s + 1]);
+        let keys = attended.map_or(end - start, |a| a[s].clamp(1, (end - start).max(1)));
         HEAD_SCRATCH.with(|cell| {
             let mut guard = cell.borrow_mut();
             // SAFETY: this task alone writes columns h*d..(h+1)*d of rows start..end; the
@@ -117,23 +122,27 @@ fn attention_with<K: MicroKernel>(
             // `Isa::detect` chose a kernel this CPU runs.
             unsafe {
                 let block = out_ptr.0.add(start * layout.out_width() + h * layout.head_dim);
-                attend_one::<K>(qkv, start, end, h, layout, mask, bias, &mut guard, block)
+                attend_one::<K>(qkv, start, end, keys, h, layout, mask, bias, &mut guard, block)
             }
         });
     });
 }
 
-/// The keys query `i` of a `len`-token sequence may attend to.
-fn key_range(mask: Mask, i: usize, len: usize) -> (usize, usize) {
-    match mask {
+/// The keys query `i` of a `len`-token sequence may attend to, of its first `keys` tokens
+/// (`1 ≤ keys ≤ len`).
+fn key_range(mask: Mask, i: usize, len: usize, keys: usize) -> (usize, usize) {
+    let (lo, hi) = match mask {
         Mask::Bidirectional => (0, len),
         Mask::Causal => (0, i + 1),
         Mask::SlidingWindow(w) => (i.saturating_sub(w / 2), (i + w / 2 + 1).min(len)),
-    }
+    };
+    let hi = hi.min(keys);
+    (lo.min(hi.saturating_sub(1)), hi)
 }
 
 /// One (sequence, head): `softmax(q·kᵀ/√d + bias) · v` as two products on the SGEMM
-/// micro-kernel, `K::MR` queries at a time, each over the keys its mask allows.
+/// micro-kernel, `K::MR` queries at a time, each over the keys its mask allows among the first
+/// `keys`.
 ///
 /// # Safety
 /// `out` must address this head's `d` columns of rows `start..end` (row stride `out_width`),
@@ -143,6 +152,7 @@ unsafe fn attend_one<K: MicroKernel>(
     qkv: &[f32],
     start: usize,
     end: usize,
+    keys_attended: usize,
     h: usize,
     layout: HeadLayout,
     mask: Mask,
@@ -189,8 +199,8 @@ unsafe fn attend_one<K: MicroKernel>(
         let rows = mr.min(len - r0);
         // Ranges only grow with the query index, so the block needs keys from the first
         // row's start to the last row's end (whole panels).
-        let klo = key_range(mask, r0, len).0 / nr * nr;
-        let khi = key_range(mask, r0 + rows - 1, len).1.div_ceil(nr) * nr;
+        let klo = key_range(mask, r0, len, keys_attended).0 / nr * nr;
+        let khi = key_range(mask, r0 + rows - 1, len, keys_attended).1.div_ceil(nr) * nr;
         let q = qkv.as_ptr().add((start + r0) * stride + h * d);
         for c in (klo..khi).step_by(nr) {
             K::tile(Tile {
@@ -212,7 +222,7 @@ unsafe fn attend_one<K: MicroKernel>(
         // Padding keys weigh 0: the value product stops at the last real key.
         let kend = khi.min(len);
         for i in 0..rows {
-            let (lo, hi) = key_range(mask, r0 + i, len);
+            let (lo, hi) = key_range(mask, r0 + i, len, keys_attended);
             let row = &mut scores[i * lp..(i + 1) * lp];
             if let Some(b) = bias {
                 let width = 2 * b.span - 1;
@@ -335,13 +345,13 @@ unsafe fn transpose_8x8_blocks(
 mod tests {
     use super::*;
 
-    fn naive(qkv: &[f32], len: usize, l: HeadLayout, mask: Mask, bias: Option<&RelativeBias>) -> Vec<f32> {
+    fn naive(qkv: &[f32], len: usize, keys: usize, l: HeadLayout, mask: Mask, bias: Option<&RelativeBias>) -> Vec<f32> {
         let (d, w) = (l.head_dim, l.qkv_width());
         let mut out = vec![0.0; len * l.out_width()];
         for h in 0..l.heads {
             let kvh = h / (l.heads / l.kv_heads);
             for i in 0..len {
-                let (lo, hi) = key_range(mask, i, len);
+                let (lo, hi) = key_range(mask, i, len, keys);
                 let s: Vec<f64> = (lo..hi)
                     .map(|j| {
                         let dot = (0..d)
@@ -391,7 +401,9 @@ mod tests {
         // Lengths below, at and across the kernels' 4/6/14-row and 16/32-column tiles.
         let lens = [3usize, 1, 17, 40, 33];
         let longest = *lens.iter().max().unwrap_or(&1);
-        for layout in layouts {
+        // Each sequence's keys cut to its first few (ColBERT's unattended query expansion).
+        let cut = [2usize, 1, 9, 40, 20];
+        for (layout, attended) in layouts.into_iter().flat_map(|l| [(l, None), (l, Some(&cut[..]))]) {
             for mask in masks {
                 for with_bias in [false, true] {
                     let w = layout.qkv_width();
@@ -410,13 +422,17 @@ mod tests {
                         offsets.push(offsets.last().unwrap() + l);
                     }
                     let mut out = vec![0.0; total * layout.out_width()];
-                    attention_with::<K>(&qkv, &mut out, &offsets, layout, mask, bias.as_ref());
+                    attention_with::<K>(&qkv, &mut out, &offsets, attended, layout, mask, bias.as_ref());
                     for s in 0..lens.len() {
                         let (a, b) = (offsets[s], offsets[s + 1]);
-                        let want = naive(&qkv[a * w..b * w], b - a, layout, mask, bias.as_ref());
+                        let keys = attended.map_or(b - a, |c| c[s].min(b - a));
+                        let want = naive(&qkv[a * w..b * w], b - a, keys, layout, mask, bias.as_ref());
                         let got = &out[a * layout.out_width()..b * layout.out_width()];
                         for (x, y) in got.iter().zip(&want) {
-                            assert!((x - y).abs() < 1e-5, "{name} {mask:?} bias {with_bias}: {x} vs {y}");
+                            assert!(
+                                (x - y).abs() < 1e-5,
+                                "{name} {mask:?} bias {with_bias} keys {attended:?}: {x} vs {y}"
+                            );
                         }
                     }
                 }

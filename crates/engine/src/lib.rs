@@ -21,6 +21,7 @@ pub mod config;
 pub mod dtype;
 pub mod error;
 pub mod kernels;
+pub mod late_interaction;
 pub mod model;
 pub mod models;
 pub mod packed;
@@ -37,7 +38,8 @@ pub mod weights;
 
 pub use dtype::DType;
 pub use error::{Error, Result};
-pub use model::{compute_pool, LoadOptions, Model, ModelInfo, ModelKind, Output, RerankInfo};
+pub use late_interaction::{maxsim, sparse_dot, Side};
+pub use model::{compute_pool, sparse_pairs, LoadOptions, Model, ModelInfo, ModelKind, Output, RerankInfo};
 pub use packed::{budget_batches, fits_in_budget, PackedBatch};
 pub use pooling::{normalize, truncate_dimensions, Pooling};
 pub use rerank::{ClassifierInfo, LabelFunction};

@@ -3,6 +3,7 @@
 use crate::config::SentenceConfig;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::late_interaction::{load_bge_m3_heads, ColbertSpec, LexicalHead, MultiVectorHead, Side};
 use crate::models;
 use crate::packed::PackedBatch;
 use crate::pooling::{normalize, Dense, Pooling};
@@ -89,6 +90,12 @@ pub struct ModelInfo {
     pub sparse: Option<SpladePooling>,
     /// Whether a sparse model has a query side of its own (inference-free: a table lookup).
     pub sparse_query: bool,
+    /// Width of the token vectors of a model with a multi-vector output (ColBERT, bge-m3).
+    pub multi_vector: Option<usize>,
+    /// Whether a ColBERT model tells queries from documents (prefixes, query expansion).
+    pub multi_vector_sides: bool,
+    /// Whether the model has lexical weights beside its dense vector (bge-m3's sparse output).
+    pub lexical: bool,
 }
 
 /// What one input of a forward pass hands back.
@@ -99,6 +106,23 @@ pub enum Output {
     Pooled,
     /// Its last hidden states, one row per token.
     Tokens,
+    /// The model's multi-vector output (ColBERT, bge-m3): one normalized vector per kept token,
+    /// flat, for the input's side.
+    MultiVector(Side),
+    /// The model's sparse output (SPLADE's vocabulary weights, bge-m3's lexical weights) as
+    /// `[id₀, w₀, id₁, w₁, …]` by id, non-zero weights only; ids are exact in f32 (vocabularies
+    /// are far below 2²⁴). See [`sparse_pairs`].
+    Sparse,
+}
+
+/// The `(id, weight)` pairs of an [`Output::Sparse`] row.
+pub fn sparse_pairs(row: &[f32]) -> impl Iterator<Item = (u32, f32)> + '_ {
+    row.chunks_exact(2).map(|p| (p[0] as u32, p[1]))
+}
+
+/// An [`Output::Sparse`] row of `(id, weight)` pairs.
+fn sparse_row(pairs: impl IntoIterator<Item = (u32, f32)>) -> Vec<f32> {
+    pairs.into_iter().flat_map(|(id, w)| [id as f32, w]).collect()
 }
 
 /// What a model's outputs are for.
@@ -112,6 +136,8 @@ pub enum ModelKind {
     Classifier,
     /// Vocabulary weights of texts (learned sparse vectors).
     Sparse,
+    /// Token vectors of texts, scored by late interaction (ColBERT): no single vector.
+    MultiVector,
 }
 
 impl ModelKind {
@@ -122,6 +148,7 @@ impl ModelKind {
             Self::Reranker => "reranker",
             Self::Classifier => "classifier",
             Self::Sparse => "sparse model",
+            Self::MultiVector => "late-interaction (multi-vector) model",
         }
     }
 }
@@ -133,8 +160,36 @@ impl ModelInfo {
             (Some(_), _, _) => ModelKind::Reranker,
             (None, Some(_), _) => ModelKind::Classifier,
             (None, None, Some(_)) => ModelKind::Sparse,
+            (None, None, None) if self.pooling.is_empty() && self.multi_vector.is_some() => ModelKind::MultiVector,
             (None, None, None) => ModelKind::Embedding,
         }
+    }
+
+    /// Whether the model has a sparse output (SPLADE, bge-m3's lexical weights).
+    pub fn has_sparse(&self) -> bool {
+        self.sparse.is_some() || self.lexical
+    }
+
+    /// The outputs the model gives, by the names the API uses: `dense`, `sparse`,
+    /// `multi_vector`, `scores` (a reranker), `labels` (a classifier).
+    pub fn outputs(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        match self.kind() {
+            ModelKind::Embedding => out.push("dense"),
+            ModelKind::Reranker => out.push("scores"),
+            ModelKind::Classifier => out.push("labels"),
+            ModelKind::Sparse | ModelKind::MultiVector => {}
+        }
+        if self.classifier.is_some() && self.rerank.is_some() {
+            out.push("labels");
+        }
+        if self.has_sparse() {
+            out.push("sparse");
+        }
+        if self.multi_vector.is_some() {
+            out.push("multi_vector");
+        }
+        out
     }
 
     /// Whether the model's outputs are vectors to embed with (not a reranker's or classifier's
@@ -228,6 +283,10 @@ pub struct Model {
     /// Work space of forward passes, one per pass in flight (a pass run between the layers of
     /// another takes a second one).
     scratches: Mutex<Vec<Scratch>>,
+    /// The multi-vector output (ColBERT, bge-m3).
+    multi: Option<MultiVectorHead>,
+    /// bge-m3's lexical weights.
+    lexical: Option<LexicalHead>,
 }
 
 impl Model {
@@ -294,6 +353,20 @@ impl Model {
                 )
             }
         };
+        // A ColBERT folder's Dense modules project every token; its lengths are its own.
+        let colbert = match &encoder {
+            Encoder::Transformer(t) => ColbertSpec::load(dir, &tokenizer)?.map(|spec| (spec, t.max_positions)),
+            Encoder::Static(_) => None,
+        };
+        let (mut tokenizer, mut max_input_tokens) = (tokenizer, max_input_tokens);
+        let mut colbert_projection = Vec::new();
+        if let Some((spec, positions)) = &colbert {
+            max_input_tokens = spec.max_tokens().min(*positions);
+            tokenizer = tokenizer.with_limit(max_input_tokens);
+            colbert_projection = std::mem::take(&mut st.dense_dirs);
+            st.pooling.clear();
+            st.normalize = false;
+        }
         let (architecture, hidden_size, vocab_size) = match &encoder {
             Encoder::Transformer(t) => (t.architecture.clone(), t.hidden, t.vocab_size),
             Encoder::Static(s) => (
@@ -361,6 +434,37 @@ impl Model {
             }
             _ => None,
         };
+        let (multi, lexical) = match (&encoder, colbert) {
+            (Encoder::Transformer(t), Some((spec, _))) => {
+                let projection = colbert_projection
+                    .iter()
+                    .map(|d| Dense::load(d))
+                    .collect::<Result<Vec<_>>>()?;
+                let mut width = t.hidden;
+                for d in &projection {
+                    if d.in_features() != width {
+                        return Err(Error::Unsupported(format!(
+                            "{}: a ColBERT Dense module expects {} inputs but gets {width}",
+                            dir.display(),
+                            d.in_features()
+                        )));
+                    }
+                    width = d.out_features();
+                }
+                if projection.is_empty() {
+                    return Err(Error::Unsupported(format!(
+                        "{}: a ColBERT model without a Dense projection",
+                        dir.display()
+                    )));
+                }
+                dimension = width;
+                (Some(MultiVectorHead::Colbert { spec, projection }), None)
+            }
+            (Encoder::Transformer(t), None) if head.is_none() && sparse.is_none() => {
+                load_bge_m3_heads(&st.transformer_dir, &tokenizer, t.hidden)?
+            }
+            _ => (None, None),
+        };
         let matryoshka_dimensions = folder
             .as_ref()
             .map(|f| matryoshka_dimensions(&f.cfg))
@@ -387,6 +491,9 @@ impl Model {
             classifier,
             sparse: sparse.as_ref().map(|(_, p)| *p),
             sparse_query: st.sparse_query_dir.is_some(),
+            multi_vector: multi.as_ref().map(MultiVectorHead::dimension),
+            multi_vector_sides: matches!(multi, Some(MultiVectorHead::Colbert { .. })),
+            lexical: lexical.is_some(),
         };
         Ok(Self {
             info,
@@ -396,6 +503,8 @@ impl Model {
             sparse,
             sparse_query: st.sparse_query_dir.as_deref().map(SparseStatic::load).transpose()?,
             dense,
+            multi,
+            lexical,
             threads,
             pool,
             scratches: Mutex::new(Vec::new()),
@@ -634,11 +743,15 @@ impl Model {
         &self,
         inputs: &[&[u32]],
         tasks: Option<&[Option<usize>]>,
+        attended: Option<&[usize]>,
         between_layers: &mut (dyn FnMut() + Send),
         f: impl FnOnce(&PackedBatch, &[f32]) -> R,
     ) -> Result<R> {
         self.validate(inputs)?;
         let mut batch = PackedBatch::new(inputs);
+        if let Some(attended) = attended {
+            batch = batch.with_attended(attended);
+        }
         if let Some(tasks) = tasks {
             if tasks.len() != inputs.len() {
                 return Err(Error::Unsupported(format!(
@@ -683,7 +796,7 @@ impl Model {
     /// its token vectors.
     pub fn hidden_states(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         let h = self.info.hidden_size;
-        self.with_hidden(inputs, None, &mut || {}, |batch, hidden| {
+        self.with_hidden(inputs, None, None, &mut || {}, |batch, hidden| {
             (0..batch.len())
                 .map(|i| {
                     let r = batch.range(i);
@@ -716,7 +829,7 @@ impl Model {
             return Ok(pooled);
         }
         let width = self.pooled_width();
-        self.with_hidden(inputs, tasks, between_layers, |batch, hidden| {
+        self.with_hidden(inputs, tasks, None, between_layers, |batch, hidden| {
             let mut pooled = vec![0.0f32; batch.len() * width];
             self.pool.install(|| {
                 for (i, out) in pooled.chunks_exact_mut(width).enumerate() {
@@ -804,11 +917,72 @@ impl Model {
         outputs: Option<&[Output]>,
         between_layers: &mut (dyn FnMut() + Send),
     ) -> Result<Vec<Vec<f32>>> {
-        if let Some(outputs) = outputs.filter(|o| o.contains(&Output::Tokens)) {
+        if let Some(outputs) = outputs.filter(|o| o.iter().any(|o| *o != Output::Pooled)) {
             return self.mixed_outputs(inputs, tasks, outputs, between_layers);
         }
+        self.check_output(Output::Pooled)?;
         let pooled = self.pooled(inputs, tasks, between_layers)?;
         Ok(self.finish(pooled))
+    }
+
+    /// An error naming the model's outputs when it cannot give `output`.
+    pub fn check_output(&self, output: Output) -> Result<()> {
+        let info = &self.info;
+        let has = match output {
+            Output::Pooled => info.kind() != ModelKind::MultiVector,
+            Output::Tokens => true,
+            Output::MultiVector(_) => self.multi.is_some(),
+            Output::Sparse => info.has_sparse(),
+        };
+        if has {
+            return Ok(());
+        }
+        let wanted = match output {
+            Output::Pooled => "a single vector per input",
+            Output::Tokens => "token vectors",
+            Output::MultiVector(_) => "a multi-vector output",
+            Output::Sparse => "a sparse output",
+        };
+        Err(Error::Unsupported(format!(
+            "this model does not give {wanted}; its outputs are: {}",
+            info.outputs().join(", ")
+        )))
+    }
+
+    /// Tokenizes texts for `side` (on the compute threads): a ColBERT model's query or document
+    /// form (prefix, PyLate's lengths, query expansion); for other models the same as
+    /// [`Self::tokenize`].
+    pub fn tokenize_side(
+        &self,
+        texts: &[&str],
+        prompt: Option<&str>,
+        truncation: Truncation,
+        side: Side,
+    ) -> Result<Vec<TokenizedInput>> {
+        match &self.multi {
+            Some(MultiVectorHead::Colbert { spec, .. }) => {
+                self.pool.install(|| spec.tokenize(&self.tokenizer, texts, side))
+            }
+            _ => self.tokenize(texts, prompt, truncation),
+        }
+    }
+
+    /// One input's [`Output::Sparse`] row from its ids and last hidden states.
+    fn sparse_output(&self, ids: &[u32], rows: &[f32]) -> Vec<f32> {
+        match &self.lexical {
+            Some(lexical) => sparse_row(lexical.weights(ids, rows)),
+            None => {
+                let mut weights = vec![0.0; self.pooled_width()];
+                self.pool_one(ids, rows, &mut weights, 1);
+                sparse_row(
+                    weights
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(_, w)| *w != 0.0)
+                        .map(|(id, w)| (id as u32, w)),
+                )
+            }
+        }
     }
 
     /// Vectors from pooled rows (`rows × pooled_width`): through the Dense modules, then
@@ -849,27 +1023,50 @@ impl Model {
                 inputs.len()
             )));
         }
+        for &output in outputs {
+            self.check_output(output)?;
+        }
         let h = self.info.hidden_size;
         let width = self.pooled_width();
-        let (mut out, pooled) = self.with_hidden(inputs, tasks, between_layers, |batch, hidden| {
-            let mut pooled = Vec::new();
-            let out: Vec<Vec<f32>> = (0..batch.len())
-                .map(|i| {
-                    let r = batch.range(i);
-                    let rows = &hidden[r.start * h..r.end * h];
-                    match outputs[i] {
-                        Output::Tokens => rows.to_vec(),
-                        Output::Pooled => {
-                            let start = pooled.len();
-                            pooled.resize(start + width, 0.0);
-                            self.pool_one(inputs[i], rows, &mut pooled[start..], 1);
-                            Vec::new()
+        // A ColBERT query's positions do not attend to its expansion padding.
+        let attended: Option<Vec<usize>> = match &self.multi {
+            Some(MultiVectorHead::Colbert { spec, .. }) => Some(
+                inputs
+                    .iter()
+                    .zip(outputs)
+                    .map(|(ids, output)| match output {
+                        Output::MultiVector(side) => spec.attended(ids, *side),
+                        _ => ids.len(),
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let (mut out, pooled) =
+            self.with_hidden(inputs, tasks, attended.as_deref(), between_layers, |batch, hidden| {
+                let mut pooled = Vec::new();
+                let out: Vec<Vec<f32>> = (0..batch.len())
+                    .map(|i| {
+                        let r = batch.range(i);
+                        let rows = &hidden[r.start * h..r.end * h];
+                        match outputs[i] {
+                            Output::Tokens => rows.to_vec(),
+                            Output::MultiVector(side) => self
+                                .multi
+                                .as_ref()
+                                .map_or_else(Vec::new, |m| m.vectors(inputs[i], rows, h, side)),
+                            Output::Sparse => self.sparse_output(inputs[i], rows),
+                            Output::Pooled => {
+                                let start = pooled.len();
+                                pooled.resize(start + width, 0.0);
+                                self.pool_one(inputs[i], rows, &mut pooled[start..], 1);
+                                Vec::new()
+                            }
                         }
-                    }
-                })
-                .collect();
-            (out, pooled)
-        })?;
+                    })
+                    .collect();
+                (out, pooled)
+            })?;
         let mut vectors = self.finish(pooled).into_iter();
         for (slot, _) in out.iter_mut().zip(outputs).filter(|(_, o)| **o == Output::Pooled) {
             *slot = vectors.next().unwrap_or_default();

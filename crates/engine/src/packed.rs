@@ -11,6 +11,10 @@ pub struct PackedBatch {
     tasks: Vec<Option<usize>>,
     /// Token type of each token (cross-encoder pairs); empty when all are 0.
     token_types: Vec<u8>,
+    /// Keys each sequence's queries attend to: its first `n` tokens (ColBERT's expanded
+    /// queries, whose `[MASK]` padding is not attended to); empty when every sequence attends
+    /// to all of its tokens.
+    attended: Vec<usize>,
 }
 
 impl PackedBatch {
@@ -29,7 +33,25 @@ impl PackedBatch {
             offsets,
             tasks: Vec::new(),
             token_types: Vec::new(),
+            attended: Vec::new(),
         }
+    }
+
+    /// Limits the keys of each sequence to its first `attended[i]` tokens (one entry per
+    /// sequence; an entry at or past the sequence's length leaves it whole).
+    pub fn with_attended(mut self, attended: &[usize]) -> Self {
+        assert_eq!(attended.len(), self.len(), "one key count per sequence");
+        self.attended = if (0..self.len()).any(|i| attended[i] < self.range(i).len()) {
+            attended.to_vec()
+        } else {
+            Vec::new()
+        };
+        self
+    }
+
+    /// Per sequence, the number of leading tokens its queries attend to (`None`: all of them).
+    pub fn attended(&self) -> Option<&[usize]> {
+        (!self.attended.is_empty()).then_some(self.attended.as_slice())
     }
 
     /// Sets the token type of every token (one entry per token).

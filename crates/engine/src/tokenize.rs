@@ -126,6 +126,12 @@ impl TextTokenizer {
         })
     }
 
+    /// The same tokenizer with a limit of `limit` tokens, special tokens included.
+    pub fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
     /// The same tokenizer without the post-processor's special tokens (static models).
     pub fn without_special_tokens(mut self) -> Self {
         self.add_special_tokens = false;
@@ -294,15 +300,27 @@ impl TextTokenizer {
         prefix: Option<&str>,
         truncation: Truncation,
     ) -> Result<Vec<TokenizedInput>> {
+        self.tokenize_within(texts, prefix, truncation, self.limit)
+    }
+
+    /// [`Self::tokenize`] with a limit of `limit` tokens (special tokens included) instead of
+    /// the model's: a model whose queries and documents have lengths of their own (ColBERT).
+    pub fn tokenize_within(
+        &self,
+        texts: &[&str],
+        prefix: Option<&str>,
+        truncation: Truncation,
+        limit: usize,
+    ) -> Result<Vec<TokenizedInput>> {
         use rayon::prelude::*;
         texts
             .par_iter()
-            .map(|text| self.tokenize_one(&self.full_text(prefix, text), truncation))
+            .map(|text| self.tokenize_one(&self.full_text(prefix, text), truncation, limit))
             .collect()
     }
 
-    fn tokenize_one(&self, text: &str, truncation: Truncation) -> Result<TokenizedInput> {
-        let keep = self.limit.saturating_sub(self.special_tokens);
+    fn tokenize_one(&self, text: &str, truncation: Truncation, limit: usize) -> Result<TokenizedInput> {
+        let keep = limit.saturating_sub(self.special_tokens);
         let side = if truncation == Truncation::Start {
             Side::Tail
         } else {
@@ -327,7 +345,7 @@ impl TextTokenizer {
             window = window.saturating_mul(4);
         };
         let untruncated_tokens = enc.len() + self.special_tokens;
-        let over_limit = untruncated_tokens > self.limit;
+        let over_limit = untruncated_tokens > limit;
         if over_limit && truncation != Truncation::None {
             let dir = if side == Side::Head {
                 TruncationDirection::Right
@@ -504,7 +522,7 @@ mod window_tests {
         let text: String = (0..5000).map(|i| words[i % words.len()]).collect::<Vec<_>>().join(" ");
         let big = t.full_text(None, &text);
         for truncation in [Truncation::End, Truncation::Start] {
-            let got = t.tokenize_one(&big, truncation).unwrap();
+            let got = t.tokenize_one(&big, truncation, t.limit).unwrap();
             assert!(!got.counted_all && got.over_limit && got.ids.len() == 32);
             // The whole text tokenized at once gives the same ids.
             let mut whole = t.encode(&big).unwrap();
@@ -517,19 +535,19 @@ mod window_tests {
             let whole = t.inner.post_process(whole, None, true).unwrap();
             assert_eq!(got.ids, whole.get_ids(), "{truncation:?}");
         }
-        let none = t.tokenize_one(&big, Truncation::None).unwrap();
+        let none = t.tokenize_one(&big, Truncation::None, t.limit).unwrap();
         assert!(
             none.over_limit && none.counted_all,
             "texts up to 64 KiB are counted to the end"
         );
         let huge = big.repeat(4);
-        let none = t.tokenize_one(&huge, Truncation::None).unwrap();
+        let none = t.tokenize_one(&huge, Truncation::None, t.limit).unwrap();
         assert!(none.over_limit && none.untruncated_tokens > 32 && !none.counted_all);
-        let short = t.tokenize_one("a short text", Truncation::None).unwrap();
+        let short = t.tokenize_one("a short text", Truncation::None, t.limit).unwrap();
         assert!(short.counted_all && !short.over_limit);
         // One unbroken "word" far over the window: read to its end, never cut inside.
         let word = "a".repeat(20_000);
-        let got = t.tokenize_one(&word, Truncation::End).unwrap();
+        let got = t.tokenize_one(&word, Truncation::End, t.limit).unwrap();
         assert!(got.counted_all);
     }
 

@@ -62,7 +62,10 @@ enum Value {
     /// An allowed callable, by `module.name`.
     Global(String),
     /// A storage reference (`persistent_load` of `('storage', type, key, location, numel)`).
-    Storage { kind: StorageType, key: String },
+    Storage {
+        kind: StorageType,
+        key: String,
+    },
     Tensor {
         storage: Box<Value>,
         offset: usize,
@@ -110,7 +113,7 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, TorchTensor>> {
         Ok(bytes)
     };
     let program = read_entry(&pickle_name)?;
-    let value = Machine::default().run(&program).map_err(|m| invalid(m))?;
+    let value = Machine::default().run(&program).map_err(&invalid)?;
     let Value::Dict(items) = value else {
         return Err(invalid("the pickle is not a state dict (a dict of tensors)".into()));
     };
@@ -148,7 +151,12 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, TorchTensor>> {
         }
         let numel: usize = shape.iter().product();
         // The last element read must lie inside the storage.
-        let last = offset + shape.iter().zip(&stride).map(|(&n, &s)| n.saturating_sub(1) * s).sum::<usize>();
+        let last = offset
+            + shape
+                .iter()
+                .zip(&stride)
+                .map(|(&n, &s)| n.saturating_sub(1) * s)
+                .sum::<usize>();
         if numel > 0 && last >= count {
             return Err(invalid(format!(
                 "`{key}`: shape {shape:?} with stride {stride:?} reads past its storage of {count} values"
@@ -397,8 +405,9 @@ impl Machine {
                     };
                     match parts.as_slice() {
                         [Value::Str(tag), Value::Global(kind), Value::Str(key), _, _] if tag == "storage" => {
-                            let kind = StorageType::from_global(kind)
-                                .ok_or_else(|| format!("storage type `{kind}` (float32, float16, bfloat16 or float64 only)"))?;
+                            let kind = StorageType::from_global(kind).ok_or_else(|| {
+                                format!("storage type `{kind}` (float32, float16, bfloat16 or float64 only)")
+                            })?;
                             self.stack.push(Value::Storage { kind, key: key.clone() })
                         }
                         _ => return Err("a persistent id that is not a storage".into()),
@@ -485,7 +494,9 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/tiny/bge_m3").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures/tiny/bge_m3")
+            .join(name)
     }
 
     #[test]
@@ -496,7 +507,10 @@ mod tests {
         let colbert = read_state_dict(&fixture("colbert_linear.pt")).unwrap();
         assert_eq!(colbert["weight"].shape, vec![32, 32]);
         assert_eq!(colbert["weight"].values.len(), 32 * 32);
-        assert!(colbert["weight"].values.iter().all(|v| v.is_finite()) && colbert["weight"].values.iter().any(|v| *v != 0.0));
+        assert!(
+            colbert["weight"].values.iter().all(|v| v.is_finite())
+                && colbert["weight"].values.iter().any(|v| *v != 0.0)
+        );
     }
 
     /// A pickle that calls `os.system` is refused before anything runs, with the file named.
@@ -508,7 +522,8 @@ mod tests {
         let program: &[u8] = b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00trueq\x00\x85R.";
         let file = std::fs::File::create(&path).unwrap();
         let mut zip = zip::ZipWriter::new(file);
-        zip.start_file("evil/data.pkl", zip::write::SimpleFileOptions::default()).unwrap();
+        zip.start_file("evil/data.pkl", zip::write::SimpleFileOptions::default())
+            .unwrap();
         std::io::Write::write_all(&mut zip, program).unwrap();
         zip.finish().unwrap();
         let err = read_state_dict(&path).unwrap_err().to_string();

@@ -742,7 +742,15 @@ impl Transformer {
         att.qkv.forward_batch(input, batch, qkv, Activation::Identity, threads);
         att.position_qk(qkv, batch);
         let ctx = buffer(&mut s.context, t * att.layout.out_width());
-        attention(qkv, ctx, batch.offsets(), att.layout, att.mask, s.bias.as_ref());
+        attention(
+            qkv,
+            ctx,
+            batch.offsets(),
+            batch.attended(),
+            att.layout,
+            att.mask,
+            s.bias.as_ref(),
+        );
         let proj = buffer(&mut s.projected, t * h);
         att.out.forward_batch(ctx, batch, proj, Activation::Identity, threads);
         if let Some(post) = &layer.post_norms {

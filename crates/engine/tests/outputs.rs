@@ -32,6 +32,7 @@ fn mixed_outputs_equal_separate_passes() {
             let want = match output {
                 Output::Tokens => &hidden[i],
                 Output::Pooled => &vectors[i],
+                other => unreachable!("{other:?} is not asked for here"),
             };
             assert_eq!(mixed[i].len(), want.len(), "{fixture} input {i}");
             let diff = max_abs_diff(&mixed[i], want);
