@@ -3,7 +3,7 @@
 use crate::config::SentenceConfig;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::late_interaction::{load_bge_m3_heads, ColbertSpec, LexicalHead, MultiVectorHead, Side};
+use crate::late_interaction::{load_bge_m3_heads, maxsim, sparse_dot, ColbertSpec, LexicalHead, MultiVectorHead, Side};
 use crate::models;
 use crate::packed::PackedBatch;
 use crate::pooling::{normalize, Dense, Pooling};
@@ -109,6 +109,10 @@ pub enum Output {
     /// The model's multi-vector output (ColBERT, bge-m3): one normalized vector per kept token,
     /// flat, for the input's side.
     MultiVector(Side),
+    /// What the model scores a (query, document) pair by, from one forward pass (see
+    /// [`Model::relevance`]): a ColBERT model's token vectors; bge-m3's dense vector, lexical
+    /// weights and token vectors together.
+    Retrieval(Side),
     /// The model's sparse output (SPLADE's vocabulary weights, bge-m3's lexical weights) as
     /// `[id₀, w₀, id₁, w₁, …]` by id, non-zero weights only; ids are exact in f32 (vocabularies
     /// are far below 2²⁴). See [`sparse_pairs`].
@@ -118,6 +122,17 @@ pub enum Output {
 /// The `(id, weight)` pairs of an [`Output::Sparse`] row.
 pub fn sparse_pairs(row: &[f32]) -> impl Iterator<Item = (u32, f32)> + '_ {
     row.chunks_exact(2).map(|p| (p[0] as u32, p[1]))
+}
+
+/// The [`Output::Sparse`] row of a dense weight vector (one weight per vocabulary entry).
+fn nonzero_row(weights: Vec<f32>) -> Vec<f32> {
+    sparse_row(
+        weights
+            .into_iter()
+            .enumerate()
+            .filter(|(_, w)| *w != 0.0)
+            .map(|(id, w)| (id as u32, w)),
+    )
 }
 
 /// An [`Output::Sparse`] row of `(id, weight)` pairs.
@@ -931,7 +946,7 @@ impl Model {
         let has = match output {
             Output::Pooled => info.kind() != ModelKind::MultiVector,
             Output::Tokens => true,
-            Output::MultiVector(_) => self.multi.is_some(),
+            Output::MultiVector(_) | Output::Retrieval(_) => self.multi.is_some(),
             Output::Sparse => info.has_sparse(),
         };
         if has {
@@ -941,6 +956,7 @@ impl Model {
             Output::Pooled => "a single vector per input",
             Output::Tokens => "token vectors",
             Output::MultiVector(_) => "a multi-vector output",
+            Output::Retrieval(_) => "a late-interaction relevance score",
             Output::Sparse => "a sparse output",
         };
         Err(Error::Unsupported(format!(
@@ -974,13 +990,7 @@ impl Model {
             None => {
                 let mut weights = vec![0.0; self.pooled_width()];
                 self.pool_one(ids, rows, &mut weights, 1);
-                sparse_row(
-                    weights
-                        .into_iter()
-                        .enumerate()
-                        .filter(|(_, w)| *w != 0.0)
-                        .map(|(id, w)| (id as u32, w)),
-                )
+                nonzero_row(weights)
             }
         }
     }
@@ -1035,7 +1045,7 @@ impl Model {
                     .iter()
                     .zip(outputs)
                     .map(|(ids, output)| match output {
-                        Output::MultiVector(side) => spec.attended(ids, *side),
+                        Output::MultiVector(side) | Output::Retrieval(side) => spec.attended(ids, *side),
                         _ => ids.len(),
                     })
                     .collect(),
@@ -1050,18 +1060,13 @@ impl Model {
                         let r = batch.range(i);
                         let rows = &hidden[r.start * h..r.end * h];
                         match outputs[i] {
-                            Output::Tokens => rows.to_vec(),
-                            Output::MultiVector(side) => self
-                                .multi
-                                .as_ref()
-                                .map_or_else(Vec::new, |m| m.vectors(inputs[i], rows, h, side)),
-                            Output::Sparse => self.sparse_output(inputs[i], rows),
                             Output::Pooled => {
                                 let start = pooled.len();
                                 pooled.resize(start + width, 0.0);
                                 self.pool_one(inputs[i], rows, &mut pooled[start..], 1);
                                 Vec::new()
                             }
+                            other => self.token_output(other, inputs[i], rows),
                         }
                     })
                     .collect();
@@ -1074,9 +1079,57 @@ impl Model {
         Ok(out)
     }
 
-    /// The query weights of an inference-free sparse model (one per vocabulary entry, dense):
-    /// each text tokenized without special tokens (cut at the query tokenizer's limit), each
-    /// distinct id's table weight. `None` when the model has no query side.
+    /// One input's output other than [`Output::Pooled`], from its ids and last hidden states.
+    fn token_output(&self, output: Output, ids: &[u32], rows: &[f32]) -> Vec<f32> {
+        let h = self.info.hidden_size;
+        let multi = |side| self.multi.as_ref().map_or_else(Vec::new, |m| m.vectors(ids, rows, h, side));
+        match output {
+            Output::Pooled | Output::Tokens => rows.to_vec(),
+            Output::MultiVector(side) => multi(side),
+            Output::Sparse => self.sparse_output(ids, rows),
+            Output::Retrieval(side) if self.lexical.is_some() => {
+                // bge-m3: [dense vector | pair count | lexical pairs | token vectors].
+                let mut dense = vec![0.0; self.pooled_width()];
+                self.pool_one(ids, rows, &mut dense, 1);
+                let mut row = self.finish(dense).pop().unwrap_or_default();
+                let pairs = self.sparse_output(ids, rows);
+                row.push((pairs.len() / 2) as f32);
+                row.extend(pairs);
+                row.extend(multi(side));
+                row
+            }
+            Output::Retrieval(side) => multi(side),
+        }
+    }
+
+    /// The relevance of a document to a query from their [`Output::Retrieval`] rows (the query's
+    /// for [`Side::Query`]): ColBERT's MaxSim (the sum over query vectors of the best dot
+    /// product); for bge-m3 FlagEmbedding's `compute_score` with equal weights: the mean of the
+    /// dense dot product, the lexical matching score and the ColBERT score (MaxSim over the
+    /// query's vector count).
+    pub fn relevance(&self, query: &[f32], document: &[f32]) -> f32 {
+        let dim = self.info.multi_vector.unwrap_or(1).max(1);
+        if self.lexical.is_none() {
+            return maxsim(query, document, dim);
+        }
+        let split = |row: &'_ [f32]| -> (Vec<f32>, Vec<(u32, f32)>, Vec<f32>) {
+            let d = self.info.dimension.min(row.len());
+            let n = row.get(d).map_or(0, |&n| n as usize);
+            let pairs_end = (d + 1 + 2 * n).min(row.len());
+            let pairs = sparse_pairs(row.get(d + 1..pairs_end).unwrap_or_default()).collect();
+            (row[..d].to_vec(), pairs, row.get(pairs_end..).unwrap_or_default().to_vec())
+        };
+        let (qd, qs, qm) = split(query);
+        let (dd, ds, dm) = split(document);
+        let dense: f32 = qd.iter().zip(&dd).map(|(a, b)| a * b).sum();
+        let lexical = sparse_dot(&qs, &ds);
+        let colbert = maxsim(&qm, &dm, dim) / (qm.len() / dim).max(1) as f32;
+        (dense + lexical + colbert) / 3.0
+    }
+
+    /// The query weights of an inference-free sparse model as [`Output::Sparse`] rows: each
+    /// text tokenized without special tokens (cut at the query tokenizer's limit), each distinct
+    /// id's table weight. `None` when the model has no query side.
     pub fn sparse_queries(&self, texts: &[&str]) -> Result<Option<Vec<Vec<f32>>>> {
         let Some(query) = &self.sparse_query else {
             return Ok(None);
@@ -1084,7 +1137,7 @@ impl Model {
         let toks = self
             .pool
             .install(|| query.tokenizer().tokenize(texts, None, Truncation::End))?;
-        Ok(Some(toks.iter().map(|t| query.weights(&t.ids)).collect()))
+        Ok(Some(toks.iter().map(|t| nonzero_row(query.weights(&t.ids))).collect()))
     }
 
     /// Tokenizes and embeds texts in one batch (a convenience for tools and tests).

@@ -202,3 +202,39 @@ fn outputs_a_model_lacks_are_refused_with_its_outputs_named() {
     assert!(err.contains("does not give a sparse output"), "{err}");
     assert!(err.contains("multi_vector"), "{err}");
 }
+
+/// `Model::relevance` on retrieval rows: PyLate's rerank scores (MaxSim) for ColBERT, and
+/// FlagEmbedding's `compute_score` (`colbert+sparse+dense`) for bge-m3.
+#[test]
+fn relevance_equals_the_libraries_rerank_scores() {
+    let retrieval = |model: &Model, texts: &[&str], side| {
+        let toks = model.tokenize_side(texts, None, Truncation::End, side).unwrap();
+        let ids: Vec<&[u32]> = toks.iter().map(|t| t.ids.as_slice()).collect();
+        model
+            .run_yielding(&ids, None, Some(&vec![Output::Retrieval(side); ids.len()]), &mut || {})
+            .unwrap()
+    };
+    let dir = shared_dir().join("fixtures/tiny/colbert");
+    let r = reference(&dir);
+    let model = Model::load(&dir, &LoadOptions::default()).unwrap();
+    let strings = |k: &str| -> Vec<&str> { r["scores"][k].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect() };
+    let docs = retrieval(&model, &strings("documents"), Side::Document);
+    for (qi, query) in strings("queries").into_iter().enumerate() {
+        let q = retrieval(&model, &[query], Side::Query).remove(0);
+        for entry in r["scores"]["rerank"][qi].as_array().unwrap() {
+            let d = entry["id"].as_u64().unwrap() as usize;
+            let (got, want) = (model.relevance(&q, &docs[d]), entry["score"].as_f64().unwrap() as f32);
+            assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "query {qi} document {d}: {got} vs {want}");
+        }
+    }
+    let dir = shared_dir().join("fixtures/tiny/bge_m3");
+    let r = reference(&dir);
+    let model = Model::load(&dir, &LoadOptions::default()).unwrap();
+    for pair in r["scores"]["per_pair"].as_array().unwrap() {
+        let q = retrieval(&model, &[pair["query"].as_str().unwrap()], Side::Query).remove(0);
+        let p = retrieval(&model, &[pair["passage"].as_str().unwrap()], Side::Document).remove(0);
+        let want = pair["compute_score_alone"]["colbert+sparse+dense"].as_f64().unwrap() as f32;
+        let got = model.relevance(&q, &p);
+        assert!((got - want).abs() <= 1e-5, "{got} vs {want}");
+    }
+}

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use openembed_engine::{LoadOptions, Model, ModelKind, Truncation};
+use openembed_engine::{sparse_pairs, LoadOptions, Model, ModelKind, Truncation};
 use serde_json::Value;
 
 #[test]
@@ -62,7 +62,11 @@ fn inference_free_router_equals_the_sparse_encoder() {
         let doc = model.embed_ids(&[tok.ids.as_slice()]).unwrap().remove(0);
         let diff = max_abs_diff(&doc, &dense(&case["encode_document"], doc.len()));
         assert!(diff <= 1e-5, "case {i} document: max abs diff {diff}");
-        let diff = max_abs_diff(&queries[i], &dense(&case["encode_query"], queries[i].len()));
+        let mut query = vec![0.0f32; doc.len()];
+        for (id, w) in sparse_pairs(&queries[i]) {
+            query[id as usize] = w;
+        }
+        let diff = max_abs_diff(&query, &dense(&case["encode_query"], query.len()));
         assert!(diff <= 1e-6, "case {i} query: max abs diff {diff}");
     }
     // A plain SPLADE model has no query side of its own.

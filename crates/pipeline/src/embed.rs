@@ -74,25 +74,16 @@ impl ServedModel {
         )
     }
 
-    /// Queues prepared ids (all or nothing; refused when the queue is full).
+    /// Queues prepared ids for the plan's output (all or nothing; refused when the queue is
+    /// full).
     pub fn enqueue(&self, prepared: Prepared, plan: Plan) -> Result<Submitted, RequestError> {
-        let ticket = self.scheduler.submit(prepared.ids, plan.task)?;
+        let ticket = self.scheduler.submit_with(prepared.ids, plan.task, plan.output)?;
         Ok(Submitted {
             ticket,
             plan,
             layout: prepared.layout,
             tokens: prepared.tokens,
         })
-    }
-
-    /// Queues prepared ids for their token vectors (each input's last hidden states, `tokens ×
-    /// hidden_size` flat) instead of their vectors; `plan` must not split inputs into windows.
-    pub fn enqueue_tokens(&self, prepared: Prepared, plan: &Plan) -> Result<Ticket, RequestError> {
-        if plan.windows.is_some() {
-            return Err(RequestError::internal("token vectors of long-input windows"));
-        }
-        self.scheduler
-            .submit_with(prepared.ids, plan.task, openembed_engine::Output::Tokens)
     }
 
     /// Plans, prepares and queues a request.

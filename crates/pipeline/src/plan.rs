@@ -5,7 +5,7 @@
 use crate::error::RequestError;
 use crate::prepare::WindowLayout;
 use crate::token_ids::TokenIds;
-use openembed_engine::{normalize, truncate_dimensions, ModelInfo, ModelKind, Truncation};
+use openembed_engine::{normalize, truncate_dimensions, ModelInfo, ModelKind, Output, Side, Truncation};
 
 /// One input as a front end received it.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,9 +49,14 @@ pub struct EmbedRequest {
     /// What token-id inputs mean; `None`: as the model is served (`--token-ids`). A protocol
     /// whose ids are always the model's own (TEI's) says `Native`.
     pub token_ids: Option<TokenIds>,
-    /// Ask a sparse model (SPLADE) for its vocabulary weights (one per vocabulary entry, almost
-    /// all zero) instead of a dense vector.
+    /// Ask for the model's sparse output (SPLADE's vocabulary weights, bge-m3's lexical weights)
+    /// instead of a dense vector.
     pub sparse: bool,
+    /// Ask for token vectors instead of a dense vector: the model's multi-vector output
+    /// (ColBERT, bge-m3), or its last hidden states when it has none.
+    pub token_vectors: bool,
+    /// Query or document: a ColBERT model tokenizes the two apart (prefix, query expansion).
+    pub side: Side,
 }
 
 /// How to run one validated request on its model.
@@ -75,6 +80,11 @@ pub struct Plan {
     pub windows: Option<usize>,
     /// What token-id inputs mean, when the request says (else as the model is served).
     pub token_ids: Option<TokenIds>,
+    /// What the engine hands back per input: a vector (shaped by the plan), sparse weights or
+    /// token vectors (handed back as they are).
+    pub output: Output,
+    /// Query or document side of the inputs.
+    pub side: Side,
 }
 
 /// A front end's defaults that a request may override.
@@ -114,6 +124,7 @@ pub fn not_embedding(kind: ModelKind) -> Option<&'static str> {
         ModelKind::Reranker => Some("POST /v1/rerank (or `openembed rerank`)"),
         ModelKind::Classifier => Some("POST /predict (or `openembed classify`)"),
         ModelKind::Sparse => Some("POST /embed_sparse"),
+        ModelKind::MultiVector => Some("POST /embed_all (one vector per token) or POST /v1/rerank (MaxSim)"),
     }
 }
 
@@ -125,26 +136,31 @@ pub fn plan(
     defaults: &Defaults,
     default_task: Option<&str>,
 ) -> Result<Plan, RequestError> {
-    match (info.kind(), request.sparse) {
-        (ModelKind::Sparse, true) if request.dimensions.is_some() => {
-            return Err(RequestError::invalid(
-                "'dimensions' does not apply to sparse vectors (one weight per vocabulary entry).",
-                Some("dimensions"),
-            ));
-        }
-        (ModelKind::Embedding, true) => {
-            return Err(RequestError::invalid(
-                format!(
-                    "The model '{}' has no sparse output (it is a dense embedding model); use POST /embed or \
-                     /v1/embeddings.",
-                    request.model
-                ),
-                Some("model"),
-            ))
-        }
-        _ => {}
+    let output = match (request.sparse, request.token_vectors, info.multi_vector) {
+        (true, _, _) => Output::Sparse,
+        (false, true, Some(_)) => Output::MultiVector(request.side),
+        (false, true, None) => Output::Tokens,
+        (false, false, _) => Output::Pooled,
+    };
+    let outputs = || info.outputs().join(", ");
+    if output == Output::Sparse && !info.has_sparse() {
+        return Err(RequestError::invalid(
+            format!(
+                "The model '{}' has no sparse output; its outputs are: {}.",
+                request.model,
+                outputs()
+            ),
+            Some("model"),
+        ));
     }
-    if let Some(route) = not_embedding(info.kind()).filter(|_| !(request.sparse && info.kind() == ModelKind::Sparse)) {
+    if output != Output::Pooled && request.dimensions.is_some() {
+        return Err(RequestError::invalid(
+            "'dimensions' applies to dense vectors only, not to sparse weights or token vectors.",
+            Some("dimensions"),
+        ));
+    }
+    let other_output = output != Output::Pooled && matches!(info.kind(), ModelKind::Sparse | ModelKind::MultiVector);
+    if let Some(route) = not_embedding(info.kind()).filter(|_| !other_output) {
         return Err(RequestError::invalid(
             format!(
                 "The model '{}' is a {}, not an embedding model; use {route}.",
@@ -220,8 +236,11 @@ pub fn plan(
         dimensions: request.dimensions,
         normalize: request.normalize.unwrap_or(info.normalize),
         model_normalizes: info.normalize,
-        windows: defaults.long_input_windows,
+        // Long inputs are split only for a vector per input.
+        windows: defaults.long_input_windows.filter(|_| output == Output::Pooled),
         token_ids: request.token_ids,
+        output,
+        side: request.side,
     })
 }
 
@@ -229,6 +248,9 @@ impl Plan {
     /// One handed-back vector from the model's: cut to `dimensions` and then L2-normalized when
     /// the plan says so; uncut, normalized only when the model's output is not already.
     pub fn shape(&self, vector: Vec<f32>) -> Result<Vec<f32>, RequestError> {
+        if self.output != Output::Pooled {
+            return Ok(vector); // sparse weights and token vectors are the model's as they are
+        }
         match self.dimensions {
             Some(d) => {
                 truncate_dimensions(&vector, d, self.normalize).map_err(|e| RequestError::internal(e.to_string()))

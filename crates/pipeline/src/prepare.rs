@@ -182,7 +182,10 @@ pub fn prepare(
         let mut out = Vec::with_capacity(texts.len());
         let mut running = 0;
         for chunk in texts.chunks(TOKENIZE_CHUNK) {
-            for t in model.tokenize(chunk, prompt, truncation).map_err(tokenizer_error)? {
+            for t in model
+                .tokenize_side(chunk, prompt, truncation, plan.side)
+                .map_err(tokenizer_error)?
+            {
                 if t.over_limit && truncation == Truncation::None {
                     return Err(too_long(limit, t.untruncated_tokens, t.counted_all, hint));
                 }

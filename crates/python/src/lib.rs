@@ -157,7 +157,7 @@ impl Model {
             dimensions,
             normalize: Some(normalize),
             token_ids: None,
-            sparse: false,
+            ..EmbedRequest::default()
         };
         let result = py.detach(move || -> Result<(Vec<u8>, usize, usize), Stop> {
             let defaults = Defaults {
@@ -263,13 +263,7 @@ impl Model {
         truncate: bool,
     ) -> PyResult<Vec<SparseWeights>> {
         let served = Arc::clone(&self.served);
-        let nonzero = |v: Vec<f32>| -> SparseWeights {
-            v.into_iter()
-                .enumerate()
-                .filter(|(_, x)| *x != 0.0)
-                .map(|(i, x)| (i as u32, x))
-                .unzip()
-        };
+        let nonzero = |row: Vec<f32>| -> SparseWeights { openembed_engine::sparse_pairs(&row).unzip() };
         py.detach(move || -> Result<Vec<SparseWeights>, RequestError> {
             if is_query {
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();

@@ -110,7 +110,7 @@ impl EmbeddingsRequest {
             dimensions: self.dimensions,
             normalize: None,
             token_ids: None,
-            sparse: false,
+            ..Default::default()
         }
     }
 }
@@ -936,8 +936,16 @@ pub struct ModelObject {
     /// Extension: prompt names usable as `prompt_name`.
     pub prompts: Vec<String>,
     /// Extension: what the model serves: `embeddings` (POST /v1/embeddings), `rerank`
-    /// (POST /v1/rerank), `classify` (POST /predict) or `embed_sparse` (POST /embed_sparse).
+    /// (POST /v1/rerank), `classify` (POST /predict), `embed_sparse` (POST /embed_sparse) or
+    /// `embed_all` (POST /embed_all: a late-interaction model's token vectors).
     pub serves: &'static str,
+    /// Extension: the outputs the model gives: `dense` (a vector per input), `sparse` (POST
+    /// /embed_sparse), `multi_vector` (POST /embed_all), `scores` (a reranker), `labels` (a
+    /// classifier).
+    pub outputs: Vec<&'static str>,
+    /// Extension: width of each token vector of a model with a `multi_vector` output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multi_vector_dimensions: Option<usize>,
     /// Extension: task adapters usable as `task` (empty for models without tasks).
     pub tasks: Vec<String>,
     /// Extension: the task used when a request names none (`--default-task`).

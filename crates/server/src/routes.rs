@@ -14,7 +14,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use http_body_util::BodyExt;
-use openembed_engine::{ModelKind, Truncation};
+use openembed_engine::{ModelKind, Output, Truncation};
 use openembed_pipeline::prepare::Prepared;
 use openembed_pipeline::rerank::RerankJob;
 use openembed_pipeline::{Defaults, EmbedRequest, Embedded, Input, Plan, ServedModel};
@@ -291,7 +291,17 @@ pub(crate) async fn embed_with(
     let plan = served.plan(request, defaults)?;
     let (prepared, plan) = prepare(state, served, plan, inputs).await?;
     let n_inputs = prepared.layout.inputs();
-    reservation.resize(prepared.tokens * 4 + response_bytes(n_inputs, served.model.info().dimension))?;
+    let info = served.model.info();
+    // What the answer holds, as floats in memory and as JSON text (about 20 bytes a number).
+    let answer = match plan.output {
+        Output::Pooled => response_bytes(n_inputs, info.dimension),
+        // A pair per kept id: at most one per token (lexical weights) or per vocabulary entry.
+        Output::Sparse if info.lexical => response_bytes(prepared.tokens, 2),
+        Output::Sparse => response_bytes(n_inputs, 2 * info.dimension),
+        Output::MultiVector(_) => response_bytes(prepared.tokens, info.multi_vector.unwrap_or(info.hidden_size)),
+        Output::Tokens => response_bytes(prepared.tokens, info.hidden_size),
+    };
+    reservation.resize(prepared.tokens * 4 + answer)?;
     Ok(served.enqueue(prepared, plan)?.wait().await?)
 }
 
@@ -390,7 +400,10 @@ fn model_object(id: &str, served: &ServedModel) -> ModelObject {
             ModelKind::Reranker => "rerank",
             ModelKind::Classifier => "classify",
             ModelKind::Sparse => "embed_sparse",
+            ModelKind::MultiVector => "embed_all",
         },
+        outputs: info.outputs(),
+        multi_vector_dimensions: info.multi_vector,
         tasks: info.tasks.clone(),
         default_task: served.default_task.clone(),
         matryoshka_dimensions: info.matryoshka_dimensions.clone(),

@@ -13,14 +13,14 @@
 use crate::api::{JsonInt, MAX_INPUTS};
 use crate::budget::Reservation;
 use crate::error::{ApiError, EMPTY_INPUT};
-use crate::routes::{blocking, embed_with, prepare, read_json, run_rerank};
+use crate::routes::{blocking, embed_with, read_json, run_rerank};
 use crate::state::{AppState, InFlight};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use openembed_engine::{LabelFunction, ModelInfo, ModelKind, Truncation};
+use openembed_engine::{sparse_pairs, LabelFunction, ModelInfo, ModelKind, Side, Truncation};
 use openembed_pipeline::rerank::RerankJob;
 use openembed_pipeline::{
     ClassifyInput, ClassifyJob, Codes, Defaults, EmbedRequest, EmbeddingType, Input, ServedModel, TokenIds,
@@ -131,6 +131,9 @@ pub struct TeiEmbedAllRequest {
     pub prompt_name: Option<String>,
     /// Extension: a served model (default: the first embedding model).
     pub model: Option<String>,
+    /// The inputs are queries: a ColBERT model gives them its query form (query prefix and
+    /// expansion to its query length); documents drop the skiplist's tokens (default false).
+    pub is_query: Option<bool>,
 }
 
 /// `inputs` of `/predict`: a text, a pair `[text, text]`, or a batch of `[text]` and
@@ -454,7 +457,13 @@ fn reranker(info: &ModelInfo) -> bool {
 }
 
 fn sparse_model(info: &ModelInfo) -> bool {
-    info.sparse.is_some()
+    info.has_sparse()
+}
+
+/// Models `/embed_all` serves: token vectors of an embedding model, a late-interaction model's
+/// multi-vector output.
+fn token_vectors(info: &ModelInfo) -> bool {
+    info.embeds() || info.multi_vector.is_some()
 }
 
 fn any_model(_: &ModelInfo) -> bool {
@@ -512,9 +521,11 @@ fn pipeline_inputs(inputs: TeiInputs) -> Result<Vec<Input>, ApiError> {
     Ok(inputs)
 }
 
-/// Token vectors of texts: each input's last hidden states, one row per token, special tokens
-/// included (TEI's `/embed_all`). They run on the model's scheduler, in batches shared with
-/// other requests.
+/// Token vectors of texts (TEI's `/embed_all`): a late-interaction model's multi-vector output
+/// (ColBERT, bge-m3: projected, normalized, a ColBERT document's skiplist tokens dropped, a
+/// ColBERT query in its query form with `is_query`), otherwise each input's last hidden states,
+/// one row per token, special tokens included. They run on the model's scheduler, in batches
+/// shared with other requests.
 #[utoipa::path(
     post,
     path = "/embed_all",
@@ -529,29 +540,39 @@ pub async fn embed_all(
 ) -> Result<Json<Vec<Vec<Vec<f32>>>>, ApiError> {
     let _in_flight = InFlight::enter(&state)?;
     let (request, mut reservation): (TeiEmbedAllRequest, _) = read_json(&state, &headers, body).await?;
-    let served = model_for(&state, request.model.as_deref(), embedder, "an embedding model")?;
+    Ok(Json(run_embed_all(&state, request, &mut reservation).await?))
+}
+
+/// Token vectors of the inputs, per input one row per kept token.
+async fn run_embed_all(
+    state: &AppState,
+    request: TeiEmbedAllRequest,
+    reservation: &mut Reservation,
+) -> Result<Vec<Vec<Vec<f32>>>, ApiError> {
+    let served = model_for(state, request.model.as_deref(), token_vectors, "an embedding or late-interaction model")?;
     let inputs = pipeline_inputs(request.inputs)?;
     let embed_request = EmbedRequest {
         model: served.name.clone(),
         prompt_name: request.prompt_name,
         truncate: request.truncate,
         token_ids: Some(TokenIds::Native),
+        token_vectors: true,
+        side: if request.is_query.unwrap_or(false) {
+            Side::Query
+        } else {
+            Side::Document
+        },
         ..EmbedRequest::default()
     };
-    let mut plan = served.plan(&embed_request, &tei_defaults(&state, request.truncation_direction))?;
-    plan.windows = None;
-    let (prepared, plan) = prepare(&state, &served, plan, inputs).await?;
-    // Every token's row, as floats in memory and as JSON text (about 12 bytes a number).
-    let hidden = served.model.info().hidden_size;
-    reservation.resize(prepared.tokens.saturating_mul(hidden).saturating_mul(4 + 12))?;
-    let output = served.enqueue_tokens(prepared, &plan)?.wait().await?;
-    Ok(Json(
-        output
-            .vectors
-            .into_iter()
-            .map(|rows| rows.chunks(hidden.max(1)).map(<[f32]>::to_vec).collect())
-            .collect(),
-    ))
+    let defaults = tei_defaults(state, request.truncation_direction);
+    let done = embed_with(state, &defaults, &served, &embed_request, inputs, reservation).await?;
+    let info = served.model.info();
+    let width = info.multi_vector.unwrap_or(info.hidden_size).max(1);
+    Ok(done
+        .vectors
+        .into_iter()
+        .map(|rows| rows.chunks(width).map(<[f32]>::to_vec).collect())
+        .collect())
 }
 
 /// Non-zero vocabulary weights of a sparse model, per input.
@@ -583,7 +604,7 @@ async fn run_sparse(
                 .ok_or_else(|| ApiError::internal("the model's query side is gone"))
         })
         .await?;
-        return Ok(weights.into_iter().map(nonzero).collect());
+        return Ok(weights.iter().map(|row| nonzero(row)).collect());
     }
     let embed_request = EmbedRequest {
         model: served.name.clone(),
@@ -595,15 +616,16 @@ async fn run_sparse(
     };
     let defaults = tei_defaults(state, request.truncation_direction);
     let done = embed_with(state, &defaults, &served, &embed_request, inputs, reservation).await?;
-    Ok(done.vectors.into_iter().map(nonzero).collect())
+    Ok(done.vectors.iter().map(|row| nonzero(row)).collect())
 }
 
-/// The non-zero entries of a dense vocabulary-weight vector.
-fn nonzero(v: Vec<f32>) -> Vec<SparseValue> {
-    v.into_iter()
-        .enumerate()
-        .filter(|(_, x)| *x != 0.0)
-        .map(|(index, value)| SparseValue { index, value })
+/// The `{index, value}` entries of a sparse output row.
+fn nonzero(row: &[f32]) -> Vec<SparseValue> {
+    sparse_pairs(row)
+        .map(|(index, value)| SparseValue {
+            index: index as usize,
+            value,
+        })
         .collect()
 }
 
@@ -1115,6 +1137,10 @@ pub async fn inference(
         ModelKind::Sparse => {
             let request = from_value(value)?;
             Ok(Json(run_sparse(&state, request, reservation).await?).into_response())
+        }
+        ModelKind::MultiVector => {
+            let request = from_value(value)?;
+            Ok(Json(run_embed_all(&state, request, reservation).await?).into_response())
         }
         ModelKind::Classifier => {
             let request: ClassificationRequest = from_value(value)?;
