@@ -180,6 +180,12 @@ impl ModelInfo {
         }
     }
 
+    /// Whether the model scores (query, document) pairs: a reranker, or a late-interaction
+    /// model (ColBERT's MaxSim, bge-m3's combined score).
+    pub fn reranks(&self) -> bool {
+        self.rerank.is_some() || self.multi_vector.is_some()
+    }
+
     /// Whether the model has a sparse output (SPLADE, bge-m3's lexical weights).
     pub fn has_sparse(&self) -> bool {
         self.sparse.is_some() || self.lexical
@@ -1082,7 +1088,11 @@ impl Model {
     /// One input's output other than [`Output::Pooled`], from its ids and last hidden states.
     fn token_output(&self, output: Output, ids: &[u32], rows: &[f32]) -> Vec<f32> {
         let h = self.info.hidden_size;
-        let multi = |side| self.multi.as_ref().map_or_else(Vec::new, |m| m.vectors(ids, rows, h, side));
+        let multi = |side| {
+            self.multi
+                .as_ref()
+                .map_or_else(Vec::new, |m| m.vectors(ids, rows, h, side))
+        };
         match output {
             Output::Pooled | Output::Tokens => rows.to_vec(),
             Output::MultiVector(side) => multi(side),
@@ -1117,7 +1127,11 @@ impl Model {
             let n = row.get(d).map_or(0, |&n| n as usize);
             let pairs_end = (d + 1 + 2 * n).min(row.len());
             let pairs = sparse_pairs(row.get(d + 1..pairs_end).unwrap_or_default()).collect();
-            (row[..d].to_vec(), pairs, row.get(pairs_end..).unwrap_or_default().to_vec())
+            (
+                row[..d].to_vec(),
+                pairs,
+                row.get(pairs_end..).unwrap_or_default().to_vec(),
+            )
         };
         let (qd, qs, qm) = split(query);
         let (dd, ds, dm) = split(document);

@@ -217,14 +217,24 @@ fn relevance_equals_the_libraries_rerank_scores() {
     let dir = shared_dir().join("fixtures/tiny/colbert");
     let r = reference(&dir);
     let model = Model::load(&dir, &LoadOptions::default()).unwrap();
-    let strings = |k: &str| -> Vec<&str> { r["scores"][k].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect() };
+    let strings = |k: &str| -> Vec<&str> {
+        r["scores"][k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect()
+    };
     let docs = retrieval(&model, &strings("documents"), Side::Document);
     for (qi, query) in strings("queries").into_iter().enumerate() {
         let q = retrieval(&model, &[query], Side::Query).remove(0);
         for entry in r["scores"]["rerank"][qi].as_array().unwrap() {
             let d = entry["id"].as_u64().unwrap() as usize;
             let (got, want) = (model.relevance(&q, &docs[d]), entry["score"].as_f64().unwrap() as f32);
-            assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "query {qi} document {d}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "query {qi} document {d}: {got} vs {want}"
+            );
         }
     }
     let dir = shared_dir().join("fixtures/tiny/bge_m3");

@@ -1545,3 +1545,256 @@ fn tei_embed_sparse_serves_inference_free_queries_and_documents() {
         "{reply}"
     );
 }
+
+/// A PyLate ColBERT model served: `/embed_all` gives its query and document token vectors as
+/// PyLate encodes them (`is_query`), `/v1/rerank` scores by MaxSim as `pylate.rank.rerank`, the
+/// model card lists its outputs, and routes for other outputs name the ones it has.
+#[test]
+fn colbert_token_vectors_and_maxsim_rerank_equal_pylate() {
+    let dir = root().join("../shared/fixtures/tiny/colbert");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let spec = format!("{}=colbert", dir.display());
+    let server = Server::start(&["--model", &spec]);
+    let cases = reference["cases"].as_array().unwrap();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    for (is_query, side) in [(true, "query"), (false, "document")] {
+        let body = json!({"inputs": texts, "is_query": is_query}).to_string();
+        let (status, got) = common::post_raw(&server, "/embed_all", "application/json", &body);
+        assert_eq!(status, 200, "{got}");
+        for (i, case) in cases.iter().enumerate() {
+            let want = case[side]["vectors"].as_array().unwrap();
+            let rows = got[i].as_array().unwrap();
+            assert_eq!(rows.len(), want.len(), "{side} {i}: kept tokens");
+            for (g, w) in rows.iter().zip(want) {
+                let diff = max_abs_diff(&floats(g), &floats(w));
+                assert!(diff <= 1e-5, "{side} {i}: {diff}");
+            }
+        }
+    }
+    // POST / of a late-interaction model is /embed_all.
+    let (_, root_route) = common::post_raw(
+        &server,
+        "/",
+        "application/json",
+        &json!({"inputs": texts[0]}).to_string(),
+    );
+    let (_, direct) = common::post_raw(
+        &server,
+        "/embed_all",
+        "application/json",
+        &json!({"inputs": texts[0]}).to_string(),
+    );
+    assert_eq!(root_route, direct);
+    let scores = &reference["scores"];
+    for (qi, query) in scores["queries"].as_array().unwrap().iter().enumerate() {
+        let body = json!({"model": "colbert", "query": query, "documents": scores["documents"]}).to_string();
+        let (status, reply) = common::post_raw(&server, "/v1/rerank", "application/json", &body);
+        assert_eq!(status, 200, "{reply}");
+        let want = scores["rerank"][qi].as_array().unwrap();
+        let got = reply["results"].as_array().unwrap();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g["index"], w["id"], "query {qi}: the same order");
+            let (g, w) = (g["relevance_score"].as_f64().unwrap(), w["score"].as_f64().unwrap());
+            assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "query {qi}: {g} vs {w}");
+        }
+    }
+    let card: Value = common::client()
+        .get(server.at("/v1/models/colbert"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(card["outputs"], json!(["multi_vector"]), "{card}");
+    assert_eq!(card["multi_vector_dimensions"], 16);
+    let (status, reply) = common::post_raw(
+        &server,
+        "/v1/embeddings",
+        "application/json",
+        r#"{"model": "colbert", "input": "x"}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"]["message"].as_str().unwrap().contains("/embed_all"),
+        "{reply}"
+    );
+    let (status, reply) = common::post_raw(
+        &server,
+        "/embed_sparse",
+        "application/json",
+        r#"{"model": "colbert", "inputs": "x"}"#,
+    );
+    assert_eq!(
+        (status, reply["error_type"].as_str()),
+        (422, Some("Validation")),
+        "{reply}"
+    );
+    assert!(reply["error"].as_str().unwrap().contains("multi_vector"), "{reply}");
+}
+
+/// bge-m3 from one server: `/v1/embeddings` gives its dense vectors, `/embed_sparse` its lexical
+/// weights, `/embed_all` its ColBERT vectors (all equal to FlagEmbedding's `BGEM3FlagModel`), and
+/// `/v1/rerank` its combined `colbert+sparse+dense` score.
+#[test]
+fn bge_m3_serves_dense_sparse_and_multi_vector_outputs() {
+    let dir = root().join("../shared/fixtures/tiny/bge_m3");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let spec = format!("{}=bge-m3", dir.display());
+    let server = Server::start(&["--model", &spec]);
+    let cases: Vec<&Value> = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !c["text"].as_str().unwrap().is_empty())
+        .collect();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let (status, _, dense) = common::embed(&server, json!({"model": "bge-m3", "input": texts}));
+    assert_eq!(status, 200, "{dense}");
+    let (status, sparse) = common::post_raw(
+        &server,
+        "/embed_sparse",
+        "application/json",
+        &json!({"inputs": texts}).to_string(),
+    );
+    assert_eq!(status, 200, "{sparse}");
+    let (status, multi) = common::post_raw(
+        &server,
+        "/embed_all",
+        "application/json",
+        &json!({"inputs": texts}).to_string(),
+    );
+    assert_eq!(status, 200, "{multi}");
+    for (i, case) in cases.iter().enumerate() {
+        let diff = max_abs_diff(&floats(&dense["data"][i]["embedding"]), &floats(&case["dense_vecs"]));
+        assert!(diff <= 1e-5, "case {i} dense: {diff}");
+        let want = case["lexical_weights"].as_object().unwrap();
+        let got = sparse[i].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "case {i}: the same ids");
+        for e in got {
+            let w = &want[&e["index"].to_string()];
+            let w = w.as_str().map_or_else(|| w.as_f64().unwrap(), |s| s.parse().unwrap());
+            assert!((e["value"].as_f64().unwrap() - w).abs() <= 1e-5, "case {i}: {e} vs {w}");
+        }
+        let want = case["colbert_vecs"].as_array().unwrap();
+        assert_eq!(multi[i].as_array().unwrap().len(), want.len(), "case {i}");
+        for (g, w) in multi[i].as_array().unwrap().iter().zip(want) {
+            assert!(max_abs_diff(&floats(g), &floats(w)) <= 1e-5, "case {i} colbert");
+        }
+    }
+    let card: Value = common::client()
+        .get(server.at("/v1/models/bge-m3"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(card["outputs"], json!(["dense", "sparse", "multi_vector"]), "{card}");
+    for pair in reference["scores"]["per_pair"].as_array().unwrap() {
+        let body = json!({"model": "bge-m3", "query": pair["query"], "documents": [pair["passage"]]}).to_string();
+        let (status, reply) = common::post_raw(&server, "/v1/rerank", "application/json", &body);
+        assert_eq!(status, 200, "{reply}");
+        let got = reply["results"][0]["relevance_score"].as_f64().unwrap();
+        let want = pair["compute_score_alone"]["colbert+sparse+dense"].as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-5, "{got} vs {want}");
+    }
+}
+
+/// Hybrid retrieval end to end with bge-m3: a small corpus embedded dense (`/v1/embeddings`)
+/// and sparse (`/embed_sparse`), queries scored both ways and fused (FlagEmbedding's
+/// `sparse+dense`: the mean of the two), ranked; equal to the same computed from the reference
+/// outputs of the original library.
+#[test]
+fn hybrid_retrieval_with_bge_m3_equals_the_reference_outputs() {
+    let dir = root().join("../shared/fixtures/tiny/bge_m3");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let spec = format!("{}=bge-m3", dir.display());
+    let server = Server::start(&["--model", &spec]);
+    let cases: Vec<&Value> = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !c["text"].as_str().unwrap().is_empty())
+        .collect();
+    let corpus: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    // Queries: texts of the corpus (the reference holds their outputs too).
+    let queries = [1usize, 3, 5];
+    type Sparse = std::collections::BTreeMap<u64, f64>;
+    let served = |texts: &[&str]| -> (Vec<Vec<f32>>, Vec<Sparse>) {
+        let (status, _, dense) = common::embed(&server, json!({"model": "bge-m3", "input": texts}));
+        assert_eq!(status, 200, "{dense}");
+        let (status, sparse) = common::post_raw(
+            &server,
+            "/embed_sparse",
+            "application/json",
+            &json!({"inputs": texts}).to_string(),
+        );
+        assert_eq!(status, 200, "{sparse}");
+        let dense = (0..texts.len())
+            .map(|i| floats(&dense["data"][i]["embedding"]))
+            .collect();
+        let sparse = sparse
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| (e["index"].as_u64().unwrap(), e["value"].as_f64().unwrap()))
+                    .collect()
+            })
+            .collect();
+        (dense, sparse)
+    };
+    let from_reference = |c: &Value| -> (Vec<f32>, Sparse) {
+        let sparse = c["lexical_weights"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.parse().unwrap(),
+                    v.as_str().map_or_else(|| v.as_f64().unwrap(), |s| s.parse().unwrap()),
+                )
+            })
+            .collect();
+        (floats(&c["dense_vecs"]), sparse)
+    };
+    let (doc_dense, doc_sparse) = served(&corpus);
+    let query_texts: Vec<&str> = queries.iter().map(|&q| corpus[q]).collect();
+    let (q_dense, q_sparse) = served(&query_texts);
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
+    let sdot = |a: &Sparse, b: &Sparse| a.iter().filter_map(|(k, v)| b.get(k).map(|w| v * w)).sum::<f64>();
+    let ranked = |scores: Vec<f64>| {
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        (order, scores)
+    };
+    for (qi, &q) in queries.iter().enumerate() {
+        let (rq_dense, rq_sparse) = from_reference(cases[q]);
+        for mode in ["dense", "sparse", "sparse+dense"] {
+            let score = |qd: &[f32], qs: &Sparse, dd: &[f32], ds: &Sparse| match mode {
+                "dense" => dot(qd, dd),
+                "sparse" => sdot(qs, ds),
+                _ => (dot(qd, dd) + sdot(qs, ds)) / 2.0,
+            };
+            let (got_order, got) = ranked(
+                (0..corpus.len())
+                    .map(|d| score(&q_dense[qi], &q_sparse[qi], &doc_dense[d], &doc_sparse[d]))
+                    .collect(),
+            );
+            let (want_order, want) = ranked(
+                cases
+                    .iter()
+                    .map(|c| {
+                        let (dd, ds) = from_reference(c);
+                        score(&rq_dense, &rq_sparse, &dd, &ds)
+                    })
+                    .collect(),
+            );
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "query {q} {mode}: {g} vs {w}");
+            }
+            assert_eq!(got_order, want_order, "query {q} {mode}: the same ranking");
+        }
+    }
+}

@@ -7,7 +7,8 @@
 use crate::error::RequestError;
 use crate::prepare::too_many_tokens;
 use crate::registry::ServedModel;
-use openembed_engine::{Model, Truncation};
+use crate::scheduler::Ticket;
+use openembed_engine::{Model, Output, Side, Truncation};
 
 /// Most documents in one rerank request.
 pub const MAX_DOCUMENTS: usize = 1000;
@@ -71,9 +72,69 @@ impl RerankJob {
         })
     }
 
-    /// Tokenizes the pairs: their ids and the total token count, refusing over-long pairs when
-    /// truncation is off and requests over `max_tokens`.
-    pub fn tokenize(&self, model: &Model, max_tokens: usize) -> Result<(Vec<Vec<u32>>, usize), RequestError> {
+    /// Tokenizes the request as the model scores it (see [`RerankIds`]): the ids and the total
+    /// token count, refusing over-long inputs when truncation is off and requests over
+    /// `max_tokens`.
+    pub fn tokenize(&self, model: &Model, max_tokens: usize) -> Result<(RerankIds, usize), RequestError> {
+        if model.info().rerank.is_none() && model.info().multi_vector.is_some() {
+            return self.tokenize_apart(model, max_tokens);
+        }
+        let (pairs, tokens) = self.tokenize_pairs(model, max_tokens)?;
+        Ok((RerankIds::Pairs(pairs), tokens))
+    }
+
+    /// A late-interaction model's inputs: the query on its query side, each document on the
+    /// document side.
+    fn tokenize_apart(&self, model: &Model, max_tokens: usize) -> Result<(RerankIds, usize), RequestError> {
+        if self.instruction.is_some() {
+            return Err(RequestError::invalid(
+                "'instruction' applies to instruction-following rerankers, not to a late-interaction model.",
+                Some("instruction"),
+            ));
+        }
+        let error = |e: openembed_engine::Error| RequestError::invalid(e.to_string(), None);
+        let query = model
+            .tokenize_side(&[self.query.as_str()], None, self.truncation, Side::Query)
+            .map_err(error)?;
+        let limit = model.info().max_input_tokens;
+        let (mut query, query_tokens) = checked_ids(query, max_tokens, "query", |_, tokens| {
+            format!("The query is {tokens} tokens, more than the model's limit of {limit}.")
+        })?;
+        let docs: Vec<&str> = self.documents.iter().map(String::as_str).collect();
+        let mut documents = model
+            .tokenize_side(&docs, None, self.truncation, Side::Document)
+            .map_err(error)?;
+        if let Some(cap) = self.max_tokens_per_doc {
+            for d in &mut documents {
+                // Keep the end-of-sequence token: cut the text before it.
+                if d.ids.len() > cap && cap >= 2 {
+                    let last = d.ids.pop().unwrap_or_default();
+                    d.ids.truncate(cap - 1);
+                    d.ids.push(last);
+                }
+            }
+        }
+        let (documents, doc_tokens) = checked_ids(
+            documents,
+            max_tokens.saturating_sub(query_tokens),
+            "documents",
+            |i, tokens| {
+                format!(
+                    "Document {i} is {tokens} tokens, more than the model's limit of {limit}; {}",
+                    self.truncate_hint
+                )
+            },
+        )?;
+        Ok((
+            RerankIds::Apart {
+                query: query.pop().unwrap_or_default(),
+                documents,
+            },
+            query_tokens + doc_tokens,
+        ))
+    }
+
+    fn tokenize_pairs(&self, model: &Model, max_tokens: usize) -> Result<(Vec<Vec<u32>>, usize), RequestError> {
         let docs: Vec<&str> = self.documents.iter().map(String::as_str).collect();
         let toks = model
             .tokenize_pairs(
@@ -113,16 +174,103 @@ pub(crate) fn checked_ids(
     Ok((toks.into_iter().map(|t| t.ids).collect(), total))
 }
 
-/// Scores from the engine's logits, ranked best first (stable: ties keep request order).
-fn rank(model: &Model, logits: &[Vec<f32>], raw: bool) -> Vec<(usize, f32)> {
-    openembed_engine::rerank::rank_by_score(model.scores_from_logits(logits, raw))
+/// The token ids of a rerank request, as its model scores it.
+pub enum RerankIds {
+    /// (query, document) pairs for a cross-encoder or yes/no reranker: one logit each.
+    Pairs(Vec<Vec<u32>>),
+    /// The query and the documents apart, for late interaction (ColBERT's MaxSim, bge-m3's
+    /// combined score).
+    Apart {
+        /// The query's ids (its query form).
+        query: Vec<u32>,
+        /// Each document's ids.
+        documents: Vec<Vec<u32>>,
+    },
+}
+
+/// A rerank request queued on its model's scheduler.
+pub enum RerankTicket {
+    /// The pairs' logits.
+    Pairs(Ticket),
+    /// The query's and the documents' retrieval rows, queued together.
+    Apart {
+        /// The query.
+        query: Ticket,
+        /// The documents.
+        documents: Ticket,
+    },
+}
+
+/// What a finished rerank request's inputs gave.
+pub enum RerankOutput {
+    /// One logit row per pair.
+    Logits(Vec<Vec<f32>>),
+    /// The query's retrieval row and each document's.
+    Apart {
+        /// The query's row.
+        query: Vec<f32>,
+        /// Each document's row.
+        documents: Vec<Vec<f32>>,
+    },
+}
+
+impl RerankTicket {
+    /// Waits for the outputs (async front ends).
+    pub async fn wait(self) -> Result<RerankOutput, RequestError> {
+        Ok(match self {
+            Self::Pairs(t) => RerankOutput::Logits(t.wait().await?.vectors),
+            Self::Apart { query, documents } => {
+                let query = query.wait().await?.vectors.pop().unwrap_or_default();
+                RerankOutput::Apart {
+                    query,
+                    documents: documents.wait().await?.vectors,
+                }
+            }
+        })
+    }
+
+    /// Waits for the outputs, blocking the thread (front ends without an async runtime).
+    pub fn wait_blocking(self) -> Result<RerankOutput, RequestError> {
+        Ok(match self {
+            Self::Pairs(t) => RerankOutput::Logits(t.wait_blocking()?.vectors),
+            Self::Apart { query, documents } => {
+                let query = query.wait_blocking()?.vectors.pop().unwrap_or_default();
+                RerankOutput::Apart {
+                    query,
+                    documents: documents.wait_blocking()?.vectors,
+                }
+            }
+        })
+    }
 }
 
 impl ServedModel {
-    /// Scores of a finished rerank request's pairs (`logits`: one per pair, in order), ranked
-    /// best first; `raw` keeps the logits.
-    pub fn rank(&self, logits: &[Vec<f32>], raw: bool) -> Vec<(usize, f32)> {
-        rank(&self.model, logits, raw)
+    /// Queues a rerank request's inputs on the model's scheduler.
+    pub fn submit_rerank(&self, ids: RerankIds) -> Result<RerankTicket, RequestError> {
+        Ok(match ids {
+            RerankIds::Pairs(pairs) => RerankTicket::Pairs(self.scheduler.submit(pairs, None)?),
+            RerankIds::Apart { query, documents } => RerankTicket::Apart {
+                query: self
+                    .scheduler
+                    .submit_with(vec![query], None, Output::Retrieval(Side::Query))?,
+                documents: self
+                    .scheduler
+                    .submit_with(documents, None, Output::Retrieval(Side::Document))?,
+            },
+        })
+    }
+
+    /// Scores of a finished rerank request, ranked best first (stable: ties keep request
+    /// order). A cross-encoder's logits become its scores (`raw` keeps the logits); a
+    /// late-interaction model's score is its relevance as it is ([`Model::relevance`]).
+    pub fn rank(&self, output: &RerankOutput, raw: bool) -> Vec<(usize, f32)> {
+        let scores = match output {
+            RerankOutput::Logits(logits) => self.model.scores_from_logits(logits, raw),
+            RerankOutput::Apart { query, documents } => {
+                documents.iter().map(|d| self.model.relevance(query, d)).collect()
+            }
+        };
+        openembed_engine::rerank::rank_by_score(scores)
     }
 
     /// Tokenizes, queues and ranks a rerank request, blocking the thread (offline front ends).
@@ -133,7 +281,7 @@ impl ServedModel {
         max_tokens: usize,
     ) -> Result<Vec<(usize, f32)>, RequestError> {
         let (ids, _) = job.tokenize(&self.model, max_tokens)?;
-        let logits = self.scheduler.submit(ids, None)?.wait_blocking()?;
-        Ok(rank(&self.model, &logits.vectors, raw))
+        let output = self.submit_rerank(ids)?.wait_blocking()?;
+        Ok(self.rank(&output, raw))
     }
 }

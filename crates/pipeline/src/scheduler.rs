@@ -618,7 +618,10 @@ fn run_engine(shared: &Shared, entries: &[Entry], yielding: bool) -> Result<Vec<
         let tasks: Vec<Option<usize>> = entries.iter().map(|e| e.job.task).collect();
         let tasks = tasks.iter().any(Option::is_some).then_some(tasks.as_slice());
         let outputs: Vec<Output> = entries.iter().map(|e| e.job.output).collect();
-        let outputs = outputs.contains(&Output::Tokens).then_some(outputs.as_slice());
+        let outputs = outputs
+            .iter()
+            .any(|o| *o != Output::Pooled)
+            .then_some(outputs.as_slice());
         shared.model.run_yielding(&ids, tasks, outputs, &mut between_layers)
     }));
     let elapsed = start.elapsed().saturating_sub(others);

@@ -16,7 +16,7 @@ use axum::{Extension, Json};
 use http_body_util::BodyExt;
 use openembed_engine::{ModelKind, Output, Truncation};
 use openembed_pipeline::prepare::Prepared;
-use openembed_pipeline::rerank::RerankJob;
+use openembed_pipeline::rerank::{RerankIds, RerankJob};
 use openembed_pipeline::{Defaults, EmbedRequest, Embedded, Input, Plan, ServedModel};
 use serde_json::json;
 use std::sync::Arc;
@@ -129,7 +129,7 @@ fn reranker(state: &AppState, model: Option<&str>) -> Result<(String, Arc<Served
             let rerankers: Vec<&str> = state
                 .registry
                 .names()
-                .filter(|(_, m)| m.model.info().rerank.is_some())
+                .filter(|(_, m)| m.model.info().reranks())
                 .map(|(n, _)| n)
                 .collect();
             match rerankers.as_slice() {
@@ -148,9 +148,13 @@ fn reranker(state: &AppState, model: Option<&str>) -> Result<(String, Arc<Served
         }
     };
     let served = state.registry.find(&name)?.clone();
-    if served.model.info().rerank.is_none() {
+    if !served.model.info().reranks() {
         return Err(ApiError::invalid(
-            format!("The model '{name}' is an embedding model, not a reranker; use POST /v1/embeddings."),
+            format!(
+                "The model '{name}' is a {}, not a reranker; its outputs are: {}.",
+                served.model.info().kind().name(),
+                served.model.info().outputs().join(", ")
+            ),
             Some("model"),
         ));
     }
@@ -191,9 +195,18 @@ pub(crate) async fn run_rerank(
         Ok((ids, tokens, job))
     })
     .await?;
-    reservation.resize(tokens * 4 + job.documents.iter().map(String::len).sum::<usize>())?;
-    let output = served.scheduler.submit(ids, None)?.wait().await?;
-    Ok((served.rank(&output.vectors, raw), tokens, job))
+    // Token vectors of a late-interaction model's documents are held until scored.
+    let info = served.model.info();
+    let rows = match &ids {
+        RerankIds::Pairs(_) => 0,
+        // As floats: token vectors and lexical pairs per token, a dense vector per document.
+        RerankIds::Apart { .. } => {
+            (tokens * (info.multi_vector.unwrap_or(0) + 2) + job.documents.len() * info.dimension) * 4
+        }
+    };
+    reservation.resize(tokens * 4 + rows + job.documents.iter().map(String::len).sum::<usize>())?;
+    let output = served.submit_rerank(ids)?.wait().await?;
+    Ok((served.rank(&output, raw), tokens, job))
 }
 
 /// Ranks documents by relevance to a query (Cohere v1/v2, Jina and vLLM shape).
@@ -298,7 +311,9 @@ pub(crate) async fn embed_with(
         // A pair per kept id: at most one per token (lexical weights) or per vocabulary entry.
         Output::Sparse if info.lexical => response_bytes(prepared.tokens, 2),
         Output::Sparse => response_bytes(n_inputs, 2 * info.dimension),
-        Output::MultiVector(_) => response_bytes(prepared.tokens, info.multi_vector.unwrap_or(info.hidden_size)),
+        Output::MultiVector(_) | Output::Retrieval(_) => {
+            response_bytes(prepared.tokens, info.multi_vector.unwrap_or(info.hidden_size))
+        }
         Output::Tokens => response_bytes(prepared.tokens, info.hidden_size),
     };
     reservation.resize(prepared.tokens * 4 + answer)?;

@@ -434,9 +434,10 @@ fn model_for(
     if !fits(served.model.info()) {
         return Err(ApiError::invalid(
             format!(
-                "The model '{}' is a {}, not {what}.",
+                "The model '{}' is a {}, not {what}; its outputs are: {}.",
                 served.name,
-                served.model.info().kind().name()
+                served.model.info().kind().name(),
+                served.model.info().outputs().join(", ")
             ),
             Some("model"),
         ));
@@ -453,7 +454,7 @@ fn classifier(info: &ModelInfo) -> bool {
 }
 
 fn reranker(info: &ModelInfo) -> bool {
-    info.rerank.is_some()
+    info.reranks()
 }
 
 fn sparse_model(info: &ModelInfo) -> bool {
@@ -549,7 +550,12 @@ async fn run_embed_all(
     request: TeiEmbedAllRequest,
     reservation: &mut Reservation,
 ) -> Result<Vec<Vec<Vec<f32>>>, ApiError> {
-    let served = model_for(state, request.model.as_deref(), token_vectors, "an embedding or late-interaction model")?;
+    let served = model_for(
+        state,
+        request.model.as_deref(),
+        token_vectors,
+        "an embedding or late-interaction model",
+    )?;
     let inputs = pipeline_inputs(request.inputs)?;
     let embed_request = EmbedRequest {
         model: served.name.clone(),
