@@ -61,7 +61,9 @@ class Model:
         task: Optional[str] = None,
         truncate: bool = True,
         precision: str = "float32",
-    ) -> Union[np.ndarray, List[np.ndarray]]:
+        output: str = "dense",
+        is_query: bool = False,
+    ) -> Union[np.ndarray, List[np.ndarray], Dict[int, float], List[Dict[int, float]]]:
         """Embeds ``sentences`` as ``SentenceTransformer.encode`` does.
 
         A ``str`` gives a 1-D array, a list a C-contiguous float32 ``(n, dim)`` array (or a list
@@ -78,7 +80,19 @@ class Model:
         ``embedding_type`` does: sign bits packed 8 per byte as sentence-transformers'
         ``quantize_embeddings``, int8 / uint8 on the model's calibrated scale (the same codes for
         a text whatever else is encoded with it).
+
+        ``output`` picks another of the model's outputs (see :attr:`outputs`): ``"sparse"``
+        gives :meth:`encode_sparse`'s ``{token_id: weight}`` dicts, ``"multi"`` one float32
+        ``(tokens, dim)`` array per text — a ColBERT or bge-m3 model's token vectors, as PyLate's
+        ``encode`` (``is_query=True``: the query form, prefix and expansion) and bge-m3's
+        ``colbert_vecs`` give them.
         """
+        if output == "sparse":
+            return self.encode_sparse(sentences, is_query=is_query, truncate=truncate)
+        if output == "multi":
+            return self.encode_multi(sentences, is_query=is_query, truncate=truncate)
+        if output != "dense":
+            raise ValueError(f"output must be 'dense', 'sparse' or 'multi', not {output!r}")
         single = isinstance(sentences, str)
         inputs = [sentences] if single else list(sentences)
         if not all(isinstance(t, str) or (isinstance(t, (list, tuple)) and all(isinstance(i, int) for i in t))
@@ -144,6 +158,44 @@ class Model:
             for indices, values in self._model.encode_sparse(texts, is_query=is_query, truncate=truncate)
         ]
         return out[0] if single else out
+
+    def encode_multi(
+        self, texts: Union[str, Sequence[str]], *, is_query: bool = False, truncate: bool = True
+    ) -> Union[np.ndarray, List[np.ndarray]]:
+        """Token vectors of each text as a float32 ``(tokens, dim)`` array: a ColBERT model's
+        (PyLate's ``encode(is_query=...)``: projected, normalized, a document's skiplist tokens
+        dropped, a query in its query form) or bge-m3's ``colbert_vecs``; a model without a
+        multi-vector output gives its last hidden states. One text in, one array out."""
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        dim = self._model.multi_vector_dimension
+        out = [
+            np.frombuffer(raw, dtype=np.float32).reshape(rows, dim).copy()
+            for raw, rows in self._model.encode_multi(texts, is_query=is_query, truncate=truncate)
+        ]
+        return out[0] if single else out
+
+    def encode_query(self, texts: Union[str, Sequence[str]], **options):
+        """Queries in the model's own output: sparse weights for a sparse model (as
+        ``SparseEncoder.encode_query``), token vectors for a ColBERT model (PyLate's
+        ``encode(is_query=True)``), otherwise dense vectors."""
+        return self.encode(texts, output=options.pop("output", self._default_output()), is_query=True, **options)
+
+    def encode_document(self, texts: Union[str, Sequence[str]], **options):
+        """Documents in the model's own output (see :meth:`encode_query`)."""
+        return self.encode(texts, output=options.pop("output", self._default_output()), is_query=False, **options)
+
+    def _default_output(self) -> str:
+        outputs = self.outputs
+        if "dense" in outputs:
+            return "dense"
+        return "sparse" if "sparse" in outputs else "multi"
+
+    @property
+    def outputs(self) -> List[str]:
+        """The model's outputs: ``dense``, ``sparse``, ``multi_vector`` (and ``scores`` /
+        ``labels`` for rerankers and classifiers)."""
+        return self._model.outputs
 
     def tokenize(self, texts: Union[str, Sequence[str]], prompt: Optional[str] = None) -> List[List[int]]:
         """Token ids of each text, special tokens included, cut at the model limit."""

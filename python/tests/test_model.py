@@ -199,3 +199,41 @@ def test_encode_sparse_equals_the_sparse_encoder(fixture, field, is_query):
 def test_a_dense_model_has_no_sparse_output(model):
     with pytest.raises(ValueError, match="no sparse output"):
         model.encode_sparse("hello")
+
+
+@pytest.mark.parametrize("is_query,side", [(True, "query"), (False, "document")])
+def test_colbert_token_vectors_equal_pylate(is_query, side):
+    folder = os.path.join(SHARED, "fixtures", "tiny", "colbert")
+    with open(os.path.join(folder, "reference.json")) as f:
+        cases = json.load(f)["cases"]
+    model = openembed.Model(folder)
+    assert model.outputs == ["multi_vector"]
+    texts = [c["text"] for c in cases]
+    got = model.encode(texts, output="multi", is_query=is_query)
+    # PyLate-style call: the model's own output for its side.
+    same = model.encode_query(texts) if is_query else model.encode_document(texts)
+    for vectors, again, case in zip(got, same, cases):
+        want = np.array(case[side]["vectors"], dtype=np.float32)
+        assert vectors.shape == want.shape
+        assert np.abs(vectors - want).max() <= 1e-5
+        assert np.array_equal(vectors, again)
+
+
+def test_bge_m3_dense_sparse_and_colbert_outputs_equal_flag_embedding():
+    folder = os.path.join(SHARED, "fixtures", "tiny", "bge_m3")
+    with open(os.path.join(folder, "reference.json")) as f:
+        cases = [c for c in json.load(f)["cases"] if c["text"]]
+    model = openembed.Model(folder)
+    assert model.outputs == ["dense", "sparse", "multi_vector"]
+    texts = [c["text"] for c in cases]
+    dense = model.encode(texts)
+    sparse = model.encode(texts, output="sparse")
+    multi = model.encode(texts, output="multi")
+    for i, case in enumerate(cases):
+        assert np.abs(dense[i] - np.array(case["dense_vecs"], dtype=np.float32)).max() <= 1e-5
+        want = {int(k): float(v) for k, v in case["lexical_weights"].items()}
+        assert set(sparse[i]) == set(want)
+        assert all(abs(sparse[i][k] - want[k]) <= 1e-5 for k in want)
+        assert np.abs(multi[i] - np.array(case["colbert_vecs"], dtype=np.float32)).max() <= 1e-5
+    with pytest.raises(ValueError, match="output must be"):
+        model.encode(texts, output="colbert")

@@ -3,7 +3,8 @@
 
 use crate::output::{Dtype, OutputFormat, Row, VectorWriter};
 use anyhow::{bail, Context, Result};
-use openembed_engine::{DType, LoadOptions};
+use crate::UsageError;
+use openembed_engine::{DType, LoadOptions, Side};
 use openembed_pipeline::{
     Codes, Defaults, EmbedRequest, EmbeddingType, Input, ModelSpec, SchedulerConfig, ServedModel, TokenIds,
 };
@@ -65,8 +66,25 @@ pub struct EmbedArgs {
     /// keep the line's position as `index`.
     #[arg(long)]
     skip_blank: bool,
+    /// Which output of the model to write: dense (a vector per input), sparse (SPLADE's or
+    /// bge-m3's weights as `"sparse": {"indices", "values"}`) or multi (a ColBERT or bge-m3
+    /// model's token vectors as `"vectors"`); sparse and multi are written as JSON lines.
+    #[arg(long, value_enum, default_value = "dense")]
+    output_type: OutputType,
+    /// The texts are queries: a ColBERT model's query form (prefix, expansion), an
+    /// inference-free sparse model's query table.
+    #[arg(long)]
+    is_query: bool,
     /// Texts to embed; read from --input or stdin when none are given.
     texts: Vec<String>,
+}
+
+/// `--output-type`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputType {
+    Dense,
+    Sparse,
+    Multi,
 }
 
 /// Reads texts from a `.jsonl` or plain text source.
@@ -220,21 +238,56 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     let kept = non_blank(&all_inputs, args.skip_blank, &source)?;
     let served = load_served(args.model.as_deref(), args.threads, args.dtype, args.token_ids)?;
     let info = served.model.info();
-    if let Some(route) = openembed_pipeline::plan::not_embedding(info.kind()) {
-        bail!(
-            "{} is a {}, not an embedding model (use {route})",
-            args.model.as_deref().unwrap_or("the model"),
-            info.kind().name()
-        );
+    if args.output_type == OutputType::Dense {
+        if let Some(route) = openembed_pipeline::plan::not_embedding(info.kind()) {
+            bail!(
+                "{} is a {}, not an embedding model (use {route}; `--output-type` picks its other outputs: {})",
+                args.model.as_deref().unwrap_or("the model"),
+                info.kind().name(),
+                info.outputs().join(", ")
+            );
+        }
+    } else if args.embedding_type.is_some() || !matches!(format, OutputFormat::JsonLines) {
+        bail!(UsageError(
+            "--output-type sparse or multi writes JSON lines of floats: leave --embedding-type out and name \
+             the output .jsonl"
+                .into()
+        ));
     }
+    let side = if args.is_query { Side::Query } else { Side::Document };
     let request = EmbedRequest {
         model: served.name.clone(),
         prompt_name: args.prompt_name.clone(),
         task: args.task.clone(),
         truncate: Some(args.truncate),
         dimensions: args.dimensions,
+        sparse: args.output_type == OutputType::Sparse,
+        token_vectors: args.output_type == OutputType::Multi,
+        side,
         ..EmbedRequest::default()
     };
+    if args.output_type == OutputType::Sparse && args.is_query && info.sparse_query {
+        // An inference-free model's queries: its table, no transformer.
+        let texts = all_inputs
+            .iter()
+            .map(|i| match i {
+                Input::Text(t) => Ok(t.as_str()),
+                Input::Tokens(_) => Err(anyhow::anyhow!(
+                    "queries of an inference-free model are texts (its query tokenizer makes their ids)"
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let kept_texts: Vec<&str> = kept.iter().map(|&i| texts[i]).collect();
+        let rows = served
+            .model
+            .sparse_queries(&kept_texts)?
+            .ok_or_else(|| anyhow::anyhow!("the model has no query side"))?;
+        let mut writer = VectorWriter::create(args.output.as_deref(), format, 0, Dtype::Float32)?;
+        for (i, row) in rows.iter().enumerate() {
+            writer.write(kept[i], row.len() / 2, Row::Sparse(row))?;
+        }
+        return writer.finish();
+    }
     let defaults = Defaults {
         truncate_hint: TRUNCATE_HINT,
         ..Defaults::default()
@@ -261,6 +314,17 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
             None => writer.insert(create()?),
         };
         let index = |i: usize| kept[first + i];
+        if args.output_type != OutputType::Dense {
+            let width = info.multi_vector.unwrap_or(info.hidden_size);
+            for (i, (v, &n)) in vectors.iter().zip(tokens).enumerate() {
+                let row = match args.output_type {
+                    OutputType::Sparse => Row::Sparse(v),
+                    _ => Row::Multi(v, width),
+                };
+                writer.write(index(i), n, row)?;
+            }
+            return Ok(());
+        }
         match served.codes(ty, &request, vectors)? {
             Codes::Float(rows) => {
                 for (i, (v, &n)) in rows.iter().zip(tokens).enumerate() {

@@ -61,31 +61,51 @@ pub enum Row<'a> {
     Signed(&'a [i8]),
     /// Unsigned byte codes (`uint8`, `ubinary`).
     Unsigned(&'a [u8]),
+    /// A sparse output row (`[id, weight, …]`, see `openembed_engine::sparse_pairs`): JSON lines
+    /// only, as `"sparse": {"indices", "values"}` (the shape Qdrant and Milvus take).
+    Sparse(&'a [f32]),
+    /// Token vectors of this width, flat: JSON lines only, as `"vectors": [[…], …]` (a
+    /// multivector as Qdrant takes it).
+    Multi(&'a [f32], usize),
 }
 
 impl Row<'_> {
     fn len(&self) -> usize {
         match self {
-            Self::Float(v) => v.len(),
+            Self::Float(v) | Self::Sparse(v) | Self::Multi(v, _) => v.len(),
             Self::Signed(v) => v.len(),
             Self::Unsigned(v) => v.len(),
         }
     }
 
+    /// Whether the row is one fixed-width vector (every format takes it).
+    fn dense(&self) -> bool {
+        !matches!(self, Self::Sparse(_) | Self::Multi(..))
+    }
+
     /// The values as text.
     fn texts(&self) -> Vec<String> {
         match self {
-            Self::Float(v) => v.iter().map(|x| x.to_string()).collect(),
+            Self::Float(v) | Self::Sparse(v) | Self::Multi(v, _) => v.iter().map(|x| x.to_string()).collect(),
             Self::Signed(v) => v.iter().map(|x| x.to_string()).collect(),
             Self::Unsigned(v) => v.iter().map(|x| x.to_string()).collect(),
         }
     }
 
-    fn json(&self) -> serde_json::Value {
+    /// The JSON field and value of the row.
+    fn json(&self) -> (&'static str, serde_json::Value) {
         match self {
-            Self::Float(v) => serde_json::json!(v),
-            Self::Signed(v) => serde_json::json!(v),
-            Self::Unsigned(v) => serde_json::json!(v),
+            Self::Float(v) => ("embedding", serde_json::json!(v)),
+            Self::Signed(v) => ("embedding", serde_json::json!(v)),
+            Self::Unsigned(v) => ("embedding", serde_json::json!(v)),
+            Self::Sparse(row) => {
+                let (indices, values): (Vec<u32>, Vec<f32>) = openembed_engine::sparse_pairs(row).unzip();
+                ("sparse", serde_json::json!({"indices": indices, "values": values}))
+            }
+            Self::Multi(v, dim) => {
+                let rows: Vec<&[f32]> = v.chunks((*dim).max(1)).collect();
+                ("vectors", serde_json::json!(rows))
+            }
         }
     }
 }
@@ -192,10 +212,15 @@ impl VectorWriter {
 
     /// Writes input `index` (with its token count) and its vector (of the writer's dtype).
     pub fn write(&mut self, index: usize, tokens: usize, row: Row<'_>) -> Result<()> {
-        debug_assert_eq!(row.len(), self.dim);
+        debug_assert!(!row.dense() || row.len() == self.dim);
+        anyhow::ensure!(
+            row.dense() || self.format == OutputFormat::JsonLines,
+            "sparse weights and token vectors are written as JSON lines only (name the file .jsonl)"
+        );
         match self.format {
             OutputFormat::JsonLines => {
-                let line = serde_json::json!({"index": index, "tokens": tokens, "embedding": row.json()});
+                let (field, value) = row.json();
+                let line = serde_json::json!({"index": index, "tokens": tokens, field: value});
                 writeln!(self.sink, "{line}")?;
             }
             OutputFormat::Text => writeln!(self.sink, "{}", row.texts().join(" "))?,
@@ -209,7 +234,7 @@ impl VectorWriter {
                 writeln!(self.sink, "{line}")?;
             }
             OutputFormat::Npy => match row {
-                Row::Float(v) => {
+                Row::Float(v) | Row::Sparse(v) | Row::Multi(v, _) => {
                     for x in v {
                         self.sink.write_all(&x.to_le_bytes())?;
                     }

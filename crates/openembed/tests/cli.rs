@@ -785,3 +785,65 @@ fn embed_writes_compressed_codes() {
     assert_eq!(codes.len(), 384);
     assert!(codes.iter().all(|c| (-127..=127).contains(&c.as_i64().unwrap())));
 }
+
+/// `openembed embed --output-type sparse|multi`: bge-m3's lexical weights and ColBERT vectors
+/// (queries with `--is-query`) as JSON lines, equal to the original libraries' outputs.
+#[test]
+fn embed_writes_sparse_weights_and_token_vectors() {
+    let fixtures = common::root().join("../shared/fixtures/tiny");
+    let read = |dir: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join(dir).join("reference.json")).unwrap()).unwrap()
+    };
+    let lines = |out: std::process::Output| -> Vec<serde_json::Value> {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let bge = read("bge_m3");
+    let case = &bge["cases"][1];
+    let text = case["text"].as_str().unwrap();
+    let model = fixtures.join("bge_m3");
+    let out = bin()
+        .args(["embed", "--output-type", "sparse", "--model"])
+        .arg(&model)
+        .arg(text)
+        .output()
+        .unwrap();
+    let got = &lines(out)[0]["sparse"];
+    let want = case["lexical_weights"].as_object().unwrap();
+    let indices = got["indices"].as_array().unwrap();
+    assert_eq!(indices.len(), want.len());
+    for (i, v) in indices.iter().zip(got["values"].as_array().unwrap()) {
+        let w = &want[&i.to_string()];
+        let w = w.as_str().map_or_else(|| w.as_f64().unwrap(), |s| s.parse().unwrap());
+        assert!((v.as_f64().unwrap() - w).abs() <= 1e-5);
+    }
+    let colbert = read("colbert");
+    let case = &colbert["cases"][2];
+    let out = bin()
+        .args(["embed", "--output-type", "multi", "--is-query", "--model"])
+        .arg(fixtures.join("colbert"))
+        .arg(case["text"].as_str().unwrap())
+        .output()
+        .unwrap();
+    let got = lines(out)[0]["vectors"].as_array().unwrap().clone();
+    let want = case["query"]["vectors"].as_array().unwrap();
+    assert_eq!(got.len(), want.len(), "every query position, expansion included");
+    for (g, w) in got.iter().zip(want) {
+        assert!(common::max_abs_diff(&common::floats(g), &common::floats(w)) <= 1e-5);
+    }
+    // Sparse or token vectors are JSON lines only: another format is a usage error.
+    let dir = temp_dir("sparse-npy");
+    let out = bin()
+        .args(["embed", "--output-type", "sparse", "--model"])
+        .arg(&model)
+        .arg("-o")
+        .arg(dir.join("x.npy"))
+        .arg(text)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -4,7 +4,7 @@
 //! pure-Python package `openembed` (python/openembed) wraps it with numpy, tqdm and
 //! sentence-transformers' `encode` signature.
 
-use openembed_engine::{DType, Error, LabelFunction, LoadOptions, Truncation};
+use openembed_engine::{DType, Error, LabelFunction, LoadOptions, Side, Truncation};
 use openembed_pipeline::{
     ClassifyInput, ClassifyJob, Codes, Defaults, EmbedRequest, EmbeddingType, ErrorKind, Input, LoadError, ModelSpec,
     RequestError, SchedulerConfig, ServedModel, TokenIds,
@@ -295,6 +295,60 @@ impl Model {
             Ok(out)
         })
         .map_err(request_error)
+    }
+
+    /// Token vectors of each text: a ColBERT or bge-m3 model's multi-vector output (its query
+    /// form with `is_query`), otherwise the last hidden states; per text the flat float32 bytes
+    /// and the row count (rows are [`Self::multi_vector_dimension`] wide).
+    #[pyo3(signature = (texts, is_query = false, truncate = true))]
+    fn encode_multi(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        is_query: bool,
+        truncate: bool,
+    ) -> PyResult<Vec<(Vec<u8>, usize)>> {
+        let served = Arc::clone(&self.served);
+        py.detach(move || -> Result<Vec<(Vec<u8>, usize)>, RequestError> {
+            let info = served.model.info();
+            let width = info.multi_vector.unwrap_or(info.hidden_size).max(1);
+            let request = EmbedRequest {
+                model: served.name.clone(),
+                truncate: Some(truncate),
+                token_vectors: true,
+                side: if is_query { Side::Query } else { Side::Document },
+                ..EmbedRequest::default()
+            };
+            let defaults = Defaults {
+                truncate_hint: "Pass truncate=True to cut over-long inputs at the limit instead.",
+                ..Defaults::default()
+            };
+            let plan = served.plan(&request, &defaults)?;
+            let inputs: Vec<Input> = texts.into_iter().map(Input::Text).collect();
+            let mut out = Vec::with_capacity(inputs.len());
+            served.embed_chunked(&plan, &inputs, CHUNK, |_, vectors, _| -> Result<(), RequestError> {
+                out.extend(vectors.into_iter().map(|v| {
+                    let rows = v.len() / width;
+                    (v.iter().flat_map(|x| x.to_le_bytes()).collect(), rows)
+                }));
+                Ok(())
+            })?;
+            Ok(out)
+        })
+        .map_err(request_error)
+    }
+
+    /// Width of the token vectors `encode_multi` gives.
+    #[getter]
+    fn multi_vector_dimension(&self) -> usize {
+        let info = self.served.model.info();
+        info.multi_vector.unwrap_or(info.hidden_size)
+    }
+
+    /// The model's outputs: `dense`, `sparse`, `multi_vector`, `scores`, `labels`.
+    #[getter]
+    fn outputs(&self) -> Vec<&'static str> {
+        self.served.model.info().outputs()
     }
 
     /// Token ids of each text (special tokens included, `prompt` in front, cut at the limit).
