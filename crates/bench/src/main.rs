@@ -4,6 +4,7 @@
 //! yardsticks and the server.
 
 mod architectures;
+mod sparse;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -59,7 +60,9 @@ pub struct BenchArgs {
     /// Only these workloads (comma-separated: full, corpus, packed, single, and the opt-in
     /// `architectures`: tiny fixtures for correctness, then random-weight models at realistic
     /// sizes of every family for tokens/s, and `rerank`: 10 queries × 100 corpus documents
-    /// through a reranker, in token-budget batches). A reranker runs only `rerank`.
+    /// through a reranker, in token-budget batches, and `sparse`: SPLADE's sparse output beside
+    /// the same encoder's dense vector, BERT-base with a 30,522-entry vocabulary). A reranker
+    /// runs only `rerank`.
     #[arg(long, default_value = "full,corpus,packed,single", value_delimiter = ',')]
     workloads: Vec<String>,
 }
@@ -171,6 +174,14 @@ fn main() -> std::process::ExitCode {
 /// Runs the chosen workloads.
 fn run(args: &BenchArgs) -> Result<()> {
     let mut results = Vec::new();
+    if args.workloads.iter().any(|w| w == "sparse") {
+        let threads = args.threads.iter().copied().max().unwrap_or(2);
+        sparse::bench(args.dtype, threads, args.repeat.min(5), &mut results)?;
+        if args.workloads.len() == 1 {
+            println!("{}", json!({"results": results}));
+            return Ok(());
+        }
+    }
     if args.workloads.iter().any(|w| w == "architectures") {
         let threads = args.threads.iter().copied().max().unwrap_or(2);
         architectures::run(&args.fixtures, threads, args.repeat.min(3), &mut results)?;

@@ -995,7 +995,8 @@ impl Model {
             Some(lexical) => sparse_row(lexical.weights(ids, rows)),
             None => {
                 let mut weights = vec![0.0; self.pooled_width()];
-                self.pool_one(ids, rows, &mut weights, 1);
+                self.pool
+                    .install(|| self.pool_one(ids, rows, &mut weights, self.threads));
                 nonzero_row(weights)
             }
         }
@@ -1061,10 +1062,25 @@ impl Model {
         let (mut out, pooled) =
             self.with_hidden(inputs, tasks, attended.as_deref(), between_layers, |batch, hidden| {
                 let mut pooled = Vec::new();
+                // SPLADE: the sparse inputs' tokens share the masked-LM head's GEMMs.
+                let mut splade = match (&self.sparse, &self.lexical) {
+                    (Some((head, pooling)), None) => {
+                        let sparse: Vec<usize> = (0..batch.len()).filter(|&i| outputs[i] == Output::Sparse).collect();
+                        let ranges: Vec<_> = sparse.iter().map(|&i| batch.range(i)).collect();
+                        let rows = self
+                            .pool
+                            .install(|| head.sparse_rows(hidden, h, &ranges, *pooling, self.threads));
+                        sparse.into_iter().zip(rows.into_iter().map(sparse_row)).collect()
+                    }
+                    _ => std::collections::HashMap::new(),
+                };
                 let out: Vec<Vec<f32>> = (0..batch.len())
                     .map(|i| {
                         let r = batch.range(i);
                         let rows = &hidden[r.start * h..r.end * h];
+                        if let Some(row) = splade.remove(&i) {
+                            return row;
+                        }
                         match outputs[i] {
                             Output::Pooled => {
                                 let start = pooled.len();

@@ -148,6 +148,11 @@ impl MlmHead {
 
     /// The text's vocabulary weights from its tokens' hidden states (`tokens × hidden`), into
     /// `out` (`vocab` long): `log(1 + relu(logit))`, pooled over the tokens.
+    ///
+    /// The logits are computed [`LOGIT_ROWS`] tokens at a time (bounded memory whatever the
+    /// length). Max pooling takes the largest logit per entry and applies the activation once
+    /// per entry: both activations are non-decreasing, so that is the max of the activated
+    /// values, without a logarithm per token and entry.
     pub fn weights(
         &self,
         hidden_states: &[f32],
@@ -166,20 +171,153 @@ impl MlmHead {
             .forward_act(hidden_states, tokens, &mut x, self.activation, threads);
         let mut normed = vec![0.0f32; tokens * hidden];
         self.norm.apply(&x, &mut normed, hidden);
-        let mut logits = vec![0.0f32; tokens * self.vocab];
-        self.decoder.forward(&normed, tokens, &mut logits, threads);
-        for row in logits.chunks_exact(self.vocab) {
-            for (o, &l) in out.iter_mut().zip(row) {
-                let v = match pooling.activation {
-                    SpladeActivation::Relu => l.max(0.0).ln_1p(),
-                    SpladeActivation::Log1pRelu => l.max(0.0).ln_1p().ln_1p(),
-                };
+        drop(x);
+        let activate = |l: f32| match pooling.activation {
+            SpladeActivation::Relu => l.max(0.0).ln_1p(),
+            SpladeActivation::Log1pRelu => l.max(0.0).ln_1p().ln_1p(),
+        };
+        let rows = tokens.min(LOGIT_ROWS);
+        let mut logits = vec![0.0f32; rows * self.vocab];
+        // Max pooling: the running max of the raw logits (relu's floor is 0).
+        let mut top = vec![
+            0.0f32;
+            if pooling.strategy == SpladeStrategy::Max {
+                self.vocab
+            } else {
+                0
+            }
+        ];
+        for chunk in normed.chunks(LOGIT_ROWS * hidden) {
+            let n = chunk.len() / hidden;
+            let logits = &mut logits[..n * self.vocab];
+            self.decoder.forward(chunk, n, logits, threads);
+            for row in logits.chunks_exact(self.vocab) {
                 match pooling.strategy {
-                    SpladeStrategy::Max => *o = o.max(v),
-                    SpladeStrategy::Sum => *o += v,
+                    SpladeStrategy::Max => top.iter_mut().zip(row).for_each(|(m, &l)| *m = m.max(l)),
+                    SpladeStrategy::Sum => out.iter_mut().zip(row).for_each(|(o, &l)| *o += activate(l)),
                 }
             }
         }
+        if pooling.strategy == SpladeStrategy::Max {
+            for (o, m) in out.iter_mut().zip(top) {
+                *o = if m > 0.0 { activate(m) } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// Tokens whose vocabulary logits are held at once (about 16 MB at a 30,522-entry vocabulary):
+/// enough rows for the decoder's GEMM to run at full speed.
+const LOGIT_ROWS: usize = 128;
+
+impl MlmHead {
+    /// [`Self::weights`] of several inputs of one packed batch at once (`hidden_states`: the
+    /// batch's `tokens × hidden` rows; `inputs`: each input's token range), as each input's
+    /// non-zero `(id, weight)` pairs by id. The tokens of all inputs share the head's GEMMs,
+    /// [`LOGIT_ROWS`] at a time, and each input's pooled row lives only while its tokens are
+    /// in flight.
+    pub fn sparse_rows(
+        &self,
+        hidden_states: &[f32],
+        hidden: usize,
+        inputs: &[std::ops::Range<usize>],
+        pooling: SpladePooling,
+        threads: usize,
+    ) -> Vec<Vec<(u32, f32)>> {
+        use rayon::prelude::*;
+        let mut out = vec![Vec::new(); inputs.len()];
+        // The inputs' rows end to end, each tagged with its input.
+        let owner: Vec<usize> = inputs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| std::iter::repeat_n(i, r.len()))
+            .collect();
+        let tokens = owner.len();
+        if tokens == 0 {
+            return out;
+        }
+        let mut rows = Vec::with_capacity(tokens * hidden);
+        for r in inputs {
+            rows.extend_from_slice(&hidden_states[r.start * hidden..r.end * hidden]);
+        }
+        let mut x = vec![0.0f32; tokens * hidden];
+        self.dense.forward_act(&rows, tokens, &mut x, self.activation, threads);
+        self.norm.apply(&x, &mut rows, hidden);
+        drop(x);
+        let activate = |l: f32| match pooling.activation {
+            SpladeActivation::Relu => l.max(0.0).ln_1p(),
+            SpladeActivation::Log1pRelu => l.max(0.0).ln_1p().ln_1p(),
+        };
+        let vocab = self.vocab;
+        let mut logits = vec![0.0f32; tokens.min(LOGIT_ROWS) * vocab];
+        // Pooled rows of the inputs whose tokens are in flight (max: of raw logits).
+        let mut open: Vec<(usize, Vec<f32>)> = Vec::new();
+        let finish = |input: usize, acc: Vec<f32>, out: &mut Vec<Vec<(u32, f32)>>| {
+            out[input] = acc
+                .into_iter()
+                .enumerate()
+                .filter_map(|(id, v)| {
+                    let w = match pooling.strategy {
+                        SpladeStrategy::Max if v > 0.0 => activate(v),
+                        SpladeStrategy::Max => 0.0,
+                        SpladeStrategy::Sum => v,
+                    };
+                    (w != 0.0).then_some((id as u32, w))
+                })
+                .collect();
+        };
+        for (c, chunk) in rows.chunks(LOGIT_ROWS * hidden).enumerate() {
+            let n = chunk.len() / hidden;
+            let first = c * LOGIT_ROWS;
+            let logits = &mut logits[..n * vocab];
+            self.decoder.forward(chunk, n, logits, threads);
+            // Open the inputs that start in this chunk.
+            for t in first..first + n {
+                if open.last().is_none_or(|(i, _)| *i != owner[t]) {
+                    open.push((owner[t], vec![0.0f32; vocab]));
+                }
+            }
+            // Fold the chunk's rows into their inputs, the vocabulary split among the threads.
+            let blocks = vocab.div_ceil(threads.max(1) * 4).max(1024);
+            let logits = &*logits;
+            // Each row's place among the open inputs (in order, as the rows are).
+            let mut slot = Vec::with_capacity(n);
+            let mut at = 0;
+            for t in first..first + n {
+                while open[at].0 != owner[t] {
+                    at += 1;
+                }
+                slot.push(at);
+            }
+            let slot = &slot;
+            let mut accs: Vec<&mut Vec<f32>> = open.iter_mut().map(|(_, acc)| acc).collect();
+            let mut columns: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
+            {
+                let mut splits: Vec<std::slice::ChunksMut<'_, f32>> =
+                    accs.iter_mut().map(|a| a.chunks_mut(blocks)).collect();
+                for b in 0..vocab.div_ceil(blocks) {
+                    columns.push((b * blocks, splits.iter_mut().filter_map(|s| s.next()).collect()));
+                }
+            }
+            columns.into_par_iter().for_each(|(c0, mut accs)| {
+                for (k, row) in logits.chunks_exact(vocab).enumerate() {
+                    let acc = &mut accs[slot[k]];
+                    let src = &row[c0..c0 + acc.len()];
+                    match pooling.strategy {
+                        SpladeStrategy::Max => acc.iter_mut().zip(src).for_each(|(m, &l)| *m = m.max(l)),
+                        SpladeStrategy::Sum => acc.iter_mut().zip(src).for_each(|(o, &l)| *o += activate(l)),
+                    }
+                }
+            });
+            // Inputs whose last token was in this chunk are done.
+            let last = owner[first + n - 1];
+            let still_open = tokens > first + n && owner[first + n] == last;
+            let done = open.len() - usize::from(still_open);
+            for (input, acc) in open.drain(..done) {
+                finish(input, acc, &mut out);
+            }
+        }
+        out
     }
 }
 

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use openembed_engine::{sparse_pairs, LoadOptions, Model, ModelKind, Truncation};
+use openembed_engine::{sparse_pairs, LoadOptions, Model, ModelKind, Output, Truncation};
 use serde_json::Value;
 
 #[test]
@@ -34,6 +34,20 @@ fn splade_equals_sentence_transformers_sparse_encoder() {
         }
         let active = alone.iter().filter(|&&x| x > 0.0).count();
         assert!(active < 1000, "case {i}: sparse ({active} active)");
+    }
+    // The sparse output (the batch's tokens through the head together, in chunks that cross
+    // inputs) holds the same weights, non-zero ones only, mixed with other outputs.
+    let mut outputs = vec![Output::Sparse; ids.len()];
+    outputs[2] = Output::Tokens;
+    let sparse = model.run_yielding(&ids, None, Some(&outputs), &mut || {}).unwrap();
+    for (i, row) in sparse.iter().enumerate().filter(|(i, _)| *i != 2) {
+        let mut got = vec![0.0f32; 1000];
+        for (id, w) in sparse_pairs(row) {
+            assert!(w > 0.0, "case {i}: only non-zero weights");
+            got[id as usize] = w;
+        }
+        let diff = max_abs_diff(&got, &batched[i]);
+        assert!(diff <= 1e-6, "case {i} sparse output: {diff}");
     }
 }
 

@@ -2,8 +2,8 @@
 //! lines, CSV/TSV, plain text or a numpy `.npy` matrix.
 
 use crate::output::{Dtype, OutputFormat, Row, VectorWriter};
-use anyhow::{bail, Context, Result};
 use crate::UsageError;
+use anyhow::{bail, Context, Result};
 use openembed_engine::{DType, LoadOptions, Side};
 use openembed_pipeline::{
     Codes, Defaults, EmbedRequest, EmbeddingType, Input, ModelSpec, SchedulerConfig, ServedModel, TokenIds,
