@@ -272,9 +272,9 @@ impl MlmHead {
             let logits = &mut logits[..n * vocab];
             self.decoder.forward(chunk, n, logits, threads);
             // Open the inputs that start in this chunk.
-            for t in first..first + n {
-                if open.last().is_none_or(|(i, _)| *i != owner[t]) {
-                    open.push((owner[t], vec![0.0f32; vocab]));
+            for &input in &owner[first..first + n] {
+                if open.last().is_none_or(|(i, _)| *i != input) {
+                    open.push((input, vec![0.0f32; vocab]));
                 }
             }
             // Fold the chunk's rows into their inputs, the vocabulary split among the threads.
@@ -283,8 +283,8 @@ impl MlmHead {
             // Each row's place among the open inputs (in order, as the rows are).
             let mut slot = Vec::with_capacity(n);
             let mut at = 0;
-            for t in first..first + n {
-                while open[at].0 != owner[t] {
+            for &input in &owner[first..first + n] {
+                while open[at].0 != input {
                     at += 1;
                 }
                 slot.push(at);
