@@ -5,7 +5,7 @@
 //! pre-norm (ModernBERT, Qwen3) layers, LayerNorm and RMSNorm, plain and gated MLPs, fused QKV
 //! with grouped-query heads, and mask kinds are all expressed here.
 
-use crate::attention::{attention, HeadLayout, Mask, RelativeBias};
+use crate::attention::{attention, HeadLayout, Mask, Products, RelativeBias};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::kernels::activation::Activation;
@@ -38,6 +38,11 @@ enum LinearWeight {
 }
 
 impl Linear {
+    /// Whether the weights are bf16 or int8 (not float32).
+    pub fn reduced_precision(&self) -> bool {
+        !matches!(self.weight, LinearWeight::Float32(_))
+    }
+
     /// `out = act2(act1(x·W1ᵀ + b1)·W2ᵀ + b2)` with `self` as the first layer and `next` as
     /// the second, the intermediate handed over in bf16 (`mid`) when both are bf16 layers on
     /// AMX without task adapters ([`gemm_bf16_chained`], identical results). Returns false,
@@ -750,6 +755,12 @@ impl Transformer {
             att.layout,
             att.mask,
             s.bias.as_ref(),
+            // The products in bf16 where the layer's own weights are reduced.
+            if att.qkv.reduced_precision() {
+                Products::Bf16
+            } else {
+                Products::Float32
+            },
         );
         let proj = buffer(&mut s.projected, t * h);
         att.out.forward_batch(ctx, batch, proj, Activation::Identity, threads);

@@ -85,6 +85,36 @@ fn gelu_one<const F: bool>(v: f32) -> f32 {
     0.5 * v * (1.0 + erf::<F>(v * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// GELU (erf form) of 16 lanes: [`super::math::erf`]'s rational approximation, its division
+/// as a reciprocal estimate refined by one Newton step (within an ulp or two of the division,
+/// at a fraction of its cost: `vdivps` was most of the epilogue of an up-projection).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(crate) unsafe fn gelu_avx512(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let x = _mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+    let x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(4.0)), _mm512_set1_ps(-4.0));
+    let x2 = _mm512_mul_ps(x, x);
+    let mut p = _mm512_set1_ps(super::math::ERF_P[0]);
+    for &c in &super::math::ERF_P[1..] {
+        p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(c));
+    }
+    let p = _mm512_mul_ps(p, x);
+    let mut q = _mm512_set1_ps(super::math::ERF_Q[0]);
+    for &c in &super::math::ERF_Q[1..] {
+        q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(c));
+    }
+    let r = _mm512_rcp14_ps(q);
+    let r = _mm512_mul_ps(r, _mm512_fnmadd_ps(q, r, _mm512_set1_ps(2.0)));
+    let erf = _mm512_mul_ps(p, r);
+    let half = _mm512_mul_ps(_mm512_set1_ps(0.5), v);
+    _mm512_fmadd_ps(half, erf, half)
+}
+
 #[inline(always)]
 fn gelu_tanh_one<const F: bool>(v: f32) -> f32 {
     const C: f32 = 0.797_884_6; // sqrt(2/pi)
@@ -153,6 +183,36 @@ simd_dispatch! {
 
 #[cfg(test)]
 mod tests {
+
+    /// The AVX-512 GELU of the GEMM epilogues is the erf form to float precision.
+    #[test]
+    fn gelu_in_registers_matches_the_erf_form() {
+        if !crate::kernels::has_avx512() {
+            crate::kernels::report_skipped("AVX-512 GELU (this CPU lacks AVX-512)");
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let xs: Vec<f32> = (0..16 * 1000).map(|i| (i as f32 - 8000.0) / 800.0).collect();
+            for chunk in xs.chunks_exact(16) {
+                let mut out = [0.0f32; 16];
+                // SAFETY: the CPU has AVX-512 (checked); both arrays hold 16 floats.
+                unsafe {
+                    use std::arch::x86_64::*;
+                    let v = gelu_avx512(_mm512_loadu_ps(chunk.as_ptr()));
+                    _mm512_storeu_ps(out.as_mut_ptr(), v);
+                }
+                for (&x, &got) in chunk.iter().zip(&out) {
+                    let want = 0.5 * x as f64 * (1.0 + libm::erf(x as f64 / std::f64::consts::SQRT_2));
+                    assert!(
+                        (got as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                        "gelu({x}) = {got}, want {want}"
+                    );
+                }
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

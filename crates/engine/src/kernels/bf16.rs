@@ -163,7 +163,7 @@ thread_local! {
 }
 
 /// Rounds every `k`-wide row of `x` into a `kp`-wide row of `out` with `round`, in parallel.
-fn round_rows<T: Send>(x: &[f32], k: usize, out: &mut [T], kp: usize, round: fn(&[f32], &mut [T])) {
+pub(crate) fn round_rows<T: Send>(x: &[f32], k: usize, out: &mut [T], kp: usize, round: fn(&[f32], &mut [T])) {
     let blocks = out.chunks_mut(ROUND_ROWS * kp).zip(x.chunks(ROUND_ROWS * k)).collect();
     parallel::for_each(blocks, |(o, x): (&mut [T], &[f32])| {
         for (o, x) in o.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
@@ -195,7 +195,7 @@ super::simd_dispatch! {
 /// The fastest rounding to bf16 bits this CPU has: AVX512-BF16's `vcvtne2ps2bf16` (32 values
 /// per instruction), else [`round_row_bits`]. The instruction differs only in taking fp32
 /// denormals as zero, which the kernels reading bits (`vdpbf16ps`, `tdpbf16ps`) do anyway.
-fn round_row_bits_fastest() -> fn(&[f32], &mut [u16]) {
+pub(crate) fn round_row_bits_fastest() -> fn(&[f32], &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx512_bf16() {
         // SAFETY (of the call inside): the CPU has AVX512-BF16 (checked here).

@@ -53,24 +53,37 @@ pub fn exp<const F: bool>(x: f32) -> f32 {
 pub fn erf<const F: bool>(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
-    let mut p = -2.726_142_3e-10_f32;
-    for c in [
-        2.770_681_4e-8,
-        -2.101_024e-6,
-        -5.692_506_4e-5,
-        -7.349_906_3e-4,
-        -2.954_600_6e-3,
-        -1.609_603_3e-2,
-    ] {
+    let mut p = ERF_P[0];
+    for &c in &ERF_P[1..] {
         p = madd::<F>(p, x2, c);
     }
     p *= x;
-    let mut q = -1.456_607_2e-5_f32;
-    for c in [-2.133_740_6e-4, -1.682_827e-3, -7.373_329_5e-3, -1.426_474e-2] {
+    let mut q = ERF_Q[0];
+    for &c in &ERF_Q[1..] {
         q = madd::<F>(q, x2, c);
     }
     p / q
 }
+
+/// [`erf`]'s numerator, highest power of x² first (then times x).
+pub(crate) const ERF_P: [f32; 7] = [
+    -2.726_142_3e-10,
+    2.770_681_4e-8,
+    -2.101_024e-6,
+    -5.692_506_4e-5,
+    -7.349_906_3e-4,
+    -2.954_600_6e-3,
+    -1.609_603_3e-2,
+];
+
+/// [`erf`]'s denominator, highest power of x² first.
+pub(crate) const ERF_Q: [f32; 5] = [
+    -1.456_607_2e-5,
+    -2.133_740_6e-4,
+    -1.682_827e-3,
+    -7.373_329_5e-3,
+    -1.426_474e-2,
+];
 
 /// Dot product with eight independent accumulators (vectorizes to one AVX register).
 #[inline(always)]

@@ -784,7 +784,11 @@ pub(crate) unsafe fn finish_avx512(
         lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m_lo, dst));
         hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(m_hi, dst.wrapping_add(16)));
     }
-    if act != Activation::Identity {
+    if act == Activation::Gelu {
+        // In registers: the up-projection of every BERT-family layer ends here.
+        lo = super::activation::gelu_avx512(lo);
+        hi = super::activation::gelu_avx512(hi);
+    } else if act != Activation::Identity {
         let mut tmp = [0.0f32; 16];
         for v in [&mut lo, &mut hi] {
             _mm512_storeu_ps(tmp.as_mut_ptr(), *v);
