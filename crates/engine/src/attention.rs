@@ -730,7 +730,15 @@ mod tests {
         out
     }
 
-    fn check<K: MicroKernel>(name: &str) {
+    /// The signature of [`attention_with`] and [`attention_tiles`].
+    type Attend<'a> =
+        &'a dyn Fn(&[f32], &mut [f32], &[usize], Option<&[usize]>, HeadLayout, Mask, Option<&RelativeBias>);
+
+    /// Runs `attend` on every head layout (head widths that are and are not whole panels or
+    /// tile rows, grouped queries), mask, relative bias and key limit, on lengths below, at and
+    /// across the kernels' row and column blocks, and compares each sequence with [`naive`]
+    /// on the operands as `operand` gives them, within `tolerance`.
+    fn check_all(name: &str, tolerance: f32, operand: fn(f32) -> f32, attend: Attend<'_>) {
         let layouts = [
             HeadLayout {
                 heads: 2,
@@ -755,11 +763,10 @@ mod tests {
             },
         ];
         let masks = [Mask::Bidirectional, Mask::Causal, Mask::SlidingWindow(6)];
-        // Lengths below, at and across the kernels' 4/6/14-row and 16/32-column tiles.
-        let lens = [3usize, 1, 17, 40, 33];
+        let lens = [3usize, 1, 17, 40, 33, 70];
         let longest = *lens.iter().max().unwrap_or(&1);
         // Each sequence's keys cut to its first few (ColBERT's unattended query expansion).
-        let cut = [2usize, 1, 9, 40, 20];
+        let cut = [2usize, 1, 9, 40, 20, 50];
         for (layout, attended) in layouts.into_iter().flat_map(|l| [(l, None), (l, Some(&cut[..]))]) {
             for mask in masks {
                 for with_bias in [false, true] {
@@ -768,6 +775,7 @@ mod tests {
                     let qkv: Vec<f32> = (0..total * w)
                         .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
                         .collect();
+                    let operands: Vec<f32> = qkv.iter().map(|&v| operand(v)).collect();
                     let bias = with_bias.then(|| RelativeBias {
                         values: (0..layout.heads * (2 * longest - 1))
                             .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.1)
@@ -778,23 +786,30 @@ mod tests {
                     for l in lens {
                         offsets.push(offsets.last().unwrap() + l);
                     }
-                    let mut out = vec![0.0; total * layout.out_width()];
-                    attention_with::<K>(&qkv, &mut out, &offsets, attended, layout, mask, bias.as_ref());
+                    let mut out = vec![f32::NAN; total * layout.out_width()];
+                    attend(&qkv, &mut out, &offsets, attended, layout, mask, bias.as_ref());
                     for s in 0..lens.len() {
                         let (a, b) = (offsets[s], offsets[s + 1]);
                         let keys = attended.map_or(b - a, |c| c[s].min(b - a));
-                        let want = naive(&qkv[a * w..b * w], b - a, keys, layout, mask, bias.as_ref());
+                        let want = naive(&operands[a * w..b * w], b - a, keys, layout, mask, bias.as_ref());
                         let got = &out[a * layout.out_width()..b * layout.out_width()];
                         for (x, y) in got.iter().zip(&want) {
                             assert!(
-                                (x - y).abs() < 1e-5,
-                                "{name} {mask:?} bias {with_bias} keys {attended:?}: {x} vs {y}"
+                                (x - y).abs() < tolerance,
+                                "{name} d {} {mask:?} bias {with_bias} keys {attended:?}: {x} vs {y}",
+                                layout.head_dim
                             );
                         }
                     }
                 }
             }
         }
+    }
+
+    fn check<K: MicroKernel>(name: &str) {
+        check_all(name, 1e-5, |v| v, &|q, o, off, a, l, m, b| {
+            attention_with::<K>(q, o, off, a, l, m, b)
+        });
     }
 
     #[test]
@@ -810,72 +825,12 @@ mod tests {
 
     /// The bf16 tile path against attention computed in f64 from the same bf16-rounded q, k
     /// and v: what is left is the rounding of the probabilities to bf16 (2⁻⁹ relative) and fp32
-    /// sums. Every layout (head widths that are and are not whole tile rows), mask, key limit
-    /// and length across the 32-row blocks.
+    /// sums.
     fn check_tiles<U: TileUnit + Default>(name: &str) {
-        let layouts = [
-            HeadLayout {
-                heads: 2,
-                kv_heads: 2,
-                head_dim: 12,
-            },
-            HeadLayout {
-                heads: 4,
-                kv_heads: 2,
-                head_dim: 40,
-            },
-            HeadLayout {
-                heads: 3,
-                kv_heads: 3,
-                head_dim: 32,
-            },
-            HeadLayout {
-                heads: 2,
-                kv_heads: 1,
-                head_dim: 64,
-            },
-        ];
-        let lens = [3usize, 1, 17, 40, 33, 70];
-        let longest = 70;
-        let cut = [2usize, 1, 9, 40, 20, 50];
         let bf = |v: f32| crate::kernels::bf16::from_bf16(crate::kernels::bf16::to_bf16(v));
-        for (layout, attended) in layouts.into_iter().flat_map(|l| [(l, None), (l, Some(&cut[..]))]) {
-            for mask in [Mask::Bidirectional, Mask::Causal, Mask::SlidingWindow(6)] {
-                for with_bias in [false, true] {
-                    let w = layout.qkv_width();
-                    let total: usize = lens.iter().sum();
-                    let qkv: Vec<f32> = (0..total * w)
-                        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
-                        .collect();
-                    let rounded: Vec<f32> = qkv.iter().map(|&v| bf(v)).collect();
-                    let bias = with_bias.then(|| RelativeBias {
-                        values: (0..layout.heads * (2 * longest - 1))
-                            .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.1)
-                            .collect(),
-                        span: longest,
-                    });
-                    let mut offsets = vec![0];
-                    for l in lens {
-                        offsets.push(offsets.last().unwrap() + l);
-                    }
-                    let mut out = vec![f32::NAN; total * layout.out_width()];
-                    attention_tiles::<U>(&qkv, &mut out, &offsets, attended, layout, mask, bias.as_ref());
-                    for s in 0..lens.len() {
-                        let (a, b) = (offsets[s], offsets[s + 1]);
-                        let keys = attended.map_or(b - a, |c| c[s].min(b - a));
-                        let want = naive(&rounded[a * w..b * w], b - a, keys, layout, mask, bias.as_ref());
-                        let got = &out[a * layout.out_width()..b * layout.out_width()];
-                        for (x, y) in got.iter().zip(&want) {
-                            assert!(
-                                (x - y).abs() < 1e-2,
-                                "{name} d {} {mask:?} bias {with_bias} keys {attended:?}: {x} vs {y}",
-                                layout.head_dim
-                            );
-                        }
-                    }
-                }
-            }
-        }
+        check_all(name, 1e-2, bf, &|q, o, off, a, l, m, b| {
+            attention_tiles::<U>(q, o, off, a, l, m, b)
+        });
     }
 
     /// The AVX-512 packing of keys and values equals the plain one (which CPUs without AVX-512

@@ -156,10 +156,10 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
-    /// `embedding`, `reranker` or `classifier`.
+    /// `embedding model`, `reranker`, `classifier`, `sparse model` or `late-interaction (multi-vector) model`.
     pub fn name(self) -> &'static str {
         match self {
-            Self::Embedding => "embedding",
+            Self::Embedding => "embedding model",
             Self::Reranker => "reranker",
             Self::Classifier => "classifier",
             Self::Sparse => "sparse model",

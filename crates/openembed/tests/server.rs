@@ -1632,31 +1632,47 @@ fn colbert_token_vectors_and_maxsim_rerank_equal_pylate() {
     assert!(reply["error"].as_str().unwrap().contains("multi_vector"), "{reply}");
 }
 
-/// bge-m3 from one server: `/v1/embeddings` gives its dense vectors, `/embed_sparse` its lexical
-/// weights, `/embed_all` its ColBERT vectors (all equal to FlagEmbedding's `BGEM3FlagModel`), and
-/// `/v1/rerank` its combined `colbert+sparse+dense` score.
-#[test]
-fn bge_m3_serves_dense_sparse_and_multi_vector_outputs() {
+/// A server of the bge-m3 fixture, and its reference.
+fn bge_m3_server() -> (Server, Value) {
     let dir = root().join("../shared/fixtures/tiny/bge_m3");
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let reference = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let spec = format!("{}=bge-m3", dir.display());
-    let server = Server::start(&["--model", &spec]);
-    let cases: Vec<&Value> = reference["cases"]
+    (Server::start(&["--model", &spec]), reference)
+}
+
+/// A reference's cases with a text.
+fn non_empty_cases(reference: &Value) -> Vec<&Value> {
+    reference["cases"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|c| !c["text"].as_str().unwrap().is_empty())
-        .collect();
-    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
-    let (status, _, dense) = common::embed(&server, json!({"model": "bge-m3", "input": texts}));
+        .collect()
+}
+
+/// `/v1/embeddings` and `/embed_sparse` answers for `texts` from the bge-m3 server.
+fn dense_and_sparse(server: &Server, texts: &[&str]) -> (Value, Value) {
+    let (status, _, dense) = common::embed(server, json!({"model": "bge-m3", "input": texts}));
     assert_eq!(status, 200, "{dense}");
     let (status, sparse) = common::post_raw(
-        &server,
+        server,
         "/embed_sparse",
         "application/json",
         &json!({"inputs": texts}).to_string(),
     );
     assert_eq!(status, 200, "{sparse}");
+    (dense, sparse)
+}
+
+/// bge-m3 from one server: `/v1/embeddings` gives its dense vectors, `/embed_sparse` its lexical
+/// weights, `/embed_all` its ColBERT vectors (all equal to FlagEmbedding's `BGEM3FlagModel`), and
+/// `/v1/rerank` its combined `colbert+sparse+dense` score.
+#[test]
+fn bge_m3_serves_dense_sparse_and_multi_vector_outputs() {
+    let (server, reference) = bge_m3_server();
+    let cases = non_empty_cases(&reference);
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let (dense, sparse) = dense_and_sparse(&server, &texts);
     let (status, multi) = common::post_raw(
         &server,
         "/embed_all",
@@ -1704,30 +1720,14 @@ fn bge_m3_serves_dense_sparse_and_multi_vector_outputs() {
 /// outputs of the original library.
 #[test]
 fn hybrid_retrieval_with_bge_m3_equals_the_reference_outputs() {
-    let dir = root().join("../shared/fixtures/tiny/bge_m3");
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let spec = format!("{}=bge-m3", dir.display());
-    let server = Server::start(&["--model", &spec]);
-    let cases: Vec<&Value> = reference["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| !c["text"].as_str().unwrap().is_empty())
-        .collect();
+    let (server, reference) = bge_m3_server();
+    let cases = non_empty_cases(&reference);
     let corpus: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
     // Queries: texts of the corpus (the reference holds their outputs too).
     let queries = [1usize, 3, 5];
     type Sparse = std::collections::BTreeMap<u64, f64>;
     let served = |texts: &[&str]| -> (Vec<Vec<f32>>, Vec<Sparse>) {
-        let (status, _, dense) = common::embed(&server, json!({"model": "bge-m3", "input": texts}));
-        assert_eq!(status, 200, "{dense}");
-        let (status, sparse) = common::post_raw(
-            &server,
-            "/embed_sparse",
-            "application/json",
-            &json!({"inputs": texts}).to_string(),
-        );
-        assert_eq!(status, 200, "{sparse}");
+        let (dense, sparse) = dense_and_sparse(&server, texts);
         let dense = (0..texts.len())
             .map(|i| floats(&dense["data"][i]["embedding"]))
             .collect();

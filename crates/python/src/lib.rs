@@ -21,6 +21,33 @@ type SparseWeights = (Vec<u32>, Vec<f32>);
 /// Inputs handed back at a time (the progress callback's step).
 const CHUNK: usize = 1024;
 
+/// One request of texts for an output other than the vector (`request` says which; its model
+/// and truncation are filled in here), each text's row as the engine gives it.
+fn outputs_of(
+    served: &ServedModel,
+    request: EmbedRequest,
+    texts: Vec<String>,
+    truncate: bool,
+) -> Result<Vec<Vec<f32>>, RequestError> {
+    let request = EmbedRequest {
+        model: served.name.clone(),
+        truncate: Some(truncate),
+        ..request
+    };
+    let defaults = Defaults {
+        truncate_hint: "Pass truncate=True to cut over-long inputs at the limit instead.",
+        ..Defaults::default()
+    };
+    let plan = served.plan(&request, &defaults)?;
+    let inputs: Vec<Input> = texts.into_iter().map(Input::Text).collect();
+    let mut out = Vec::with_capacity(inputs.len());
+    served.embed_chunked(&plan, &inputs, CHUNK, |_, rows, _| -> Result<(), RequestError> {
+        out.extend(rows);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// The engine's error as the Python exception a user expects.
 fn py_error(e: Error) -> PyErr {
     let message = e.to_string();
@@ -276,23 +303,13 @@ impl Model {
                 }
             }
             let request = EmbedRequest {
-                model: served.name.clone(),
-                truncate: Some(truncate),
                 sparse: true,
                 ..EmbedRequest::default()
             };
-            let defaults = Defaults {
-                truncate_hint: "Pass truncate=True to cut over-long inputs at the limit instead.",
-                ..Defaults::default()
-            };
-            let plan = served.plan(&request, &defaults)?;
-            let inputs: Vec<Input> = texts.into_iter().map(Input::Text).collect();
-            let mut out = Vec::with_capacity(inputs.len());
-            served.embed_chunked(&plan, &inputs, CHUNK, |_, vectors, _| -> Result<(), RequestError> {
-                out.extend(vectors.into_iter().map(nonzero));
-                Ok(())
-            })?;
-            Ok(out)
+            Ok(outputs_of(&served, request, texts, truncate)?
+                .into_iter()
+                .map(nonzero)
+                .collect())
         })
         .map_err(request_error)
     }
@@ -313,27 +330,15 @@ impl Model {
             let info = served.model.info();
             let width = info.multi_vector.unwrap_or(info.hidden_size).max(1);
             let request = EmbedRequest {
-                model: served.name.clone(),
-                truncate: Some(truncate),
                 token_vectors: true,
                 side: if is_query { Side::Query } else { Side::Document },
                 ..EmbedRequest::default()
             };
-            let defaults = Defaults {
-                truncate_hint: "Pass truncate=True to cut over-long inputs at the limit instead.",
-                ..Defaults::default()
-            };
-            let plan = served.plan(&request, &defaults)?;
-            let inputs: Vec<Input> = texts.into_iter().map(Input::Text).collect();
-            let mut out = Vec::with_capacity(inputs.len());
-            served.embed_chunked(&plan, &inputs, CHUNK, |_, vectors, _| -> Result<(), RequestError> {
-                out.extend(vectors.into_iter().map(|v| {
-                    let rows = v.len() / width;
-                    (v.iter().flat_map(|x| x.to_le_bytes()).collect(), rows)
-                }));
-                Ok(())
-            })?;
-            Ok(out)
+            let rows = outputs_of(&served, request, texts, truncate)?;
+            Ok(rows
+                .into_iter()
+                .map(|v| (v.iter().flat_map(|x| x.to_le_bytes()).collect(), v.len() / width))
+                .collect())
         })
         .map_err(request_error)
     }

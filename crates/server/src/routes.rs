@@ -151,9 +151,9 @@ fn reranker(state: &AppState, model: Option<&str>) -> Result<(String, Arc<Served
     if !served.model.info().reranks() {
         return Err(ApiError::invalid(
             format!(
-                "The model '{name}' is a {}, not a reranker; its outputs are: {}.",
-                served.model.info().kind().name(),
-                served.model.info().outputs().join(", ")
+                "The model '{name}' is not a reranker (its outputs: {}); use {}.",
+                served.model.info().outputs().join(", "),
+                openembed_pipeline::plan::not_embedding(served.model.info().kind()).unwrap_or("POST /v1/embeddings")
             ),
             Some("model"),
         ));

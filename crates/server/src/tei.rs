@@ -434,7 +434,7 @@ fn model_for(
     if !fits(served.model.info()) {
         return Err(ApiError::invalid(
             format!(
-                "The model '{}' is a {}, not {what}; its outputs are: {}.",
+                "The model '{}' is not {what} (it is a {}; its outputs: {}).",
                 served.name,
                 served.model.info().kind().name(),
                 served.model.info().outputs().join(", ")
