@@ -117,16 +117,7 @@ fn attention_with<K: MicroKernel>(
     mask: Mask,
     bias: Option<&RelativeBias>,
 ) {
-    let tokens = offsets.last().copied().unwrap_or(0);
-    assert!(qkv.len() >= tokens * layout.qkv_width() && out.len() >= tokens * layout.out_width());
-    assert!(layout.kv_heads > 0 && layout.heads.is_multiple_of(layout.kv_heads));
-    assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
-    if let Some(b) = bias {
-        let longest = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-        assert!(b.span >= longest && b.values.len() >= layout.heads * (2 * b.span - 1));
-    }
-    let seqs = offsets.len().saturating_sub(1);
-    assert!(attended.is_none_or(|a| a.len() >= seqs));
+    let (_, seqs) = checked(qkv, out, offsets, attended, layout, bias);
     let out_ptr = OutPtr(out.as_mut_ptr());
     let out_ptr = &out_ptr;
     crate::parallel::for_each_index(seqs * layout.heads, |task| {
@@ -144,6 +135,30 @@ fn attention_with<K: MicroKernel>(
             }
         });
     });
+}
+
+/// Checks what both attention paths rely on (every buffer long enough for the batch, the
+/// head grouping, ordered offsets, a bias table and key limits that cover every sequence);
+/// returns (tokens, sequences).
+fn checked(
+    qkv: &[f32],
+    out: &[f32],
+    offsets: &[usize],
+    attended: Option<&[usize]>,
+    layout: HeadLayout,
+    bias: Option<&RelativeBias>,
+) -> (usize, usize) {
+    let tokens = offsets.last().copied().unwrap_or(0);
+    assert!(qkv.len() >= tokens * layout.qkv_width() && out.len() >= tokens * layout.out_width());
+    assert!(layout.kv_heads > 0 && layout.heads.is_multiple_of(layout.kv_heads));
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+    if let Some(b) = bias {
+        let longest = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        assert!(b.span >= longest && b.values.len() >= layout.heads * (2 * b.span - 1));
+    }
+    let seqs = offsets.len().saturating_sub(1);
+    assert!(attended.is_none_or(|a| a.len() >= seqs));
+    (tokens, seqs)
 }
 
 /// The keys query `i` of a `len`-token sequence may attend to, of its first `keys` tokens
@@ -240,26 +255,15 @@ unsafe fn attend_one<K: MicroKernel>(
         // Padding keys weigh 0: the value product stops at the last real key.
         let kend = khi.min(len);
         for i in 0..rows {
-            let (lo, hi) = key_range(mask, r0 + i, len, keys_attended);
-            let row = &mut scores[i * lp..(i + 1) * lp];
-            if let Some(b) = bias {
-                let width = 2 * b.span - 1;
-                let table = &b.values[h * width..(h + 1) * width];
-                // rel = j - i sits at index j - i + span - 1.
-                let base = b.span - 1 - (r0 + i);
-                for (r, &t) in row[lo..hi].iter_mut().zip(&table[base + lo..base + hi]) {
-                    *r += t;
-                }
-            }
-            // Keys outside the mask get −∞, which softmax turns into exactly 0, so it runs
-            // over whole vectors: from the block's first key to the row's last, rounded up.
-            let e = hi.next_multiple_of(SOFTMAX_LANES).min(khi);
-            row[klo..lo].fill(f32::NEG_INFINITY);
-            row[hi..e].fill(f32::NEG_INFINITY);
-            softmax_in_place(&mut row[klo..e]);
-            if e < kend {
-                row[e..kend].fill(0.0);
-            }
+            let keys = key_range(mask, r0 + i, len, keys_attended);
+            probabilities(
+                &mut scores[i * lp..(i + 1) * lp],
+                bias,
+                h,
+                r0 + i,
+                keys,
+                (klo, khi, kend),
+            );
         }
         for vb in 0..dp / nr {
             let (b, brs) = if values_in_place {
@@ -326,17 +330,8 @@ pub(crate) fn attention_tiles<U: TileUnit + Default>(
     mask: Mask,
     bias: Option<&RelativeBias>,
 ) {
-    let tokens = offsets.last().copied().unwrap_or(0);
+    let (tokens, seqs) = checked(qkv, out, offsets, attended, layout, bias);
     let w = layout.qkv_width();
-    assert!(qkv.len() >= tokens * w && out.len() >= tokens * layout.out_width());
-    assert!(layout.kv_heads > 0 && layout.heads.is_multiple_of(layout.kv_heads));
-    assert!(offsets.windows(2).all(|p| p[0] <= p[1]));
-    if let Some(b) = bias {
-        let longest = offsets.windows(2).map(|p| p[1] - p[0]).max().unwrap_or(0);
-        assert!(b.span >= longest && b.values.len() >= layout.heads * (2 * b.span - 1));
-    }
-    let seqs = offsets.len().saturating_sub(1);
-    assert!(attended.is_none_or(|a| a.len() >= seqs));
     QKV_BITS.with(|cell| {
         let mut bits = cell.borrow_mut();
         // A block of rows past the last token, zero: query tiles read whole 32-row strips.
@@ -486,24 +481,11 @@ unsafe fn attend_one_tiles<U: TileUnit>(
         }
         let kend = khi.min(len);
         for i in 0..rows {
-            let (lo, hi) = key_range(mask, r0 + i, len, keys_attended);
+            let keys = key_range(mask, r0 + i, len, keys_attended);
             let srow = &mut scores[i * lp..(i + 1) * lp];
-            if let Some(b) = bias {
-                let width = 2 * b.span - 1;
-                let table = &b.values[h * width..(h + 1) * width];
-                let base = b.span - 1 - (r0 + i);
-                for (r, &t) in srow[lo..hi].iter_mut().zip(&table[base + lo..base + hi]) {
-                    *r += t;
-                }
-            }
-            let e = hi.next_multiple_of(SOFTMAX_LANES).min(khi);
-            srow[klo..lo].fill(f32::NEG_INFINITY);
-            srow[hi..e].fill(f32::NEG_INFINITY);
-            softmax_in_place(&mut srow[klo..e]);
-            // Keys past the row's last (and the block's padding) weigh exactly 0.
-            let prow = &mut probs[i * lp..(i + 1) * lp];
-            round(&srow[klo..kend.max(klo)], &mut prow[klo..khi]);
-            prow[e.min(kend).max(klo)..khi].fill(0);
+            probabilities(srow, bias, h, r0 + i, keys, (klo, khi, kend));
+            // In bf16; the block's padding keys past `kend` are zero.
+            round(&srow[klo..kend.max(klo)], &mut probs[i * lp + klo..i * lp + khi]);
         }
         let steps = (khi - klo) / BLOCK;
         for vp in 0..vpanels {
@@ -622,6 +604,36 @@ unsafe fn pack_avx512(
             _mm512_storeu_si512(dst as *mut _, _mm512_permutex2var_epi64(lo, first, hi));
             _mm512_storeu_si512(dst.add(BLOCK) as *mut _, _mm512_permutex2var_epi64(lo, second, hi));
         }
+    }
+}
+
+/// One query's scores (keys `klo..khi` of `row`) to probabilities: the relative bias of head
+/// `h` added, the keys outside its range `lo..hi` at −∞ (which softmax turns into exactly 0, so
+/// it runs over whole vectors, from the block's first key to the row's last rounded up), and
+/// the keys from there to `kend` (the last real key) 0.
+fn probabilities(
+    row: &mut [f32],
+    bias: Option<&RelativeBias>,
+    h: usize,
+    query: usize,
+    (lo, hi): (usize, usize),
+    (klo, khi, kend): (usize, usize, usize),
+) {
+    if let Some(b) = bias {
+        let width = 2 * b.span - 1;
+        let table = &b.values[h * width..(h + 1) * width];
+        // rel = j - i sits at index j - i + span - 1.
+        let base = b.span - 1 - query;
+        for (r, &t) in row[lo..hi].iter_mut().zip(&table[base + lo..base + hi]) {
+            *r += t;
+        }
+    }
+    let e = hi.next_multiple_of(SOFTMAX_LANES).min(khi);
+    row[klo..lo].fill(f32::NEG_INFINITY);
+    row[hi..e].fill(f32::NEG_INFINITY);
+    softmax_in_place(&mut row[klo..e]);
+    if e < kend {
+        row[e..kend].fill(0.0);
     }
 }
 
