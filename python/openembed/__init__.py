@@ -63,6 +63,7 @@ class Model:
         precision: str = "float32",
         output: str = "dense",
         is_query: bool = False,
+        **sparse_options,
     ) -> Union[np.ndarray, List[np.ndarray], Dict[int, float], List[Dict[int, float]]]:
         """Embeds ``sentences`` as ``SentenceTransformer.encode`` does.
 
@@ -85,10 +86,13 @@ class Model:
         gives :meth:`encode_sparse`'s ``{token_id: weight}`` dicts, ``"multi"`` one float32
         ``(tokens, dim)`` array per text — a ColBERT or bge-m3 model's token vectors, as PyLate's
         ``encode`` (``is_query=True``: the query form, prefix and expansion) and bge-m3's
-        ``colbert_vecs`` give them.
+        ``colbert_vecs`` give them. With ``output="sparse"``, ``max_active_dims`` and
+        ``min_weight`` limit the weights as in :meth:`encode_sparse`.
         """
+        if sparse_options and output != "sparse":
+            raise TypeError(f"{sorted(sparse_options)} apply to output='sparse' only")
         if output == "sparse":
-            return self.encode_sparse(sentences, is_query=is_query, truncate=truncate)
+            return self.encode_sparse(sentences, is_query=is_query, truncate=truncate, **sparse_options)
         if output == "multi":
             return self.encode_multi(sentences, is_query=is_query, truncate=truncate)
         if output != "dense":
@@ -144,18 +148,28 @@ class Model:
         return out[0] if single else out
 
     def encode_sparse(
-        self, texts: Union[str, Sequence[str]], *, is_query: bool = False, truncate: bool = True
+        self,
+        texts: Union[str, Sequence[str]],
+        *,
+        is_query: bool = False,
+        truncate: bool = True,
+        max_active_dims: Optional[int] = None,
+        min_weight: Optional[float] = None,
     ) -> Union[Dict[int, float], List[Dict[int, float]]]:
         """A sparse model's (SPLADE, inference-free) vocabulary weights of each text, as
         ``{token_id: weight}`` with the non-zero entries only — what sentence-transformers'
         ``SparseEncoder.encode`` gives as a sparse tensor. ``is_query=True`` is
         ``encode_query``: an inference-free model looks queries up in its table (no
-        transformer); other models encode them as documents. One text in, one dict out."""
+        transformer); other models encode them as documents. ``max_active_dims`` keeps each
+        text's largest weights only (as ``SparseEncoder.encode(max_active_dims=...)``);
+        ``min_weight`` drops the smaller ones. One text in, one dict out."""
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         out = [
             dict(zip(indices, values))
-            for indices, values in self._model.encode_sparse(texts, is_query=is_query, truncate=truncate)
+            for indices, values in self._model.encode_sparse(
+                texts, is_query=is_query, truncate=truncate, max_active_dims=max_active_dims, min_weight=min_weight
+            )
         ]
         return out[0] if single else out
 

@@ -194,6 +194,12 @@ def test_encode_sparse_equals_the_sparse_encoder(fixture, field, is_query):
             assert abs(weights.get(index, 0.0) - want.get(index, 0.0)) <= 1e-5
         assert all(v > 0 for v in weights.values())
     assert model.encode_sparse(cases[0]["text"], is_query=is_query) == got[0]
+    # max_active_dims keeps the largest weights, as SparseEncoder.encode(max_active_dims=...).
+    top = model.encode_sparse([c["text"] for c in cases], is_query=is_query, max_active_dims=3)
+    for weights, full in zip(top, got):
+        best = sorted(full.items(), key=lambda e: (-e[1], e[0]))[:3]
+        assert weights == dict(best)
+    assert model.encode(cases[0]["text"], output="sparse", is_query=is_query, min_weight=1e9) == {}
 
 
 def test_a_dense_model_has_no_sparse_output(model):

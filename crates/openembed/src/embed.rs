@@ -75,6 +75,13 @@ pub struct EmbedArgs {
     /// inference-free sparse model's query table.
     #[arg(long)]
     is_query: bool,
+    /// With `--output-type sparse`: keep at most this many of each text's largest weights
+    /// (sentence-transformers' `max_active_dims`).
+    #[arg(long)]
+    max_active_dims: Option<usize>,
+    /// With `--output-type sparse`: drop weights below this.
+    #[arg(long)]
+    min_weight: Option<f32>,
     /// Texts to embed; read from --input or stdin when none are given.
     texts: Vec<String>,
 }
@@ -264,8 +271,15 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         sparse: args.output_type == OutputType::Sparse,
         token_vectors: args.output_type == OutputType::Multi,
         side,
+        max_active_dims: args.max_active_dims,
+        min_weight: args.min_weight,
         ..EmbedRequest::default()
     };
+    let defaults = Defaults {
+        truncate_hint: TRUNCATE_HINT,
+        ..Defaults::default()
+    };
+    let plan = served.plan(&request, &defaults)?;
     if args.output_type == OutputType::Sparse && args.is_query && info.sparse_query {
         // An inference-free model's queries: its table, no transformer.
         let texts = all_inputs
@@ -283,16 +297,12 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
             .sparse_queries(&kept_texts)?
             .ok_or_else(|| anyhow::anyhow!("the model has no query side"))?;
         let mut writer = VectorWriter::create(args.output.as_deref(), format, 0, Dtype::Float32)?;
-        for (i, row) in rows.iter().enumerate() {
-            writer.write(kept[i], row.len() / 2, Row::Sparse(row))?;
+        for (i, row) in rows.into_iter().enumerate() {
+            let row = plan.sparse_limits(row);
+            writer.write(kept[i], row.len() / 2, Row::Sparse(&row))?;
         }
         return writer.finish();
     }
-    let defaults = Defaults {
-        truncate_hint: TRUNCATE_HINT,
-        ..Defaults::default()
-    };
-    let plan = served.plan(&request, &defaults)?;
     let inputs: Vec<Input> = kept.iter().map(|&i| all_inputs[i].clone()).collect();
     drop(all_inputs);
     // The output is created with the first vectors: an input refused while tokenizing leaves none.

@@ -1487,6 +1487,41 @@ fn tei_embed_sparse_equals_the_sparse_encoder() {
             .iter()
             .all(|e| e["value"].as_f64() > Some(0.0)));
     }
+    // `max_active_dims` keeps each input's largest weights, `min_weight` drops the small ones:
+    // the same entries as cutting the full answer.
+    let body = json!({"inputs": texts, "max_active_dims": 5, "min_weight": 0.2}).to_string();
+    let (status, limited) = common::post_raw(&server, "/embed_sparse", "application/json", &body);
+    assert_eq!(status, 200, "{limited}");
+    for (i, full) in got.as_array().unwrap().iter().enumerate() {
+        let mut want: Vec<(u64, f64)> = full
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["index"].as_u64().unwrap(), e["value"].as_f64().unwrap()))
+            .filter(|(_, v)| *v >= 0.2f32 as f64)
+            .collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        want.truncate(5);
+        want.sort_by_key(|e| e.0);
+        let got: Vec<(u64, f64)> = limited[i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["index"].as_u64().unwrap(), e["value"].as_f64().unwrap()))
+            .collect();
+        assert_eq!(got, want, "case {i}");
+    }
+    let (status, reply) = common::post_raw(
+        &server,
+        "/embed_sparse",
+        "application/json",
+        &json!({"inputs": "x", "max_active_dims": 0}).to_string(),
+    );
+    assert_eq!(
+        (status, reply["error_type"].as_str()),
+        (422, Some("Validation")),
+        "{reply}"
+    );
     let (status, reply) = common::post_raw(
         &server,
         "/v1/embeddings",

@@ -57,6 +57,11 @@ pub struct EmbedRequest {
     pub token_vectors: bool,
     /// Query or document: a ColBERT model tokenizes the two apart (prefix, query expansion).
     pub side: Side,
+    /// Sparse output: keep at most this many of the largest weights per input
+    /// (sentence-transformers' `max_active_dims`).
+    pub max_active_dims: Option<usize>,
+    /// Sparse output: drop the weights below this.
+    pub min_weight: Option<f32>,
 }
 
 /// How to run one validated request on its model.
@@ -85,6 +90,10 @@ pub struct Plan {
     pub output: Output,
     /// Query or document side of the inputs.
     pub side: Side,
+    /// Sparse output: the largest weights kept per input.
+    pub max_active_dims: Option<usize>,
+    /// Sparse output: the smallest weight kept.
+    pub min_weight: Option<f32>,
 }
 
 /// A front end's defaults that a request may override.
@@ -151,6 +160,29 @@ pub fn plan(
                 outputs()
             ),
             Some("model"),
+        ));
+    }
+    if output != Output::Sparse && (request.max_active_dims.is_some() || request.min_weight.is_some()) {
+        let param = if request.max_active_dims.is_some() {
+            "max_active_dims"
+        } else {
+            "min_weight"
+        };
+        return Err(RequestError::invalid(
+            format!("'{param}' applies to sparse outputs only."),
+            Some(param),
+        ));
+    }
+    if request.max_active_dims == Some(0) {
+        return Err(RequestError::invalid(
+            "'max_active_dims' must be at least 1.",
+            Some("max_active_dims"),
+        ));
+    }
+    if request.min_weight.is_some_and(|w| !w.is_finite()) {
+        return Err(RequestError::invalid(
+            "'min_weight' must be a finite number.",
+            Some("min_weight"),
         ));
     }
     if output != Output::Pooled && request.dimensions.is_some() {
@@ -241,6 +273,8 @@ pub fn plan(
         token_ids: request.token_ids,
         output,
         side: request.side,
+        max_active_dims: request.max_active_dims,
+        min_weight: request.min_weight,
     })
 }
 
@@ -248,8 +282,11 @@ impl Plan {
     /// One handed-back vector from the model's: cut to `dimensions` and then L2-normalized when
     /// the plan says so; uncut, normalized only when the model's output is not already.
     pub fn shape(&self, vector: Vec<f32>) -> Result<Vec<f32>, RequestError> {
+        if self.output == Output::Sparse {
+            return Ok(self.sparse_limits(vector));
+        }
         if self.output != Output::Pooled {
-            return Ok(vector); // sparse weights and token vectors are the model's as they are
+            return Ok(vector); // token vectors are the model's as they are
         }
         match self.dimensions {
             Some(d) => {
@@ -263,6 +300,25 @@ impl Plan {
                 Ok(vector)
             }
         }
+    }
+
+    /// A sparse row (`[id, weight, …]` by id) with the weights under `min_weight` dropped and
+    /// only the `max_active_dims` largest kept (ties: the lower id), still by id.
+    pub fn sparse_limits(&self, row: Vec<f32>) -> Vec<f32> {
+        let count = row.len() / 2;
+        let too_many = self.max_active_dims.is_some_and(|k| count > k);
+        if !too_many && self.min_weight.is_none() {
+            return row;
+        }
+        let mut pairs: Vec<(u32, f32)> = openembed_engine::sparse_pairs(&row)
+            .filter(|(_, w)| self.min_weight.is_none_or(|m| *w >= m))
+            .collect();
+        if let Some(k) = self.max_active_dims.filter(|&k| pairs.len() > k) {
+            pairs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            pairs.truncate(k);
+            pairs.sort_by_key(|p| p.0);
+        }
+        pairs.into_iter().flat_map(|(id, w)| [id as f32, w]).collect()
     }
 
     /// Length of the handed-back vectors of a model with `dimension`.

@@ -7,7 +7,7 @@
 use openembed_engine::{DType, Error, LabelFunction, LoadOptions, Side, Truncation};
 use openembed_pipeline::{
     ClassifyInput, ClassifyJob, Codes, Defaults, EmbedRequest, EmbeddingType, ErrorKind, Input, LoadError, ModelSpec,
-    RequestError, SchedulerConfig, ServedModel, TokenIds,
+    Plan, RequestError, SchedulerConfig, ServedModel, TokenIds,
 };
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -21,14 +21,9 @@ type SparseWeights = (Vec<u32>, Vec<f32>);
 /// Inputs handed back at a time (the progress callback's step).
 const CHUNK: usize = 1024;
 
-/// One request of texts for an output other than the vector (`request` says which; its model
-/// and truncation are filled in here), each text's row as the engine gives it.
-fn outputs_of(
-    served: &ServedModel,
-    request: EmbedRequest,
-    texts: Vec<String>,
-    truncate: bool,
-) -> Result<Vec<Vec<f32>>, RequestError> {
+/// The plan of a request for an output other than the vector (`request` says which; its model
+/// and truncation are filled in here).
+fn plan_of(served: &ServedModel, request: EmbedRequest, truncate: bool) -> Result<Plan, RequestError> {
     let request = EmbedRequest {
         model: served.name.clone(),
         truncate: Some(truncate),
@@ -38,10 +33,14 @@ fn outputs_of(
         truncate_hint: "Pass truncate=True to cut over-long inputs at the limit instead.",
         ..Defaults::default()
     };
-    let plan = served.plan(&request, &defaults)?;
+    served.plan(&request, &defaults)
+}
+
+/// Each text's row under `plan`, as the pipeline hands it back.
+fn outputs_of(served: &ServedModel, plan: &Plan, texts: Vec<String>) -> Result<Vec<Vec<f32>>, RequestError> {
     let inputs: Vec<Input> = texts.into_iter().map(Input::Text).collect();
     let mut out = Vec::with_capacity(inputs.len());
-    served.embed_chunked(&plan, &inputs, CHUNK, |_, rows, _| -> Result<(), RequestError> {
+    served.embed_chunked(plan, &inputs, CHUNK, |_, rows, _| -> Result<(), RequestError> {
         out.extend(rows);
         Ok(())
     })?;
@@ -281,17 +280,26 @@ impl Model {
     /// A sparse model's non-zero vocabulary weights of each text, as (indices, values): one
     /// request of the pipeline (documents through the model; with `is_query`, an
     /// inference-free model's query table). Over-long texts are cut unless `truncate` is false.
-    #[pyo3(signature = (texts, is_query = false, truncate = true))]
+    #[pyo3(signature = (texts, is_query = false, truncate = true, max_active_dims = None, min_weight = None))]
     fn encode_sparse(
         &self,
         py: Python<'_>,
         texts: Vec<String>,
         is_query: bool,
         truncate: bool,
+        max_active_dims: Option<usize>,
+        min_weight: Option<f32>,
     ) -> PyResult<Vec<SparseWeights>> {
         let served = Arc::clone(&self.served);
         let nonzero = |row: Vec<f32>| -> SparseWeights { openembed_engine::sparse_pairs(&row).unzip() };
         py.detach(move || -> Result<Vec<SparseWeights>, RequestError> {
+            let request = EmbedRequest {
+                sparse: true,
+                max_active_dims,
+                min_weight,
+                ..EmbedRequest::default()
+            };
+            let plan = plan_of(&served, request, truncate)?;
             if is_query {
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
                 let queries = served
@@ -299,17 +307,13 @@ impl Model {
                     .sparse_queries(&refs)
                     .map_err(|e| RequestError::invalid(format!("The input could not be tokenized: {e}"), None))?;
                 if let Some(queries) = queries {
-                    return Ok(queries.into_iter().map(nonzero).collect());
+                    return Ok(queries
+                        .into_iter()
+                        .map(|row| nonzero(plan.sparse_limits(row)))
+                        .collect());
                 }
             }
-            let request = EmbedRequest {
-                sparse: true,
-                ..EmbedRequest::default()
-            };
-            Ok(outputs_of(&served, request, texts, truncate)?
-                .into_iter()
-                .map(nonzero)
-                .collect())
+            Ok(outputs_of(&served, &plan, texts)?.into_iter().map(nonzero).collect())
         })
         .map_err(request_error)
     }
@@ -334,7 +338,7 @@ impl Model {
                 side: if is_query { Side::Query } else { Side::Document },
                 ..EmbedRequest::default()
             };
-            let rows = outputs_of(&served, request, texts, truncate)?;
+            let rows = outputs_of(&served, &plan_of(&served, request, truncate)?, texts)?;
             Ok(rows
                 .into_iter()
                 .map(|v| (v.iter().flat_map(|x| x.to_le_bytes()).collect(), v.len() / width))

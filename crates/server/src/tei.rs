@@ -107,6 +107,13 @@ pub struct TeiEmbedSparseRequest {
     /// The inputs are queries: an inference-free model looks their weights up in its query
     /// table (no transformer); other models encode queries as documents (default false).
     pub is_query: Option<bool>,
+    /// Extension: keep at most this many of each input's largest weights
+    /// (sentence-transformers' `max_active_dims`).
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::api::json_count")]
+    pub max_active_dims: Option<usize>,
+    /// Extension: drop weights below this.
+    pub min_weight: Option<f32>,
 }
 
 /// One non-zero weight of a sparse vector.
@@ -589,7 +596,19 @@ async fn run_sparse(
 ) -> Result<Vec<Vec<SparseValue>>, ApiError> {
     let served = model_for(state, request.model.as_deref(), sparse_model, "a sparse model")?;
     let inputs = pipeline_inputs(request.inputs)?;
+    let embed_request = EmbedRequest {
+        model: served.name.clone(),
+        prompt_name: request.prompt_name,
+        truncate: request.truncate,
+        token_ids: Some(TokenIds::Native),
+        sparse: true,
+        max_active_dims: request.max_active_dims,
+        min_weight: request.min_weight,
+        ..EmbedRequest::default()
+    };
+    let defaults = tei_defaults(state, request.truncation_direction);
     if request.is_query == Some(true) && served.model.info().sparse_query {
+        let plan = served.plan(&embed_request, &defaults)?;
         let texts = inputs
             .into_iter()
             .map(|i| match i {
@@ -610,17 +629,11 @@ async fn run_sparse(
                 .ok_or_else(|| ApiError::internal("the model's query side is gone"))
         })
         .await?;
-        return Ok(weights.iter().map(|row| nonzero(row)).collect());
+        return Ok(weights
+            .into_iter()
+            .map(|row| nonzero(&plan.sparse_limits(row)))
+            .collect());
     }
-    let embed_request = EmbedRequest {
-        model: served.name.clone(),
-        prompt_name: request.prompt_name,
-        truncate: request.truncate,
-        token_ids: Some(TokenIds::Native),
-        sparse: true,
-        ..EmbedRequest::default()
-    };
-    let defaults = tei_defaults(state, request.truncation_direction);
     let done = embed_with(state, &defaults, &served, &embed_request, inputs, reservation).await?;
     Ok(done.vectors.iter().map(|row| nonzero(row)).collect())
 }
