@@ -1133,27 +1133,24 @@ impl Model {
     /// product); for bge-m3 FlagEmbedding's `compute_score` with equal weights: the mean of the
     /// dense dot product, the lexical matching score and the ColBERT score (MaxSim over the
     /// query's vector count).
-    pub fn relevance(&self, query: &[f32], document: &[f32]) -> f32 {
+    pub fn relevance<'a>(&self, query: &'a [f32], document: &'a [f32]) -> f32 {
         let dim = self.info.multi_vector.unwrap_or(1).max(1);
         if self.lexical.is_none() {
             return maxsim(query, document, dim);
         }
-        let split = |row: &'_ [f32]| -> (Vec<f32>, Vec<(u32, f32)>, Vec<f32>) {
+        // The parts of a row, in place: dense vector, lexical pairs, token vectors.
+        let split = |row: &'a [f32]| -> (&'a [f32], Vec<(u32, f32)>, &'a [f32]) {
             let d = self.info.dimension.min(row.len());
             let n = row.get(d).map_or(0, |&n| n as usize);
-            let pairs_end = (d + 1 + 2 * n).min(row.len());
+            let pairs_end = d.saturating_add(1).saturating_add(n.saturating_mul(2)).min(row.len());
             let pairs = sparse_pairs(row.get(d + 1..pairs_end).unwrap_or_default()).collect();
-            (
-                row[..d].to_vec(),
-                pairs,
-                row.get(pairs_end..).unwrap_or_default().to_vec(),
-            )
+            (&row[..d], pairs, row.get(pairs_end..).unwrap_or_default())
         };
         let (qd, qs, qm) = split(query);
         let (dd, ds, dm) = split(document);
-        let dense: f32 = qd.iter().zip(&dd).map(|(a, b)| a * b).sum();
+        let dense: f32 = qd.iter().zip(dd).map(|(a, b)| a * b).sum();
         let lexical = sparse_dot(&qs, &ds);
-        let colbert = maxsim(&qm, &dm, dim) / (qm.len() / dim).max(1) as f32;
+        let colbert = maxsim(qm, dm, dim) / (qm.len() / dim).max(1) as f32;
         (dense + lexical + colbert) / 3.0
     }
 

@@ -149,14 +149,16 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, TorchTensor>> {
         if shape.len() != stride.len() {
             return Err(invalid(format!("`{key}`: shape and stride differ in rank")));
         }
-        let numel: usize = shape.iter().product();
-        // The last element read must lie inside the storage.
-        let last = offset
-            + shape
-                .iter()
-                .zip(&stride)
-                .map(|(&n, &s)| n.saturating_sub(1) * s)
-                .sum::<usize>();
+        let numel = shape.iter().try_fold(1usize, |a, &n| a.checked_mul(n));
+        // The last element read must lie inside the storage (sizes that overflow do not).
+        let last = shape.iter().zip(&stride).try_fold(offset, |a, (&n, &s)| {
+            n.saturating_sub(1).checked_mul(s).and_then(|x| a.checked_add(x))
+        });
+        let (Some(numel), Some(last)) = (numel, last) else {
+            return Err(invalid(format!(
+                "`{key}`: shape {shape:?} with stride {stride:?} is too large"
+            )));
+        };
         if numel > 0 && last >= count {
             return Err(invalid(format!(
                 "`{key}`: shape {shape:?} with stride {stride:?} reads past its storage of {count} values"
