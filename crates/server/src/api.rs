@@ -1057,6 +1057,22 @@ mod tests {
     }
 
     #[test]
+    fn whole_floats_read_from_text_are_exact_integers() {
+        // JSON Schema counts `2251799813685247.0` as an integer; the text must parse to exactly
+        // that value (serde_json's default float parser may land one unit off up here).
+        #[derive(Deserialize)]
+        struct Count {
+            #[serde(deserialize_with = "json_count")]
+            n: Option<usize>,
+        }
+        for n in [256u64, (1 << 51) - 1, (1 << 52) + 1, (1 << 53) - 1, 1 << 53] {
+            let text = format!("{{\"n\": {n}.0}}");
+            let read: Count = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(read.n, Some(n as usize), "{text}");
+        }
+    }
+
+    #[test]
     fn counts_and_order_of_checks_are_kept() {
         let many: Vec<u32> = (0..3000).collect();
         let e = err(json!({"model": "m", "input": many}));
