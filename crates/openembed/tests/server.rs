@@ -1148,7 +1148,8 @@ fn ollama_routes_answer_errors_in_ollamas_shape() {
 }
 
 /// TEI's routes answer bad requests in TEI's shape, `{"error", "error_type"}`, with TEI's
-/// statuses (422 invalid, 400 empty), and serve the first model of the kind they need.
+/// statuses (422 invalid, 400 empty or an output no served model has), and serve the first model
+/// of the kind they need.
 #[test]
 fn tei_routes_answer_errors_in_teis_shape() {
     let fixtures = root().join("../shared/fixtures/tiny");
@@ -1179,7 +1180,7 @@ fn tei_routes_answer_errors_in_teis_shape() {
             "/embed",
             "application/json",
             r#"{"inputs": "x", "model": "sentiment"}"#.into(),
-            422,
+            400,
             "Validation",
         ),
         ("/embed", "text/plain", r#"{"inputs": "x"}"#.into(), 415, "Validation"),
@@ -1230,7 +1231,7 @@ fn tei_routes_answer_errors_in_teis_shape() {
             "/predict",
             "application/json",
             r#"{"inputs": "x", "model": "all-MiniLM-L6-v2"}"#.into(),
-            422,
+            400,
             "Validation",
         ),
         (
@@ -1244,7 +1245,14 @@ fn tei_routes_answer_errors_in_teis_shape() {
             "/rerank",
             "application/json",
             r#"{"query": "q", "texts": ["d"]}"#.into(),
-            422,
+            400,
+            "Validation",
+        ),
+        (
+            "/embed_sparse",
+            "application/json",
+            r#"{"inputs": "x", "model": "all-MiniLM-L6-v2"}"#.into(),
+            400,
             "Validation",
         ),
         (
@@ -1661,7 +1669,7 @@ fn colbert_token_vectors_and_maxsim_rerank_equal_pylate() {
     );
     assert_eq!(
         (status, reply["error_type"].as_str()),
-        (422, Some("Validation")),
+        (400, Some("Validation")),
         "{reply}"
     );
     assert!(reply["error"].as_str().unwrap().contains("multi_vector"), "{reply}");

@@ -164,7 +164,7 @@ pub enum Protocol {
     /// Ollama: `{"error": "…"}`.
     Ollama,
     /// Text Embeddings Inference: `{"error": "…", "error_type": "…"}`, with TEI's statuses (422
-    /// for an invalid request, 400 for an empty one).
+    /// for an invalid request, 400 for an empty one or one a model's outputs cannot answer).
     Tei,
     /// Cohere: `{"message": "…"}`.
     Cohere,
@@ -172,6 +172,10 @@ pub enum Protocol {
 
 /// `code` of an error about empty inputs (TEI answers those 400 `Empty`, not 422).
 pub const EMPTY_INPUT: &str = "empty_input";
+
+/// `code` of an error about a model that lacks the asked output (a sparse route on a dense-only
+/// model): 400 on every protocol, TEI's included, naming the outputs the model has.
+pub const OUTPUT_NOT_SERVED: &str = "output_not_served";
 
 impl Protocol {
     /// The status and body of an error on this protocol's routes, from the OpenAI-shaped
@@ -184,6 +188,7 @@ impl Protocol {
             Self::Tei => {
                 let (status, kind) = match status {
                     StatusCode::BAD_REQUEST if code == Some(EMPTY_INPUT) => (status, "Empty"),
+                    StatusCode::BAD_REQUEST if code == Some(OUTPUT_NOT_SERVED) => (status, "Validation"),
                     StatusCode::BAD_REQUEST => (StatusCode::UNPROCESSABLE_ENTITY, "Validation"),
                     StatusCode::TOO_MANY_REQUESTS => (status, "Overloaded"),
                     StatusCode::SERVICE_UNAVAILABLE => (status, "Unhealthy"),

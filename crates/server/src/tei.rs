@@ -4,7 +4,7 @@
 //! `/predict`, `/rerank`, `/similarity`, `/tokenize`, `/decode`, `GET /info`, and `POST /`, the
 //! Inference API's task route that `InferenceClient(model=URL)` posts to. Requests run through
 //! the same pipeline as `/v1/embeddings`; errors have TEI's shape, `{"error", "error_type"}`,
-//! and statuses (422 invalid, 400 empty; see [`crate::error::Protocol`]).
+//! and statuses (422 invalid, 400 empty or an output the model lacks; see [`crate::error::Protocol`]).
 //!
 //! TEI serves one model per process. openembed may serve several: each route serves the first
 //! served model of the kind it needs (an embedding model for `/embed`, a classifier for
@@ -12,7 +12,7 @@
 
 use crate::api::{JsonInt, MAX_INPUTS};
 use crate::budget::Reservation;
-use crate::error::{ApiError, EMPTY_INPUT};
+use crate::error::{ApiError, EMPTY_INPUT, OUTPUT_NOT_SERVED};
 use crate::routes::{blocking, embed_with, read_json, run_rerank};
 use crate::state::{AppState, InFlight};
 use axum::body::Body;
@@ -385,7 +385,7 @@ pub struct TeiError {
 /// The errors TEI's routes may answer, each with TEI's error body.
 #[derive(utoipa::IntoResponses)]
 pub enum TeiErrors {
-    /// Empty input
+    /// Empty input, or a model without the asked output
     #[response(status = 400)]
     Empty(TeiError),
     /// Missing or wrong API key
@@ -435,19 +435,35 @@ fn model_for(
                 .iter()
                 .find(|m| fits(m.model.info()))
                 .cloned()
-                .ok_or_else(|| ApiError::invalid(format!("No {what} is served."), Some("model")))
+                .ok_or_else(|| {
+                    let served: Vec<String> = state
+                        .registry
+                        .models()
+                        .iter()
+                        .map(|m| format!("'{}' ({})", m.name, m.model.info().outputs().join(", ")))
+                        .collect();
+                    ApiError::invalid(
+                        format!(
+                            "No {what} is served; the served models' outputs: {}.",
+                            served.join("; ")
+                        ),
+                        Some("model"),
+                    )
+                    .code(OUTPUT_NOT_SERVED)
+                })
         }
     };
     if !fits(served.model.info()) {
         return Err(ApiError::invalid(
             format!(
-                "The model '{}' is not {what} (it is a {}; its outputs: {}).",
+                "The model '{}' is not {what} (its kind: {}; its outputs: {}).",
                 served.name,
                 served.model.info().kind().name(),
                 served.model.info().outputs().join(", ")
             ),
             Some("model"),
-        ));
+        )
+        .code(OUTPUT_NOT_SERVED));
     }
     Ok(served)
 }
