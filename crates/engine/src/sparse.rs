@@ -7,6 +7,8 @@
 use crate::config::{read_json, ConfigJson};
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
+use crate::kernels::sgemm::SendPtr;
+use crate::kernels::FoldTile;
 use crate::transformer::{Linear, Norm};
 use crate::weights::Weights;
 use std::path::Path;
@@ -147,12 +149,8 @@ impl MlmHead {
     }
 
     /// The text's vocabulary weights from its tokens' hidden states (`tokens × hidden`), into
-    /// `out` (`vocab` long): `log(1 + relu(logit))`, pooled over the tokens.
-    ///
-    /// The logits are computed [`LOGIT_ROWS`] tokens at a time (bounded memory whatever the
-    /// length). Max pooling takes the largest logit per entry and applies the activation once
-    /// per entry: both activations are non-decreasing, so that is the max of the activated
-    /// values, without a logarithm per token and entry.
+    /// `out` (`vocab` long): `log(1 + relu(logit))`, pooled over the tokens
+    /// ([`Self::sparse_rows`] of one input).
     pub fn weights(
         &self,
         hidden_states: &[f32],
@@ -161,47 +159,11 @@ impl MlmHead {
         out: &mut [f32],
         threads: usize,
     ) {
-        let tokens = hidden_states.len() / hidden.max(1);
         out.fill(0.0);
-        if tokens == 0 {
-            return;
-        }
-        let mut x = vec![0.0f32; tokens * hidden];
-        self.dense
-            .forward_act(hidden_states, tokens, &mut x, self.activation, threads);
-        let mut normed = vec![0.0f32; tokens * hidden];
-        self.norm.apply(&x, &mut normed, hidden);
-        drop(x);
-        let activate = |l: f32| match pooling.activation {
-            SpladeActivation::Relu => l.max(0.0).ln_1p(),
-            SpladeActivation::Log1pRelu => l.max(0.0).ln_1p().ln_1p(),
-        };
-        let rows = tokens.min(LOGIT_ROWS);
-        let mut logits = vec![0.0f32; rows * self.vocab];
-        // Max pooling: the running max of the raw logits (relu's floor is 0).
-        let mut top = vec![
-            0.0f32;
-            if pooling.strategy == SpladeStrategy::Max {
-                self.vocab
-            } else {
-                0
-            }
-        ];
-        for chunk in normed.chunks(LOGIT_ROWS * hidden) {
-            let n = chunk.len() / hidden;
-            let logits = &mut logits[..n * self.vocab];
-            self.decoder.forward(chunk, n, logits, threads);
-            for row in logits.chunks_exact(self.vocab) {
-                match pooling.strategy {
-                    SpladeStrategy::Max => top.iter_mut().zip(row).for_each(|(m, &l)| *m = m.max(l)),
-                    SpladeStrategy::Sum => out.iter_mut().zip(row).for_each(|(o, &l)| *o += activate(l)),
-                }
-            }
-        }
-        if pooling.strategy == SpladeStrategy::Max {
-            for (o, m) in out.iter_mut().zip(top) {
-                *o = if m > 0.0 { activate(m) } else { 0.0 };
-            }
+        let tokens = hidden_states.len() / hidden.max(1);
+        let rows = self.sparse_rows(hidden_states, hidden, &[0..tokens], pooling, threads);
+        for (id, w) in rows.into_iter().flatten() {
+            out[id as usize] = w;
         }
     }
 }
@@ -219,16 +181,23 @@ fn decoder_dtype(dtype: crate::DType) -> crate::DType {
     }
 }
 
-/// Tokens whose vocabulary logits are held at once (about 16 MB at a 30,522-entry vocabulary):
-/// enough rows for the decoder's GEMM to run at full speed.
-const LOGIT_ROWS: usize = 128;
+/// Tokens that go through the vocabulary projection in one call: its weights are read from
+/// memory once per call, and a fused fold keeps these rows' bf16 copy (768 KB at BERT-base
+/// width) in L2 beside the weight block it meets.
+const HEAD_ROWS: usize = 512;
+
+/// Inputs whose pooled rows are open in one call (each a whole vocabulary of fp32: 7.8 MB in
+/// all at 30,522 entries).
+const HEAD_INPUTS: usize = 64;
 
 impl MlmHead {
     /// [`Self::weights`] of several inputs of one packed batch at once (`hidden_states`: the
     /// batch's `tokens × hidden` rows; `inputs`: each input's token range), as each input's
     /// non-zero `(id, weight)` pairs by id. The tokens of all inputs share the head's GEMMs,
-    /// [`LOGIT_ROWS`] at a time, and each input's pooled row lives only while its tokens are
-    /// in flight.
+    /// [`HEAD_ROWS`] at a time, and the vocabulary projection's output is pooled into each
+    /// input's row as it is computed ([`Linear::forward_fold`]): max pooling takes the largest
+    /// logit per entry and activates once per entry (both activations are non-decreasing, so
+    /// that is the max of the activated values, without a logarithm per token and entry).
     pub fn sparse_rows(
         &self,
         hidden_states: &[f32],
@@ -237,7 +206,6 @@ impl MlmHead {
         pooling: SpladePooling,
         threads: usize,
     ) -> Vec<Vec<(u32, f32)>> {
-        use rayon::prelude::*;
         let mut out = vec![Vec::new(); inputs.len()];
         // The inputs' rows end to end, each tagged with its input.
         let owner: Vec<usize> = inputs
@@ -262,73 +230,101 @@ impl MlmHead {
             SpladeActivation::Log1pRelu => l.max(0.0).ln_1p().ln_1p(),
         };
         let vocab = self.vocab;
-        let mut logits = vec![0.0f32; tokens.min(LOGIT_ROWS) * vocab];
-        // Pooled rows of the inputs whose tokens are in flight (max: of raw logits).
-        let mut open: Vec<(usize, Vec<f32>)> = Vec::new();
-        let finish = |input: usize, acc: Vec<f32>, out: &mut Vec<Vec<(u32, f32)>>| {
-            out[input] = acc
-                .into_iter()
-                .enumerate()
-                .filter_map(|(id, v)| {
-                    let w = match pooling.strategy {
-                        SpladeStrategy::Max if v > 0.0 => activate(v),
-                        SpladeStrategy::Max => 0.0,
-                        SpladeStrategy::Sum => v,
-                    };
-                    (w != 0.0).then_some((id as u32, w))
-                })
-                .collect();
+        let zeros;
+        let bias = match self.decoder.bias() {
+            Some(b) => b,
+            None => {
+                zeros = vec![0.0f32; vocab];
+                &zeros
+            }
         };
-        for (c, chunk) in rows.chunks(LOGIT_ROWS * hidden).enumerate() {
-            let n = chunk.len() / hidden;
-            let first = c * LOGIT_ROWS;
-            let logits = &mut logits[..n * vocab];
-            self.decoder.forward(chunk, n, logits, threads);
-            // Open the inputs that start in this chunk.
-            for &input in &owner[first..first + n] {
-                if open.last().is_none_or(|(i, _)| *i != input) {
-                    open.push((input, vec![0.0f32; vocab]));
+        let open_rows = inputs.len().min(HEAD_INPUTS);
+        // Pooled rows of the call's inputs: max pooling keeps the largest product per entry
+        // (the bias is added once, after: max(x + b) = max(x) + b), sum pooling the sum of the
+        // activated logits.
+        let empty = match pooling.strategy {
+            SpladeStrategy::Max => f32::NEG_INFINITY,
+            SpladeStrategy::Sum => 0.0,
+        };
+        let mut table = vec![empty; open_rows * vocab];
+        // Each token's row of the table in the current call.
+        let mut slot = vec![0usize; HEAD_ROWS];
+        let mut start = 0;
+        while start < tokens {
+            // The call's tokens: up to HEAD_ROWS, whole inputs past the first while they fit in
+            // the table; an input longer than that continues in the next call in the same row.
+            let (mut end, mut opened) = (start, 0);
+            while end < tokens && end - start < HEAD_ROWS {
+                if end == start || owner[end] != owner[end - 1] {
+                    if opened == open_rows {
+                        break;
+                    }
+                    opened += 1;
                 }
+                slot[end - start] = opened - 1;
+                end += 1;
             }
-            // Fold the chunk's rows into their inputs, the vocabulary split among the threads.
-            let blocks = vocab.div_ceil(threads.max(1) * 4).max(1024);
-            let logits = &*logits;
-            // Each row's place among the open inputs (in order, as the rows are).
-            let mut slot = Vec::with_capacity(n);
-            let mut at = 0;
-            for &input in &owner[first..first + n] {
-                while open[at].0 != input {
-                    at += 1;
-                }
-                slot.push(at);
-            }
+            let table_ptr = SendPtr(table.as_mut_ptr());
+            let table_ptr = &table_ptr;
             let slot = &slot;
-            let mut accs: Vec<&mut Vec<f32>> = open.iter_mut().map(|(_, acc)| acc).collect();
-            let mut columns: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
-            {
-                let mut splits: Vec<std::slice::ChunksMut<'_, f32>> =
-                    accs.iter_mut().map(|a| a.chunks_mut(blocks)).collect();
-                for b in 0..vocab.div_ceil(blocks) {
-                    columns.push((b * blocks, splits.iter_mut().filter_map(|s| s.next()).collect()));
-                }
-            }
-            columns.into_par_iter().for_each(|(c0, mut accs)| {
-                for (k, row) in logits.chunks_exact(vocab).enumerate() {
-                    let acc = &mut accs[slot[k]];
-                    let src = &row[c0..c0 + acc.len()];
+            let fold = |t: FoldTile| {
+                for i in 0..t.rows {
+                    let src = &t.values[i * t.ld..][..t.cols];
+                    // SAFETY: the row `slot` names lies inside the table (`opened ≤ open_rows`
+                    // rows) and the columns inside the vocabulary; folds never run at once
+                    // on the same columns (the `Fold` contract), so this slice is not aliased.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(table_ptr.0.add(slot[t.row + i] * vocab + t.col), t.cols)
+                    };
                     match pooling.strategy {
-                        SpladeStrategy::Max => acc.iter_mut().zip(src).for_each(|(m, &l)| *m = m.max(l)),
-                        SpladeStrategy::Sum => acc.iter_mut().zip(src).for_each(|(o, &l)| *o += activate(l)),
+                        SpladeStrategy::Max => dst.iter_mut().zip(src).for_each(|(m, &l)| *m = m.max(l)),
+                        SpladeStrategy::Sum => {
+                            let b = &bias[t.col..t.col + t.cols];
+                            dst.iter_mut()
+                                .zip(src)
+                                .zip(b)
+                                .for_each(|((o, &l), &b)| *o += activate(l + b))
+                        }
                     }
                 }
-            });
-            // Inputs whose last token was in this chunk are done.
-            let last = owner[first + n - 1];
-            let still_open = tokens > first + n && owner[first + n] == last;
-            let done = open.len() - usize::from(still_open);
-            for (input, acc) in open.drain(..done) {
-                finish(input, acc, &mut out);
+            };
+            self.decoder
+                .forward_fold(&rows[start * hidden..end * hidden], end - start, &fold, threads);
+            // Every input of the call is done but one that continues past `end`.
+            let continues = end < tokens && owner[end] == owner[end - 1];
+            let mut g = 0;
+            for t in start..end {
+                let input = owner[t];
+                if t + 1 < end && owner[t + 1] == input {
+                    continue;
+                }
+                let acc = &mut table[g * vocab..(g + 1) * vocab];
+                g += 1;
+                if t + 1 == end && continues {
+                    // Carried into row 0 of the next call.
+                    if g > 1 {
+                        let (head, tail) = table.split_at_mut((g - 1) * vocab);
+                        head[..vocab].copy_from_slice(&tail[..vocab]);
+                    }
+                    table[vocab..].fill(empty);
+                    break;
+                }
+                out[input] = acc
+                    .iter()
+                    .zip(bias)
+                    .enumerate()
+                    .filter_map(|(id, (&v, &b))| {
+                        let w = match pooling.strategy {
+                            SpladeStrategy::Max if v + b > 0.0 => activate(v + b),
+                            SpladeStrategy::Max => 0.0,
+                            SpladeStrategy::Sum => v,
+                        };
+                        (w != 0.0).then_some((id as u32, w))
+                    })
+                    .collect();
+                acc.fill(empty);
             }
+            start = end;
         }
         out
     }

@@ -9,11 +9,11 @@ use crate::attention::{attention, HeadLayout, Mask, Products, RelativeBias};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::kernels::activation::Activation;
-use crate::kernels::bf16::{gemm_bf16, gemm_bf16_chained, Bf16Isa, Bf16Rows, Bf16Weight};
+use crate::kernels::bf16::{gemm_bf16, gemm_bf16_chained, gemm_bf16_fold, Bf16Isa, Bf16Rows, Bf16Weight};
 use crate::kernels::int8::{gemm_int8, Int8Isa, Int8Weight};
 use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm, rms_norm_in_place};
 use crate::kernels::sgemm::{sgemm, Isa, PackedWeight};
-use crate::kernels::{buffer, par_rows, par_rows_mut, ROWS_PER_TASK};
+use crate::kernels::{buffer, par_rows, par_rows_mut, Fold, FoldTile, ROWS_PER_TASK};
 use crate::packed::PackedBatch;
 use crate::rotary::Rotary;
 use crate::weights::{Tensor, Weights};
@@ -29,6 +29,10 @@ pub struct Linear {
     /// Output width.
     pub out_features: usize,
 }
+
+/// Rows [`Linear::forward_fold`] holds at once where the GEMM has no fold of its own (about
+/// 16 MB of fp32 at a 30,522-wide output): enough rows for the GEMM to run at full speed.
+const FOLD_ROWS: usize = 128;
 
 /// Weights of a [`Linear`], packed once for the GEMM of its dtype and this CPU.
 enum LinearWeight {
@@ -184,6 +188,45 @@ impl Linear {
     /// `out[rows × out_features] = x[rows × in_features] · Wᵀ + b`.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], threads: usize) {
         self.forward_act(x, rows, out, Activation::Identity, threads)
+    }
+
+    /// The bias, if the layer has one.
+    pub fn bias(&self) -> Option<&[f32]> {
+        self.bias.as_ref().map(|b| b.data())
+    }
+
+    /// The products `x · Wᵀ` (without the bias, see [`Self::bias`]) handed tile by tile to
+    /// `fold` ([`Fold`]) instead of written out: fused into the bf16 GEMMs (the output is never
+    /// stored); the other dtypes compute [`FOLD_ROWS`] rows at a time into scratch and hand
+    /// them over in column blocks.
+    pub fn forward_fold(&self, x: &[f32], rows: usize, fold: Fold, threads: usize) {
+        let (k, n) = (self.in_features, self.out_features);
+        if let LinearWeight::Bfloat16(w) = &self.weight {
+            return gemm_bf16_fold(x, rows, w, fold, threads);
+        }
+        let mut buf = vec![0.0f32; rows.min(FOLD_ROWS) * n];
+        for (chunk, x) in x[..rows * k].chunks(FOLD_ROWS * k).enumerate() {
+            let m = x.len() / k;
+            let out = &mut buf[..m * n];
+            let id = Activation::Identity;
+            match &self.weight {
+                LinearWeight::Float32(w) => sgemm(x, m, w, None, id, out, n, threads),
+                LinearWeight::Int8(w) => gemm_int8(x, m, w, None, id, out, n, threads),
+                LinearWeight::Bfloat16(_) => unreachable!("folded in the GEMM above"),
+            }
+            let out = &*out;
+            let cols = n.div_ceil(threads.max(1) * 4).max(1024);
+            crate::parallel::for_each((0..n).step_by(cols).collect(), |col| {
+                fold(FoldTile {
+                    row: chunk * FOLD_ROWS,
+                    rows: m,
+                    col,
+                    cols: cols.min(n - col),
+                    values: &out[col..],
+                    ld: n,
+                })
+            });
+        }
     }
 
     /// `out = act(x · Wᵀ + b)`, the activation fused into the GEMM's store where possible.

@@ -49,6 +49,20 @@ fn splade_equals_sentence_transformers_sparse_encoder() {
         let diff = max_abs_diff(&got, &batched[i]);
         assert!(diff <= 1e-6, "case {i} sparse output: {diff}");
     }
+    // Many inputs in one pass (about 5,000 tokens): more rows and more inputs than the head
+    // takes in one call, inputs cut between calls, each equal to the input alone.
+    let many: Vec<&[u32]> = ids.iter().cycle().take(25 * ids.len()).copied().collect();
+    let rows = model
+        .run_yielding(&many, None, Some(&vec![Output::Sparse; many.len()]), &mut || {})
+        .unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        let mut got = vec![0.0f32; 1000];
+        for (id, w) in sparse_pairs(row) {
+            got[id as usize] = w;
+        }
+        let diff = max_abs_diff(&got, &batched[i % ids.len()]);
+        assert!(diff <= 1e-6, "input {i} of many: {diff}");
+    }
 }
 
 /// OpenSearch's inference-free model as sentence-transformers saves it (a `Router`): documents

@@ -10,7 +10,7 @@
 use super::activation::Activation;
 use super::amx::{Amx, Dot, TileUnit, Tiles};
 use super::sgemm::{drive, SendPtr, TileOrder};
-use super::{buffer, Aligned};
+use super::{buffer, Aligned, Fold, FoldTile};
 use crate::parallel;
 use rayon::prelude::*;
 
@@ -271,6 +271,8 @@ enum Output<'a> {
     Float(&'a mut [f32], usize),
     /// Rounded to bf16 in the input layout of the next layer, whose `kp` is given.
     Rounded(&'a mut Bf16Rows, usize),
+    /// Tile by tile to a fold (each task's tiles pass through an L1 scratch block).
+    Fold(Fold<'a>),
 }
 
 impl Bf16Weight {
@@ -364,6 +366,31 @@ pub(crate) fn gemm_bf16_on<U: TileUnit + Default>(
     )
 }
 
+/// The products `x[m × k] · Wᵀ` (no bias) handed tile by tile to `fold` (see [`Fold`])
+/// instead of written out; threads split the columns.
+pub fn gemm_bf16_fold(x: &[f32], m: usize, w: &Bf16Weight, fold: Fold, threads: usize) {
+    gemm_bf16_fold_on::<Amx>(x, m, w, fold, threads)
+}
+
+/// [`gemm_bf16_fold`] with the tile instructions run by `U`.
+pub(crate) fn gemm_bf16_fold_on<U: TileUnit + Default>(
+    x: &[f32],
+    m: usize,
+    w: &Bf16Weight,
+    fold: Fold,
+    threads: usize,
+) {
+    run::<U>(
+        Input::Float(x),
+        m,
+        w,
+        None,
+        Activation::Identity,
+        Output::Fold(fold),
+        threads,
+    )
+}
+
 /// The one bf16 GEMM driver: rounds (or takes) the input, runs the kernel of `w`'s layout over
 /// every micro-tile, and writes fp32 or bf16 output.
 fn run<U: TileUnit + Default>(
@@ -384,6 +411,7 @@ fn run<U: TileUnit + Default>(
     match &output {
         Output::Float(out, stride) => assert!(*stride >= n && (m == 0 || out.len() >= (m - 1) * stride + n)),
         Output::Rounded(_, next_kp) => assert!(w.isa == Bf16Isa::Amx && *next_kp >= n),
+        Output::Fold(_) => {}
     }
     assert!(bias.is_none_or(|b| b.len() >= n));
     let modelled = !U::HARDWARE;
@@ -415,8 +443,13 @@ fn run<U: TileUnit + Default>(
     };
     let a_base = SendPtr(a_base as *mut u8);
     let a_base = &a_base;
+    let mut fold = None;
     let (out_ptr, out_stride, bits_out) = match output {
         Output::Float(out, stride) => (out.as_mut_ptr(), stride, None),
+        Output::Fold(f) => {
+            fold = Some(f);
+            (std::ptr::null_mut(), 0, None)
+        }
         Output::Rounded(next, next_kp) => {
             let bits = next
                 .bits
@@ -438,34 +471,48 @@ fn run<U: TileUnit + Default>(
     let out_ptr = &out_ptr;
     let bits_out = &bits_out;
     let amx = w.isa == Bf16Isa::Amx;
+    let order = if amx {
+        TileOrder::strips_for_depth(2 * kp, nr)
+    } else {
+        TileOrder::PANELS
+    };
     // SAFETY (the kernel contract of `drive`): the rows are rounded into whole `mr`-row strips
     // of `kp` values (zero padded) and the panels hold `kp·nr` values each; a tile unit is
     // configured only for the AMX kernel, whose hardware was checked above (or is the model);
-    // a bf16 output holds `m` rows of `next_kp ≥ n` values.
+    // a bf16 output holds `m` rows of `next_kp ≥ n` values; a fold's tiles are written to the
+    // task's own `mr × nr` scratch block, and tasks split the columns.
     unsafe {
         drive(
             m,
             n,
             mr,
             nr,
-            if amx {
-                TileOrder::strips_for_depth(2 * kp, nr)
-            } else {
-                TileOrder::PANELS
-            },
+            if fold.is_some() { order.by_columns() } else { order },
             threads,
-            || amx.then(|| Tiles::<U>::configured()),
-            |tiles, r, rows, c| {
+            || {
+                let scratch = if fold.is_some() {
+                    vec![0.0f32; mr * nr]
+                } else {
+                    Vec::new()
+                };
+                (amx.then(|| Tiles::<U>::configured()), scratch)
+            },
+            |(tiles, scratch), r, rows, c| {
                 // Rows r..r+rows and columns c..c+cols lie inside this task's block (tasks are
                 // disjoint) and inside every buffer checked above.
+                let (mut dst, mut ldc) = match fold {
+                    Some(_) => (scratch.as_mut_ptr(), nr),
+                    None => (out_ptr.0.wrapping_add(r * out_stride + c), out_stride),
+                };
+                let cols = nr.min(n - c);
                 let t = BTile {
                     rows,
                     a: a_base.0.add(r * kp * elem),
                     kp,
                     b: w.panels.as_ptr().add((c / nr) * kp * nr),
-                    c: out_ptr.0.wrapping_add(r * out_stride + c),
-                    ldc: out_stride,
-                    cols: nr.min(n - c),
+                    c: dst,
+                    ldc,
+                    cols,
                     bias: bias.map(|b| b.as_ptr().add(c)),
                     act,
                     bits: bits_out.as_ref().map(|(p, ld)| (p.0.add(r * ld + c), *ld)),
@@ -473,6 +520,11 @@ fn run<U: TileUnit + Default>(
                 match w.isa {
                     Bf16Isa::Portable => portable_tile(t),
                     Bf16Isa::Amx => match tiles {
+                        // A fold takes the sums straight from the accumulator block.
+                        Some(tiles) if fold.is_some() => {
+                            amx_products(tiles, &t);
+                            (dst, ldc) = (tiles.acc.as_mut_ptr() as *mut f32, 32);
+                        }
                         Some(tiles) => amx_tile(tiles, &t),
                         None => unreachable!("the AMX kernel's tasks configure tiles"),
                     },
@@ -489,6 +541,16 @@ fn run<U: TileUnit + Default>(
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => unreachable!("only the portable kernel is chosen off x86-64"),
                 }
+                if let Some(fold) = fold {
+                    fold(FoldTile {
+                        row: r,
+                        rows,
+                        col: c,
+                        cols,
+                        values: std::slice::from_raw_parts(dst, (rows - 1) * ldc + cols),
+                        ld: ldc,
+                    });
+                }
             },
         );
     }
@@ -502,8 +564,7 @@ fn run<U: TileUnit + Default>(
 /// The kernel contract of [`drive`]; the activations hold whole 32-row strips of `kp` bf16
 /// values and `kp` is a multiple of 32.
 unsafe fn amx_tile<U: TileUnit>(tiles: &mut Tiles<U>, t: &BTile) {
-    let steps = 2 * t.kp / super::amx::TILE_BYTES;
-    super::amx::block(tiles, Dot::Bf16, t.a, 2 * t.kp, t.b as *const u8, steps, t.rows, t.cols);
+    amx_products(tiles, t);
     let acc = tiles.acc.as_mut_ptr() as *mut f32;
     match t.bits {
         None => super::sgemm::finish_rows_from(acc, t.rows, t.c, t.ldc, t.cols, t.bias, t.act),
@@ -518,6 +579,15 @@ unsafe fn amx_tile<U: TileUnit>(tiles: &mut Tiles<U>, t: &BTile) {
             }
         }
     }
+}
+
+/// AMX: the tile's sums into the accumulator block (row `r` at `32·r`), without epilogue.
+///
+/// # Safety
+/// As [`amx_tile`].
+unsafe fn amx_products<U: TileUnit>(tiles: &mut Tiles<U>, t: &BTile) {
+    let steps = 2 * t.kp / super::amx::TILE_BYTES;
+    super::amx::block(tiles, Dot::Bf16, t.a, 2 * t.kp, t.b as *const u8, steps, t.rows, t.cols);
 }
 
 /// True when the AMX bf16 kernel may serve: the CPU and OS allow AMX ([`super::amx::has_amx`])
@@ -759,6 +829,78 @@ mod tests {
                 assert!(
                     real.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
                     "hardware, {m}x{k}x{n1}x{n2}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_fold_sees_every_product_once_as_the_gemm_writes_it() {
+        // Every kernel this CPU runs, and the AMX schedule through the tile model on every CPU
+        // (and on the hardware where present): each element reaches the fold exactly once,
+        // bit-equal to the plain GEMM's output without bias, and no two threads fold the same
+        // columns at once (the fold asserts that by claiming its columns).
+        use std::sync::atomic::{AtomicU8, Ordering};
+        let mut isas: Vec<Bf16Isa> = [
+            Bf16Isa::Portable,
+            Bf16Isa::Avx2,
+            Bf16Isa::Avx512,
+            Bf16Isa::Avx512Bf16,
+            Bf16Isa::Amx,
+        ]
+        .into_iter()
+        .filter(|isa| isa.supported())
+        .collect();
+        if !Bf16Isa::Amx.supported() {
+            crate::kernels::report_skipped("a bf16 fold on the real AMX tiles (this CPU lacks them)");
+        }
+        isas.push(Bf16Isa::Amx); // through the model below
+        for (i, &isa) in isas.iter().enumerate() {
+            let modelled = i + 1 == isas.len();
+            for &(m, k, n) in &[(1, 5, 7), (33, 64, 100), (70, 200, 1030)] {
+                let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0) - 0.7).collect();
+                let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 / 480.0) - 0.1).collect();
+                let packed = Bf16Weight::from_f32(&w, n, k, isa);
+                let mut want = vec![0.0f32; m * n];
+                let got: Vec<std::sync::atomic::AtomicU32> = (0..m * n).map(|_| Default::default()).collect();
+                let seen: Vec<AtomicU8> = (0..m * n).map(|_| AtomicU8::new(0)).collect();
+                let busy: Vec<AtomicU8> = (0..n).map(|_| AtomicU8::new(0)).collect();
+                let fold = |t: FoldTile| {
+                    for c in t.col..t.col + t.cols {
+                        assert_eq!(
+                            busy[c].fetch_add(1, Ordering::SeqCst),
+                            0,
+                            "column {c} folded twice at once"
+                        );
+                    }
+                    for r in 0..t.rows {
+                        for j in 0..t.cols {
+                            let e = (t.row + r) * n + t.col + j;
+                            got[e].store(t.values[r * t.ld + j].to_bits(), Ordering::Relaxed);
+                            seen[e].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    for c in t.col..t.col + t.cols {
+                        busy[c].fetch_sub(1, Ordering::SeqCst);
+                    }
+                };
+                if modelled {
+                    let model = gemm_bf16_on::<crate::kernels::amx::TileModel>;
+                    model(&x, m, &packed, None, Activation::Identity, &mut want, n, 2);
+                    gemm_bf16_fold_on::<crate::kernels::amx::TileModel>(&x, m, &packed, &fold, 2);
+                } else {
+                    gemm_bf16(&x, m, &packed, None, Activation::Identity, &mut want, n, 2);
+                    gemm_bf16_fold(&x, m, &packed, &fold, 2);
+                }
+                assert!(
+                    seen.iter().all(|s| s.load(Ordering::Relaxed) == 1),
+                    "{isa:?} {m}x{k}x{n}: coverage"
+                );
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(g, w)| g.load(Ordering::Relaxed) == w.to_bits()),
+                    "{isa:?} (model: {modelled}) {m}x{k}x{n}"
                 );
             }
         }

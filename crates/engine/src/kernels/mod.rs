@@ -338,6 +338,23 @@ impl<T: Plain> std::ops::DerefMut for Aligned<T> {
     }
 }
 
+/// One tile of a GEMM's output handed to a [`Fold`]: rows `row..row + rows` and columns
+/// `col..col + cols`, output row `row + i` at `values[i * ld..][..cols]`.
+pub struct FoldTile<'a> {
+    pub row: usize,
+    pub rows: usize,
+    pub col: usize,
+    pub cols: usize,
+    pub values: &'a [f32],
+    pub ld: usize,
+}
+
+/// Takes a GEMM's products `x · Wᵀ` (no bias: the fold adds it where it needs it) tile by
+/// tile instead of an output matrix (SPLADE's pooling over each input's tokens: the logits are
+/// folded while in L1 and never stored). Called from several threads at once, but never for
+/// the same columns at once; each output element is handed over exactly once, in no set order.
+pub type Fold<'a> = &'a (dyn Fn(FoldTile<'_>) + Sync);
+
 /// Rows handed to one parallel task by the row-wise helpers.
 pub(crate) const ROWS_PER_TASK: usize = 32;
 

@@ -75,9 +75,15 @@ fn split_work(m: usize, n: usize, mr: usize, nr: usize, threads: usize) -> Vec<(
             .filter(|t| t.0 < t.1)
             .collect()
     } else {
-        let cols = n.div_ceil(threads).div_ceil(nr) * nr;
-        (0..n).step_by(cols).map(|c| (0, m, c, (c + cols).min(n))).collect()
+        split_columns(m, n, nr, threads)
     }
+}
+
+/// `nr`-aligned column ranges of all `m` rows, one per thread: the split when tasks must not
+/// share columns (a [`Fold`](super::Fold) output).
+fn split_columns(m: usize, n: usize, nr: usize, threads: usize) -> Vec<(usize, usize, usize, usize)> {
+    let cols = n.div_ceil(threads.max(1)).div_ceil(nr) * nr;
+    (0..n).step_by(cols).map(|c| (0, m, c, (c + cols).min(n))).collect()
 }
 
 /// Splits an `m × n` output for `threads` threads ([`split_work`]) and runs `task(block)` on
@@ -105,6 +111,9 @@ pub(crate) struct TileOrder {
     /// Within an M × N block: each row strip across all panels (the strip stays in L1 while
     /// the block's panels come from L2), rather than each panel down all strips.
     pub strips_outer: bool,
+    /// Threads split the columns only, each taking all rows of its columns (no two tasks
+    /// touch the same column), whatever the shape.
+    pub columns_only: bool,
 }
 
 impl TileOrder {
@@ -114,6 +123,7 @@ impl TileOrder {
         mc: MC,
         nc: NC,
         strips_outer: false,
+        columns_only: false,
     };
 
     /// For AMX: a strip of activations stays in L1 while it meets every panel of an N block
@@ -126,6 +136,15 @@ impl TileOrder {
             mc: MC,
             nc: (L2_SHARE / depth_bytes.max(1)).max(nr) / nr * nr,
             strips_outer: true,
+            columns_only: false,
+        }
+    }
+
+    /// The same order, with tasks split by columns only ([`Self::columns_only`]).
+    pub fn by_columns(self) -> TileOrder {
+        TileOrder {
+            columns_only: true,
+            ..self
         }
     }
 }
@@ -191,9 +210,14 @@ pub(crate) unsafe fn drive<S>(
     begin: impl Fn() -> S + Sync + Send,
     tile: impl Fn(&mut S, usize, usize, usize) + Sync + Send,
 ) {
-    for_each_block(m, n, mr, nr, threads, |block| {
+    let tasks = if order.columns_only {
+        split_columns(m, n, nr, threads)
+    } else {
+        split_work(m, n, mr, nr, threads)
+    };
+    crate::parallel::for_each_index(tasks.len(), |i| {
         let mut state = begin();
-        for_each_tile(block, mr, nr, order, |r, rows, c| tile(&mut state, r, rows, c));
+        for_each_tile(tasks[i], mr, nr, order, |r, rows, c| tile(&mut state, r, rows, c));
     });
 }
 
