@@ -161,7 +161,8 @@ impl MlmHead {
     ) {
         out.fill(0.0);
         let tokens = hidden_states.len() / hidden.max(1);
-        let rows = self.sparse_rows(hidden_states, hidden, &[0..tokens], pooling, threads);
+        let whole = std::iter::once(0..tokens).collect::<Vec<_>>();
+        let rows = self.sparse_rows(hidden_states, hidden, &whole, pooling, threads);
         for (id, w) in rows.into_iter().flatten() {
             out[id as usize] = w;
         }

@@ -880,8 +880,8 @@ mod tests {
                             seen[e].fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    for c in t.col..t.col + t.cols {
-                        busy[c].fetch_sub(1, Ordering::SeqCst);
+                    for b in &busy[t.col..t.col + t.cols] {
+                        b.fetch_sub(1, Ordering::SeqCst);
                     }
                 };
                 if modelled {
