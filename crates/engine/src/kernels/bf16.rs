@@ -866,12 +866,8 @@ mod tests {
                 let seen: Vec<AtomicU8> = (0..m * n).map(|_| AtomicU8::new(0)).collect();
                 let busy: Vec<AtomicU8> = (0..n).map(|_| AtomicU8::new(0)).collect();
                 let fold = |t: FoldTile| {
-                    for c in t.col..t.col + t.cols {
-                        assert_eq!(
-                            busy[c].fetch_add(1, Ordering::SeqCst),
-                            0,
-                            "column {c} folded twice at once"
-                        );
+                    for b in &busy[t.col..t.col + t.cols] {
+                        assert_eq!(b.fetch_add(1, Ordering::SeqCst), 0, "a column folded twice at once");
                     }
                     for r in 0..t.rows {
                         for j in 0..t.cols {
