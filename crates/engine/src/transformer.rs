@@ -10,7 +10,7 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::kernels::activation::Activation;
 use crate::kernels::bf16::{gemm_bf16, gemm_bf16_chained, gemm_bf16_fold, Bf16Isa, Bf16Rows, Bf16Weight};
-use crate::kernels::int8::{gemm_int8, Int8Isa, Int8Weight};
+use crate::kernels::int8::{gemm_int8, gemm_int8_fold, Int8Isa, Int8Weight};
 use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm, rms_norm_in_place};
 use crate::kernels::sgemm::{sgemm, Isa, PackedWeight};
 use crate::kernels::{buffer, par_rows, par_rows_mut, Fold, FoldTile, ROWS_PER_TASK};
@@ -196,24 +196,21 @@ impl Linear {
     }
 
     /// The products `x · Wᵀ` (without the bias, see [`Self::bias`]) handed tile by tile to
-    /// `fold` ([`Fold`]) instead of written out: fused into the bf16 GEMMs (the output is never
-    /// stored); the other dtypes compute [`FOLD_ROWS`] rows at a time into scratch and hand
+    /// `fold` ([`Fold`]) instead of written out: fused into the bf16 and int8 GEMMs (the output
+    /// is never stored); float32 computes [`FOLD_ROWS`] rows at a time into scratch and hands
     /// them over in column blocks.
     pub fn forward_fold(&self, x: &[f32], rows: usize, fold: Fold, threads: usize) {
         let (k, n) = (self.in_features, self.out_features);
-        if let LinearWeight::Bfloat16(w) = &self.weight {
-            return gemm_bf16_fold(x, rows, w, fold, threads);
-        }
+        let w = match &self.weight {
+            LinearWeight::Bfloat16(w) => return gemm_bf16_fold(x, rows, w, fold, threads),
+            LinearWeight::Int8(w) => return gemm_int8_fold(x, rows, w, fold, threads),
+            LinearWeight::Float32(w) => w,
+        };
         let mut buf = vec![0.0f32; rows.min(FOLD_ROWS) * n];
         for (chunk, x) in x[..rows * k].chunks(FOLD_ROWS * k).enumerate() {
             let m = x.len() / k;
             let out = &mut buf[..m * n];
-            let id = Activation::Identity;
-            match &self.weight {
-                LinearWeight::Float32(w) => sgemm(x, m, w, None, id, out, n, threads),
-                LinearWeight::Int8(w) => gemm_int8(x, m, w, None, id, out, n, threads),
-                LinearWeight::Bfloat16(_) => unreachable!("folded in the GEMM above"),
-            }
+            sgemm(x, m, w, None, Activation::Identity, out, n, threads);
             let out = &*out;
             let cols = n.div_ceil(threads.max(1) * 4).max(1024);
             crate::parallel::for_each((0..n).step_by(cols).collect(), |col| {

@@ -25,7 +25,7 @@
 use super::activation::Activation;
 use super::amx::{Amx, Dot, TileUnit, Tiles};
 use super::sgemm::{drive, SendPtr, TileOrder};
-use super::{buffer, Aligned};
+use super::{buffer, Aligned, Fold, FoldTile};
 use crate::parallel;
 use rayon::prelude::*;
 
@@ -727,8 +727,48 @@ pub(crate) fn gemm_int8_on<U: TileUnit + Default>(
     out_stride: usize,
     threads: usize,
 ) {
+    assert!(out_stride >= w.n && (m == 0 || out.len() >= (m - 1) * out_stride + w.n));
+    run::<U>(x, m, w, bias, act, Output::Float(out.as_mut_ptr(), out_stride), threads)
+}
+
+/// The products `x[m × k] · Wᵀ` (no bias) handed tile by tile to `fold` (see [`Fold`])
+/// instead of written out; threads split the columns.
+pub fn gemm_int8_fold(x: &[f32], m: usize, w: &Int8Weight, fold: Fold, threads: usize) {
+    gemm_int8_fold_on::<Amx>(x, m, w, fold, threads)
+}
+
+/// [`gemm_int8_fold`] with the tile instructions run by `U`.
+pub(crate) fn gemm_int8_fold_on<U: TileUnit + Default>(
+    x: &[f32],
+    m: usize,
+    w: &Int8Weight,
+    fold: Fold,
+    threads: usize,
+) {
+    run::<U>(x, m, w, None, Activation::Identity, Output::Fold(fold), threads)
+}
+
+/// Where an int8 GEMM writes its output.
+enum Output<'a> {
+    /// fp32 rows `stride` apart (checked by the caller).
+    Float(*mut f32, usize),
+    /// Tile by tile to a fold (each task's tiles pass through an L1 scratch block).
+    Fold(Fold<'a>),
+}
+
+/// The one int8 GEMM driver: quantizes the input, runs the kernel of `w`'s layout over every
+/// micro-tile with the dequantizing epilogue, and writes fp32 output or folds it.
+fn run<U: TileUnit + Default>(
+    x: &[f32],
+    m: usize,
+    w: &Int8Weight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    output: Output,
+    threads: usize,
+) {
     let (n, k, kp) = (w.n, w.k, w.kp);
-    assert!(x.len() >= m * k && out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n));
+    assert!(x.len() >= m * k);
     assert!(bias.is_none_or(|b| b.len() >= n));
     let modelled = !U::HARDWARE;
     assert!(
@@ -745,7 +785,11 @@ pub(crate) fn gemm_int8_on<U: TileUnit + Default>(
     // The 256-bit VNNI kernel's encoding, chosen once per call rather than per tile.
     let vex_vnni = super::has_avx_vnni();
     let (nr, mr) = (w.isa.nr(), w.isa.mr());
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let (out_ptr, out_stride, fold) = match output {
+        Output::Float(p, stride) => (p, stride, None),
+        Output::Fold(f) => (std::ptr::null_mut(), 0, Some(f)),
+    };
+    let out_ptr = SendPtr(out_ptr);
     let out_ptr = &out_ptr;
     let a_base: *const u8 = if wide {
         rows.wide.as_ptr() as *const u8
@@ -757,24 +801,38 @@ pub(crate) fn gemm_int8_on<U: TileUnit + Default>(
     let elem = if wide { 2 } else { 1 };
     let quant = &rows;
     let amx = w.isa == Int8Isa::Amx;
+    let order = if amx {
+        TileOrder::strips_for_depth(kp, nr)
+    } else {
+        TileOrder::PANELS
+    };
     // SAFETY (the kernel contract of `drive`): `fill` laid the codes out in whole `mr`-row
     // strips of `kp` codes (zero padded), the panels hold `kp·nr` codes and `nr` scales and
     // sums each; a tile unit is configured only for the AMX kernel, whose hardware was
-    // checked above (or is the model).
+    // checked above (or is the model); a fold's tiles are written to the task's own `mr × nr`
+    // scratch block, and tasks split the columns.
     unsafe {
         drive(
             m,
             n,
             mr,
             nr,
-            if amx {
-                TileOrder::strips_for_depth(kp, nr)
-            } else {
-                TileOrder::PANELS
-            },
+            if fold.is_some() { order.by_columns() } else { order },
             threads,
-            || amx.then(|| Tiles::<U>::configured()),
-            |tiles, r, tile_rows, c| {
+            || {
+                let scratch = if fold.is_some() {
+                    vec![0.0f32; mr * nr]
+                } else {
+                    Vec::new()
+                };
+                (amx.then(|| Tiles::<U>::configured()), scratch)
+            },
+            |(tiles, scratch), r, tile_rows, c| {
+                let (dst, ldc) = match fold {
+                    Some(_) => (scratch.as_mut_ptr(), nr),
+                    None => (out_ptr.0.add(r * out_stride + c), out_stride),
+                };
+                let cols = nr.min(n - c);
                 // Tiles start on whole `mr`-row strips (`split_work` and `for_each_tile` step by
                 // `mr`), which AVX2's interleaved codes rely on.
                 debug_assert_eq!(r % mr, 0);
@@ -786,9 +844,9 @@ pub(crate) fn gemm_int8_on<U: TileUnit + Default>(
                     a: a_base.0.add(r * kp * elem),
                     kp,
                     b: w.panels.as_ptr().add((c / nr) * kp * nr),
-                    c: out_ptr.0.add(r * out_stride + c),
-                    ldc: out_stride,
-                    cols: nr.min(n - c),
+                    c: dst,
+                    ldc,
+                    cols,
                     row_scale: quant.scales.as_ptr().add(r),
                     row_zp: quant.zero_points.as_ptr().add(r),
                     col_scale: w.scales.as_ptr().add(c),
@@ -821,6 +879,16 @@ pub(crate) fn gemm_int8_on<U: TileUnit + Default>(
                     }
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => unreachable!("only the portable kernel is chosen off x86-64"),
+                }
+                if let Some(fold) = fold {
+                    fold(FoldTile {
+                        row: r,
+                        rows: tile_rows,
+                        col: c,
+                        cols,
+                        values: std::slice::from_raw_parts(dst, (tile_rows - 1) * ldc + cols),
+                        ld: ldc,
+                    });
                 }
             },
         );
@@ -1552,6 +1620,29 @@ mod tests {
             for (kernel, got) in &results[1..] {
                 let same = got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "{kernel:?} differs from {first:?} at {m}x{k}x{n}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_fold_sees_every_product_once_as_the_gemm_writes_it() {
+        // Every kernel (the AMX schedule through the tile model too): the fold gets the plain
+        // GEMM's output without bias, bit for bit, outliers included.
+        for &(m, k, n) in &[(1, 5, 7), (33, 64, 100), (70, 200, 1030)] {
+            let mut x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0) - 0.7).collect();
+            for i in 0..m {
+                x[i * k + (i * 7) % k] = 50.0 + i as f32;
+            }
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0).collect();
+            for kernel in runnable_kernels() {
+                let packed = Int8Weight::quantize(&w, n, k, kernel.isa);
+                let mut want = vec![0.0f32; m * n];
+                gemm(kernel, &x, m, &packed, None, Activation::Identity, &mut want, n, 2);
+                let what = format!("{kernel:?} {m}x{k}x{n}");
+                crate::kernels::check_fold(m, n, &want, &what, |fold| match kernel.model {
+                    true => gemm_int8_fold_on::<crate::kernels::amx::TileModel>(&x, m, &packed, fold, 2),
+                    false => gemm_int8_fold(&x, m, &packed, fold, 2),
+                });
             }
         }
     }

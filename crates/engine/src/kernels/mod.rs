@@ -355,6 +355,44 @@ pub struct FoldTile<'a> {
 /// the same columns at once; each output element is handed over exactly once, in no set order.
 pub type Fold<'a> = &'a (dyn Fn(FoldTile<'_>) + Sync);
 
+/// For the GEMMs' tests: runs `gemm` with a fold that checks every element of the `m × n`
+/// output reaches it exactly once, bit-equal to `want`, and that no two threads fold the same
+/// columns at once.
+#[cfg(test)]
+pub(crate) fn check_fold(m: usize, n: usize, want: &[f32], what: &str, gemm: impl FnOnce(Fold)) {
+    use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+    let got: Vec<AtomicU32> = (0..m * n).map(|_| AtomicU32::new(0)).collect();
+    let seen: Vec<AtomicU8> = (0..m * n).map(|_| AtomicU8::new(0)).collect();
+    let busy: Vec<AtomicU8> = (0..n).map(|_| AtomicU8::new(0)).collect();
+    let fold = |t: FoldTile| {
+        for b in &busy[t.col..t.col + t.cols] {
+            assert_eq!(
+                b.fetch_add(1, Ordering::SeqCst),
+                0,
+                "{what}: a column folded twice at once"
+            );
+        }
+        for r in 0..t.rows {
+            for j in 0..t.cols {
+                let e = (t.row + r) * n + t.col + j;
+                got[e].store(t.values[r * t.ld + j].to_bits(), Ordering::Relaxed);
+                seen[e].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for b in &busy[t.col..t.col + t.cols] {
+            b.fetch_sub(1, Ordering::SeqCst);
+        }
+    };
+    gemm(&fold);
+    assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1), "{what}: coverage");
+    assert!(
+        got.iter()
+            .zip(want)
+            .all(|(g, w)| g.load(Ordering::Relaxed) == w.to_bits()),
+        "{what}: values"
+    );
+}
+
 /// Rows handed to one parallel task by the row-wise helpers.
 pub(crate) const ROWS_PER_TASK: usize = 32;
 
