@@ -8,7 +8,7 @@
 use crate::kernels::activation::Activation;
 use crate::kernels::amx::{block, Amx, Dot, TileUnit, Tiles};
 use crate::kernels::bf16::{round_row_bits_fastest, round_rows};
-use crate::kernels::math::{softmax_in_place, SOFTMAX_LANES};
+use crate::kernels::math::{softmax_bf16, softmax_in_place, SOFTMAX_LANES};
 use crate::kernels::sgemm::{Avx2, Avx512, Isa, MicroKernel, Portable, Tile};
 use crate::kernels::{buffer, Aligned};
 use std::cell::RefCell;
@@ -483,6 +483,18 @@ unsafe fn attend_one_tiles<U: TileUnit>(
         for i in 0..rows {
             let keys = key_range(mask, r0 + i, len, keys_attended);
             let srow = &mut scores[i * lp..(i + 1) * lp];
+            // Without a bias, in one pass over the row in L1 where the CPU can (the same bits).
+            if bias.is_none()
+                && keys.0 < keys.1
+                && softmax_bf16(
+                    &mut srow[klo..khi],
+                    (keys.0 - klo, keys.1 - klo),
+                    &mut probs[i * lp + klo..i * lp + khi],
+                )
+                .is_some()
+            {
+                continue;
+            }
             probabilities(srow, bias, h, r0 + i, keys, (klo, khi, kend));
             // In bf16; the block's padding keys past `kend` are zero.
             round(&srow[klo..kend.max(klo)], &mut probs[i * lp + klo..i * lp + khi]);

@@ -183,6 +183,106 @@ simd_dispatch! {
     }
 }
 
+/// [`exp`]`::<true>` on 16 lanes: the same operations in the same order, so the same bits.
+///
+/// # Safety
+/// The CPU has AVX-512F and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.336_55));
+    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.336_55)), _mm512_set1_ps(88.0));
+    let magic = _mm512_set1_ps(12_582_912.0);
+    let t = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), magic);
+    let n = _mm512_sub_ps(t, magic);
+    let r = _mm512_fmadd_ps(
+        n,
+        _mm512_set1_ps(2.121_944_4e-4),
+        _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693_359_4), x),
+    );
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+    let bits = _mm512_add_epi32(
+        _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(0x4B40_0000)),
+        _mm512_set1_epi32(127),
+    );
+    let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(bits));
+    _mm512_maskz_mul_ps(!underflow, y, scale)
+}
+
+/// The softmax of `row[lo..hi]`, the other entries counting as −∞, rounded to bf16 into `out`
+/// (`row.len()`, a multiple of 16, values): bit for bit what writing −∞ outside `lo..hi` up to
+/// `hi` rounded up to 16, [`softmax_in_place`] over that span and rounding it to nearest even
+/// (zeros after) give, in one call with the row in L1 (attention's tile path runs it per query).
+/// `None` (nothing written) where the CPU lacks AVX-512 with BF16.
+pub fn softmax_bf16(row: &mut [f32], (lo, hi): (usize, usize), out: &mut [u16]) -> Option<()> {
+    assert!(row.len().is_multiple_of(LANES) && out.len() == row.len() && lo < hi && hi <= row.len());
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx512_bf16() {
+        // SAFETY: the CPU has the features; the spans were checked above.
+        unsafe { softmax_bf16_avx512(row, (lo, hi), out) };
+        return Some(());
+    }
+    None
+}
+
+/// [`softmax_bf16`] on AVX-512 with BF16.
+///
+/// # Safety
+/// The CPU has AVX-512F/BW/DQ/VL, BF16 and FMA; `row.len() == out.len()` is a multiple of 16
+/// and `lo < hi ≤ row.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")]
+unsafe fn softmax_bf16_avx512(row: &mut [f32], (lo, hi): (usize, usize), out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let e = hi.next_multiple_of(LANES).min(row.len());
+    let p = row.as_mut_ptr();
+    let neg = _mm512_set1_ps(f32::NEG_INFINITY);
+    // Lanes of chunk `c` inside `lo..hi`.
+    let valid = |c: usize| super::mask16(hi.saturating_sub(c)) & !super::mask16(lo.saturating_sub(c));
+    let mut m = neg;
+    for c in (0..e).step_by(LANES) {
+        let x = _mm512_mask_loadu_ps(neg, valid(c), p.add(c));
+        m = _mm512_max_ps(x, m);
+    }
+    // The lanes folded as `reduce` folds them: halves, then quarters, …
+    let fold = |v: __m512, f: &dyn Fn(__m128, __m128) -> __m128| {
+        let v = _mm512_castps_si512(v);
+        let (a, b) = (_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
+        let (a, b) = (_mm256_castsi256_ps(a), _mm256_castsi256_ps(b));
+        let half = [
+            f(_mm256_castps256_ps128(a), _mm256_castps256_ps128(b)),
+            f(_mm256_extractf128_ps::<1>(a), _mm256_extractf128_ps::<1>(b)),
+        ];
+        let q = f(half[0], half[1]);
+        let d = f(q, _mm_movehl_ps(q, q));
+        _mm_cvtss_f32(f(d, _mm_movehdup_ps(d)))
+    };
+    let shift = fold(m, &|a, b| _mm_max_ps(b, a));
+    let shift_v = _mm512_set1_ps(shift);
+    let mut acc = _mm512_setzero_ps();
+    for c in (0..e).step_by(LANES) {
+        let x = _mm512_mask_loadu_ps(neg, valid(c), p.add(c));
+        let v = exp_avx512(_mm512_sub_ps(x, shift_v));
+        _mm512_storeu_ps(p.add(c), v);
+        acc = _mm512_add_ps(acc, v);
+    }
+    let inv = _mm512_set1_ps(1.0 / fold(acc, &|a, b| _mm_add_ps(a, b)));
+    let o = out.as_mut_ptr();
+    for c in (0..e).step_by(LANES) {
+        let v = _mm512_mul_ps(_mm512_loadu_ps(p.add(c)), inv);
+        _mm256_storeu_si256(
+            o.add(c) as *mut __m256i,
+            std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)),
+        );
+    }
+    out[e..].fill(0);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +311,37 @@ mod tests {
             x += 0.001;
         }
         assert!(worst < 5e-7, "fused {F}: worst absolute error {worst}");
+    }
+
+    #[test]
+    fn softmax_to_bf16_is_softmax_then_rounding_bit_for_bit() {
+        if !crate::kernels::has_avx512_bf16() {
+            crate::kernels::report_skipped("the AVX-512 BF16 softmax (this CPU lacks AVX512-BF16)");
+            let mut row = [0.0f32; 16];
+            assert!(softmax_bf16(&mut row, (0, 16), &mut [0u16; 16]).is_none());
+            return;
+        }
+        let round = crate::kernels::bf16::round_row_bits_fastest();
+        for len in [16usize, 32, 48, 64, 96, 160] {
+            for spread in [0.9f32, 9.0, 40.0] {
+                let row: Vec<f32> = (0..len)
+                    .map(|i| ((i * 37 % 23) as f32 - 11.0) * spread + (i as f32 * 0.37).sin())
+                    .collect();
+                for (lo, hi) in [(0, len), (0, 1), (3, len - 5), (len / 2, len / 2 + 1), (5, 17.min(len))] {
+                    let e = hi.next_multiple_of(16).min(len);
+                    let mut r = row.clone();
+                    r[..lo].fill(f32::NEG_INFINITY);
+                    r[hi..e].fill(f32::NEG_INFINITY);
+                    softmax_in_place(&mut r[..e]);
+                    let mut want = vec![1u16; len];
+                    round(&r[..e], &mut want);
+                    let mut got = vec![1u16; len];
+                    let mut scratch = row.clone();
+                    assert!(softmax_bf16(&mut scratch, (lo, hi), &mut got).is_some());
+                    assert_eq!(got, want, "len {len}, spread {spread}, keys {lo}..{hi}");
+                }
+            }
+        }
     }
 
     #[test]
