@@ -12,8 +12,8 @@ use crate::kernels::activation::Activation;
 use crate::kernels::bf16::{gemm_bf16, gemm_bf16_chained, gemm_bf16_fold, Bf16Isa, Bf16Rows, Bf16Weight};
 use crate::kernels::int8::{gemm_int8, gemm_int8_fold, Int8Isa, Int8Weight};
 use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm, rms_norm_in_place};
-use crate::kernels::sgemm::{sgemm, Isa, PackedWeight};
-use crate::kernels::{buffer, par_rows, par_rows_mut, Fold, FoldTile, ROWS_PER_TASK};
+use crate::kernels::sgemm::{sgemm, sgemm_fold, Isa, PackedWeight};
+use crate::kernels::{buffer, par_rows, par_rows_mut, Fold, ROWS_PER_TASK};
 use crate::packed::PackedBatch;
 use crate::rotary::Rotary;
 use crate::weights::{Tensor, Weights};
@@ -29,10 +29,6 @@ pub struct Linear {
     /// Output width.
     pub out_features: usize,
 }
-
-/// Rows [`Linear::forward_fold`] holds at once where the GEMM has no fold of its own (about
-/// 16 MB of fp32 at a 30,522-wide output): enough rows for the GEMM to run at full speed.
-const FOLD_ROWS: usize = 128;
 
 /// Weights of a [`Linear`], packed once for the GEMM of its dtype and this CPU.
 enum LinearWeight {
@@ -196,33 +192,13 @@ impl Linear {
     }
 
     /// The products `x · Wᵀ` (without the bias, see [`Self::bias`]) handed tile by tile to
-    /// `fold` ([`Fold`]) instead of written out: fused into the bf16 and int8 GEMMs (the output
-    /// is never stored); float32 computes [`FOLD_ROWS`] rows at a time into scratch and hands
-    /// them over in column blocks.
+    /// `fold` ([`Fold`]) instead of written out, by every dtype's GEMM: the output is never
+    /// stored whole.
     pub fn forward_fold(&self, x: &[f32], rows: usize, fold: Fold, threads: usize) {
-        let (k, n) = (self.in_features, self.out_features);
-        let w = match &self.weight {
-            LinearWeight::Bfloat16(w) => return gemm_bf16_fold(x, rows, w, fold, threads),
-            LinearWeight::Int8(w) => return gemm_int8_fold(x, rows, w, fold, threads),
-            LinearWeight::Float32(w) => w,
-        };
-        let mut buf = vec![0.0f32; rows.min(FOLD_ROWS) * n];
-        for (chunk, x) in x[..rows * k].chunks(FOLD_ROWS * k).enumerate() {
-            let m = x.len() / k;
-            let out = &mut buf[..m * n];
-            sgemm(x, m, w, None, Activation::Identity, out, n, threads);
-            let out = &*out;
-            let cols = n.div_ceil(threads.max(1) * 4).max(1024);
-            crate::parallel::for_each((0..n).step_by(cols).collect(), |col| {
-                fold(FoldTile {
-                    row: chunk * FOLD_ROWS,
-                    rows: m,
-                    col,
-                    cols: cols.min(n - col),
-                    values: &out[col..],
-                    ld: n,
-                })
-            });
+        match &self.weight {
+            LinearWeight::Float32(w) => sgemm_fold(x, rows, w, fold, threads),
+            LinearWeight::Bfloat16(w) => gemm_bf16_fold(x, rows, w, fold, threads),
+            LinearWeight::Int8(w) => gemm_int8_fold(x, rows, w, fold, threads),
         }
     }
 

@@ -1544,7 +1544,11 @@ fn tei_embed_sparse_equals_the_sparse_encoder() {
     let (status, reply) = common::post_raw(&server, "/embed", "application/json", r#"{"inputs": "x"}"#);
     assert_eq!(
         (status, reply["error_type"].as_str()),
-        (422, Some("Validation")),
+        (400, Some("Validation")),
+        "{reply}"
+    );
+    assert!(
+        reply["error"].as_str().unwrap().contains("'splade' (sparse)"),
         "{reply}"
     );
 }

@@ -444,7 +444,7 @@ fn model_for(
                         .collect();
                     ApiError::invalid(
                         format!(
-                            "No {what} is served; the served models' outputs: {}.",
+                            "No model served here is {what}; the served models' outputs: {}.",
                             served.join("; ")
                         ),
                         Some("model"),

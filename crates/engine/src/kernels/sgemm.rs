@@ -284,6 +284,66 @@ pub fn sgemm(
     }
 }
 
+/// The products `x[m × k] · Wᵀ` (no bias) handed to `fold` (see [`super::Fold`]) instead of
+/// written out: threads split the columns, and each computes [`FOLD_COLS`] columns of all `m`
+/// rows at a time into its own scratch block (which stays in L2) and hands that over.
+pub fn sgemm_fold(x: &[f32], m: usize, w: &PackedWeight, fold: super::Fold, threads: usize) {
+    match w.isa {
+        Isa::Portable => run_fold::<Portable>(x, m, w, fold, threads),
+        Isa::Avx2 => {
+            assert!(super::has_avx2_fma(), "sgemm needs AVX2 and FMA");
+            run_fold::<Avx2>(x, m, w, fold, threads)
+        }
+        Isa::Avx512 => {
+            assert!(super::has_avx512(), "sgemm needs AVX-512F");
+            run_fold::<Avx512>(x, m, w, fold, threads)
+        }
+    }
+}
+
+/// Columns of one [`sgemm_fold`] step: its scratch block holds them for every row (1 MB at
+/// 512 rows), and the rows are read once per step.
+const FOLD_COLS: usize = 4 * NC;
+
+fn run_fold<K: MicroKernel>(x: &[f32], m: usize, w: &PackedWeight, fold: super::Fold, threads: usize) {
+    let (n, k) = (w.n, w.k);
+    assert!(x.len() >= m * k);
+    assert_eq!(w.panels.len(), n.div_ceil(K::NR) * k * K::NR);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let step = FOLD_COLS.div_ceil(K::NR) * K::NR;
+    let tasks = split_columns(m, n, K::NR, threads);
+    crate::parallel::for_each_index(tasks.len(), |i| {
+        let (_, _, c0, c1) = tasks[i];
+        let mut scratch = vec![0.0f32; m * step];
+        for n0 in (c0..c1).step_by(step) {
+            let n1 = (n0 + step).min(c1);
+            // SAFETY: the scratch holds `m` rows of `step ≥ n1 - n0` columns (column `c` of
+            // the block at `c - n0`) and is this task's own; `x` and the weight were checked.
+            unsafe {
+                block::<K>(
+                    x,
+                    k,
+                    w,
+                    None,
+                    Activation::Identity,
+                    (scratch.as_mut_ptr(), step, n0),
+                    (0, m, n0, n1),
+                )
+            };
+            fold(super::FoldTile {
+                row: 0,
+                rows: m,
+                col: n0,
+                cols: n1 - n0,
+                values: &scratch[..(m - 1) * step + n1 - n0],
+                ld: step,
+            });
+        }
+    });
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run<K: MicroKernel>(
     x: &[f32],
@@ -307,27 +367,23 @@ fn run<K: MicroKernel>(
     for_each_block(m, n, K::MR, K::NR, threads, |(r0, r1, c0, c1)| {
         // SAFETY: each task writes rows r0..r1 × columns c0..c1 only; tasks do not overlap and
         // the asserts above bound all of them inside `out`, `x` and the packed weight.
-        unsafe { block::<K>(x, k, w, bias, act, out_ptr.0, out_stride, r0, r1, c0, c1) }
+        unsafe { block::<K>(x, k, w, bias, act, (out_ptr.0, out_stride, 0), (r0, r1, c0, c1)) }
     });
 }
 
-/// Runs the micro-kernel `K` over output rows `r0..r1` and columns `c0..c1`.
+/// Runs the micro-kernel `K` over output rows `r0..r1` and columns `c0..c1`, output element
+/// `(r, c)` at `out + r·ldc + c - col0` (`col0 ≤ c0`: the column `out` starts at).
 ///
 /// # Safety
-/// `out` is valid for rows `r0..r1` at `out_stride` floats apart and columns `c0..c1`, written by no other task; `K`'s CPU features are present.
-#[allow(clippy::too_many_arguments)]
+/// `out` is valid for rows `r0..r1` at `ldc` floats apart and columns `c0 - col0..c1 - col0`, written by no other task; `K`'s CPU features are present.
 unsafe fn block<K: MicroKernel>(
     x: &[f32],
     k: usize,
     w: &PackedWeight,
     bias: Option<&[f32]>,
     act: Activation,
-    out: *mut f32,
-    ldc: usize,
-    r0: usize,
-    r1: usize,
-    c0: usize,
-    c1: usize,
+    (out, ldc, col0): (*mut f32, usize, usize),
+    (r0, r1, c0, c1): (usize, usize, usize, usize),
 ) {
     let xp = x.as_ptr();
     let (nr, mr) = (K::NR, K::MR);
@@ -351,7 +407,7 @@ unsafe fn block<K: MicroKernel>(
                     for (s, r) in (m0..m1).step_by(mr).enumerate() {
                         let rows = mr.min(m1 - r);
                         let a = a_base.add(s * strip);
-                        let dst = out.add(r * ldc + c);
+                        let dst = out.add(r * ldc + c - col0);
                         K::tile(Tile {
                             rows,
                             kc,
@@ -856,6 +912,25 @@ mod tests {
             let mut out: Vec<f32> = Vec::new();
             sgemm(&[], 0, &w, Some(&[1.0, 2.0]), Activation::Identity, &mut out, 2, 2);
             assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_fold_sees_every_product_once_as_the_gemm_writes_it() {
+        // Widths past one fold step and past the K block, on every kernel this CPU runs.
+        for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.supported())
+        {
+            for &(m, k, n) in &[(1, 5, 7), (33, 64, 100), (70, 500, 1030)] {
+                let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0) - 0.7).collect();
+                let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 / 480.0) - 0.1).collect();
+                let packed = PackedWeight::pack(&w, n, k, isa);
+                let mut want = vec![0.0f32; m * n];
+                sgemm(&x, m, &packed, None, Activation::Identity, &mut want, n, 2);
+                let what = format!("{isa:?} {m}x{k}x{n}");
+                crate::kernels::check_fold(m, n, &want, &what, |fold| sgemm_fold(&x, m, &packed, fold, 2));
+            }
         }
     }
 
