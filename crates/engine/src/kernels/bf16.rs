@@ -10,7 +10,7 @@
 use super::activation::Activation;
 use super::amx::{Amx, Dot, TileUnit, Tiles};
 use super::sgemm::{drive, SendPtr, TileOrder};
-use super::{buffer, Aligned, Fold, FoldTile};
+use super::{buffer, Aligned, Fold};
 use crate::parallel;
 use rayon::prelude::*;
 
@@ -490,23 +490,14 @@ fn run<U: TileUnit + Default>(
             n,
             mr,
             nr,
-            if fold.is_some() { order.by_columns() } else { order },
+            order,
             threads,
-            || {
-                let scratch = if fold.is_some() {
-                    vec![0.0f32; mr * nr]
-                } else {
-                    Vec::new()
-                };
-                (amx.then(|| Tiles::<U>::configured()), scratch)
-            },
-            |(tiles, scratch), r, rows, c| {
+            fold,
+            || amx.then(|| Tiles::<U>::configured()),
+            |tiles, r, rows, c, target| {
                 // Rows r..r+rows and columns c..c+cols lie inside this task's block (tasks are
                 // disjoint) and inside every buffer checked above.
-                let (mut dst, mut ldc) = match fold {
-                    Some(_) => (scratch.as_mut_ptr(), nr),
-                    None => (out_ptr.0.wrapping_add(r * out_stride + c), out_stride),
-                };
+                let (dst, ldc) = target.unwrap_or((out_ptr.0.wrapping_add(r * out_stride + c), out_stride));
                 let cols = nr.min(n - c);
                 let t = BTile {
                     rows,
@@ -524,9 +515,9 @@ fn run<U: TileUnit + Default>(
                     Bf16Isa::Portable => portable_tile(t),
                     Bf16Isa::Amx => match tiles {
                         // A fold takes the sums straight from the accumulator block.
-                        Some(tiles) if fold.is_some() => {
+                        Some(tiles) if target.is_some() => {
                             amx_products(tiles, &t);
-                            (dst, ldc) = (tiles.acc.as_mut_ptr() as *mut f32, 32);
+                            return Some((tiles.acc.as_ptr() as *const f32, 32));
                         }
                         Some(tiles) => amx_tile(tiles, &t),
                         None => unreachable!("the AMX kernel's tasks configure tiles"),
@@ -544,16 +535,7 @@ fn run<U: TileUnit + Default>(
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => unreachable!("only the portable kernel is chosen off x86-64"),
                 }
-                if let Some(fold) = fold {
-                    fold(FoldTile {
-                        row: r,
-                        rows,
-                        col: c,
-                        cols,
-                        values: std::slice::from_raw_parts(dst, (rows - 1) * ldc + cols),
-                        ld: ldc,
-                    });
-                }
+                target.map(|(p, ld)| (p as *const f32, ld))
             },
         );
     }

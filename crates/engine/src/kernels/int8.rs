@@ -25,7 +25,7 @@
 use super::activation::Activation;
 use super::amx::{Amx, Dot, TileUnit, Tiles};
 use super::sgemm::{drive, SendPtr, TileOrder};
-use super::{buffer, Aligned, Fold, FoldTile};
+use super::{buffer, Aligned, Fold};
 use crate::parallel;
 use rayon::prelude::*;
 
@@ -822,21 +822,12 @@ fn run<U: TileUnit + Default>(
             n,
             mr,
             nr,
-            if fold.is_some() { order.by_columns() } else { order },
+            order,
             threads,
-            || {
-                let scratch = if fold.is_some() {
-                    vec![0.0f32; mr * nr]
-                } else {
-                    Vec::new()
-                };
-                (amx.then(|| Tiles::<U>::configured()), scratch)
-            },
-            |(tiles, scratch), r, tile_rows, c| {
-                let (dst, ldc) = match fold {
-                    Some(_) => (scratch.as_mut_ptr(), nr),
-                    None => (out_ptr.0.add(r * out_stride + c), out_stride),
-                };
+            fold,
+            || amx.then(|| Tiles::<U>::configured()),
+            |tiles, r, tile_rows, c, target| {
+                let (dst, ldc) = target.unwrap_or_else(|| (out_ptr.0.add(r * out_stride + c), out_stride));
                 let cols = nr.min(n - c);
                 // Tiles start on whole `mr`-row strips (`split_work` and `for_each_tile` step by
                 // `mr`), which AVX2's interleaved codes rely on.
@@ -885,16 +876,7 @@ fn run<U: TileUnit + Default>(
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => unreachable!("only the portable kernel is chosen off x86-64"),
                 }
-                if let Some(fold) = fold {
-                    fold(FoldTile {
-                        row: r,
-                        rows: tile_rows,
-                        col: c,
-                        cols,
-                        values: std::slice::from_raw_parts(dst, (tile_rows - 1) * ldc + cols),
-                        ld: ldc,
-                    });
-                }
+                target.map(|(p, ld)| (p as *const f32, ld))
             },
         );
     }

@@ -111,9 +111,6 @@ pub(crate) struct TileOrder {
     /// Within an M × N block: each row strip across all panels (the strip stays in L1 while
     /// the block's panels come from L2), rather than each panel down all strips.
     pub strips_outer: bool,
-    /// Threads split the columns only, each taking all rows of its columns (no two tasks
-    /// touch the same column), whatever the shape.
-    pub columns_only: bool,
 }
 
 impl TileOrder {
@@ -123,7 +120,6 @@ impl TileOrder {
         mc: MC,
         nc: NC,
         strips_outer: false,
-        columns_only: false,
     };
 
     /// For AMX: a strip of activations stays in L1 while it meets every panel of an N block
@@ -136,15 +132,6 @@ impl TileOrder {
             mc: MC,
             nc: (L2_SHARE / depth_bytes.max(1)).max(nr) / nr * nr,
             strips_outer: true,
-            columns_only: false,
-        }
-    }
-
-    /// The same order, with tasks split by columns only ([`Self::columns_only`]).
-    pub fn by_columns(self) -> TileOrder {
-        TileOrder {
-            columns_only: true,
-            ..self
         }
     }
 }
@@ -189,16 +176,20 @@ unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
 /// The driver of the int8 and bf16 GEMMs: splits an `m × n` output for `threads` threads
-/// ([`split_work`]), and in each task makes its state with `begin` (a configured tile unit and
-/// its accumulator block, for AMX) and calls `tile(state, r, rows, c)` for every micro-tile in
-/// [`for_each_tile`]'s `order`.
+/// ([`split_work`], or by columns for a fold), and in each task makes its state with `begin` (a
+/// configured tile unit and its accumulator block, for AMX) and calls
+/// `tile(state, r, rows, c, target)` for every micro-tile in [`for_each_tile`]'s `order`.
+/// Without a fold `target` is `None` and the kernel writes the GEMM's output; with one it is the
+/// task's own `mr × nr` scratch block `(pointer, row stride)`, and `tile` returns where its
+/// values are (that block, or a block of its own) for `fold`.
 ///
 /// # Safety
 /// The micro-kernel contract, for every kernel `tile` calls: it writes only rows
 /// `r..r + rows` and the columns of the `nr`-wide panel at `c` (fewer at the right edge) of the
-/// output; it may read whole `mr`-row strips of its (padded) activations and whole panels of
-/// its (padded) weights, which the caller must have laid out so; tasks run in parallel on
-/// disjoint blocks, so nothing else may be written.
+/// output (or the target block); it may read whole `mr`-row strips of its (padded) activations
+/// and whole panels of its (padded) weights, which the caller must have laid out so; tasks run
+/// in parallel on disjoint blocks, so nothing else may be written. A returned block holds the
+/// tile's `rows` rows of its columns at the returned stride.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn drive<S>(
     m: usize,
@@ -207,17 +198,33 @@ pub(crate) unsafe fn drive<S>(
     nr: usize,
     order: TileOrder,
     threads: usize,
+    fold: Option<super::Fold>,
     begin: impl Fn() -> S + Sync + Send,
-    tile: impl Fn(&mut S, usize, usize, usize) + Sync + Send,
+    tile: impl Fn(&mut S, usize, usize, usize, Option<(*mut f32, usize)>) -> Option<(*const f32, usize)> + Sync + Send,
 ) {
-    let tasks = if order.columns_only {
+    let tasks = if fold.is_some() {
         split_columns(m, n, nr, threads)
     } else {
         split_work(m, n, mr, nr, threads)
     };
     crate::parallel::for_each_index(tasks.len(), |i| {
         let mut state = begin();
-        for_each_tile(tasks[i], mr, nr, order, |r, rows, c| tile(&mut state, r, rows, c));
+        let mut scratch = vec![0.0f32; if fold.is_some() { mr * nr } else { 0 }];
+        for_each_tile(tasks[i], mr, nr, order, |r, rows, c| {
+            let target = fold.map(|_| (scratch.as_mut_ptr(), nr));
+            let at = tile(&mut state, r, rows, c, target);
+            if let (Some(fold), Some((values, ld))) = (fold, at) {
+                let cols = nr.min(n - c);
+                fold(super::FoldTile {
+                    row: r,
+                    rows,
+                    col: c,
+                    cols,
+                    values: std::slice::from_raw_parts(values, (rows - 1) * ld + cols),
+                    ld,
+                });
+            }
+        });
     });
 }
 
