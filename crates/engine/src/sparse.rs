@@ -303,12 +303,12 @@ impl MlmHead {
                 let acc = &mut table[g * vocab..(g + 1) * vocab];
                 g += 1;
                 if t + 1 == end && continues {
-                    // Carried into row 0 of the next call.
+                    // Carried into row 0 of the next call (the other rows are reset already).
                     if g > 1 {
                         let (head, tail) = table.split_at_mut((g - 1) * vocab);
                         head[..vocab].copy_from_slice(&tail[..vocab]);
+                        tail[..vocab].fill(empty);
                     }
-                    table[vocab..].fill(empty);
                     break;
                 }
                 out[input] = acc

@@ -249,20 +249,20 @@ unsafe fn softmax_bf16_avx512(row: &mut [f32], (lo, hi): (usize, usize), out: &m
         let x = _mm512_mask_loadu_ps(neg, valid(c), p.add(c));
         m = _mm512_max_ps(x, m);
     }
-    // The lanes folded as `reduce` folds them: halves, then quarters, …
-    let fold = |v: __m512, f: &dyn Fn(__m128, __m128) -> __m128| {
-        let v = _mm512_castps_si512(v);
-        let (a, b) = (_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
-        let (a, b) = (_mm256_castsi256_ps(a), _mm256_castsi256_ps(b));
-        let half = [
-            f(_mm256_castps256_ps128(a), _mm256_castps256_ps128(b)),
-            f(_mm256_extractf128_ps::<1>(a), _mm256_extractf128_ps::<1>(b)),
-        ];
-        let q = f(half[0], half[1]);
-        let d = f(q, _mm_movehl_ps(q, q));
-        _mm_cvtss_f32(f(d, _mm_movehdup_ps(d)))
-    };
-    let shift = fold(m, &|a, b| _mm_max_ps(b, a));
+    // The lanes folded by `$f` as `reduce` folds them: halves, then quarters, …
+    macro_rules! fold {
+        ($v:expr, $f:ident) => {{
+            let v = _mm512_castps_si512($v);
+            let a = _mm256_castsi256_ps(_mm512_castsi512_si256(v));
+            let b = _mm256_castsi256_ps(_mm512_extracti64x4_epi64::<1>(v));
+            let lo = $f(_mm256_castps256_ps128(a), _mm256_castps256_ps128(b));
+            let hi = $f(_mm256_extractf128_ps::<1>(a), _mm256_extractf128_ps::<1>(b));
+            let q = $f(lo, hi);
+            let d = $f(q, _mm_movehl_ps(q, q));
+            _mm_cvtss_f32($f(d, _mm_movehdup_ps(d)))
+        }};
+    }
+    let shift = fold!(m, _mm_max_ps);
     let shift_v = _mm512_set1_ps(shift);
     let mut acc = _mm512_setzero_ps();
     for c in (0..e).step_by(LANES) {
@@ -271,7 +271,7 @@ unsafe fn softmax_bf16_avx512(row: &mut [f32], (lo, hi): (usize, usize), out: &m
         _mm512_storeu_ps(p.add(c), v);
         acc = _mm512_add_ps(acc, v);
     }
-    let inv = _mm512_set1_ps(1.0 / fold(acc, &|a, b| _mm_add_ps(a, b)));
+    let inv = _mm512_set1_ps(1.0 / fold!(acc, _mm_add_ps));
     let o = out.as_mut_ptr();
     for c in (0..e).step_by(LANES) {
         let v = _mm512_mul_ps(_mm512_loadu_ps(p.add(c)), inv);
