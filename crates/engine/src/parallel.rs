@@ -105,10 +105,18 @@ pub fn session<R>(f: impl FnOnce() -> R) -> R {
     OWNED.with(|c| c.set(std::ptr::null()));
     team.open.store(false, Ordering::Release);
     // The sessions this thread had to decline while it owned this one: it joins those still
-    // open (a job in its own queue, run when it is back in the pool, or by an idle thread).
+    // open (a job in its own queue, run when it is back in the pool).
+    // The job is a broadcast that only this thread acts on: rayon cannot hand a broadcast
+    // job to another thread, while a plain `spawn` could be stolen by the other session's own
+    // owner, which declines it, and this thread would never join (seen as a rare test failure).
+    let me = rayon::current_thread_index();
     for other in DEFERRED.with(|d| d.replace(outer)) {
         if other.open.load(Ordering::Acquire) {
-            rayon::spawn(move || help(&other));
+            rayon::spawn_broadcast(move |ctx| {
+                if Some(ctx.index()) == me {
+                    help(&other)
+                }
+            });
         }
     }
     result.unwrap_or_else(|panic| resume_unwind(panic))
