@@ -143,7 +143,7 @@ impl MlmHead {
             dense: Linear::load(w, dense, hidden, hidden, true)?,
             activation,
             norm: Norm::layer(w, norm, hidden, eps)?,
-            decoder: Linear::new(weight, bias, decoder_dtype(w.dtype())),
+            decoder: Linear::new(weight, bias, w.dtype()),
             vocab,
         })
     }
@@ -166,20 +166,6 @@ impl MlmHead {
         for (id, w) in rows.into_iter().flatten() {
             out[id as usize] = w;
         }
-    }
-}
-
-/// The precision of the vocabulary projection: the model's, except that an int8 model runs it in
-/// bf16 where the CPU has AMX. Measured there (openembed-bench --workloads sparse, BERT-base,
-/// 30,522 entries, both folding their output): 1.37× the dense vector's cost in bf16, 1.43× in
-/// int8 (bf16 spares the activation quantization and the dequantizing epilogue of a 30,522-wide
-/// output), and closer to float32. On CPUs without AMX int8 stays (its VNNI kernel is the
-/// faster there).
-fn decoder_dtype(dtype: crate::DType) -> crate::DType {
-    if dtype == crate::DType::Int8 && crate::kernels::bf16::amx_usable() {
-        crate::DType::Bfloat16
-    } else {
-        dtype
     }
 }
 

@@ -96,8 +96,8 @@ pub struct Weights {
     entries: HashMap<String, Entry>,
     architecture: String,
     dtype: DType,
-    /// Random weights ([`Weights::random`]): the generator's state.
-    random: Option<std::sync::Mutex<u64>>,
+    /// Random weights ([`Weights::random`]): the generator's seed, mixed with each tensor's name.
+    random: Option<u64>,
 }
 
 impl Weights {
@@ -195,12 +195,12 @@ impl Weights {
             entries: HashMap::new(),
             architecture: architecture.to_owned(),
             dtype: DType::Float32,
-            random: Some(std::sync::Mutex::new(0x9E37_79B9_7F4A_7C15)),
+            random: Some(0x9E37_79B9_7F4A_7C15),
         }
     }
 
     /// A random tensor of `shape` for `name` (see [`Self::random`]).
-    fn random_tensor(&self, state: &std::sync::Mutex<u64>, name: &str, shape: &[usize]) -> Tensor {
+    fn random_tensor(&self, seed: u64, name: &str, shape: &[usize]) -> Tensor {
         let n: usize = shape.iter().product();
         let is_norm = name.contains("norm") || name.contains("LayerNorm") || name.contains("emb_ln");
         if is_norm || name.ends_with(".bias") {
@@ -208,14 +208,20 @@ impl Weights {
             return Tensor::from_vec(vec![v; n], shape.to_vec());
         }
         let scale = 1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt();
-        let mut seed = state.lock().unwrap_or_else(|p| p.into_inner());
+        // Each tensor's stream starts from its name (FNV-1a): tensors are independent of each
+        // other and of the order a loader asks for them. (One stream shared in asking order
+        // repeated the encoder's first tensors in a head loaded from a second `Weights::random`,
+        // which gave every token of the SPLADE benchmark's head input one huge channel, as no
+        // trained model has.)
+        let name_hash = name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01B3));
+        let mut state = (seed ^ name_hash) | 1;
         let data = (0..n)
             .map(|_| {
                 // xorshift64*: fast and good enough for weights nobody reads.
-                *seed ^= *seed >> 12;
-                *seed ^= *seed << 25;
-                *seed ^= *seed >> 27;
-                let r = (seed.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                let r = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
                 (r * 2.0 - 1.0) * scale
             })
             .collect();
@@ -246,8 +252,8 @@ impl Weights {
 
     /// Loads tensor `name`, which must have exactly `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        if let Some(state) = &self.random {
-            return Ok(self.random_tensor(state, name, shape));
+        if let Some(seed) = self.random {
+            return Ok(self.random_tensor(seed, name, shape));
         }
         let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
             path: self.path_of(None),

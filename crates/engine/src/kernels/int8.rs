@@ -222,6 +222,16 @@ fn outlier_stride(n: usize) -> usize {
 /// in almost every row there, with the same fidelity and a slower fp32 side product.
 const OUTLIER_RATIO: f32 = 16.0;
 
+/// The most bytes of dequantized weight columns one call keeps for outliers (see
+/// [`QuantizedRows::fill`]): a column is a whole output row of fp32 (122 KB for a 30,522-entry
+/// vocabulary projection), and trained models need a few (none at SPLADE's head input), but
+/// an input could bring a different channel in every row.
+#[cfg(not(test))]
+const OUTLIER_TABLE_BYTES: usize = 4 << 20;
+/// Small for the unit tests, so that their shapes reach the bound.
+#[cfg(test)]
+const OUTLIER_TABLE_BYTES: usize = 64 << 10;
+
 /// At most this many outliers per row (the largest), so their fp32 side product stays a few
 /// percent of the int8 one.
 const MAX_OUTLIERS: usize = 8;
@@ -558,22 +568,46 @@ impl QuantizedRows {
                 zps[i] = z;
             }
         });
-        // One dequantized weight column per channel that any row left out; each row's
-        // channels become slots in that table.
+        // One dequantized weight column per channel that any row left out, while the table has
+        // room (`table_slots`); each row's channels become slots in that table. A row whose
+        // channel finds no room keeps only its outliers that have one apart, the others back in
+        // its codes (a coarser scale for that row, never a table past the bound).
+        let ldw = outlier_stride(w.n);
+        let table_slots = (OUTLIER_TABLE_BYTES / (4 * ldw)).max(MO);
         let slot_of = buffer(&mut self.slot_of, k);
         slot_of.fill(u32::MAX);
         let mut slots = Vec::new();
-        for (r, &count) in self.outlier_count[..m].iter().enumerate() {
-            for slot in &mut self.outlier_slot[r * MO..r * MO + count as usize] {
-                let c = *slot as usize;
-                if slot_of[c] == u32::MAX {
+        let mut coarser = Vec::new();
+        for (r, count) in self.outlier_count[..m].iter_mut().enumerate() {
+            let mut kept = 0;
+            for o in 0..*count as usize {
+                let c = self.outlier_slot[r * MO + o] as usize;
+                if slot_of[c] == u32::MAX && slots.len() < table_slots {
                     slot_of[c] = slots.len() as u32;
                     slots.push(c);
                 }
-                *slot = slot_of[c];
+                if slot_of[c] != u32::MAX {
+                    self.outlier_slot[r * MO + kept] = slot_of[c];
+                    self.outlier_x[r * MO + kept] = self.outlier_x[r * MO + o];
+                    kept += 1;
+                }
+            }
+            if kept < *count as usize {
+                *count = kept as u8;
+                coarser.push(r);
             }
         }
-        let ldw = outlier_stride(w.n);
+        let mut masked = Vec::new();
+        for r in coarser {
+            masked.clear();
+            masked.extend_from_slice(&x[r * k..(r + 1) * k]);
+            for &slot in &self.outlier_slot[r * MO..r * MO + self.outlier_count[r] as usize] {
+                masked[slots[slot as usize]] = 0.0;
+            }
+            let (s, z) = quantize_row(&masked, &mut self.codes[r * kp..(r + 1) * kp]);
+            self.scales[r] = s;
+            self.zero_points[r] = z;
+        }
         let columns = buffer(&mut self.outlier_w, slots.len() * ldw);
         let jobs: Vec<_> = columns.chunks_mut(64 * ldw).zip(slots.chunks(64)).collect();
         parallel::for_each(jobs, |(columns, slots)| {
@@ -1510,6 +1544,47 @@ mod tests {
             // One scale spanning ±40 would give steps of 0.31 for values of size 1: errors of
             // several percent of the row's mass. Without the two channels, well under 1%.
             assert!(worst < 0.005, "{kernel:?}: relative error {worst}");
+        }
+    }
+
+    #[test]
+    fn outlier_channels_past_the_table_bound_stay_in_the_codes() {
+        // A wide output (1,024 columns: the test bound holds 16 dequantized weight columns)
+        // and 40 rows, each with its own outlier channel: the first 16 rows keep theirs apart
+        // (as when run alone), the rest are quantized with them (coarser, still close).
+        let (m, k, n) = (40, 64, 1024);
+        let table_slots = OUTLIER_TABLE_BYTES / (4 * outlier_stride(n));
+        assert_eq!(table_slots, 16);
+        let mut x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        for i in 0..m {
+            x[i * k + i] = 60.0;
+        }
+        let (w, b) = weight_and_bias(n, k);
+        let mut results: Vec<(Kernel, Vec<f32>)> = Vec::new();
+        for kernel in runnable_kernels() {
+            let packed = Int8Weight::quantize(&w, n, k, kernel.isa);
+            let mut out = vec![0.0f32; m * n];
+            gemm(kernel, &x, m, &packed, Some(&b), Activation::Identity, &mut out, n, 2);
+            for i in 0..m {
+                let mut alone = vec![0.0f32; n];
+                gemm(kernel, &x[i * k..(i + 1) * k], 1, &packed, Some(&b), Activation::Identity, &mut alone, n, 1);
+                let same = out[i * n..(i + 1) * n].iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert_eq!(same, i < table_slots, "{kernel:?}: row {i} equal to itself alone");
+                let mut worst = 0.0f32;
+                for j in 0..n {
+                    let exact: f32 = b[j] + (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum::<f32>();
+                    let scale: f32 = (0..k).map(|t| (x[i * k + t] * w[j * k + t]).abs()).sum();
+                    worst = worst.max((out[i * n + j] - exact).abs() / scale);
+                }
+                let bound = if i < table_slots { 0.015 } else { 0.05 };
+                assert!(worst < bound, "{kernel:?}: row {i}, relative error {worst}");
+            }
+            results.push((kernel, out));
+        }
+        let (first, want) = &results[0];
+        for (kernel, got) in &results[1..] {
+            let same = got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{kernel:?} differs from {first:?}");
         }
     }
 
