@@ -10,7 +10,7 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::kernels::activation::Activation;
 use crate::kernels::bf16::{gemm_bf16, gemm_bf16_chained, gemm_bf16_fold, Bf16Isa, Bf16Rows, Bf16Weight};
-use crate::kernels::int8::{gemm_int8, gemm_int8_fold, Int8Isa, Int8Weight};
+use crate::kernels::int8::{gemm_int8, gemm_int8_chained, gemm_int8_fold, Int8Isa, Int8Weight};
 use crate::kernels::norm::{layer_norm, residual_layer_norm, rms_norm, rms_norm_in_place};
 use crate::kernels::sgemm::{sgemm, sgemm_fold, Isa, PackedWeight};
 use crate::kernels::{buffer, par_rows, par_rows_mut, Fold, ROWS_PER_TASK};
@@ -44,9 +44,10 @@ impl Linear {
     }
 
     /// `out = act2(act1(x·W1ᵀ + b1)·W2ᵀ + b2)` with `self` as the first layer and `next` as
-    /// the second, the intermediate handed over in bf16 (`mid`) when both are bf16 layers on
-    /// AMX without task adapters ([`gemm_bf16_chained`], identical results). Returns false,
-    /// having computed nothing, otherwise.
+    /// the second, the intermediate handed over without a pass of its own where both layers
+    /// run on AMX without task adapters (identical results): in bf16 (`mid`) for bf16 layers
+    /// ([`gemm_bf16_chained`]), quantized strip by strip for int8 ones whose first fits
+    /// ([`gemm_int8_chained`]). Returns false, having computed nothing, otherwise.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_chained(
         &self,
@@ -58,19 +59,26 @@ impl Linear {
         out: &mut [f32],
         threads: usize,
     ) -> bool {
-        let (LinearWeight::Bfloat16(w1), LinearWeight::Bfloat16(w2)) = (&self.weight, &next.weight) else {
-            return false;
-        };
-        if self.lora.is_some() || next.lora.is_some() || !w1.chains_into(w2) {
+        if self.lora.is_some() || next.lora.is_some() {
             return false;
         }
         let (b1, b2) = (
             self.bias.as_ref().map(|b| b.data()),
             next.bias.as_ref().map(|b| b.data()),
         );
-        let (first, second) = ((w1, b1, acts.0), (w2, b2, acts.1));
-        gemm_bf16_chained(x, rows, first, second, mid, out, next.out_features, threads);
-        true
+        match (&self.weight, &next.weight) {
+            (LinearWeight::Bfloat16(w1), LinearWeight::Bfloat16(w2)) if w1.chains_into(w2) => {
+                let (first, second) = ((w1, b1, acts.0), (w2, b2, acts.1));
+                gemm_bf16_chained(x, rows, first, second, mid, out, next.out_features, threads);
+                true
+            }
+            (LinearWeight::Int8(w1), LinearWeight::Int8(w2)) if w1.chains_into(w2, rows, threads) => {
+                let (first, second) = ((w1, b1, acts.0), (w2, b2, acts.1));
+                gemm_int8_chained(x, rows, first, second, out, next.out_features, threads);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Loads `{prefix}.weight` (`[out × in]`) and, when `with_bias`, `{prefix}.bias`, in the

@@ -213,7 +213,9 @@ impl Weights {
         // repeated the encoder's first tensors in a head loaded from a second `Weights::random`,
         // which gave every token of the SPLADE benchmark's head input one huge channel, as no
         // trained model has.)
-        let name_hash = name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01B3));
+        let name_hash = name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)
+        });
         let mut state = (seed ^ name_hash) | 1;
         let data = (0..n)
             .map(|_| {

@@ -239,6 +239,8 @@ const MAX_OUTLIERS: usize = 8;
 thread_local! {
     /// The caller's quantized activations, reused between calls.
     static ROWS: std::cell::Cell<QuantizedRows> = std::cell::Cell::new(QuantizedRows::default());
+    /// The intermediate of two chained layers ([`gemm_int8_chained`]), reused between calls.
+    static CHAINED: std::cell::Cell<QuantizedRows> = std::cell::Cell::new(QuantizedRows::default());
 }
 
 /// What one pass over a row tells: `Σ |x|`, `min(x, 0)` and `max(x, 0)` (NaNs skipped by the
@@ -519,94 +521,146 @@ unsafe fn above_avx2(x: &[f32], limit: f32, found: &mut Vec<(f32, u32)>) {
     above_portable(chunks.remainder(), x.len() / 8 * 8, limit, found);
 }
 
+/// The per-row tables of a [`QuantizedRows`] as raw pointers, for tasks that each quantize
+/// rows of their own ([`QuantizedRows::fill`], and a chained GEMM's epilogue).
+#[derive(Clone, Copy)]
+struct RowTables {
+    codes: *mut u8,
+    kp: usize,
+    scales: *mut f32,
+    zero_points: *mut i32,
+    counts: *mut u8,
+    values: *mut f32,
+    channels: *mut u32,
+}
+
+// SAFETY: tasks write disjoint rows (the contract of `RowTables::quantize`).
+unsafe impl Send for RowTables {}
+unsafe impl Sync for RowTables {}
+
+impl RowTables {
+    /// Quantizes `row` (the input's `k` values) as row `i`: its codes (zero padded to `kp`),
+    /// scale, zero point and outliers (by channel; [`QuantizedRows::finish`] makes them slots).
+    ///
+    /// # Safety
+    /// `i` is below the rows the tables were prepared for, `row.len() ≤ kp`, and no other
+    /// thread reads or writes row `i` meanwhile.
+    unsafe fn quantize(&self, i: usize, row: &[f32], found: &mut Vec<(f32, u32)>, masked: &mut Vec<f32>) {
+        const MO: usize = MAX_OUTLIERS;
+        let stats = row_stats(row);
+        row_outliers(row, stats, found);
+        *self.counts.add(i) = found.len() as u8;
+        let out = std::slice::from_raw_parts_mut(self.codes.add(i * self.kp), self.kp);
+        let (s, z) = if found.is_empty() {
+            quantize_row_in(row, stats.lo, stats.hi, out)
+        } else {
+            // Outliers are computed apart in fp32: kept aside, zero here.
+            masked.clear();
+            masked.extend_from_slice(row);
+            for (o, &(_, c)) in found.iter().enumerate() {
+                *self.values.add(i * MO + o) = row[c as usize];
+                *self.channels.add(i * MO + o) = c;
+                masked[c as usize] = 0.0;
+            }
+            quantize_row(masked, out)
+        };
+        *self.scales.add(i) = s;
+        *self.zero_points.add(i) = z;
+    }
+}
+
 impl QuantizedRows {
     /// Quantizes `x` for `w`'s kernel: the codes (widened to u16 for AVX2), and each row's
     /// outliers with the weight columns they need for the kernels' epilogue.
     fn fill(&mut self, x: &[f32], m: usize, w: &Int8Weight) {
         const ROWS: usize = 16;
-        const MO: usize = MAX_OUTLIERS;
-        let (k, kp) = (w.k, w.kp);
-        // Whole strips of rows: AMX loads 16-row tiles (the rows past `m` are zero).
-        let codes = self.codes.resize(m.next_multiple_of(w.isa.mr()) * kp);
-        codes[m * kp..].fill(0);
-        let blocks: Vec<_> = codes
-            .chunks_mut(ROWS * kp)
-            .zip(buffer(&mut self.scales, m).chunks_mut(ROWS))
-            .zip(buffer(&mut self.zero_points, m).chunks_mut(ROWS))
-            .zip(buffer(&mut self.outlier_count, m).chunks_mut(ROWS))
-            .zip(buffer(&mut self.outlier_x, m * MO).chunks_mut(ROWS * MO))
-            .zip(buffer(&mut self.outlier_slot, m * MO).chunks_mut(ROWS * MO))
-            .zip(x[..m * k].chunks(ROWS * k))
-            .collect();
-        parallel::for_each(blocks, |((((((codes, scales), zps), counts), values), channels), x)| {
-            let mut masked = Vec::new();
-            let mut found = Vec::new();
-            for (i, row) in x.chunks_exact(k).enumerate() {
+        let k = w.k;
+        let tables = self.prepare(m, w);
+        parallel::for_each_index(m.div_ceil(ROWS), |b| {
+            let (mut found, mut masked) = (Vec::new(), Vec::new());
+            for i in b * ROWS..((b + 1) * ROWS).min(m) {
                 // The next row is read cold (written by the last layer, out of L2 by now):
                 // asked for while this one is quantized from L1.
                 if let Some(next) = x.get((i + 1) * k..(i + 2) * k) {
                     super::prefetch(next);
                 }
-                let stats = row_stats(row);
-                row_outliers(row, stats, &mut found);
-                counts[i] = found.len() as u8;
-                let out = &mut codes[i * kp..(i + 1) * kp];
-                let (s, z) = if found.is_empty() {
-                    quantize_row_in(row, stats.lo, stats.hi, out)
-                } else {
-                    // Outliers are computed apart in fp32: kept aside, zero here.
-                    masked.clear();
-                    masked.extend_from_slice(row);
-                    for (o, &(_, c)) in found.iter().enumerate() {
-                        values[i * MO + o] = row[c as usize];
-                        channels[i * MO + o] = c;
-                        masked[c as usize] = 0.0;
-                    }
-                    quantize_row(&masked, out)
-                };
-                scales[i] = s;
-                zps[i] = z;
+                // SAFETY: `prepare` made the tables for `m` rows of `kp ≥ k` codes, and each
+                // task quantizes its own rows.
+                unsafe { tables.quantize(i, &x[i * k..(i + 1) * k], &mut found, &mut masked) };
             }
         });
+        self.finish(m, w);
+    }
+
+    /// Sizes the tables for `m` rows of `w`'s input (codes in whole strips of `w`'s kernel,
+    /// the rows past `m` zero) and returns them for [`RowTables::quantize`].
+    fn prepare(&mut self, m: usize, w: &Int8Weight) -> RowTables {
+        const MO: usize = MAX_OUTLIERS;
+        let kp = w.kp;
+        let codes = self.codes.resize(m.next_multiple_of(w.isa.mr()) * kp);
+        codes[m * kp..].fill(0);
+        RowTables {
+            codes: codes.as_mut_ptr(),
+            kp,
+            scales: buffer(&mut self.scales, m).as_mut_ptr(),
+            zero_points: buffer(&mut self.zero_points, m).as_mut_ptr(),
+            counts: buffer(&mut self.outlier_count, m).as_mut_ptr(),
+            values: buffer(&mut self.outlier_x, m * MO).as_mut_ptr(),
+            channels: buffer(&mut self.outlier_slot, m * MO).as_mut_ptr(),
+        }
+    }
+
+    /// After every row is quantized: the outliers' weight columns, and for AVX2 the widened
+    /// codes.
+    fn finish(&mut self, m: usize, w: &Int8Weight) {
+        const ROWS: usize = 16;
+        const MO: usize = MAX_OUTLIERS;
+        let (k, kp) = (w.k, w.kp);
         // One dequantized weight column per channel that any row left out, while the table has
         // room (`table_slots`); each row's channels become slots in that table. A row whose
-        // channel finds no room keeps only its outliers that have one apart, the others back in
-        // its codes (a coarser scale for that row, never a table past the bound).
+        // channel finds no room is quantized again with only its outliers that have one left
+        // out (from its codes and outlier values, so only the quantized row is needed): a
+        // coarser scale for that row, never a table past the bound.
         let ldw = outlier_stride(w.n);
         let table_slots = (OUTLIER_TABLE_BYTES / (4 * ldw)).max(MO);
         let slot_of = buffer(&mut self.slot_of, k);
         slot_of.fill(u32::MAX);
         let mut slots = Vec::new();
-        let mut coarser = Vec::new();
-        for (r, count) in self.outlier_count[..m].iter_mut().enumerate() {
-            let mut kept = 0;
-            for o in 0..*count as usize {
-                let c = self.outlier_slot[r * MO + o] as usize;
+        let mut row = Vec::new();
+        for r in 0..m {
+            let count = self.outlier_count[r] as usize;
+            let at = r * MO..r * MO + count;
+            let mut kept = true;
+            for &c in &self.outlier_slot[at.clone()] {
+                let c = c as usize;
                 if slot_of[c] == u32::MAX && slots.len() < table_slots {
                     slot_of[c] = slots.len() as u32;
                     slots.push(c);
                 }
-                if slot_of[c] != u32::MAX {
-                    self.outlier_slot[r * MO + kept] = slot_of[c];
-                    self.outlier_x[r * MO + kept] = self.outlier_x[r * MO + o];
-                    kept += 1;
+                kept &= slot_of[c] != u32::MAX;
+            }
+            if !kept {
+                let (s, zp) = (self.scales[r], self.zero_points[r]);
+                let codes = &mut self.codes[r * kp..(r + 1) * kp];
+                row.clear();
+                row.extend(codes[..k].iter().map(|&q| (q as i32 - zp) as f32 * s));
+                let mut left = 0;
+                for o in 0..count {
+                    let (v, c) = (self.outlier_x[r * MO + o], self.outlier_slot[r * MO + o]);
+                    if slot_of[c as usize] == u32::MAX {
+                        row[c as usize] = v;
+                    } else {
+                        self.outlier_x[r * MO + left] = v;
+                        self.outlier_slot[r * MO + left] = c;
+                        left += 1;
+                    }
                 }
+                let (s, z) = quantize_row(&row, codes);
+                (self.scales[r], self.zero_points[r], self.outlier_count[r]) = (s, z, left as u8);
             }
-            if kept < *count as usize {
-                *count = kept as u8;
-                coarser.push(r);
+            for slot in &mut self.outlier_slot[r * MO..r * MO + self.outlier_count[r] as usize] {
+                *slot = slot_of[*slot as usize];
             }
-        }
-        let mut masked = Vec::new();
-        for r in coarser {
-            masked.clear();
-            masked.extend_from_slice(&x[r * k..(r + 1) * k]);
-            for &slot in &self.outlier_slot[r * MO..r * MO + self.outlier_count[r] as usize] {
-                masked[slots[slot as usize]] = 0.0;
-            }
-            let (s, z) = quantize_row(&masked, &mut self.codes[r * kp..(r + 1) * kp]);
-            self.scales[r] = s;
-            self.zero_points[r] = z;
         }
         let columns = buffer(&mut self.outlier_w, slots.len() * ldw);
         let jobs: Vec<_> = columns.chunks_mut(64 * ldw).zip(slots.chunks(64)).collect();
@@ -767,7 +821,15 @@ pub(crate) fn gemm_int8_on<U: TileUnit + Default>(
     threads: usize,
 ) {
     assert!(out_stride >= w.n && (m == 0 || out.len() >= (m - 1) * out_stride + w.n));
-    run::<U>(x, m, w, bias, act, Output::Float(out.as_mut_ptr(), out_stride), threads)
+    run::<U>(
+        Input::Float(x),
+        m,
+        w,
+        bias,
+        act,
+        Output::Float(out.as_mut_ptr(), out_stride),
+        threads,
+    )
 }
 
 /// The products `x[m × k] · Wᵀ` (no bias) handed tile by tile to `fold` (see [`Fold`])
@@ -784,7 +846,88 @@ pub(crate) fn gemm_int8_fold_on<U: TileUnit + Default>(
     fold: Fold,
     threads: usize,
 ) {
-    run::<U>(x, m, w, None, Activation::Identity, Output::Fold(fold), threads)
+    run::<U>(
+        Input::Float(x),
+        m,
+        w,
+        None,
+        Activation::Identity,
+        Output::Fold(fold),
+        threads,
+    )
+}
+
+/// The most bytes of weights a chained first layer ([`gemm_int8_chained`]) may have: each strip
+/// of rows meets all its panels in turn, which then stay in L2 (all-MiniLM-L6-v2's up
+/// projection: 576 KB; BERT-base's 2.25 MB would come from L3 for every strip).
+const CHAIN_WEIGHT_BYTES: usize = 1 << 20;
+
+impl Int8Weight {
+    /// True when this layer's output can go straight, quantized, into `next`'s input
+    /// ([`gemm_int8_chained`]) for `m` rows on `threads` threads: both run the AMX kernel,
+    /// `next` reads this one's outputs, this one's weights fit [`CHAIN_WEIGHT_BYTES`], and
+    /// threads split the rows (each task finishes whole rows).
+    pub fn chains_into(&self, next: &Int8Weight, m: usize, threads: usize) -> bool {
+        self.isa == Int8Isa::Amx
+            && next.isa == Int8Isa::Amx
+            && next.k == self.n
+            && self.n.next_multiple_of(self.isa.nr()) * self.kp <= CHAIN_WEIGHT_BYTES
+            && super::sgemm::splits_rows(m, self.n, self.isa.mr(), self.isa.nr(), threads)
+    }
+}
+
+/// Two dense layers in a row, `out = act2(act1(x·W1ᵀ + b1)·W2ᵀ + b2)`, the intermediate
+/// quantized for the second layer strip by strip as the first computes it (32 rows of fp32 in
+/// L2, never the whole intermediate in memory and read back): the same codes as quantizing
+/// the fp32 intermediate, so the same output bit for bit. Needs [`Int8Weight::chains_into`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_int8_chained(
+    x: &[f32],
+    m: usize,
+    first: (&Int8Weight, Option<&[f32]>, Activation),
+    second: (&Int8Weight, Option<&[f32]>, Activation),
+    out: &mut [f32],
+    out_stride: usize,
+    threads: usize,
+) {
+    gemm_int8_chained_on::<Amx>(x, m, first, second, out, out_stride, threads)
+}
+
+/// [`gemm_int8_chained`] with the tile instructions run by `U`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_int8_chained_on<U: TileUnit + Default>(
+    x: &[f32],
+    m: usize,
+    (w1, b1, act1): (&Int8Weight, Option<&[f32]>, Activation),
+    (w2, b2, act2): (&Int8Weight, Option<&[f32]>, Activation),
+    out: &mut [f32],
+    out_stride: usize,
+    threads: usize,
+) {
+    assert!(w1.chains_into(w2, m, threads), "int8: these layers do not chain");
+    assert!(out_stride >= w2.n && (m == 0 || out.len() >= (m - 1) * out_stride + w2.n));
+    let mut mid = CHAINED.with(|cell| cell.take());
+    let tables = mid.prepare(m, w2);
+    run::<U>(
+        Input::Float(x),
+        m,
+        w1,
+        b1,
+        act1,
+        Output::Quantized(tables, w2.k),
+        threads,
+    );
+    mid.finish(m, w2);
+    run::<U>(
+        Input::Quantized(&mid),
+        m,
+        w2,
+        b2,
+        act2,
+        Output::Float(out.as_mut_ptr(), out_stride),
+        threads,
+    );
+    CHAINED.with(|cell| cell.replace(mid));
 }
 
 /// Where an int8 GEMM writes its output.
@@ -793,12 +936,15 @@ enum Output<'a> {
     Float(*mut f32, usize),
     /// Tile by tile to a fold (each task's tiles pass through an L1 scratch block).
     Fold(Fold<'a>),
+    /// Quantized for the next layer (whose input width is given) into these tables, strip by
+    /// strip ([`gemm_int8_chained`]).
+    Quantized(RowTables, usize),
 }
 
 /// The one int8 GEMM driver: quantizes the input, runs the kernel of `w`'s layout over every
 /// micro-tile with the dequantizing epilogue, and writes fp32 output or folds it.
 fn run<U: TileUnit + Default>(
-    x: &[f32],
+    input: Input,
     m: usize,
     w: &Int8Weight,
     bias: Option<&[f32]>,
@@ -807,7 +953,10 @@ fn run<U: TileUnit + Default>(
     threads: usize,
 ) {
     let (n, k, kp) = (w.n, w.k, w.kp);
-    assert!(x.len() >= m * k);
+    match &input {
+        Input::Float(x) => assert!(x.len() >= m * k),
+        Input::Quantized(q) => assert!(q.codes.len() >= m.next_multiple_of(w.isa.mr()) * kp && q.scales.len() >= m),
+    }
     assert!(bias.is_none_or(|b| b.len() >= n));
     let modelled = !U::HARDWARE;
     assert!(
@@ -815,18 +964,29 @@ fn run<U: TileUnit + Default>(
         "int8 kernel {:?} not supported by this CPU",
         w.isa
     );
+    if let Output::Quantized(_, next_k) = &output {
+        assert!(w.isa == Int8Isa::Amx && *next_k == n, "int8: only AMX layers chain");
+    }
     if m == 0 || n == 0 {
         return;
     }
-    let mut rows = ROWS.with(|cell| cell.take());
-    rows.fill(x, m, w);
+    let mut own = None;
+    let rows: &QuantizedRows = match input {
+        Input::Float(x) => {
+            let mut rows = ROWS.with(|cell| cell.take());
+            rows.fill(x, m, w);
+            own.insert(rows)
+        }
+        Input::Quantized(q) => q,
+    };
     let wide = w.isa.wide_codes();
     // The 256-bit VNNI kernel's encoding, chosen once per call rather than per tile.
     let vex_vnni = super::has_avx_vnni();
     let (nr, mr) = (w.isa.nr(), w.isa.mr());
-    let (out_ptr, out_stride, fold) = match output {
-        Output::Float(p, stride) => (p, stride, None),
-        Output::Fold(f) => (std::ptr::null_mut(), 0, Some(f)),
+    let (out_ptr, out_stride, fold, chain) = match output {
+        Output::Float(p, stride) => (p, stride, None, None),
+        Output::Fold(f) => (std::ptr::null_mut(), 0, Some(f), None),
+        Output::Quantized(tables, _) => (std::ptr::null_mut(), 0, None, Some(tables)),
     };
     let out_ptr = SendPtr(out_ptr);
     let out_ptr = &out_ptr;
@@ -838,18 +998,26 @@ fn run<U: TileUnit + Default>(
     let a_base = SendPtr(a_base as *mut u8);
     let a_base = &a_base;
     let elem = if wide { 2 } else { 1 };
-    let quant = &rows;
+    let quant = rows;
     let amx = w.isa == Int8Isa::Amx;
-    let order = if amx {
+    let order = if chain.is_some() {
+        // Each strip across every panel before the next strip (`Int8Weight::chains_into`
+        // bounds the panels' bytes), so a strip's rows are whole at its last panel.
+        TileOrder {
+            nc: n.next_multiple_of(nr),
+            ..TileOrder::strips_for_depth(kp, nr)
+        }
+    } else if amx {
         TileOrder::strips_for_depth(kp, nr)
     } else {
         TileOrder::PANELS
     };
-    // SAFETY (the kernel contract of `drive`): `fill` laid the codes out in whole `mr`-row
-    // strips of `kp` codes (zero padded), the panels hold `kp·nr` codes and `nr` scales and
-    // sums each; a tile unit is configured only for the AMX kernel, whose hardware was
-    // checked above (or is the model); a fold's tiles are written to the task's own `mr × nr`
-    // scratch block, and tasks split the columns.
+    // SAFETY (the kernel contract of `drive`): `fill` (or the chained layer before) laid the
+    // codes out in whole `mr`-row strips of `kp` codes (zero padded), the panels hold `kp·nr`
+    // codes and `nr` scales and sums each; a tile unit is configured only for the AMX kernel,
+    // whose hardware was checked above (or is the model); a fold's tiles are written to the
+    // task's own `mr × nr` scratch block, and tasks split the columns; a chained layer's tiles
+    // go to the task's own strip block, and tasks split the rows (`Int8Weight::chains_into`).
     unsafe {
         drive(
             m,
@@ -859,9 +1027,18 @@ fn run<U: TileUnit + Default>(
             order,
             threads,
             fold,
-            || amx.then(|| Tiles::<U>::configured()),
-            |tiles, r, tile_rows, c, target| {
-                let (dst, ldc) = target.unwrap_or_else(|| (out_ptr.0.add(r * out_stride + c), out_stride));
+            || Task {
+                tiles: amx.then(|| Tiles::<U>::configured()),
+                strip: vec![0.0; if chain.is_some() { mr * n } else { 0 }],
+                found: Vec::new(),
+                masked: Vec::new(),
+            },
+            |task, r, tile_rows, c, target| {
+                let (dst, ldc) = match (target, chain) {
+                    (Some(target), _) => target,
+                    (None, Some(_)) => (task.strip.as_mut_ptr().add(c), n),
+                    (None, None) => (out_ptr.0.add(r * out_stride + c), out_stride),
+                };
                 let cols = nr.min(n - c);
                 // Tiles start on whole `mr`-row strips (`split_work` and `for_each_tile` step by
                 // `mr`), which AVX2's interleaved codes rely on.
@@ -891,7 +1068,7 @@ fn run<U: TileUnit + Default>(
                 };
                 match w.isa {
                     Int8Isa::Portable => portable_tile(t),
-                    Int8Isa::Amx => match tiles {
+                    Int8Isa::Amx => match &mut task.tiles {
                         Some(tiles) => amx_tile(tiles, &t),
                         None => unreachable!("the AMX kernel's tasks configure tiles"),
                     },
@@ -910,11 +1087,38 @@ fn run<U: TileUnit + Default>(
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => unreachable!("only the portable kernel is chosen off x86-64"),
                 }
+                if let (Some(tables), true) = (chain, c + nr >= n) {
+                    // The strip's last panel: its rows are whole, quantized for the next layer
+                    // while in L2 (the strip's rows are this task's alone).
+                    let (found, masked) = (&mut task.found, &mut task.masked);
+                    for (i, row) in task.strip.chunks_exact(n).take(tile_rows).enumerate() {
+                        tables.quantize(r + i, row, found, masked);
+                    }
+                }
                 target.map(|(p, ld)| (p as *const f32, ld))
             },
         );
     }
-    ROWS.with(|cell| cell.replace(rows));
+    if let Some(rows) = own {
+        ROWS.with(|cell| cell.replace(rows));
+    }
+}
+
+/// One task's state in [`run`]: its tile unit (AMX), and for a chained layer the block of its
+/// current strip's outputs (`mr` rows of all `n` columns) and the quantizer's lists.
+struct Task<U: TileUnit> {
+    tiles: Option<Tiles<U>>,
+    strip: Vec<f32>,
+    found: Vec<(f32, u32)>,
+    masked: Vec<f32>,
+}
+
+/// Where an int8 GEMM reads its input.
+enum Input<'a> {
+    /// fp32 rows, `k` apart: quantized per call.
+    Float(&'a [f32]),
+    /// Rows already quantized for this weight (by the chained layer before).
+    Quantized(&'a QuantizedRows),
 }
 
 /// AMX: [`super::amx::block`] over the codes (`kp` bytes a row, 64 a step), then the VNNI
@@ -1567,8 +1771,21 @@ mod tests {
             gemm(kernel, &x, m, &packed, Some(&b), Activation::Identity, &mut out, n, 2);
             for i in 0..m {
                 let mut alone = vec![0.0f32; n];
-                gemm(kernel, &x[i * k..(i + 1) * k], 1, &packed, Some(&b), Activation::Identity, &mut alone, n, 1);
-                let same = out[i * n..(i + 1) * n].iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
+                gemm(
+                    kernel,
+                    &x[i * k..(i + 1) * k],
+                    1,
+                    &packed,
+                    Some(&b),
+                    Activation::Identity,
+                    &mut alone,
+                    n,
+                    1,
+                );
+                let same = out[i * n..(i + 1) * n]
+                    .iter()
+                    .zip(&alone)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert_eq!(same, i < table_slots, "{kernel:?}: row {i} equal to itself alone");
                 let mut worst = 0.0f32;
                 for j in 0..n {
@@ -1684,6 +1901,67 @@ mod tests {
                 assert!(same, "{kernel:?} differs from {first:?} at {m}x{k}x{n}");
             }
         }
+    }
+
+    #[test]
+    fn chained_layers_equal_two_separate_ones_bit_for_bit() {
+        // The AMX schedule through the tile model on every CPU, and the real tiles where
+        // present: the intermediate quantized strip by strip as the first layer computes it
+        // gives what the second layer computes from the fp32 intermediate. Shapes with rows
+        // past whole strips, outliers in the input and in the intermediate, and (the last) more
+        // intermediate outlier channels than the second layer's table holds.
+        let hardware = Int8Isa::Amx.supported();
+        if !hardware {
+            crate::kernels::report_skipped("int8 chained layers on the real AMX tiles (this CPU lacks them)");
+        }
+        for &(m, k, n1, n2, threads) in &[
+            (1, 5, 7, 3, 2),
+            (130, 64, 96, 40, 1),
+            (300, 100, 33, 65, 2),
+            (259, 384, 1536, 384, 2),
+            (300, 64, 96, 1024, 2),
+        ] {
+            let mut x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0) - 0.7).collect();
+            let mut w1: Vec<f32> = (0..n1 * k).map(|i| ((i * 53 % 97) as f32 / 480.0) - 0.1).collect();
+            if k >= 32 {
+                for i in 0..m {
+                    x[i * k + i % k] = 50.0;
+                }
+                for j in 0..n1.min(k) {
+                    w1[j * k + j] = 8.0;
+                }
+            }
+            let w2: Vec<f32> = (0..n2 * n1).map(|i| ((i * 29 % 89) as f32 / 440.0) - 0.1).collect();
+            let (b1, b2): (Vec<f32>, Vec<f32>) = (
+                (0..n1).map(|i| i as f32 * 0.01).collect(),
+                (0..n2).map(|i| i as f32 * -0.02).collect(),
+            );
+            let (p1, p2) = (
+                Int8Weight::quantize(&w1, n1, k, Int8Isa::Amx),
+                Int8Weight::quantize(&w2, n2, n1, Int8Isa::Amx),
+            );
+            assert!(p1.chains_into(&p2, m, threads), "{m}x{k}x{n1}x{n2} chains");
+            let what = format!("{m}x{k}x{n1}x{n2}");
+            let model = gemm_int8_on::<crate::kernels::amx::TileModel>;
+            let mut mid = vec![0.0f32; m * n1];
+            let mut want = vec![0.0f32; m * n2];
+            model(&x, m, &p1, Some(&b1), Activation::Gelu, &mut mid, n1, threads);
+            model(&mid, m, &p2, Some(&b2), Activation::Identity, &mut want, n2, threads);
+            let first = (&p1, Some(&b1[..]), Activation::Gelu);
+            let second = (&p2, Some(&b2[..]), Activation::Identity);
+            let mut got = vec![0.0f32; m * n2];
+            gemm_int8_chained_on::<crate::kernels::amx::TileModel>(&x, m, first, second, &mut got, n2, threads);
+            let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same(&got, &want), "model, {what}");
+            if hardware {
+                let mut real = vec![0.0f32; m * n2];
+                gemm_int8_chained(&x, m, first, second, &mut real, n2, threads);
+                assert!(same(&real, &want), "hardware, {what}");
+            }
+        }
+        // Too few rows for threads to split them: the layers do not chain.
+        let p = Int8Weight::quantize(&[0.5; 64 * 64], 64, 64, Int8Isa::Amx);
+        assert!(!p.chains_into(&p, 40, 2) && p.chains_into(&p, 40, 1) == (40 >= 128));
     }
 
     #[test]

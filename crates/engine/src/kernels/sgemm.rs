@@ -66,7 +66,7 @@ impl Isa {
 /// is left with one task more than another), else `nr`-aligned column ranges.
 fn split_work(m: usize, n: usize, mr: usize, nr: usize, threads: usize) -> Vec<(usize, usize, usize, usize)> {
     let threads = threads.max(1);
-    if m >= mr * 4 * threads || n <= nr {
+    if splits_rows(m, n, mr, nr, threads) {
         let strips = m.div_ceil(mr);
         let parts = threads * (strips / (8 * threads)).clamp(1, 4);
         let parts = if threads > 1 { parts.min(strips) } else { 1 };
@@ -77,6 +77,11 @@ fn split_work(m: usize, n: usize, mr: usize, nr: usize, threads: usize) -> Vec<(
     } else {
         split_columns(m, n, nr, threads)
     }
+}
+
+/// Whether [`split_work`] gives each task whole rows (else column ranges).
+pub(crate) fn splits_rows(m: usize, n: usize, mr: usize, nr: usize, threads: usize) -> bool {
+    m >= mr * 4 * threads.max(1) || n <= nr
 }
 
 /// `nr`-aligned column ranges of all `m` rows, one per thread: the split when tasks must not
