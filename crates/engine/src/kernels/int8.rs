@@ -257,6 +257,11 @@ struct RowStats {
 /// implementation gives the same bits.
 fn row_stats(x: &[f32]) -> RowStats {
     #[cfg(target_arch = "x86_64")]
+    if super::has_avx512() {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { row_stats_avx512(x) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if super::has_avx2_fma() {
         // SAFETY: the CPU has AVX2.
         return unsafe { row_stats_avx2(x) };
@@ -264,8 +269,9 @@ fn row_stats(x: &[f32]) -> RowStats {
     row_stats_portable(x)
 }
 
-/// Lanes of [`row_stats`]: four AVX2 registers, so four independent chains of additions.
-const LANES: usize = 32;
+/// Lanes of [`row_stats`]: four AVX-512 (eight AVX2) registers, so that many independent
+/// chains of additions (with 32 lanes the AVX-512 loop waited on its adds' latency).
+const LANES: usize = 64;
 
 fn row_stats_portable(x: &[f32]) -> RowStats {
     let (mut sum, mut lo, mut hi) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
@@ -277,17 +283,48 @@ fn row_stats_portable(x: &[f32]) -> RowStats {
             hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
         }
     }
-    fold_row_stats(&sum, &lo, &hi, chunks.remainder())
+    let lo = lo.iter().fold(0.0f32, |m, &v| if v < m { v } else { m });
+    let hi = hi.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
+    fold_row_stats(sum_tree(&sum), lo, hi, chunks.remainder())
 }
 
-/// Folds the lanes of [`row_stats`] and the values past the last whole chunk.
+/// Folds the lanes of [`row_stats`] and the values past the last whole chunk: the extremes
+/// in any order (exact), the sums as a fixed tree that the SIMD versions follow register by
+/// register ([`sum_tree`]), then the rest in order.
 #[inline(always)]
-fn fold_row_stats(sum: &[f32; LANES], lo: &[f32; LANES], hi: &[f32; LANES], rest: &[f32]) -> RowStats {
+fn fold_row_stats(sum: f32, lo: f32, hi: f32, rest: &[f32]) -> RowStats {
     RowStats {
-        abs_sum: sum.iter().sum::<f32>() + rest.iter().map(|v| v.abs()).sum::<f32>(),
-        lo: lo.iter().chain(rest).fold(0.0, |m, &v| if v < m { v } else { m }),
-        hi: hi.iter().chain(rest).fold(0.0, |m, &v| if v > m { v } else { m }),
+        abs_sum: sum + rest.iter().map(|v| v.abs()).sum::<f32>(),
+        lo: rest.iter().fold(lo, |m, &v| if v < m { v } else { m }),
+        hi: rest.iter().fold(hi, |m, &v| if v > m { v } else { m }),
     }
+}
+
+/// The lanes' sums added as a tree: lane `j` of 16 gets `(s[j] + s[16 + j]) + (s[32 + j] +
+/// s[48 + j])`, then halves are added (`t[j] + t[j + 8]`, then 4, 2, 1).
+fn sum_tree(s: &[f32; LANES]) -> f32 {
+    let mut t: [f32; 16] = std::array::from_fn(|j| (s[j] + s[16 + j]) + (s[32 + j] + s[48 + j]));
+    let mut w = 16;
+    while w > 1 {
+        w /= 2;
+        for j in 0..w {
+            t[j] += t[j + w];
+        }
+    }
+    t[0]
+}
+
+/// The last steps of [`sum_tree`] from its 8-lane stage: halves added down to one.
+///
+/// # Safety
+/// the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sum_tree8(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let v = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)))
 }
 
 /// [`row_stats`] on AVX2 (LLVM's vectorization of the portable loop shuffles the accumulators
@@ -300,27 +337,74 @@ fn fold_row_stats(sum: &[f32; LANES], lo: &[f32; LANES], hi: &[f32; LANES], rest
 #[target_feature(enable = "avx2,fma")]
 unsafe fn row_stats_avx2(x: &[f32]) -> RowStats {
     use std::arch::x86_64::*;
-    const R: usize = LANES / 8;
+    // Eight chains of sums; the extremes, exact in any order, fold lanes `i` and `i + 32`
+    // into four registers each (24 registers would not fit in AVX2's 16).
     let sign = _mm256_set1_ps(-0.0);
-    let mut sum = [_mm256_setzero_ps(); R];
+    let mut sum = [_mm256_setzero_ps(); 8];
+    let (mut lo, mut hi) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..8 {
+            let v = _mm256_loadu_ps(c.as_ptr().add(8 * i));
+            sum[i] = _mm256_add_ps(sum[i], _mm256_andnot_ps(sign, v));
+            lo[i % 4] = _mm256_min_ps(v, lo[i % 4]);
+            hi[i % 4] = _mm256_max_ps(v, hi[i % 4]);
+        }
+    }
+    let lo = (_mm256_min_ps(lo[0], lo[1]), _mm256_min_ps(lo[2], lo[3]));
+    let hi = (_mm256_max_ps(hi[0], hi[1]), _mm256_max_ps(hi[2], hi[3]));
+    let (lo, hi) = (_mm256_min_ps(lo.0, lo.1), _mm256_max_ps(hi.0, hi.1));
+    let (mut l, mut h) = ([0.0f32; 8], [0.0f32; 8]);
+    _mm256_storeu_ps(l.as_mut_ptr(), lo);
+    _mm256_storeu_ps(h.as_mut_ptr(), hi);
+    let lo = l.iter().fold(0.0f32, |m, &v| if v < m { v } else { m });
+    let hi = h.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
+    // `sum_tree`: registers 0–7 hold lanes 8i..8i + 8.
+    let t0 = _mm256_add_ps(_mm256_add_ps(sum[0], sum[2]), _mm256_add_ps(sum[4], sum[6]));
+    let t1 = _mm256_add_ps(_mm256_add_ps(sum[1], sum[3]), _mm256_add_ps(sum[5], sum[7]));
+    fold_row_stats(sum_tree8(_mm256_add_ps(t0, t1)), lo, hi, chunks.remainder())
+}
+
+/// [`row_stats`] on AVX-512: four chains of 16 lanes each. `vminps(v, lo)` keeps `lo` for a
+/// NaN `v`, as in the portable loop.
+///
+/// # Safety
+/// the CPU has the features this function is compiled for (checked where it is chosen).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_stats_avx512(x: &[f32]) -> RowStats {
+    use std::arch::x86_64::*;
+    let mut sum = [_mm512_setzero_ps(); 4];
     let (mut lo, mut hi) = (sum, sum);
     let mut chunks = x.chunks_exact(LANES);
     for c in &mut chunks {
-        for i in 0..R {
-            let v = _mm256_loadu_ps(c.as_ptr().add(8 * i));
-            sum[i] = _mm256_add_ps(sum[i], _mm256_andnot_ps(sign, v));
-            lo[i] = _mm256_min_ps(v, lo[i]);
-            hi[i] = _mm256_max_ps(v, hi[i]);
+        for i in 0..4 {
+            let v = _mm512_loadu_ps(c.as_ptr().add(16 * i));
+            sum[i] = _mm512_add_ps(sum[i], _mm512_abs_ps(v));
+            lo[i] = _mm512_min_ps(v, lo[i]);
+            hi[i] = _mm512_max_ps(v, hi[i]);
         }
     }
-    let lanes = |v: &[__m256; R]| {
-        let mut out = [0.0f32; LANES];
-        for (i, &v) in v.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), v);
-        }
-        out
+    let lo = _mm512_min_ps(_mm512_min_ps(lo[0], lo[1]), _mm512_min_ps(lo[2], lo[3]));
+    let hi = _mm512_max_ps(_mm512_max_ps(hi[0], hi[1]), _mm512_max_ps(hi[2], hi[3]));
+    // `sum_tree`: registers 0–3 hold lanes 16i..16i + 16; then the 8-lane halves.
+    let t = _mm512_add_ps(_mm512_add_ps(sum[0], sum[1]), _mm512_add_ps(sum[2], sum[3]));
+    let half = |v: __m512| {
+        let upper = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        (_mm512_castps512_ps256(v), upper)
     };
-    fold_row_stats(&lanes(&sum), &lanes(&lo), &lanes(&hi), chunks.remainder())
+    let (a, b) = half(t);
+    let sum = sum_tree8(_mm256_add_ps(a, b));
+    let (a, b) = half(lo);
+    let lo = _mm256_min_ps(a, b);
+    let (c, d) = half(hi);
+    let hi = _mm256_max_ps(c, d);
+    let (mut l, mut h) = ([0.0f32; 8], [0.0f32; 8]);
+    _mm256_storeu_ps(l.as_mut_ptr(), lo);
+    _mm256_storeu_ps(h.as_mut_ptr(), hi);
+    let lo = l.iter().fold(0.0f32, |m, &v| if v < m { v } else { m });
+    let hi = h.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
+    fold_row_stats(sum, lo, hi, chunks.remainder())
 }
 
 /// Quantizes one row to `0..=255` over `[min(x, 0), max(x, 0)]` (codes past `x.len()` are
@@ -1605,7 +1689,7 @@ mod tests {
                 crate::kernels::report_skipped("AVX-512 row quantizer (this CPU lacks it)");
             }
         }
-        for n in [1, 7, 8, 31, 32, 33, 95, 384, 1537] {
+        for n in [1, 7, 8, 31, 32, 33, 63, 64, 65, 95, 129, 384, 1536, 1537] {
             let rows: [Vec<f32>; 4] = [
                 (0..n).map(|i| ((i * 37 % 101) as f32 / 13.0) - 3.1).collect(),
                 (0..n).map(|i| -((i * 53 % 97) as f32) / 7.0 - 0.5).collect(),
@@ -1622,6 +1706,15 @@ mod tests {
                     row_stats_portable(x),
                     "every row_stats gives the same bits, n = {n}"
                 );
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if crate::kernels::has_avx2_fma() {
+                        assert_eq!(unsafe { row_stats_avx2(x) }, stats, "AVX2 row_stats, n = {n}");
+                    }
+                    if crate::kernels::has_avx512() {
+                        assert_eq!(unsafe { row_stats_avx512(x) }, stats, "AVX-512 row_stats, n = {n}");
+                    }
+                }
                 assert_eq!((stats.lo, stats.hi), (lo, hi), "range, n = {n}");
                 let sum: f32 = x.iter().map(|v| v.abs()).sum();
                 assert!(
