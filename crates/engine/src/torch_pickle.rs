@@ -27,6 +27,9 @@ enum StorageType {
     F16,
     Bf16,
     F64,
+    /// Integer buffers a checkpoint may hold beside its weights (`position_ids`).
+    I64,
+    I32,
 }
 
 impl StorageType {
@@ -36,15 +39,29 @@ impl StorageType {
             "torch.HalfStorage" => Self::F16,
             "torch.BFloat16Storage" => Self::Bf16,
             "torch.DoubleStorage" => Self::F64,
+            "torch.LongStorage" => Self::I64,
+            "torch.IntStorage" => Self::I32,
             _ => return None,
         })
     }
 
+    /// The safetensors name of the element type.
+    fn dtype(self) -> safetensors::Dtype {
+        match self {
+            Self::F32 => safetensors::Dtype::F32,
+            Self::F16 => safetensors::Dtype::F16,
+            Self::Bf16 => safetensors::Dtype::BF16,
+            Self::F64 => safetensors::Dtype::F64,
+            Self::I64 => safetensors::Dtype::I64,
+            Self::I32 => safetensors::Dtype::I32,
+        }
+    }
+
     fn size(self) -> usize {
         match self {
-            Self::F32 => 4,
+            Self::F32 | Self::I32 => 4,
             Self::F16 | Self::Bf16 => 2,
-            Self::F64 => 8,
+            Self::F64 | Self::I64 => 8,
         }
     }
 }
@@ -74,8 +91,19 @@ enum Value {
     },
 }
 
-/// Reads every tensor of the state dict saved in `path` (keys as saved).
-pub fn read_state_dict(path: &Path) -> Result<HashMap<String, TorchTensor>> {
+/// One tensor of a state dict as its pickle describes it.
+struct Described {
+    key: String,
+    kind: StorageType,
+    /// The archive entry of its storage.
+    entry: String,
+    offset: usize,
+    shape: Vec<usize>,
+    stride: Vec<usize>,
+}
+
+/// Opens the archive at `path` and runs its pickle: every tensor of the state dict, described.
+fn describe(path: &Path) -> Result<(zip::ZipArchive<std::fs::File>, Vec<Described>)> {
     let invalid = |message: String| Error::InvalidFile {
         path: path.to_owned(),
         message,
@@ -102,22 +130,12 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, TorchTensor>> {
         .cloned()
         .ok_or_else(|| invalid("no data.pkl in the archive".into()))?;
     let root = pickle_name.trim_end_matches("data.pkl").to_owned();
-    let mut read_entry = |name: &str| -> Result<Vec<u8>> {
-        let mut entry = archive
-            .by_name(name)
-            .map_err(|e| invalid(format!("archive entry `{name}`: {e}")))?;
-        let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry
-            .read_to_end(&mut bytes)
-            .map_err(|e| invalid(format!("archive entry `{name}`: {e}")))?;
-        Ok(bytes)
-    };
-    let program = read_entry(&pickle_name)?;
+    let program = read_entry(&mut archive, &pickle_name, path)?;
     let value = Machine::default().run(&program).map_err(&invalid)?;
     let Value::Dict(items) = value else {
         return Err(invalid("the pickle is not a state dict (a dict of tensors)".into()));
     };
-    let mut out = HashMap::new();
+    let mut out = Vec::with_capacity(items.len());
     for (key, tensor) in items {
         let Value::Str(key) = key else {
             return Err(invalid("a state-dict key is not a string".into()));
@@ -134,27 +152,81 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, TorchTensor>> {
         let Value::Storage { kind, key: storage_key } = *storage else {
             return Err(invalid(format!("`{key}`: its storage is not a storage reference")));
         };
-        let bytes = read_entry(&format!("{root}data/{storage_key}"))?;
+        if shape.len() != stride.len() {
+            return Err(invalid(format!("`{key}`: shape and stride differ in rank")));
+        }
+        out.push(Described {
+            key,
+            kind,
+            entry: format!("{root}data/{storage_key}"),
+            offset,
+            shape,
+            stride,
+        });
+    }
+    Ok((archive, out))
+}
+
+/// The bytes of archive entry `name`.
+fn read_entry(archive: &mut zip::ZipArchive<std::fs::File>, name: &str, path: &Path) -> Result<Vec<u8>> {
+    let invalid = |message: String| Error::InvalidFile {
+        path: path.to_owned(),
+        message,
+    };
+    let mut entry = archive
+        .by_name(name)
+        .map_err(|e| invalid(format!("archive entry `{name}`: {e}")))?;
+    let mut bytes = Vec::with_capacity(entry.size() as usize);
+    entry
+        .read_to_end(&mut bytes)
+        .map_err(|e| invalid(format!("archive entry `{name}`: {e}")))?;
+    Ok(bytes)
+}
+
+/// The number of elements of `shape` and the last storage index that `stride` from `offset`
+/// reads, or `None` when they overflow.
+fn extent(offset: usize, shape: &[usize], stride: &[usize]) -> Option<(usize, usize)> {
+    let numel = shape.iter().try_fold(1usize, |a, &n| a.checked_mul(n))?;
+    let last = shape.iter().zip(stride).try_fold(offset, |a, (&n, &s)| {
+        n.saturating_sub(1).checked_mul(s).and_then(|x| a.checked_add(x))
+    })?;
+    Some((numel, last))
+}
+
+/// Reads every tensor of the state dict saved in `path` (keys as saved), as float32.
+pub fn read_state_dict(path: &Path) -> Result<HashMap<String, TorchTensor>> {
+    let invalid = |message: String| Error::InvalidFile {
+        path: path.to_owned(),
+        message,
+    };
+    let (mut archive, tensors) = describe(path)?;
+    let mut out = HashMap::new();
+    for Described {
+        key,
+        kind,
+        entry,
+        offset,
+        shape,
+        stride,
+    } in tensors
+    {
+        let bytes = read_entry(&mut archive, &entry, path)?;
         let size = kind.size();
         let count = bytes.len() / size;
         let element = |i: usize| -> f32 {
             let b = &bytes[i * size..(i + 1) * size];
+            let b8 = |b: &[u8]| [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]];
             match kind {
                 StorageType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
                 StorageType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
                 StorageType::Bf16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-                StorageType::F64 => f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32,
+                StorageType::F64 => f64::from_le_bytes(b8(b)) as f32,
+                StorageType::I64 => i64::from_le_bytes(b8(b)) as f32,
+                StorageType::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32,
             }
         };
-        if shape.len() != stride.len() {
-            return Err(invalid(format!("`{key}`: shape and stride differ in rank")));
-        }
-        let numel = shape.iter().try_fold(1usize, |a, &n| a.checked_mul(n));
         // The last element read must lie inside the storage (sizes that overflow do not).
-        let last = shape.iter().zip(&stride).try_fold(offset, |a, (&n, &s)| {
-            n.saturating_sub(1).checked_mul(s).and_then(|x| a.checked_add(x))
-        });
-        let (Some(numel), Some(last)) = (numel, last) else {
+        let Some((numel, last)) = extent(offset, &shape, &stride) else {
             return Err(invalid(format!(
                 "`{key}`: shape {shape:?} with stride {stride:?} is too large"
             )));
@@ -178,6 +250,89 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, TorchTensor>> {
             }
         }
         out.insert(key, TorchTensor { shape, values });
+    }
+    Ok(out)
+}
+
+/// Where one tensor of a `torch.save` file lies in the file itself: its element type, shape
+/// and byte range, for reading it in place from a memory map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTensor {
+    pub name: String,
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Every tensor of the state dict in `path` (a checkpoint such as `pytorch_model.bin`) by its
+/// place in the file, without reading the values: `torch.save` stores each storage
+/// uncompressed, so a row-major tensor is a byte range of the file. A compressed entry, or a
+/// tensor that is not row-major over its storage (a transposed view), is refused with the file
+/// and tensor named.
+pub fn index_state_dict(path: &Path) -> Result<Vec<StoredTensor>> {
+    let invalid = |message: String| Error::InvalidFile {
+        path: path.to_owned(),
+        message,
+    };
+    let (mut archive, tensors) = describe(path)?;
+    let mut out = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let entry = archive
+            .by_name(&t.entry)
+            .map_err(|e| invalid(format!("archive entry `{}`: {e}", t.entry)))?;
+        let start = entry.data_start();
+        let (Some(start), zip::CompressionMethod::Stored) = (start, entry.compression()) else {
+            return Err(invalid(format!(
+                "`{}`: its storage is compressed in the archive (torch.save stores it plain)",
+                t.key
+            )));
+        };
+        let size = t.kind.size();
+        let count = entry.size() as usize / size;
+        let row_major: Vec<usize> = t
+            .shape
+            .iter()
+            .rev()
+            .scan(1usize, |acc, &n| {
+                let s = *acc;
+                *acc = acc.saturating_mul(n);
+                Some(s)
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let contiguous = t
+            .shape
+            .iter()
+            .zip(&t.stride)
+            .zip(&row_major)
+            .all(|((&n, &s), &r)| n <= 1 || s == r);
+        let Some((numel, _)) = extent(t.offset, &t.shape, &t.stride) else {
+            return Err(invalid(format!("`{}`: shape {:?} is too large", t.key, t.shape)));
+        };
+        if !contiguous {
+            return Err(invalid(format!(
+                "`{}`: shape {:?} with stride {:?} is not row-major over its storage (save the state dict \
+                 with contiguous tensors, or as safetensors)",
+                t.key, t.shape, t.stride
+            )));
+        }
+        if t.offset + numel > count {
+            return Err(invalid(format!(
+                "`{}`: {} values from {} read past its storage of {count}",
+                t.key, numel, t.offset
+            )));
+        }
+        let begin = start as usize + t.offset * size;
+        out.push(StoredTensor {
+            name: t.key,
+            dtype: t.kind.dtype(),
+            shape: t.shape,
+            start: begin,
+            end: begin + numel * size,
+        });
     }
     Ok(out)
 }

@@ -126,17 +126,59 @@ impl Weights {
             names.dedup();
             names.into_iter().map(|n| dir.join(n)).collect()
         } else if dir.join("pytorch_model.bin").exists() {
-            return Err(Error::Unsupported(format!(
-                "{} has only pytorch_model.bin; openembed loads safetensors (convert the checkpoint)",
-                dir.display()
-            )));
+            return Self::open_torch(&dir.join("pytorch_model.bin"), architecture, prefixes);
         } else {
             return Err(Error::MissingFile {
                 path: single,
-                expected: "the model weights (model.safetensors or model.safetensors.index.json)".into(),
+                expected: "the model weights (model.safetensors, model.safetensors.index.json or pytorch_model.bin)"
+                    .into(),
             });
         };
         Self::open_files(&files, architecture, prefixes)
+    }
+
+    /// Opens a PyTorch checkpoint (`pytorch_model.bin` as `torch.save` writes it, a zip
+    /// archive): its pickle is read by [`crate::torch_pickle`]'s interpreter, which runs no
+    /// pickle code and accepts only a plain state dict, and the tensors are read in place from
+    /// a memory map like a safetensors file's.
+    pub fn open_torch(path: &Path, architecture: &str, prefixes: &[&str]) -> Result<Self> {
+        let tensors = crate::torch_pickle::index_state_dict(path)?;
+        let file = std::fs::File::open(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        // SAFETY: as in `open_files`: read-only, and the file is not modified while served.
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut entries = HashMap::new();
+        for t in tensors {
+            if t.end > map.len() {
+                return Err(Error::InvalidFile {
+                    path: path.to_owned(),
+                    message: format!("`{}` lies past the end of the file", t.name),
+                });
+            }
+            let key = legacy_norm_name(strip_prefix(&t.name, prefixes));
+            entries.insert(
+                key,
+                Entry {
+                    shard: 0,
+                    dtype: t.dtype,
+                    shape: t.shape,
+                    start: t.start,
+                    end: t.end,
+                },
+            );
+        }
+        Ok(Self {
+            shards: vec![(path.to_owned(), Arc::new(map))],
+            entries,
+            architecture: architecture.to_owned(),
+            dtype: DType::Float32,
+            random: None,
+        })
     }
 
     /// Opens the given safetensors files as one set of weights.

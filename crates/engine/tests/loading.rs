@@ -408,3 +408,161 @@ fn models_share_one_compute_pool() {
         .unwrap();
     assert_eq!(va, vb);
 }
+
+/// A `torch.save` archive of `tensors` as PyTorch writes a state dict (protocol 2 pickle, one
+/// uncompressed storage entry per tensor): float32 and int64 tensors, row-major, except that
+/// `transposed` names one 2-D tensor saved as a transposed view of its storage.
+fn write_torch(path: &Path, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)], transposed: Option<&str>) {
+    let text = |p: &mut Vec<u8>, s: &str| {
+        p.push(b'X');
+        p.extend((s.len() as u32).to_le_bytes());
+        p.extend(s.as_bytes());
+    };
+    let int = |p: &mut Vec<u8>, v: usize| {
+        p.push(b'J');
+        p.extend((v as i32).to_le_bytes());
+    };
+    let mut p = b"\x80\x02ccollections\nOrderedDict\n)R(".to_vec();
+    let mut storages = Vec::new();
+    for (i, (name, dtype, shape, bytes)) in tensors.iter().enumerate() {
+        let (kind, size) = match dtype {
+            Dtype::F32 => ("FloatStorage", 4),
+            Dtype::I64 => ("LongStorage", 8),
+            other => panic!("write_torch: {other:?}"),
+        };
+        let mut shape = shape.clone();
+        let mut stride: Vec<usize> = (0..shape.len()).map(|d| shape[d + 1..].iter().product()).collect();
+        let mut data = bytes.clone();
+        if transposed == Some(name.as_str()) {
+            // The storage holds the transpose; the tensor is its (1, 0) view.
+            let (r, c) = (shape[0], shape[1]);
+            data = (0..c * r)
+                .flat_map(|j| {
+                    let (a, b) = (j / r, j % r);
+                    bytes[(b * c + a) * size..(b * c + a + 1) * size].to_vec()
+                })
+                .collect();
+            stride = vec![1, r];
+            shape = vec![r, c];
+        }
+        text(&mut p, name);
+        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        text(&mut p, "storage");
+        p.extend(format!("ctorch\n{kind}\n").as_bytes());
+        text(&mut p, &i.to_string());
+        text(&mut p, "cpu");
+        int(&mut p, data.len() / size);
+        p.extend(b"tQ");
+        int(&mut p, 0);
+        p.push(b'(');
+        shape.iter().for_each(|&d| int(&mut p, d));
+        p.extend(b"t(");
+        stride.iter().for_each(|&s| int(&mut p, s));
+        p.extend(b"t\x89ccollections\nOrderedDict\n)RtR");
+        storages.push(data);
+    }
+    p.extend(b"u.");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", stored).unwrap();
+    std::io::Write::write_all(&mut zip, &p).unwrap();
+    for (i, data) in storages.iter().enumerate() {
+        zip.start_file(format!("archive/data/{i}"), stored).unwrap();
+        std::io::Write::write_all(&mut zip, data).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+#[test]
+fn pytorch_checkpoints_load_the_same_model_in_place() {
+    let want = hidden(&tiny_bert(), &IDS);
+    let mut t: Vec<_> = tensors()
+        .into_iter()
+        .map(|(n, d, s, b)| (format!("bert.{n}"), d, s, b))
+        .collect();
+    let ids: Vec<u8> = (0..128i64).flat_map(|i| i.to_le_bytes()).collect();
+    t.push(("bert.embeddings.position_ids".into(), Dtype::I64, vec![1, 128], ids));
+
+    let dir = temp_dir("torch");
+    copy_config(&dir);
+    write_torch(&dir.join("pytorch_model.bin"), &t, None);
+    assert!(max_abs_diff(&hidden(&dir, &IDS), &want) == 0.0);
+
+    // A tensor that is a transposed view of its storage cannot be read in place: refused,
+    // naming the file and the tensor.
+    let dense = t
+        .iter()
+        .find(|(n, _, s, _)| s.len() == 2 && n.contains("attention.self.query.weight"));
+    let name = dense.map(|d| d.0.clone()).expect("a 2-D weight");
+    write_torch(&dir.join("pytorch_model.bin"), &t, Some(&name));
+    let err = load_transformer(&dir).err().expect("refused").to_string();
+    assert!(
+        err.contains("pytorch_model.bin") && err.contains(&name) && err.contains("row-major"),
+        "{err}"
+    );
+
+    // Safetensors win when both are there.
+    write(&dir.join("model.safetensors"), &tensors());
+    assert!(max_abs_diff(&hidden(&dir, &IDS), &want) == 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// BAAI/bge-m3 ships its encoder only as `pytorch_model.bin`: the bge-m3 fixture with its
+/// encoder converted to that form gives the same dense, sparse and multi-vector outputs.
+#[test]
+fn bge_m3_with_its_encoder_in_pytorch_model_bin_gives_the_same_outputs() {
+    use openembed_engine::{Output, Side};
+    let fixture = shared_dir().join("fixtures/tiny/bge_m3");
+    let dir = temp_dir("bge_m3_torch");
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_owned();
+        if name == "model.safetensors" {
+            continue;
+        }
+        if path.is_dir() {
+            std::fs::create_dir_all(dir.join(&name)).unwrap();
+            for inner in std::fs::read_dir(&path).unwrap() {
+                let inner = inner.unwrap().path();
+                std::fs::copy(&inner, dir.join(&name).join(inner.file_name().unwrap())).unwrap();
+            }
+        } else {
+            std::fs::copy(&path, dir.join(&name)).unwrap();
+        }
+    }
+    let bytes = std::fs::read(fixture.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    write_torch(&dir.join("pytorch_model.bin"), &tensors, None);
+    let (a, b) = (
+        Model::load(&fixture, &LoadOptions::default()).unwrap(),
+        Model::load(&dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}")),
+    );
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap()).unwrap();
+    let texts: Vec<&str> = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["text"].as_str())
+        .collect();
+    let tokens = a.tokenize(&texts, None, Truncation::End).unwrap();
+    let refs: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
+    for output in [
+        Output::Pooled,
+        Output::Sparse,
+        Output::MultiVector(Side::Document),
+        Output::Retrieval(Side::Query),
+    ] {
+        let outputs = vec![output; refs.len()];
+        let want = a.run_yielding(&refs, None, Some(&outputs), &mut || {}).unwrap();
+        let got = b.run_yielding(&refs, None, Some(&outputs), &mut || {}).unwrap();
+        assert!(want.iter().any(|row| !row.is_empty()), "{output:?}: outputs");
+        assert_eq!(got, want, "{output:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -160,9 +160,16 @@ fn fetch(id: &str) -> Result<PathBuf, String> {
         let _ = source.get(file);
     }
     if !static_in_subfolder && source.get("model.safetensors").is_err() {
-        let index = required("model.safetensors.index.json")?;
-        for shard in shard_names(&index)? {
-            required(&shard)?;
+        // Sharded safetensors, else a PyTorch checkpoint (read without running its pickle).
+        match source.get("model.safetensors.index.json") {
+            Ok(index) => {
+                for shard in shard_names(&index)? {
+                    required(&shard)?;
+                }
+            }
+            Err(_) => {
+                required("pytorch_model.bin")?;
+            }
         }
     }
     for module in listed {
