@@ -1,10 +1,11 @@
 //! `openembed batch`: runs an OpenAI Batch API input file offline.
 //!
-//! Input lines are `{"custom_id", "method": "POST", "url": "/v1/embeddings", "body": {…}}`;
-//! output lines are OpenAI's batch output `{"id", "custom_id", "response": {"status_code",
-//! "request_id", "body"}, "error"}`. Each body goes through the server's own decoder and the
-//! request pipeline (plan, tokenization, the model's scheduler), so a line gets exactly the
-//! answer the server would give. Lines are queued as they are read, a chunk ahead of the one
+//! Input lines are `{"custom_id", "method": "POST", "url": "/v1/embeddings", "body": {…}}`
+//! (also `"url": "/embed_sparse"` or `"/embed_all"` with a TEI body, for a model's sparse or
+//! token-vector output); output lines are OpenAI's batch output `{"id", "custom_id", "response":
+//! {"status_code", "request_id", "body"}, "error"}`. Each body goes through the server's own
+//! decoder and the request pipeline (plan, tokenization, the model's scheduler), so a line gets
+//! exactly the answer (or error, in the route's protocol) the server would give. Lines are queued as they are read, a chunk ahead of the one
 //! being written, and their inputs share large token-budget batches. A bad line becomes an error
 //! line and the run goes on; so does a line the engine fails on (the scheduler runs a failed
 //! batch again request by request, so the other lines still get their vectors). Re-running with
@@ -15,7 +16,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use openembed_engine::{DType, LoadOptions, Truncation};
 use openembed_pipeline::{Alias, Defaults, ModelSpec, Registry, SchedulerConfig, ServedModel, Submitted, TokenIds};
 use openembed_server::api::{decode_json, ResponseSpec};
-use openembed_server::error::ApiError;
+use openembed_server::error::{ApiError, Protocol};
+use openembed_server::tei::{TeiEmbedAllRequest, TeiEmbedSparseRequest, TeiEmbedding};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::{HashSet, VecDeque};
@@ -80,11 +82,49 @@ enum Line {
     /// Queued on the model's scheduler.
     Pending {
         custom_id: String,
-        spec: ResponseSpec,
-        served: Arc<ServedModel>,
+        answer: Responder,
         submitted: Box<Submitted>,
         inputs: usize,
     },
+}
+
+/// How a queued line's output becomes its answer: the route it names.
+enum Responder {
+    /// `/v1/embeddings`.
+    OpenAi(ResponseSpec, Arc<ServedModel>),
+    /// `/embed_sparse`, `/embed_all`.
+    Tei(Box<TeiEmbedding>),
+}
+
+impl Responder {
+    fn respond(&self, vectors: Vec<Vec<f32>>, tokens: usize) -> Result<Value, ApiError> {
+        match self {
+            Responder::OpenAi(spec, served) => spec.respond(served, vectors, tokens).and_then(|body| to_value(&body)),
+            Responder::Tei(job) => job.respond(vectors),
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        match self {
+            Responder::OpenAi(..) => Protocol::OpenAi,
+            Responder::Tei(_) => Protocol::Tei,
+        }
+    }
+}
+
+fn to_value(body: &impl serde::Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(body).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// An error's status and body in `protocol`'s shape, as that route of the server answers it.
+fn shaped(e: &ApiError, protocol: Protocol) -> (u16, Value) {
+    match protocol {
+        Protocol::OpenAi => (e.status.as_u16(), e.body()),
+        other => {
+            let (status, body) = other.answer(e.status, &e.message, e.code);
+            (status.as_u16(), body)
+        }
+    }
 }
 
 fn new_id(prefix: &str) -> String {
@@ -157,23 +197,39 @@ impl Runner {
         }
         let method = line.method.as_ref().and_then(Value::as_str).unwrap_or("");
         let url = line.url.as_ref().and_then(Value::as_str).unwrap_or("");
-        if !method.eq_ignore_ascii_case("POST") || !matches!(url, "/v1/embeddings" | "/embeddings") {
-            let message = format!("line {number}: only POST /v1/embeddings is supported, not {method} {url}");
+        let route = match url {
+            "/v1/embeddings" | "/embeddings" => Route::OpenAi,
+            "/embed_sparse" => Route::Sparse,
+            "/embed_all" => Route::All,
+            _ => Route::Unknown,
+        };
+        if !method.eq_ignore_ascii_case("POST") || route == Route::Unknown {
+            let message = format!(
+                "line {number}: only POST /v1/embeddings, /embed_sparse and /embed_all are supported, not {method} {url}"
+            );
             return Some(Line::Done((
                 line_error(Some(&custom_id), "invalid_url", message).to_string(),
                 false,
             )));
         }
         let body = line.body.map_or("null", RawValue::get);
-        Some(match self.submit(body.as_bytes()) {
-            Ok((spec, served, submitted, inputs)) => Line::Pending {
+        let protocol = if route == Route::OpenAi {
+            Protocol::OpenAi
+        } else {
+            Protocol::Tei
+        };
+        Some(match self.submit(route, body) {
+            Ok(Submit::Queued(answer, submitted, inputs)) => Line::Pending {
                 custom_id,
-                spec,
-                served,
-                submitted: Box::new(submitted),
+                answer,
+                submitted,
                 inputs,
             },
-            Err(e) => error_line(&custom_id, &e),
+            Ok(Submit::Answered(body)) => match response_line(&custom_id, 200, body) {
+                Ok(line) => Line::Done((line, true)),
+                Err(e) => error_line(&custom_id, &ApiError::internal(e.to_string()), protocol),
+            },
+            Err(e) => error_line(&custom_id, &e, protocol),
         })
     }
 
@@ -189,19 +245,67 @@ impl Runner {
         )))
     }
 
-    /// Decodes a body as the server does and queues it on its model.
-    fn submit(&self, body: &[u8]) -> Result<(ResponseSpec, Arc<ServedModel>, Submitted, usize), ApiError> {
-        let request = decode_json(body)?;
-        let served = Arc::clone(self.registry.find(&request.model)?);
-        let spec = request.response_spec();
-        let submitted = served.submit(&spec.request, request.inputs(), &self.defaults, self.max_request_tokens)?;
-        Ok((spec, served, submitted, request.input.0.len()))
+    /// Decodes a body as the server's route does and queues it on its model (or, for queries
+    /// of an inference-free model, answers it: a table lookup).
+    fn submit(&self, route: Route, body: &str) -> Result<Submit, ApiError> {
+        let decode_error =
+            |e: serde_json::Error| ApiError::invalid(format!("Failed to parse the request body as JSON: {e}"), None);
+        let job = match route {
+            Route::OpenAi => {
+                let request = decode_json(body.as_bytes())?;
+                let served = Arc::clone(self.registry.find(&request.model)?);
+                let spec = request.response_spec();
+                let submitted =
+                    served.submit(&spec.request, request.inputs(), &self.defaults, self.max_request_tokens)?;
+                let inputs = request.input.0.len();
+                return Ok(Submit::Queued(
+                    Responder::OpenAi(spec, served),
+                    Box::new(submitted),
+                    inputs,
+                ));
+            }
+            Route::Sparse => {
+                let request: TeiEmbedSparseRequest = serde_json::from_str(body).map_err(decode_error)?;
+                TeiEmbedding::sparse(&self.registry, &self.defaults, request)?
+            }
+            Route::All => {
+                let request: TeiEmbedAllRequest = serde_json::from_str(body).map_err(decode_error)?;
+                TeiEmbedding::all(&self.registry, &self.defaults, request)?
+            }
+            Route::Unknown => return Err(ApiError::internal("no route")),
+        };
+        if job.looks_up() {
+            return Ok(Submit::Answered(to_value(&job.sparse_queries()?)?));
+        }
+        let mut job = Box::new(job);
+        let inputs = std::mem::take(&mut job.inputs);
+        let submitted = job
+            .served
+            .submit(&job.request, &inputs, &job.defaults, self.max_request_tokens)?;
+        Ok(Submit::Queued(Responder::Tei(job), Box::new(submitted), inputs.len()))
     }
 }
 
-/// The output line of a request refused or failed as the server would answer it.
-fn error_line(custom_id: &str, e: &ApiError) -> Line {
-    Line::Done(match response_line(custom_id, e.status.as_u16(), e.body()) {
+/// The route a line names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    OpenAi,
+    Sparse,
+    All,
+    Unknown,
+}
+
+/// A line's request, once read.
+enum Submit {
+    Queued(Responder, Box<Submitted>, usize),
+    /// Answered without the scheduler.
+    Answered(Value),
+}
+
+/// The output line of a request refused or failed as the server's route would answer it.
+fn error_line(custom_id: &str, e: &ApiError, protocol: Protocol) -> Line {
+    let (status, body) = shaped(e, protocol);
+    Line::Done(match response_line(custom_id, status, body) {
         Ok(line) => (line, false),
         Err(e) => (
             line_error(Some(custom_id), "internal", e.to_string()).to_string(),
@@ -216,17 +320,19 @@ fn answer(line: Line) -> Result<Answer> {
         Line::Done(answer) => Ok(answer),
         Line::Pending {
             custom_id,
-            spec,
-            served,
+            answer,
             submitted,
             ..
         } => match submitted
             .wait_blocking()
             .map_err(ApiError::from)
-            .and_then(|done| spec.respond(&served, done.vectors, done.tokens))
+            .and_then(|done| answer.respond(done.vectors, done.tokens))
         {
             Ok(body) => Ok((response_line(&custom_id, 200, body)?, true)),
-            Err(e) => Ok((response_line(&custom_id, e.status.as_u16(), e.body())?, false)),
+            Err(e) => {
+                let (status, body) = shaped(&e, answer.protocol());
+                Ok((response_line(&custom_id, status, body)?, false))
+            }
         },
     }
 }

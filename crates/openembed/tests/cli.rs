@@ -847,3 +847,75 @@ fn embed_writes_sparse_weights_and_token_vectors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `openembed batch` lines for TEI's `/embed_sparse` and `/embed_all` (bge-m3: lexical weights
+/// and token vectors, as FlagEmbedding computes them) beside `/v1/embeddings`, and TEI's error
+/// shape for a bad TEI line.
+#[test]
+fn batch_runs_sparse_and_token_vector_lines() {
+    let fixture = common::root().join("../shared/fixtures/tiny/bge_m3");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap()).unwrap();
+    let cases = reference["cases"].as_array().unwrap();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let dir = temp_dir("batch-sparse");
+    let line = |id: &str, url: &str, body: serde_json::Value| {
+        serde_json::json!({"custom_id": id, "method": "POST", "url": url, "body": body}).to_string()
+    };
+    let lines = [
+        line("sparse", "/embed_sparse", serde_json::json!({"inputs": texts})),
+        line("all", "/embed_all", serde_json::json!({"inputs": texts[0]})),
+        line(
+            "dense",
+            "/v1/embeddings",
+            serde_json::json!({"model": "bge-m3", "input": texts[0]}),
+        ),
+        line("bad", "/embed_sparse", serde_json::json!({"input": "no inputs field"})),
+        line("other", "/rerank", serde_json::json!({})),
+    ];
+    let (input, output) = (dir.join("in.jsonl"), dir.join("out.jsonl"));
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let out = bin()
+        .args(["batch", "--threads", "2", "--model"])
+        .arg(format!("{}=bge-m3", fixture.display()))
+        .arg("-i")
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results: std::collections::HashMap<String, serde_json::Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|r| (r["custom_id"].as_str().unwrap_or("").to_owned(), r))
+        .collect();
+    let sparse = &results["sparse"]["response"];
+    assert_eq!(sparse["status_code"], 200);
+    for (i, case) in cases.iter().enumerate() {
+        let want = case["lexical_weights"].as_object().unwrap();
+        let got = sparse["body"][i].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "case {i}: kept ids");
+        for pair in got {
+            let w = want[&pair["index"].to_string()].as_f64().unwrap();
+            assert!((pair["value"].as_f64().unwrap() - w).abs() <= 1e-5, "case {i}");
+        }
+    }
+    let all = &results["all"]["response"];
+    assert_eq!(all["status_code"], 200);
+    let want = cases[0]["colbert_vecs"].as_array().unwrap();
+    let got = all["body"][0].as_array().unwrap();
+    assert_eq!(got.len(), want.len(), "one vector per kept token");
+    for (g, w) in got.iter().zip(want) {
+        let (g, w) = (common::floats(g), common::floats(w));
+        assert!(g.iter().zip(&w).all(|(a, b)| (a - b).abs() <= 1e-5));
+    }
+    assert_eq!(results["dense"]["response"]["status_code"], 200);
+    let bad = &results["bad"]["response"];
+    assert_eq!(bad["status_code"], 422);
+    assert_eq!(bad["body"]["error_type"], "Validation");
+    assert!(bad["body"]["error"].as_str().unwrap().contains("inputs"), "{bad}");
+    assert_eq!(results["other"]["error"]["code"], "invalid_url");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -23,7 +23,7 @@ use axum::Json;
 use openembed_engine::{sparse_pairs, LabelFunction, ModelInfo, ModelKind, Side, Truncation};
 use openembed_pipeline::rerank::RerankJob;
 use openembed_pipeline::{
-    ClassifyInput, ClassifyJob, Codes, Defaults, EmbedRequest, EmbeddingType, Input, ServedModel, TokenIds,
+    ClassifyInput, ClassifyJob, Codes, Defaults, EmbedRequest, EmbeddingType, Input, Registry, ServedModel, TokenIds,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -426,18 +426,26 @@ fn model_for(
     fits: fn(&ModelInfo) -> bool,
     what: &str,
 ) -> Result<Arc<ServedModel>, ApiError> {
+    model_in(&state.registry, named, fits, what)
+}
+
+/// [`model_for`] in a registry (the server's, or `openembed batch`'s).
+fn model_in(
+    registry: &Registry,
+    named: Option<&str>,
+    fits: fn(&ModelInfo) -> bool,
+    what: &str,
+) -> Result<Arc<ServedModel>, ApiError> {
     let served = match named {
-        Some(name) => Arc::clone(state.registry.find(name)?),
+        Some(name) => Arc::clone(registry.find(name)?),
         None => {
-            return state
-                .registry
+            return registry
                 .models()
                 .iter()
                 .find(|m| fits(m.model.info()))
                 .cloned()
                 .ok_or_else(|| {
-                    let served: Vec<String> = state
-                        .registry
+                    let served: Vec<String> = registry
                         .models()
                         .iter()
                         .map(|m| format!("'{}' ({})", m.name, m.model.info().outputs().join(", ")))
@@ -504,10 +512,15 @@ fn side(direction: Option<TruncationDirection>) -> Truncation {
 
 /// The server's defaults with TEI's truncation side and hint.
 fn tei_defaults(state: &AppState, direction: Option<TruncationDirection>) -> Defaults {
+    with_tei_side(&state.defaults, direction)
+}
+
+/// `defaults` with TEI's truncation side and hint.
+fn with_tei_side(defaults: &Defaults, direction: Option<TruncationDirection>) -> Defaults {
     Defaults {
         truncation_side: side(direction),
         truncate_hint: TRUNCATE_HINT,
-        ..state.defaults.clone()
+        ..defaults.clone()
     }
 }
 
@@ -567,41 +580,144 @@ pub async fn embed_all(
     Ok(Json(run_embed_all(&state, request, &mut reservation).await?))
 }
 
+/// A TEI `/embed_sparse` or `/embed_all` request, planned for the pipeline: its model, the
+/// request and inputs it makes, and the defaults with TEI's truncation side. The routes and
+/// `openembed batch` run it alike.
+pub struct TeiEmbedding {
+    pub served: Arc<ServedModel>,
+    pub request: EmbedRequest,
+    pub inputs: Vec<Input>,
+    pub defaults: Defaults,
+    pub output: TeiOutput,
+    /// The request says its inputs are queries.
+    pub is_query: bool,
+}
+
+/// Which TEI answer a [`TeiEmbedding`] gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TeiOutput {
+    /// `/embed_sparse`: per input its non-zero `{index, value}` pairs.
+    Sparse,
+    /// `/embed_all`: per input one vector per kept token.
+    Tokens,
+}
+
+impl TeiEmbedding {
+    /// `/embed_all`'s request: the model's multi-vector output for the input's side, else its
+    /// last hidden states.
+    pub fn all(registry: &Registry, defaults: &Defaults, request: TeiEmbedAllRequest) -> Result<Self, ApiError> {
+        let served = model_in(
+            registry,
+            request.model.as_deref(),
+            token_vectors,
+            "an embedding or late-interaction model",
+        )?;
+        let inputs = pipeline_inputs(request.inputs)?;
+        let is_query = request.is_query.unwrap_or(false);
+        let embed_request = EmbedRequest {
+            model: served.name.clone(),
+            prompt_name: request.prompt_name,
+            truncate: request.truncate,
+            token_ids: Some(TokenIds::Native),
+            token_vectors: true,
+            side: if is_query { Side::Query } else { Side::Document },
+            ..EmbedRequest::default()
+        };
+        Ok(Self {
+            served,
+            request: embed_request,
+            inputs,
+            defaults: with_tei_side(defaults, request.truncation_direction),
+            output: TeiOutput::Tokens,
+            is_query,
+        })
+    }
+
+    /// `/embed_sparse`'s request (queries of an inference-free model are looked up, not
+    /// embedded: [`Self::looks_up`]).
+    pub fn sparse(registry: &Registry, defaults: &Defaults, request: TeiEmbedSparseRequest) -> Result<Self, ApiError> {
+        let served = model_in(registry, request.model.as_deref(), sparse_model, "a sparse model")?;
+        let inputs = pipeline_inputs(request.inputs)?;
+        let embed_request = EmbedRequest {
+            model: served.name.clone(),
+            prompt_name: request.prompt_name,
+            truncate: request.truncate,
+            token_ids: Some(TokenIds::Native),
+            sparse: true,
+            max_active_dims: request.max_active_dims,
+            min_weight: request.min_weight,
+            ..EmbedRequest::default()
+        };
+        Ok(Self {
+            served,
+            request: embed_request,
+            inputs,
+            defaults: with_tei_side(defaults, request.truncation_direction),
+            output: TeiOutput::Sparse,
+            is_query: request.is_query == Some(true),
+        })
+    }
+
+    /// True for queries of an inference-free model: a table lookup ([`Self::sparse_queries`]).
+    pub fn looks_up(&self) -> bool {
+        self.output == TeiOutput::Sparse && self.is_query && self.served.model.info().sparse_query
+    }
+
+    /// The answer of a looked-up request (blocking: tokenization).
+    pub fn sparse_queries(&self) -> Result<Vec<Vec<SparseValue>>, ApiError> {
+        let plan = self.served.plan(&self.request, &self.defaults)?;
+        let texts = self
+            .inputs
+            .iter()
+            .map(|i| match i {
+                Input::Text(t) => Ok(t.as_str()),
+                Input::Tokens(_) => Err(ApiError::invalid(
+                    "queries of an inference-free model are texts (its query tokenizer makes their ids)",
+                    Some("inputs"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let weights = self
+            .served
+            .model
+            .sparse_queries(&texts)
+            .map_err(|e| ApiError::invalid(format!("The input could not be tokenized: {e}"), Some("inputs")))?
+            .ok_or_else(|| ApiError::internal("the model's query side is gone"))?;
+        Ok(weights
+            .into_iter()
+            .map(|row| nonzero(&plan.sparse_limits(row)))
+            .collect())
+    }
+
+    /// The JSON answer from the pipeline's output rows.
+    pub fn respond(&self, vectors: Vec<Vec<f32>>) -> Result<Value, ApiError> {
+        let value = match self.output {
+            TeiOutput::Sparse => serde_json::to_value(vectors.iter().map(|row| nonzero(row)).collect::<Vec<_>>()),
+            TeiOutput::Tokens => serde_json::to_value(token_rows(&self.served, vectors)),
+        };
+        value.map_err(|e| ApiError::internal(e.to_string()))
+    }
+}
+
+/// Per input, its rows of token vectors (the model's multi-vector width, else its hidden size).
+fn token_rows(served: &ServedModel, vectors: Vec<Vec<f32>>) -> Vec<Vec<Vec<f32>>> {
+    let info = served.model.info();
+    let width = info.multi_vector.unwrap_or(info.hidden_size).max(1);
+    vectors
+        .into_iter()
+        .map(|rows| rows.chunks(width).map(<[f32]>::to_vec).collect())
+        .collect()
+}
+
 /// Token vectors of the inputs, per input one row per kept token.
 async fn run_embed_all(
     state: &AppState,
     request: TeiEmbedAllRequest,
     reservation: &mut Reservation,
 ) -> Result<Vec<Vec<Vec<f32>>>, ApiError> {
-    let served = model_for(
-        state,
-        request.model.as_deref(),
-        token_vectors,
-        "an embedding or late-interaction model",
-    )?;
-    let inputs = pipeline_inputs(request.inputs)?;
-    let embed_request = EmbedRequest {
-        model: served.name.clone(),
-        prompt_name: request.prompt_name,
-        truncate: request.truncate,
-        token_ids: Some(TokenIds::Native),
-        token_vectors: true,
-        side: if request.is_query.unwrap_or(false) {
-            Side::Query
-        } else {
-            Side::Document
-        },
-        ..EmbedRequest::default()
-    };
-    let defaults = tei_defaults(state, request.truncation_direction);
-    let done = embed_with(state, &defaults, &served, &embed_request, inputs, reservation).await?;
-    let info = served.model.info();
-    let width = info.multi_vector.unwrap_or(info.hidden_size).max(1);
-    Ok(done
-        .vectors
-        .into_iter()
-        .map(|rows| rows.chunks(width).map(<[f32]>::to_vec).collect())
-        .collect())
+    let job = TeiEmbedding::all(&state.registry, &state.defaults, request)?;
+    let done = embed_with(state, &job.defaults, &job.served, &job.request, job.inputs, reservation).await?;
+    Ok(token_rows(&job.served, done.vectors))
 }
 
 /// Non-zero vocabulary weights of a sparse model, per input.
@@ -610,47 +726,13 @@ async fn run_sparse(
     request: TeiEmbedSparseRequest,
     reservation: &mut Reservation,
 ) -> Result<Vec<Vec<SparseValue>>, ApiError> {
-    let served = model_for(state, request.model.as_deref(), sparse_model, "a sparse model")?;
-    let inputs = pipeline_inputs(request.inputs)?;
-    let embed_request = EmbedRequest {
-        model: served.name.clone(),
-        prompt_name: request.prompt_name,
-        truncate: request.truncate,
-        token_ids: Some(TokenIds::Native),
-        sparse: true,
-        max_active_dims: request.max_active_dims,
-        min_weight: request.min_weight,
-        ..EmbedRequest::default()
-    };
-    let defaults = tei_defaults(state, request.truncation_direction);
-    if request.is_query == Some(true) && served.model.info().sparse_query {
-        let plan = served.plan(&embed_request, &defaults)?;
-        let texts = inputs
-            .into_iter()
-            .map(|i| match i {
-                Input::Text(t) => Ok(t),
-                Input::Tokens(_) => Err(ApiError::invalid(
-                    "queries of an inference-free model are texts (its query tokenizer makes their ids)",
-                    Some("inputs"),
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        reservation.resize(reservation.bytes() + texts.len() * served.model.info().dimension * 4)?;
-        let model = Arc::clone(&served.model);
-        let weights = blocking("Query lookup", move || {
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            model
-                .sparse_queries(&refs)
-                .map_err(|e| ApiError::invalid(format!("The input could not be tokenized: {e}"), Some("inputs")))?
-                .ok_or_else(|| ApiError::internal("the model's query side is gone"))
-        })
-        .await?;
-        return Ok(weights
-            .into_iter()
-            .map(|row| nonzero(&plan.sparse_limits(row)))
-            .collect());
+    let job = TeiEmbedding::sparse(&state.registry, &state.defaults, request)?;
+    if job.looks_up() {
+        let texts = job.inputs.len();
+        reservation.resize(reservation.bytes() + texts * job.served.model.info().dimension * 4)?;
+        return blocking("Query lookup", move || job.sparse_queries()).await;
     }
-    let done = embed_with(state, &defaults, &served, &embed_request, inputs, reservation).await?;
+    let done = embed_with(state, &job.defaults, &job.served, &job.request, job.inputs, reservation).await?;
     Ok(done.vectors.iter().map(|row| nonzero(row)).collect())
 }
 
