@@ -44,6 +44,18 @@ fn write(path: &Path, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) {
     safetensors::serialize_to_file(&views, &None, path).unwrap();
 }
 
+/// The tiny BERT's tensors as `BertModel` checkpoints name them (`bert.` prefix), with the
+/// int64 `position_ids` buffer older ones carry.
+fn prefixed_with_position_ids() -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+    let mut t: Vec<_> = tensors()
+        .into_iter()
+        .map(|(n, d, s, b)| (format!("bert.{n}"), d, s, b))
+        .collect();
+    let ids: Vec<u8> = (0..128i64).flat_map(|i| i.to_le_bytes()).collect();
+    t.push(("bert.embeddings.position_ids".into(), Dtype::I64, vec![1, 128], ids));
+    t
+}
+
 fn copy_config(dir: &Path) {
     std::fs::copy(tiny_bert().join("config.json"), dir.join("config.json")).unwrap();
 }
@@ -63,13 +75,7 @@ fn prefixed_names_position_ids_and_shards_load_the_same_model() {
 
     let dir = temp_dir("prefixed");
     copy_config(&dir);
-    let mut t: Vec<_> = tensors()
-        .into_iter()
-        .map(|(n, d, s, b)| (format!("bert.{n}"), d, s, b))
-        .collect();
-    let ids: Vec<u8> = (0..128i64).flat_map(|i| i.to_le_bytes()).collect();
-    t.push(("bert.embeddings.position_ids".into(), Dtype::I64, vec![1, 128], ids));
-    write(&dir.join("model.safetensors"), &t);
+    write(&dir.join("model.safetensors"), &prefixed_with_position_ids());
     assert!(max_abs_diff(&hidden(&dir, &IDS), &want) == 0.0);
 
     let dir = temp_dir("sharded");
@@ -476,13 +482,7 @@ fn write_torch(path: &Path, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)], tr
 #[test]
 fn pytorch_checkpoints_load_the_same_model_in_place() {
     let want = hidden(&tiny_bert(), &IDS);
-    let mut t: Vec<_> = tensors()
-        .into_iter()
-        .map(|(n, d, s, b)| (format!("bert.{n}"), d, s, b))
-        .collect();
-    let ids: Vec<u8> = (0..128i64).flat_map(|i| i.to_le_bytes()).collect();
-    t.push(("bert.embeddings.position_ids".into(), Dtype::I64, vec![1, 128], ids));
-
+    let t = prefixed_with_position_ids();
     let dir = temp_dir("torch");
     copy_config(&dir);
     write_torch(&dir.join("pytorch_model.bin"), &t, None);

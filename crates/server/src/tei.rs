@@ -593,6 +593,17 @@ pub struct TeiEmbedding {
     pub is_query: bool,
 }
 
+/// The fields TEI's embedding requests share: model, inputs, prompt name, truncate, its side,
+/// and whether the inputs are queries.
+type TeiCommon = (
+    Option<String>,
+    TeiInputs,
+    Option<String>,
+    Option<bool>,
+    Option<TruncationDirection>,
+    bool,
+);
+
 /// Which TEI answer a [`TeiEmbedding`] gives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TeiOutput {
@@ -605,56 +616,75 @@ pub enum TeiOutput {
 impl TeiEmbedding {
     /// `/embed_all`'s request: the model's multi-vector output for the input's side, else its
     /// last hidden states.
-    pub fn all(registry: &Registry, defaults: &Defaults, request: TeiEmbedAllRequest) -> Result<Self, ApiError> {
-        let served = model_in(
-            registry,
-            request.model.as_deref(),
-            token_vectors,
-            "an embedding or late-interaction model",
-        )?;
-        let inputs = pipeline_inputs(request.inputs)?;
-        let is_query = request.is_query.unwrap_or(false);
-        let embed_request = EmbedRequest {
-            model: served.name.clone(),
-            prompt_name: request.prompt_name,
-            truncate: request.truncate,
-            token_ids: Some(TokenIds::Native),
-            token_vectors: true,
-            side: if is_query { Side::Query } else { Side::Document },
-            ..EmbedRequest::default()
-        };
-        Ok(Self {
-            served,
-            request: embed_request,
-            inputs,
-            defaults: with_tei_side(defaults, request.truncation_direction),
-            output: TeiOutput::Tokens,
+    pub fn all(registry: &Registry, defaults: &Defaults, r: TeiEmbedAllRequest) -> Result<Self, ApiError> {
+        let is_query = r.is_query.unwrap_or(false);
+        let common = (
+            r.model,
+            r.inputs,
+            r.prompt_name,
+            r.truncate,
+            r.truncation_direction,
             is_query,
+        );
+        let (fits, what) = (token_vectors, "an embedding or late-interaction model");
+        Self::planned(registry, defaults, common, TeiOutput::Tokens, fits, what, |request| {
+            EmbedRequest {
+                token_vectors: true,
+                side: if is_query { Side::Query } else { Side::Document },
+                ..request
+            }
         })
     }
 
     /// `/embed_sparse`'s request (queries of an inference-free model are looked up, not
     /// embedded: [`Self::looks_up`]).
-    pub fn sparse(registry: &Registry, defaults: &Defaults, request: TeiEmbedSparseRequest) -> Result<Self, ApiError> {
-        let served = model_in(registry, request.model.as_deref(), sparse_model, "a sparse model")?;
-        let inputs = pipeline_inputs(request.inputs)?;
-        let embed_request = EmbedRequest {
+    pub fn sparse(registry: &Registry, defaults: &Defaults, r: TeiEmbedSparseRequest) -> Result<Self, ApiError> {
+        let common = (
+            r.model,
+            r.inputs,
+            r.prompt_name,
+            r.truncate,
+            r.truncation_direction,
+            r.is_query == Some(true),
+        );
+        let (fits, what) = (sparse_model, "a sparse model");
+        Self::planned(registry, defaults, common, TeiOutput::Sparse, fits, what, |request| {
+            EmbedRequest {
+                sparse: true,
+                max_active_dims: r.max_active_dims,
+                min_weight: r.min_weight,
+                ..request
+            }
+        })
+    }
+
+    /// The model a request names (or the first that `fits`), its inputs, and the pipeline
+    /// request that `finish` completes from the fields both routes share.
+    fn planned(
+        registry: &Registry,
+        defaults: &Defaults,
+        (model, inputs, prompt_name, truncate, direction, is_query): TeiCommon,
+        output: TeiOutput,
+        fits: fn(&ModelInfo) -> bool,
+        what: &str,
+        finish: impl FnOnce(EmbedRequest) -> EmbedRequest,
+    ) -> Result<Self, ApiError> {
+        let served = model_in(registry, model.as_deref(), fits, what)?;
+        let inputs = pipeline_inputs(inputs)?;
+        let request = finish(EmbedRequest {
             model: served.name.clone(),
-            prompt_name: request.prompt_name,
-            truncate: request.truncate,
+            prompt_name,
+            truncate,
             token_ids: Some(TokenIds::Native),
-            sparse: true,
-            max_active_dims: request.max_active_dims,
-            min_weight: request.min_weight,
             ..EmbedRequest::default()
-        };
+        });
         Ok(Self {
             served,
-            request: embed_request,
+            request,
             inputs,
-            defaults: with_tei_side(defaults, request.truncation_direction),
-            output: TeiOutput::Sparse,
-            is_query: request.is_query == Some(true),
+            defaults: with_tei_side(defaults, direction),
+            output,
+            is_query,
         })
     }
 

@@ -1667,6 +1667,13 @@ mod tests {
     }
 
     /// A smooth `[n × k]` weight and an `n` bias.
+    /// One row through `kernel` on its own (one thread).
+    fn row_alone(kernel: Kernel, x: &[f32], w: &Int8Weight, b: &[f32], act: Activation) -> Vec<f32> {
+        let mut out = vec![0.0f32; w.n];
+        gemm(kernel, x, 1, w, Some(b), act, &mut out, w.n, 1);
+        out
+    }
+
     fn weight_and_bias(n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
         let w = (0..n * k).map(|i| (i as f32 * 0.11).cos() * 0.05).collect();
         (w, (0..n).map(|j| j as f32 * 0.01).collect())
@@ -1863,18 +1870,7 @@ mod tests {
             let mut out = vec![0.0f32; m * n];
             gemm(kernel, &x, m, &packed, Some(&b), Activation::Identity, &mut out, n, 2);
             for i in 0..m {
-                let mut alone = vec![0.0f32; n];
-                gemm(
-                    kernel,
-                    &x[i * k..(i + 1) * k],
-                    1,
-                    &packed,
-                    Some(&b),
-                    Activation::Identity,
-                    &mut alone,
-                    n,
-                    1,
-                );
+                let alone = row_alone(kernel, &x[i * k..(i + 1) * k], &packed, &b, Activation::Identity);
                 let same = out[i * n..(i + 1) * n]
                     .iter()
                     .zip(&alone)
@@ -1915,18 +1911,7 @@ mod tests {
             let mut batch = vec![0.0f32; m * n];
             gemm(kernel, &x, m, &packed, Some(&b), Activation::Gelu, &mut batch, n, 2);
             for i in 0..m {
-                let mut alone = vec![0.0f32; n];
-                gemm(
-                    kernel,
-                    &x[i * k..(i + 1) * k],
-                    1,
-                    &packed,
-                    Some(&b),
-                    Activation::Gelu,
-                    &mut alone,
-                    n,
-                    1,
-                );
+                let alone = row_alone(kernel, &x[i * k..(i + 1) * k], &packed, &b, Activation::Gelu);
                 assert_eq!(
                     alone[..],
                     batch[i * n..(i + 1) * n],
