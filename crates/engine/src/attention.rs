@@ -6,7 +6,7 @@
 //! relative-position bias.
 
 use crate::kernels::activation::Activation;
-use crate::kernels::amx::{block, Amx, Dot, TileUnit, Tiles};
+use crate::kernels::amx::{block, block_into, Amx, Dot, TileUnit, Tiles};
 use crate::kernels::bf16::{round_row_bits_fastest, round_rows};
 use crate::kernels::math::{softmax_bf16, softmax_in_place, SOFTMAX_LANES};
 use crate::kernels::sgemm::{Avx2, Avx512, Isa, MicroKernel, Portable, Tile};
@@ -460,10 +460,12 @@ unsafe fn attend_one_tiles<U: TileUnit>(
         let khi = key_range(mask, r0 + rows - 1, len, keys_attended)
             .1
             .next_multiple_of(BLOCK);
+        // The products go straight into the score rows, unscaled (the softmax scales them as it
+        // loads them; the other path below scales them first).
         for c in (klo..khi).step_by(BLOCK) {
             let b = keys.as_ptr().add((c / BLOCK) * pair_rows * 2 * BLOCK);
-            block(
-                tiles,
+            block_into(
+                &mut tiles.unit,
                 Dot::Bf16,
                 q.add(r0 * lda / 2) as *const u8,
                 lda,
@@ -471,13 +473,8 @@ unsafe fn attend_one_tiles<U: TileUnit>(
                 dp / BLOCK,
                 rows,
                 BLOCK,
+                (scores.as_mut_ptr().add(c) as *mut u8, 4 * lp),
             );
-            for i in 0..rows {
-                let sums = std::slice::from_raw_parts(acc.add(i * BLOCK), BLOCK);
-                for (s, &v) in scores[i * lp + c..i * lp + c + BLOCK].iter_mut().zip(sums) {
-                    *s = v * scale;
-                }
-            }
         }
         let kend = khi.min(len);
         for i in 0..rows {
@@ -489,12 +486,14 @@ unsafe fn attend_one_tiles<U: TileUnit>(
                 && softmax_bf16(
                     &mut srow[klo..khi],
                     (keys.0 - klo, keys.1 - klo),
+                    scale,
                     &mut probs[i * lp + klo..i * lp + khi],
                 )
                 .is_some()
             {
                 continue;
             }
+            srow[klo..khi].iter_mut().for_each(|s| *s *= scale);
             probabilities(srow, bias, h, r0 + i, keys, (klo, khi, kend));
             // In bf16; the block's padding keys past `kend` are zero.
             round(&srow[klo..kend.max(klo)], &mut probs[i * lp + klo..i * lp + khi]);

@@ -429,8 +429,30 @@ pub(crate) unsafe fn block<U: TileUnit>(
     rows: usize,
     cols: usize,
 ) {
+    let acc = tiles.acc.0.as_mut_ptr() as *mut u8;
+    block_into(&mut tiles.unit, dot, a, lda, b, steps, rows, cols, (acc, 128));
+}
+
+/// [`block`] with the sums stored at `out` (32-bit values, rows `stride` bytes apart: whole
+/// 16-row tiles of 16 values, so `out` must hold 16 (or 32, past 16 `rows`) rows of 16 (or
+/// 32) values) instead of `tiles.acc`.
+///
+/// # Safety
+/// As [`block`]; `out` is valid for the tiles it stores.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn block_into<U: TileUnit>(
+    u: &mut U,
+    dot: Dot,
+    a: *const u8,
+    lda: usize,
+    b: *const u8,
+    steps: usize,
+    rows: usize,
+    cols: usize,
+    (acc, stride): (*mut u8, usize),
+) {
     const ROW: usize = 128;
-    let u = &mut tiles.unit;
     let (two_rows, two_cols) = (rows > 16, cols > 16);
     let a1 = a.add(16 * lda);
     u.zero::<0>();
@@ -454,15 +476,14 @@ pub(crate) unsafe fn block<U: TileUnit>(
             }
         }
     }
-    let acc = tiles.acc.0.as_mut_ptr() as *mut u8;
-    u.store::<0>(acc, ROW);
+    u.store::<0>(acc, stride);
     if two_cols {
-        u.store::<1>(acc.add(64), ROW);
+        u.store::<1>(acc.add(64), stride);
     }
     if two_rows {
-        u.store::<2>(acc.add(16 * ROW), ROW);
+        u.store::<2>(acc.add(16 * stride), stride);
         if two_cols {
-            u.store::<3>(acc.add(16 * ROW + 64), ROW);
+            u.store::<3>(acc.add(16 * stride + 64), stride);
         }
     }
 }

@@ -214,17 +214,18 @@ unsafe fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 
     _mm512_maskz_mul_ps(!underflow, y, scale)
 }
 
-/// The softmax of `row[lo..hi]`, the other entries counting as −∞, rounded to bf16 into `out`
-/// (`row.len()`, a multiple of 16, values): bit for bit what writing −∞ outside `lo..hi` up to
-/// `hi` rounded up to 16, [`softmax_in_place`] over that span and rounding it to nearest even
-/// (zeros after) give, in one call with the row in L1 (attention's tile path runs it per query).
-/// `None` (nothing written) where the CPU lacks AVX-512 with BF16.
-pub fn softmax_bf16(row: &mut [f32], (lo, hi): (usize, usize), out: &mut [u16]) -> Option<()> {
+/// The softmax of `scale · row[lo..hi]`, the other entries counting as −∞, rounded to bf16
+/// into `out` (`row.len()`, a multiple of 16, values): bit for bit what multiplying the row by
+/// `scale`, writing −∞ outside `lo..hi` up to `hi` rounded up to 16, [`softmax_in_place`] over
+/// that span and rounding it to nearest even (zeros after) give, in one call with the row in
+/// L1 (attention's tile path runs it per query on its unscaled products). `None` (nothing
+/// written) where the CPU lacks AVX-512 with BF16.
+pub fn softmax_bf16(row: &mut [f32], (lo, hi): (usize, usize), scale: f32, out: &mut [u16]) -> Option<()> {
     assert!(row.len().is_multiple_of(LANES) && out.len() == row.len() && lo < hi && hi <= row.len());
     #[cfg(target_arch = "x86_64")]
     if super::has_avx512_bf16() {
         // SAFETY: the CPU has the features; the spans were checked above.
-        unsafe { softmax_bf16_avx512(row, (lo, hi), out) };
+        unsafe { softmax_bf16_avx512(row, (lo, hi), scale, out) };
         return Some(());
     }
     None
@@ -237,16 +238,18 @@ pub fn softmax_bf16(row: &mut [f32], (lo, hi): (usize, usize), out: &mut [u16]) 
 /// and `lo < hi ≤ row.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")]
-unsafe fn softmax_bf16_avx512(row: &mut [f32], (lo, hi): (usize, usize), out: &mut [u16]) {
+unsafe fn softmax_bf16_avx512(row: &mut [f32], (lo, hi): (usize, usize), scale: f32, out: &mut [u16]) {
     use std::arch::x86_64::*;
     let e = hi.next_multiple_of(LANES).min(row.len());
     let p = row.as_mut_ptr();
     let neg = _mm512_set1_ps(f32::NEG_INFINITY);
+    let scale = _mm512_set1_ps(scale);
     // Lanes of chunk `c` inside `lo..hi`.
     let valid = |c: usize| super::mask16(hi.saturating_sub(c)) & !super::mask16(lo.saturating_sub(c));
     let mut m = neg;
+    // Scaled as loaded (−∞ lanes stay −∞: the scale is positive).
     for c in (0..e).step_by(LANES) {
-        let x = _mm512_mask_loadu_ps(neg, valid(c), p.add(c));
+        let x = _mm512_mul_ps(_mm512_mask_loadu_ps(neg, valid(c), p.add(c)), scale);
         m = _mm512_max_ps(x, m);
     }
     // The lanes folded by `$f` as `reduce` folds them: halves, then quarters, …
@@ -266,7 +269,7 @@ unsafe fn softmax_bf16_avx512(row: &mut [f32], (lo, hi): (usize, usize), out: &m
     let shift_v = _mm512_set1_ps(shift);
     let mut acc = _mm512_setzero_ps();
     for c in (0..e).step_by(LANES) {
-        let x = _mm512_mask_loadu_ps(neg, valid(c), p.add(c));
+        let x = _mm512_mul_ps(_mm512_mask_loadu_ps(neg, valid(c), p.add(c)), scale);
         let v = exp_avx512(_mm512_sub_ps(x, shift_v));
         _mm512_storeu_ps(p.add(c), v);
         acc = _mm512_add_ps(acc, v);
@@ -318,7 +321,7 @@ mod tests {
         if !crate::kernels::has_avx512_bf16() {
             crate::kernels::report_skipped("the AVX-512 BF16 softmax (this CPU lacks AVX512-BF16)");
             let mut row = [0.0f32; 16];
-            assert!(softmax_bf16(&mut row, (0, 16), &mut [0u16; 16]).is_none());
+            assert!(softmax_bf16(&mut row, (0, 16), 1.0, &mut [0u16; 16]).is_none());
             return;
         }
         let round = crate::kernels::bf16::round_row_bits_fastest();
@@ -327,9 +330,12 @@ mod tests {
                 let row: Vec<f32> = (0..len)
                     .map(|i| ((i * 37 % 23) as f32 - 11.0) * spread + (i as f32 * 0.37).sin())
                     .collect();
-                for (lo, hi) in [(0, len), (0, 1), (3, len - 5), (len / 2, len / 2 + 1), (5, 17.min(len))] {
+                for ((lo, hi), scale) in [(0, len), (0, 1), (3, len - 5), (len / 2, len / 2 + 1), (5, 17.min(len))]
+                    .into_iter()
+                    .zip([1.0, 0.125, 0.176_776_7, 1.0, 0.35])
+                {
                     let e = hi.next_multiple_of(16).min(len);
-                    let mut r = row.clone();
+                    let mut r: Vec<f32> = row.iter().map(|v| v * scale).collect();
                     r[..lo].fill(f32::NEG_INFINITY);
                     r[hi..e].fill(f32::NEG_INFINITY);
                     softmax_in_place(&mut r[..e]);
@@ -337,8 +343,8 @@ mod tests {
                     round(&r[..e], &mut want);
                     let mut got = vec![1u16; len];
                     let mut scratch = row.clone();
-                    assert!(softmax_bf16(&mut scratch, (lo, hi), &mut got).is_some());
-                    assert_eq!(got, want, "len {len}, spread {spread}, keys {lo}..{hi}");
+                    assert!(softmax_bf16(&mut scratch, (lo, hi), scale, &mut got).is_some());
+                    assert_eq!(got, want, "len {len}, spread {spread}, keys {lo}..{hi}, scale {scale}");
                 }
             }
         }
