@@ -6,7 +6,7 @@
 //! relative-position bias.
 
 use crate::kernels::activation::Activation;
-use crate::kernels::amx::{block, block_into, Amx, Dot, TileUnit, Tiles};
+use crate::kernels::amx::{block, Amx, Dot, TileUnit, Tiles};
 use crate::kernels::bf16::{round_row_bits_fastest, round_rows};
 use crate::kernels::math::{softmax_bf16, softmax_in_place, SOFTMAX_LANES};
 use crate::kernels::sgemm::{Avx2, Avx512, Isa, MicroKernel, Portable, Tile};
@@ -464,8 +464,8 @@ unsafe fn attend_one_tiles<U: TileUnit>(
         // loads them; the other path below scales them first).
         for c in (klo..khi).step_by(BLOCK) {
             let b = keys.as_ptr().add((c / BLOCK) * pair_rows * 2 * BLOCK);
-            block_into(
-                &mut tiles.unit,
+            block(
+                tiles,
                 Dot::Bf16,
                 q.add(r0 * lda / 2) as *const u8,
                 lda,
@@ -473,7 +473,7 @@ unsafe fn attend_one_tiles<U: TileUnit>(
                 dp / BLOCK,
                 rows,
                 BLOCK,
-                (scores.as_mut_ptr().add(c) as *mut u8, 4 * lp),
+                Some((scores.as_mut_ptr().add(c) as *mut u8, 4 * lp)),
             );
         }
         let kend = khi.min(len);
@@ -512,6 +512,7 @@ unsafe fn attend_one_tiles<U: TileUnit>(
                 steps,
                 rows,
                 cols,
+                None,
             );
             for i in 0..rows {
                 std::ptr::copy_nonoverlapping(acc.add(i * BLOCK), out.add((r0 + i) * ow + vp * BLOCK), cols);

@@ -290,25 +290,8 @@ pub fn index_state_dict(path: &Path) -> Result<Vec<StoredTensor>> {
         };
         let size = t.kind.size();
         let count = entry.size() as usize / size;
-        let row_major: Vec<usize> = t
-            .shape
-            .iter()
-            .rev()
-            .scan(1usize, |acc, &n| {
-                let s = *acc;
-                *acc = acc.saturating_mul(n);
-                Some(s)
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        let contiguous = t
-            .shape
-            .iter()
-            .zip(&t.stride)
-            .zip(&row_major)
-            .all(|((&n, &s), &r)| n <= 1 || s == r);
+        let contiguous =
+            (0..t.shape.len()).all(|d| t.shape[d] <= 1 || t.stride[d] == t.shape[d + 1..].iter().product::<usize>());
         let Some((numel, _)) = extent(t.offset, &t.shape, &t.stride) else {
             return Err(invalid(format!("`{}`: shape {:?} is too large", t.key, t.shape)));
         };

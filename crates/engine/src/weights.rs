@@ -143,15 +143,7 @@ impl Weights {
     /// a memory map like a safetensors file's.
     pub fn open_torch(path: &Path, architecture: &str, prefixes: &[&str]) -> Result<Self> {
         let tensors = crate::torch_pickle::index_state_dict(path)?;
-        let file = std::fs::File::open(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        // SAFETY: as in `open_files`: read-only, and the file is not modified while served.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let map = map_file(path)?;
         let mut entries = HashMap::new();
         for t in tensors {
             if t.end > map.len() {
@@ -186,16 +178,7 @@ impl Weights {
         let mut shards = Vec::new();
         let mut entries = HashMap::new();
         for path in files {
-            let file = std::fs::File::open(path).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-            // SAFETY: the file is opened read-only; like every mmap-based loader we rely on the
-            // model files not being modified while the server runs.
-            let map = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let map = map_file(path)?;
             let st = SafeTensors::deserialize(&map).map_err(|e| Error::InvalidFile {
                 path: path.clone(),
                 message: format!("not a safetensors file: {e}"),
@@ -449,6 +432,18 @@ impl Drop for Weights {
 /// A norm's legacy tensor names as transformers reads them: `….gamma` is `….weight` and
 /// `….beta` is `….bias` (old checkpoints, and what some `save_pretrained` versions write for
 /// modules named `LayerNorm`).
+/// A read-only memory map of a weights file.
+fn map_file(path: &Path) -> Result<Mmap> {
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the file is opened read-only; like every mmap-based loader we rely on the model
+    // files not being modified while the server runs.
+    unsafe { Mmap::map(&file) }.map_err(io)
+}
+
 fn legacy_norm_name(name: &str) -> String {
     match (name.strip_suffix(".gamma"), name.strip_suffix(".beta")) {
         (Some(stem), _) => format!("{stem}.weight"),

@@ -17,6 +17,7 @@ use openembed_engine::{DType, LoadOptions, Truncation};
 use openembed_pipeline::{Alias, Defaults, ModelSpec, Registry, SchedulerConfig, ServedModel, Submitted, TokenIds};
 use openembed_server::api::{decode_json, ResponseSpec};
 use openembed_server::error::{ApiError, Protocol};
+use openembed_server::routes::decode_body;
 use openembed_server::tei::{TeiEmbedAllRequest, TeiEmbedSparseRequest, TeiEmbedding};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -116,17 +117,6 @@ fn to_value(body: &impl serde::Serialize) -> Result<Value, ApiError> {
     serde_json::to_value(body).map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// An error's status and body in `protocol`'s shape, as that route of the server answers it.
-fn shaped(e: &ApiError, protocol: Protocol) -> (u16, Value) {
-    match protocol {
-        Protocol::OpenAi => (e.status.as_u16(), e.body()),
-        other => {
-            let (status, body) = other.answer(e.status, &e.message, e.code);
-            (status.as_u16(), body)
-        }
-    }
-}
-
 fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
@@ -197,27 +187,20 @@ impl Runner {
         }
         let method = line.method.as_ref().and_then(Value::as_str).unwrap_or("");
         let url = line.url.as_ref().and_then(Value::as_str).unwrap_or("");
-        let route = match url {
-            "/v1/embeddings" | "/embeddings" => Route::OpenAi,
-            "/embed_sparse" => Route::Sparse,
-            "/embed_all" => Route::All,
-            _ => Route::Unknown,
+        let route = match Route::of(url) {
+            Some(route) if method.eq_ignore_ascii_case("POST") => route,
+            _ => {
+                let message = format!(
+                    "line {number}: only POST /v1/embeddings, /embed_sparse and /embed_all are supported, not {method} {url}"
+                );
+                return Some(Line::Done((
+                    line_error(Some(&custom_id), "invalid_url", message).to_string(),
+                    false,
+                )));
+            }
         };
-        if !method.eq_ignore_ascii_case("POST") || route == Route::Unknown {
-            let message = format!(
-                "line {number}: only POST /v1/embeddings, /embed_sparse and /embed_all are supported, not {method} {url}"
-            );
-            return Some(Line::Done((
-                line_error(Some(&custom_id), "invalid_url", message).to_string(),
-                false,
-            )));
-        }
         let body = line.body.map_or("null", RawValue::get);
-        let protocol = if route == Route::OpenAi {
-            Protocol::OpenAi
-        } else {
-            Protocol::Tei
-        };
+        let protocol = route.protocol();
         Some(match self.submit(route, body) {
             Ok(Submit::Queued(answer, submitted, inputs)) => Line::Pending {
                 custom_id,
@@ -248,8 +231,6 @@ impl Runner {
     /// Decodes a body as the server's route does and queues it on its model (or, for queries
     /// of an inference-free model, answers it: a table lookup).
     fn submit(&self, route: Route, body: &str) -> Result<Submit, ApiError> {
-        let decode_error =
-            |e: serde_json::Error| ApiError::invalid(format!("Failed to parse the request body as JSON: {e}"), None);
         let job = match route {
             Route::OpenAi => {
                 let request = decode_json(body.as_bytes())?;
@@ -265,14 +246,13 @@ impl Runner {
                 ));
             }
             Route::Sparse => {
-                let request: TeiEmbedSparseRequest = serde_json::from_str(body).map_err(decode_error)?;
+                let request: TeiEmbedSparseRequest = decode_body(body.as_bytes())?;
                 TeiEmbedding::sparse(&self.registry, &self.defaults, request)?
             }
             Route::All => {
-                let request: TeiEmbedAllRequest = serde_json::from_str(body).map_err(decode_error)?;
+                let request: TeiEmbedAllRequest = decode_body(body.as_bytes())?;
                 TeiEmbedding::all(&self.registry, &self.defaults, request)?
             }
-            Route::Unknown => return Err(ApiError::internal("no route")),
         };
         if job.looks_up() {
             return Ok(Submit::Answered(to_value(&job.sparse_queries()?)?));
@@ -292,7 +272,25 @@ enum Route {
     OpenAi,
     Sparse,
     All,
-    Unknown,
+}
+
+impl Route {
+    fn of(url: &str) -> Option<Route> {
+        match url {
+            "/v1/embeddings" | "/embeddings" => Some(Route::OpenAi),
+            "/embed_sparse" => Some(Route::Sparse),
+            "/embed_all" => Some(Route::All),
+            _ => None,
+        }
+    }
+
+    /// The protocol its errors are shaped in.
+    fn protocol(self) -> Protocol {
+        match self {
+            Route::OpenAi => Protocol::OpenAi,
+            Route::Sparse | Route::All => Protocol::Tei,
+        }
+    }
 }
 
 /// A line's request, once read.
@@ -304,8 +302,8 @@ enum Submit {
 
 /// The output line of a request refused or failed as the server's route would answer it.
 fn error_line(custom_id: &str, e: &ApiError, protocol: Protocol) -> Line {
-    let (status, body) = shaped(e, protocol);
-    Line::Done(match response_line(custom_id, status, body) {
+    let (status, body) = e.in_protocol(protocol);
+    Line::Done(match response_line(custom_id, status.as_u16(), body) {
         Ok(line) => (line, false),
         Err(e) => (
             line_error(Some(custom_id), "internal", e.to_string()).to_string(),
@@ -330,8 +328,8 @@ fn answer(line: Line) -> Result<Answer> {
         {
             Ok(body) => Ok((response_line(&custom_id, 200, body)?, true)),
             Err(e) => {
-                let (status, body) = shaped(&e, answer.protocol());
-                Ok((response_line(&custom_id, status, body)?, false))
+                let (status, body) = e.in_protocol(answer.protocol());
+                Ok((response_line(&custom_id, status.as_u16(), body)?, false))
             }
         },
     }

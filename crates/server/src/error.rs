@@ -131,6 +131,15 @@ impl ApiError {
         serde_json::to_value(self.fields()).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The status and body of this error on a route of `protocol` (OpenAI's body as it is,
+    /// another protocol's shape by [`Protocol::answer`]).
+    pub fn in_protocol(&self, protocol: Protocol) -> (StatusCode, serde_json::Value) {
+        match protocol {
+            Protocol::OpenAi => (self.status, self.body()),
+            other => other.answer(self.status, &self.message, self.code),
+        }
+    }
+
     fn fields(&self) -> ErrorBody<'_> {
         ErrorBody {
             error: ErrorFields {

@@ -593,16 +593,15 @@ pub struct TeiEmbedding {
     pub is_query: bool,
 }
 
-/// The fields TEI's embedding requests share: model, inputs, prompt name, truncate, its side,
-/// and whether the inputs are queries.
-type TeiCommon = (
-    Option<String>,
-    TeiInputs,
-    Option<String>,
-    Option<bool>,
-    Option<TruncationDirection>,
-    bool,
-);
+/// The fields TEI's embedding requests share.
+struct TeiCommon {
+    model: Option<String>,
+    inputs: TeiInputs,
+    prompt_name: Option<String>,
+    truncate: Option<bool>,
+    direction: Option<TruncationDirection>,
+    is_query: bool,
+}
 
 /// Which TEI answer a [`TeiEmbedding`] gives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -618,14 +617,14 @@ impl TeiEmbedding {
     /// last hidden states.
     pub fn all(registry: &Registry, defaults: &Defaults, r: TeiEmbedAllRequest) -> Result<Self, ApiError> {
         let is_query = r.is_query.unwrap_or(false);
-        let common = (
-            r.model,
-            r.inputs,
-            r.prompt_name,
-            r.truncate,
-            r.truncation_direction,
+        let common = TeiCommon {
+            model: r.model,
+            inputs: r.inputs,
+            prompt_name: r.prompt_name,
+            truncate: r.truncate,
+            direction: r.truncation_direction,
             is_query,
-        );
+        };
         let (fits, what) = (token_vectors, "an embedding or late-interaction model");
         Self::planned(registry, defaults, common, TeiOutput::Tokens, fits, what, |request| {
             EmbedRequest {
@@ -639,14 +638,14 @@ impl TeiEmbedding {
     /// `/embed_sparse`'s request (queries of an inference-free model are looked up, not
     /// embedded: [`Self::looks_up`]).
     pub fn sparse(registry: &Registry, defaults: &Defaults, r: TeiEmbedSparseRequest) -> Result<Self, ApiError> {
-        let common = (
-            r.model,
-            r.inputs,
-            r.prompt_name,
-            r.truncate,
-            r.truncation_direction,
-            r.is_query == Some(true),
-        );
+        let common = TeiCommon {
+            model: r.model,
+            inputs: r.inputs,
+            prompt_name: r.prompt_name,
+            truncate: r.truncate,
+            direction: r.truncation_direction,
+            is_query: r.is_query == Some(true),
+        };
         let (fits, what) = (sparse_model, "a sparse model");
         Self::planned(registry, defaults, common, TeiOutput::Sparse, fits, what, |request| {
             EmbedRequest {
@@ -663,7 +662,14 @@ impl TeiEmbedding {
     fn planned(
         registry: &Registry,
         defaults: &Defaults,
-        (model, inputs, prompt_name, truncate, direction, is_query): TeiCommon,
+        TeiCommon {
+            model,
+            inputs,
+            prompt_name,
+            truncate,
+            direction,
+            is_query,
+        }: TeiCommon,
         output: TeiOutput,
         fits: fn(&ModelInfo) -> bool,
         what: &str,
@@ -722,11 +728,16 @@ impl TeiEmbedding {
     /// The JSON answer from the pipeline's output rows.
     pub fn respond(&self, vectors: Vec<Vec<f32>>) -> Result<Value, ApiError> {
         let value = match self.output {
-            TeiOutput::Sparse => serde_json::to_value(vectors.iter().map(|row| nonzero(row)).collect::<Vec<_>>()),
+            TeiOutput::Sparse => serde_json::to_value(sparse_rows(&vectors)),
             TeiOutput::Tokens => serde_json::to_value(token_rows(&self.served, vectors)),
         };
         value.map_err(|e| ApiError::internal(e.to_string()))
     }
+}
+
+/// Per input, its non-zero `{index, value}` pairs.
+fn sparse_rows(vectors: &[Vec<f32>]) -> Vec<Vec<SparseValue>> {
+    vectors.iter().map(|row| nonzero(row)).collect()
 }
 
 /// Per input, its rows of token vectors (the model's multi-vector width, else its hidden size).
@@ -763,7 +774,7 @@ async fn run_sparse(
         return blocking("Query lookup", move || job.sparse_queries()).await;
     }
     let done = embed_with(state, &job.defaults, &job.served, &job.request, job.inputs, reservation).await?;
-    Ok(done.vectors.iter().map(|row| nonzero(row)).collect())
+    Ok(sparse_rows(&done.vectors))
 }
 
 /// The `{index, value}` entries of a sparse output row.

@@ -407,16 +407,17 @@ pub(crate) enum Dot {
     Bf16,
 }
 
-/// The AMX micro-kernel schedule shared by the int8 and bf16 GEMMs: a block of up to 32 rows
-/// × one 32-column panel as 2 × 2 accumulator tiles (tmm0–3), two activation tiles (tmm4, 5:
-/// 16 rows × 64 bytes, `lda` bytes apart) and two weight tiles (tmm6, 7: 16 groups × 16
-/// columns, the panel's halves 64 bytes apart in its 128-byte rows), `steps` steps of 64 bytes
-/// of depth; halves past `rows` or `cols` are skipped. The sums end in `tiles.acc` (32×32,
-/// rows 128 bytes apart).
+/// The AMX micro-kernel schedule shared by the int8 and bf16 GEMMs and attention: a block of
+/// up to 32 rows × one 32-column panel as 2 × 2 accumulator tiles (tmm0–3), two activation
+/// tiles (tmm4, 5: 16 rows × 64 bytes, `lda` bytes apart) and two weight tiles (tmm6, 7: 16
+/// groups × 16 columns, the panel's halves 64 bytes apart in its 128-byte rows), `steps` steps
+/// of 64 bytes of depth; halves past `rows` or `cols` are skipped. The sums end in `tiles.acc`
+/// (32×32, rows 128 bytes apart), or at `out` (32-bit values, rows `stride` bytes apart).
 ///
 /// # Safety
 /// `tiles` is configured; `a` holds 32 rows of `64·steps` bytes `lda` apart, `b` a panel of
-/// `16·steps` rows of 128 bytes.
+/// `16·steps` rows of 128 bytes; `out` is valid for the whole 16-row tiles stored (16 rows, or
+/// 32 past 16 `rows`, of 16 or 32 values).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn block<U: TileUnit>(
@@ -428,30 +429,10 @@ pub(crate) unsafe fn block<U: TileUnit>(
     steps: usize,
     rows: usize,
     cols: usize,
+    out: Option<(*mut u8, usize)>,
 ) {
-    let acc = tiles.acc.0.as_mut_ptr() as *mut u8;
-    block_into(&mut tiles.unit, dot, a, lda, b, steps, rows, cols, (acc, 128));
-}
-
-/// [`block`] with the sums stored at `out` (32-bit values, rows `stride` bytes apart: whole
-/// 16-row tiles of 16 values, so `out` must hold 16 (or 32, past 16 `rows`) rows of 16 (or
-/// 32) values) instead of `tiles.acc`.
-///
-/// # Safety
-/// As [`block`]; `out` is valid for the tiles it stores.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn block_into<U: TileUnit>(
-    u: &mut U,
-    dot: Dot,
-    a: *const u8,
-    lda: usize,
-    b: *const u8,
-    steps: usize,
-    rows: usize,
-    cols: usize,
-    (acc, stride): (*mut u8, usize),
-) {
+    let (acc, stride) = out.unwrap_or((tiles.acc.0.as_mut_ptr() as *mut u8, 128));
+    let u = &mut tiles.unit;
     const ROW: usize = 128;
     let (two_rows, two_cols) = (rows > 16, cols > 16);
     let a1 = a.add(16 * lda);

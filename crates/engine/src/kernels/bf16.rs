@@ -572,7 +572,17 @@ unsafe fn amx_tile<U: TileUnit>(tiles: &mut Tiles<U>, t: &BTile) {
 /// As [`amx_tile`].
 unsafe fn amx_products<U: TileUnit>(tiles: &mut Tiles<U>, t: &BTile) {
     let steps = 2 * t.kp / super::amx::TILE_BYTES;
-    super::amx::block(tiles, Dot::Bf16, t.a, 2 * t.kp, t.b as *const u8, steps, t.rows, t.cols);
+    super::amx::block(
+        tiles,
+        Dot::Bf16,
+        t.a,
+        2 * t.kp,
+        t.b as *const u8,
+        steps,
+        t.rows,
+        t.cols,
+        None,
+    );
 }
 
 /// True when the AMX bf16 kernel may serve: the CPU and OS allow AMX ([`super::amx::has_amx`])

@@ -314,17 +314,29 @@ fn sum_tree(s: &[f32; LANES]) -> f32 {
     t[0]
 }
 
-/// The last steps of [`sum_tree`] from its 8-lane stage: halves added down to one.
+/// The SIMD versions' last steps from 8 lanes: [`sum_tree`]'s halves added down to one, the
+/// extremes folded, then [`fold_row_stats`] with the values past the last whole chunk.
 ///
 /// # Safety
 /// the CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn sum_tree8(v: std::arch::x86_64::__m256) -> f32 {
+unsafe fn finish_row_stats8(
+    sum: std::arch::x86_64::__m256,
+    lo: std::arch::x86_64::__m256,
+    hi: std::arch::x86_64::__m256,
+    rest: &[f32],
+) -> RowStats {
     use std::arch::x86_64::*;
-    let v = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let v = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
     let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-    _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)))
+    let sum = _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+    let (mut l, mut h) = ([0.0f32; 8], [0.0f32; 8]);
+    _mm256_storeu_ps(l.as_mut_ptr(), lo);
+    _mm256_storeu_ps(h.as_mut_ptr(), hi);
+    let lo = l.iter().fold(0.0f32, |m, &v| if v < m { v } else { m });
+    let hi = h.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
+    fold_row_stats(sum, lo, hi, rest)
 }
 
 /// [`row_stats`] on AVX2 (LLVM's vectorization of the portable loop shuffles the accumulators
@@ -354,15 +366,10 @@ unsafe fn row_stats_avx2(x: &[f32]) -> RowStats {
     let lo = (_mm256_min_ps(lo[0], lo[1]), _mm256_min_ps(lo[2], lo[3]));
     let hi = (_mm256_max_ps(hi[0], hi[1]), _mm256_max_ps(hi[2], hi[3]));
     let (lo, hi) = (_mm256_min_ps(lo.0, lo.1), _mm256_max_ps(hi.0, hi.1));
-    let (mut l, mut h) = ([0.0f32; 8], [0.0f32; 8]);
-    _mm256_storeu_ps(l.as_mut_ptr(), lo);
-    _mm256_storeu_ps(h.as_mut_ptr(), hi);
-    let lo = l.iter().fold(0.0f32, |m, &v| if v < m { v } else { m });
-    let hi = h.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
     // `sum_tree`: registers 0–7 hold lanes 8i..8i + 8.
     let t0 = _mm256_add_ps(_mm256_add_ps(sum[0], sum[2]), _mm256_add_ps(sum[4], sum[6]));
     let t1 = _mm256_add_ps(_mm256_add_ps(sum[1], sum[3]), _mm256_add_ps(sum[5], sum[7]));
-    fold_row_stats(sum_tree8(_mm256_add_ps(t0, t1)), lo, hi, chunks.remainder())
+    finish_row_stats8(_mm256_add_ps(t0, t1), lo, hi, chunks.remainder())
 }
 
 /// [`row_stats`] on AVX-512: four chains of 16 lanes each. `vminps(v, lo)` keeps `lo` for a
@@ -393,18 +400,13 @@ unsafe fn row_stats_avx512(x: &[f32]) -> RowStats {
         let upper = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
         (_mm512_castps512_ps256(v), upper)
     };
-    let (a, b) = half(t);
-    let sum = sum_tree8(_mm256_add_ps(a, b));
-    let (a, b) = half(lo);
-    let lo = _mm256_min_ps(a, b);
-    let (c, d) = half(hi);
-    let hi = _mm256_max_ps(c, d);
-    let (mut l, mut h) = ([0.0f32; 8], [0.0f32; 8]);
-    _mm256_storeu_ps(l.as_mut_ptr(), lo);
-    _mm256_storeu_ps(h.as_mut_ptr(), hi);
-    let lo = l.iter().fold(0.0f32, |m, &v| if v < m { v } else { m });
-    let hi = h.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
-    fold_row_stats(sum, lo, hi, chunks.remainder())
+    let ((s0, s1), (l0, l1), (h0, h1)) = (half(t), half(lo), half(hi));
+    finish_row_stats8(
+        _mm256_add_ps(s0, s1),
+        _mm256_min_ps(l0, l1),
+        _mm256_max_ps(h0, h1),
+        chunks.remainder(),
+    )
 }
 
 /// Quantizes one row to `0..=255` over `[min(x, 0), max(x, 0)]` (codes past `x.len()` are
@@ -1213,7 +1215,17 @@ enum Input<'a> {
 /// `kp` is a multiple of 64.
 unsafe fn amx_tile<U: TileUnit>(tiles: &mut Tiles<U>, t: &QTile) {
     let steps = t.kp / super::amx::TILE_BYTES;
-    super::amx::block(tiles, Dot::Int8, t.a, t.kp, t.b as *const u8, steps, t.rows, t.cols);
+    super::amx::block(
+        tiles,
+        Dot::Int8,
+        t.a,
+        t.kp,
+        t.b as *const u8,
+        steps,
+        t.rows,
+        t.cols,
+        None,
+    );
     epilogue_from(t, tiles.acc.as_ptr() as *const i32);
 }
 
